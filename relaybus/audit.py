@@ -1,0 +1,38 @@
+"""The audit table: every operator action (retry, skip, replay, purge) leaves a row."""
+
+from __future__ import annotations
+
+import getpass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Identity, String, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from relaybus.db.base import Base
+
+
+class AuditEntry(Base):
+    """One operator action: who, what, on which target, with which parameters."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    actor: Mapped[str] = mapped_column(String(255), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    target: Mapped[str] = mapped_column(String(255), nullable=False)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+
+
+async def record(
+    session: AsyncSession, action: str, target: str, detail: dict[str, Any] | None = None
+) -> None:
+    """Add an audit row to ``session``'s transaction (committed with the action itself)."""
+    session.add(
+        AuditEntry(actor=getpass.getuser(), action=action, target=target, detail=detail or {})
+    )

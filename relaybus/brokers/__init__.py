@@ -1,0 +1,1 @@
+"""Broker adapters: the only kernel modules that import aiokafka / aio-pika."""

@@ -1,0 +1,1 @@
+"""The ``relaybus`` command line (typer)."""

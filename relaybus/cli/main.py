@@ -1,0 +1,23 @@
+"""Composition of the ``relaybus`` command: sub-commands are registered here only."""
+
+from __future__ import annotations
+
+import typer
+
+from relaybus.cli import db, demo
+from relaybus.cli.runner import run_app
+from stack.cli import app as stack_app
+
+app = typer.Typer(
+    help="relaybus: transactional outbox, relay to Kafka/RabbitMQ, idempotent consumers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(stack_app, name="stack")
+app.add_typer(db.app, name="db")
+app.command(name="demo")(demo.demo)
+
+
+def main() -> None:
+    """Entry point of the ``relaybus`` console script."""
+    run_app(app, prog="relaybus")

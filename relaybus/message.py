@@ -1,0 +1,72 @@
+"""The message envelope every broker adapter publishes and every consumer receives."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from relaybus.ids import uuid7
+
+CONTENT_TYPE = "application/json"
+SCHEMA_VERSION = "1"
+
+
+def rfc3339(ts: datetime) -> str:
+    """``ts`` as RFC 3339 UTC with a ``Z`` suffix (naive datetimes are taken as UTC)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One event: Debezium outbox fields plus the tracing headers of DESIGN.md §3.
+
+    ``payload`` is the exact JSON bytes sent as the Kafka value / AMQP body; adapters
+    never re-encode it, so what a consumer reads is byte-identical to what was stored.
+    """
+
+    type: str
+    aggregatetype: str
+    aggregateid: str
+    payload: bytes
+    id: UUID = field(default_factory=uuid7)
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    schema_version: str = SCHEMA_VERSION
+    traceparent: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_data(cls, type: str, aggregatetype: str, aggregateid: str, data: Any) -> Message:
+        """A message whose payload is ``data`` encoded as compact JSON."""
+        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        return cls(type=type, aggregatetype=aggregatetype, aggregateid=aggregateid, payload=body)
+
+    def headers(self) -> dict[str, str]:
+        """The wire headers, identical on Kafka and RabbitMQ (absent optional ones omitted)."""
+        out = {
+            "id": str(self.id),
+            "type": self.type,
+            "aggregatetype": self.aggregatetype,
+            "aggregateid": self.aggregateid,
+            "occurred_at": rfc3339(self.occurred_at),
+            "content-type": CONTENT_TYPE,
+            "schema_version": self.schema_version,
+        }
+        for name, value in (
+            ("traceparent", self.traceparent),
+            ("correlation_id", self.correlation_id),
+            ("causation_id", self.causation_id),
+        ):
+            if value is not None:
+                out[name] = value
+        return {**self.extra_headers, **out}
+
+    def data(self) -> Any:
+        """The decoded JSON payload."""
+        return json.loads(self.payload)

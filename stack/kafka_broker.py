@@ -1,0 +1,224 @@
+"""Apache Kafka in KRaft mode, from Maven Central jars: one node or a 3-node cluster."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from stack.errors import StackError
+from stack.kafka_jars import LOG4J_CONFIG, kafka_libs
+from stack.procs import pid_alive, port_open, read_pid, require_free_port, run, spawn, tail
+from stack.service import ServiceStatus
+from stack.settings import StackSettings
+
+READY_LINE = "Kafka Server started"
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft process (broker + controller) with its own folder, ports and pid file."""
+
+    node_id: int
+    home: Path
+    host: str
+    broker_port: int
+    controller_port: int
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "pid"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "kafka.log"
+
+    @property
+    def config(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.broker_port}"
+
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file)
+
+
+def _properties(node: KafkaNode, quorum: str, replication: int, min_isr: int) -> str:
+    listeners = f"PLAINTEXT://{node.host}:{node.broker_port},CONTROLLER://{node.host}:{node.controller_port}"
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            f"node.id={node.node_id}",
+            quorum,
+            f"listeners={listeners}",
+            f"advertised.listeners={listeners}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"log.dirs={node.home / 'data'}",
+            "num.partitions=1",
+            f"default.replication.factor={replication}",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={replication}",
+            f"transaction.state.log.replication.factor={replication}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={replication}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
+            # Tests and the demo start consumer groups often; don't wait 3 s per rebalance.
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "",
+        ]
+    )
+
+
+class KafkaCluster:
+    """``nodes`` KRaft processes (combined broker + controller) forming one cluster.
+
+    With one node it runs as a standalone (dynamic quorum) controller; with three,
+    a static voter set ``1@…,2@…,3@…``, replication factor 3 and min ISR 2, so
+    acks=all writes survive the loss of one broker.
+    """
+
+    def __init__(self, settings: StackSettings, name: str, home: Path, nodes: list[KafkaNode]):
+        self.s = settings
+        self.name = name
+        self.home = home
+        self.nodes = nodes
+
+    @classmethod
+    def single(cls, s: StackSettings) -> KafkaCluster:
+        home = s.data_dir / "kafka"
+        node = KafkaNode(1, home, s.host, s.kafka_port, s.kafka_controller_port)
+        return cls(s, "kafka", home, [node])
+
+    @classmethod
+    def three_nodes(cls, s: StackSettings) -> KafkaCluster:
+        home = s.data_dir / "kafka-cluster"
+        base = s.kafka_cluster_base_port
+        nodes = [
+            KafkaNode(i, home / f"node-{i}", s.host, base + 10000 * i, base + 10000 * i + 1)
+            for i in (1, 2, 3)
+        ]
+        return cls(s, "kafka-cluster", home, nodes)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.endpoint for n in self.nodes)
+
+    def _java(self) -> str:
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("kafka: no `java` on PATH (Kafka 4 needs Java 17+)")
+        return java
+
+    def _classpath(self) -> str:
+        return str(kafka_libs(self.s.cache_dir, self.s.kafka_version) / "*")
+
+    def _jvm(self, main: str, *args: str, heap: str | None = None) -> list[str]:
+        argv = [self._java()]
+        if heap:
+            argv += [f"-Xms{heap}", f"-Xmx{heap}"]
+        return [
+            *argv,
+            "-cp",
+            self._classpath(),
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            main,
+            *args,
+        ]
+
+    def _format(self) -> None:
+        """Write each node's config and format its storage once (KRaft needs it)."""
+        cluster_id_file = self.home / "cluster.id"
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not cluster_id_file.exists():
+            # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
+            raw = uuid.uuid4().bytes
+            cluster_id_file.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+        cluster_id = cluster_id_file.read_text().strip()
+        clustered = len(self.nodes) > 1
+        if clustered:
+            voters = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in self.nodes)
+            quorum = f"controller.quorum.voters={voters}"
+        else:
+            n = self.nodes[0]
+            quorum = f"controller.quorum.bootstrap.servers={n.host}:{n.controller_port}"
+        replication, min_isr = (3, 2) if clustered else (1, 1)
+        for node in self.nodes:
+            node.home.mkdir(parents=True, exist_ok=True)
+            node.config.write_text(_properties(node, quorum, replication, min_isr))
+            if (node.home / "data" / "meta.properties").exists():
+                continue
+            args = ["format", "-t", cluster_id, "-c", str(node.config)]
+            if not clustered:
+                args.append("--standalone")
+            run(self._jvm("kafka.tools.StorageTool", *args), f"{self.name}: storage format")
+
+    def start(self) -> None:
+        """Start the nodes that are not running, then wait until each logged it started."""
+        to_start = [n for n in self.nodes if n.pid() is None]
+        if not to_start:
+            return
+        for node in to_start:
+            require_free_port(node.host, node.broker_port, f"{self.name} node {node.node_id}")
+            require_free_port(node.host, node.controller_port, f"{self.name} node {node.node_id}")
+        self._format()
+        offsets: dict[int, int] = {}
+        for node in to_start:
+            offsets[node.node_id] = node.log.stat().st_size if node.log.exists() else 0
+            spawn(
+                self._jvm("kafka.Kafka", str(node.config), heap=self.s.kafka_heap),
+                node.log,
+                node.pid_file,
+            )
+        # All nodes first, then wait: controllers need a quorum before any broker starts.
+        deadline = time.monotonic() + self.s.start_timeout_s
+        for node in to_start:
+            self._wait_started(node, offsets[node.node_id], deadline)
+
+    def _wait_started(self, node: KafkaNode, offset: int, deadline: float) -> None:
+        what = f"{self.name} node {node.node_id}"
+        delay = 0.1
+        while time.monotonic() < deadline:
+            if node.pid() is None:
+                raise StackError(f"{what}: the broker exited during start", tail(node.log))
+            with node.log.open("rb") as fh:
+                fh.seek(offset)
+                if READY_LINE.encode() in fh.read() and port_open(node.host, node.broker_port):
+                    return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+        raise StackError(f"{what}: not ready before the deadline", tail(node.log))
+
+    def stop(self) -> bool:
+        """SIGTERM every running node at once (controlled shutdown), SIGKILL stragglers."""
+        pids = [(n, n.pid()) for n in self.nodes]
+        running = [(n, p) for n, p in pids if p is not None]
+        for _, pid in running:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for node, pid in running:
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                while pid_alive(pid):
+                    time.sleep(0.05)
+            node.pid_file.unlink(missing_ok=True)
+        return bool(running)
+
+    def status(self) -> list[ServiceStatus]:
+        out = []
+        for node in self.nodes:
+            pid = node.pid()
+            name = self.name if len(self.nodes) == 1 else f"{self.name}-{node.node_id}"
+            out.append(ServiceStatus(name, pid is not None, node.endpoint, pid, "KRaft"))
+        return out

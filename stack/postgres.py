@@ -1,0 +1,181 @@
+"""PostgreSQL from Debian's packages, in a cluster of our own under the stack's data dir."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from stack.errors import StackError
+from stack.procs import read_pid, require_free_port, run, tail
+from stack.service import ServiceStatus
+from stack.settings import StackSettings
+
+# Debezium's PostgreSQL connector reads the WAL through logical decoding.
+SERVER_CONF = """\
+listen_addresses = '{host}'
+port = {port}
+unix_socket_directories = '{run_dir}'
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
+max_connections = 200
+shared_buffers = 256MB
+"""
+
+
+class Postgres:
+    """One PostgreSQL server with a ``relaybus`` role and database (password auth on TCP)."""
+
+    name = "postgresql"
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.s = settings
+        self.home = self._home(settings.data_dir / "postgres")
+        self.pgdata = self.home / "data"
+        self.run_dir = self.home / "run"
+        self.log = self.home / "postgres.log"
+
+    @staticmethod
+    def _home(wanted: Path) -> Path:
+        """The server runs as the ``postgres`` user, who must reach its data directory.
+
+        If the checkout sits below a folder that user cannot enter (a private home),
+        the data lives under /var/tmp instead, linked from the stack's folder.
+        """
+        if os.geteuid() != 0 or wanted.is_symlink() or _postgres_can_enter(wanted.parent):
+            return wanted
+        digest = hashlib.sha1(str(wanted).encode()).hexdigest()[:12]
+        real = Path("/var/tmp") / f"relaybus-postgres-{digest}"
+        real.mkdir(parents=True, exist_ok=True)
+        wanted.parent.mkdir(parents=True, exist_ok=True)
+        wanted.symlink_to(real)
+        return wanted
+
+    def _bin(self, tool: str) -> str:
+        versions = sorted(
+            (p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.is_dir()),
+            key=lambda p: int(p.parent.name),
+        )
+        if not versions:
+            raise StackError("postgresql: no server binaries under /usr/lib/postgresql")
+        return str(versions[-1] / tool)
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        # PostgreSQL refuses to run as root; as root we hand the cluster to `postgres`.
+        return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+    def _pid(self) -> int | None:
+        return read_pid(self.pgdata / "postmaster.pid")
+
+    def start(self) -> None:
+        """Create the cluster on first use, start it (``pg_ctl -w``), ensure role + db."""
+        if self._pid() is None:
+            require_free_port(self.s.host, self.s.postgres_port, self.name)
+            self._init_cluster()
+            run(
+                self._as_owner(
+                    [
+                        self._bin("pg_ctl"),
+                        "-D",
+                        str(self.pgdata),
+                        "-l",
+                        str(self.log),
+                        "-w",
+                        "-t",
+                        str(int(self.s.start_timeout_s)),
+                        "start",
+                    ]
+                ),
+                "postgresql: pg_ctl start",
+            )
+        self._ensure_database()
+
+    def _init_cluster(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.home, "postgres")
+            shutil.chown(self.run_dir, "postgres")
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        run(
+            self._as_owner(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                ]
+            ),
+            "postgresql: initdb",
+        )
+        conf = self.pgdata / "postgresql.conf"
+        with conf.open("a") as fh:
+            fh.write("\n# relaybus stack\n")
+            fh.write(
+                SERVER_CONF.format(
+                    host=self.s.host, port=self.s.postgres_port, run_dir=self.run_dir
+                )
+            )
+
+    def _psql(self, sql: str, db: str = "postgres") -> str:
+        return run(
+            self._as_owner(
+                [
+                    self._bin("psql"),
+                    "-h",
+                    str(self.run_dir),
+                    "-p",
+                    str(self.s.postgres_port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    db,
+                    "-tAc",
+                    sql,
+                ]
+            ),
+            "postgresql: psql",
+        ).strip()
+
+    def _ensure_database(self) -> None:
+        user, db, pw = self.s.postgres_user, self.s.postgres_db, self.s.postgres_password
+        if not self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'"):
+            # CREATEDB: tests migrate throw-away databases; REPLICATION: Debezium.
+            self._psql(f"CREATE ROLE {user} LOGIN CREATEDB REPLICATION PASSWORD '{pw}'")
+        if not self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'"):
+            self._psql(f"CREATE DATABASE {db} OWNER {user}")
+
+    def stop(self) -> bool:
+        """``pg_ctl stop -m fast`` on our cluster (its postmaster pid), if it runs."""
+        if self._pid() is None:
+            return False
+        run(
+            self._as_owner(
+                [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]
+            ),
+            "postgresql: pg_ctl stop",
+        )
+        return True
+
+    def status(self) -> list[ServiceStatus]:
+        pid = self._pid()
+        s = self.s
+        endpoint = f"postgresql://{s.postgres_user}:***@{s.host}:{s.postgres_port}/{s.postgres_db}"
+        detail = "wal_level=logical" if pid else tail(self.log, 1)
+        return [ServiceStatus(self.name, pid is not None, endpoint, pid, detail)]
+
+
+def _postgres_can_enter(folder: Path) -> bool:
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    check = ["runuser", "-u", "postgres", "--", "test", "-x", str(probe)]
+    return subprocess.run(check, capture_output=True, check=False).returncode == 0

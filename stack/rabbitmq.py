@@ -1,0 +1,111 @@
+"""RabbitMQ from Debian's packages, as a node of our own with the management plugin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from stack.errors import StackError
+from stack.procs import pid_alive, read_pid, require_free_port, spawn, stop_pid, tail, wait_until
+from stack.service import ServiceStatus
+from stack.settings import StackSettings
+
+RABBIT_BIN = "/usr/lib/rabbitmq/bin"
+
+
+class RabbitMQ:
+    """A RabbitMQ node named ``relaybus@localhost`` with data under the stack's folder.
+
+    Ready means ``rabbitmqctl await_startup`` succeeded: the broker, not just the port.
+    """
+
+    name = "rabbitmq"
+    node = "relaybus@localhost"
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.s = settings
+        self.home = settings.data_dir / "rabbitmq"
+        self.log = self.home / "rabbitmq.out"
+        self.pid_file = self.home / "beam.pid"
+
+    def _env(self) -> dict[str, str]:
+        h = self.home
+        return {
+            # rabbitmqctl finds the Erlang cookie in $HOME: keep ours private to the stack.
+            "HOME": str(h / "home"),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_MNESIA_BASE": str(h / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(h / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(h / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(h / "rabbitmq"),
+            "RABBITMQ_PID_FILE": str(self.pid_file),
+            "RABBITMQ_DIST_PORT": str(self.s.rabbitmq_dist_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+
+    def _write_config(self) -> None:
+        for sub in ("home", "mnesia", "log"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        (self.home / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (self.home / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = {self.s.host}:{self.s.rabbitmq_port}\n"
+            f"management.tcp.ip = {self.s.host}\n"
+            f"management.tcp.port = {self.s.rabbitmq_management_port}\n"
+            "loopback_users.guest = true\n"
+        )
+
+    def _ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [f"{RABBIT_BIN}/rabbitmqctl", "-n", self.node, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self._env()},
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self) -> None:
+        if read_pid(self.pid_file) is not None:
+            return
+        for port in (self.s.rabbitmq_port, self.s.rabbitmq_management_port):
+            require_free_port(self.s.host, port, self.name)
+        self._write_config()
+        spawn(
+            [f"{RABBIT_BIN}/rabbitmq-server"],
+            self.log,
+            self.home / "launcher.pid",
+            env=self._env(),
+            cwd=self.home,
+        )
+
+        def ready() -> bool:
+            if read_pid(self.home / "launcher.pid") is None and read_pid(self.pid_file) is None:
+                raise StackError("rabbitmq: the server exited during start", tail(self.log))
+            return self._ctl("await_startup", "--timeout", "5", timeout=15).returncode == 0
+
+        wait_until(ready, self.s.start_timeout_s, self.name, self.log)
+
+    def stop(self) -> bool:
+        pid = read_pid(self.pid_file)
+        if pid is None:
+            return False
+        # `rabbitmqctl stop` closes queues cleanly; the pid wait makes it synchronous.
+        self._ctl("stop", str(self.pid_file), timeout=60)
+        if pid_alive(pid):
+            stop_pid(self.pid_file)
+        stop_pid(self.home / "launcher.pid", timeout=10)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> list[ServiceStatus]:
+        pid = read_pid(self.pid_file)
+        s = self.s
+        return [
+            ServiceStatus(
+                self.name,
+                pid is not None,
+                f"amqp://guest:***@{s.host}:{s.rabbitmq_port}/",
+                pid,
+                f"management http://{s.host}:{s.rabbitmq_management_port}/",
+            )
+        ]

@@ -1,0 +1,42 @@
+"""Where the stack keeps its data and which loopback ports it uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+class StackSettings(BaseSettings):
+    """Stack layout; every field can be overridden with ``RELAYBUS_STACK_<FIELD>``.
+
+    Defaults match the kernel's client settings (``relaybus.settings.Settings``), so a
+    stack started with defaults is what every client connects to.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RELAYBUS_STACK_")
+
+    data_dir: Path = Field(default_factory=lambda: _repo_root() / ".stack")
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "relaybus")
+    host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    postgres_db: str = "relaybus"
+    postgres_user: str = "relaybus"
+    postgres_password: str = "relaybus"
+    redis_port: int = 6379
+    redlock_ports: tuple[int, ...] = (6380, 6381, 6382)
+    rabbitmq_port: int = 5672
+    rabbitmq_management_port: int = 15672
+    rabbitmq_dist_port: int = 25672
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    # The 3-node KRaft cluster: node i listens on base + 10000*i (broker) and +1 (controller).
+    kafka_cluster_base_port: int = 9092
+    kafka_version: str = "4.3.1"
+    kafka_heap: str = "512m"
+    start_timeout_s: float = 120.0

@@ -1,0 +1,59 @@
+"""The stack as a whole: which services, in which order, with what error reporting."""
+
+from __future__ import annotations
+
+from stack.debian import ensure_packages
+from stack.errors import StackError
+from stack.kafka_broker import KafkaCluster
+from stack.postgres import Postgres
+from stack.rabbitmq import RabbitMQ
+from stack.redis import RedisInstances
+from stack.service import Service, ServiceStatus
+from stack.settings import StackSettings
+
+
+class Stack:
+    """Kafka, RabbitMQ, PostgreSQL and Redis (plus, on request, a 3-node Kafka cluster).
+
+    ``up`` installs missing Debian packages, then starts each service that is not
+    running and waits for its readiness probe; it is idempotent. ``down`` stops only
+    processes this stack started, by their recorded pids; it is idempotent too.
+    """
+
+    def __init__(self, settings: StackSettings | None = None) -> None:
+        self.settings = settings or StackSettings()
+        s = self.settings
+        self.core: list[Service] = [
+            Postgres(s),
+            RedisInstances(s),
+            RabbitMQ(s),
+            KafkaCluster.single(s),
+        ]
+        self.cluster = KafkaCluster.three_nodes(s)
+
+    def up(self, kafka_nodes: int = 1, install: bool = True) -> list[str]:
+        """Start everything; return the Debian packages that had to be installed."""
+        if kafka_nodes not in (1, 3):
+            raise StackError(f"--kafka-nodes must be 1 or 3, not {kafka_nodes}")
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        installed = ensure_packages() if install else []
+        services = [*self.core, self.cluster] if kafka_nodes == 3 else self.core
+        for service in services:
+            service.start()
+        return installed
+
+    def down(self) -> list[str]:
+        """Stop every service of ours that runs; return the names of those stopped."""
+        stopped = []
+        for service in [self.cluster, *reversed(self.core)]:
+            if service.stop():
+                stopped.append(service.name)
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        """One row per process: core services always, cluster nodes when any runs."""
+        rows = [row for service in self.core for row in service.status()]
+        cluster_rows = self.cluster.status()
+        if any(r.running for r in cluster_rows):
+            rows += cluster_rows
+        return rows
