@@ -1,0 +1,17 @@
+# The relaybus processes (relay, workers, API, CLI) for docker-compose.yml.
+FROM python:3.11-slim
+WORKDIR /app
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+COPY pyproject.toml constraints.txt README.md ./
+COPY relaybus ./relaybus
+COPY producers ./producers
+COPY outbox ./outbox
+COPY consumers ./consumers
+COPY streams ./streams
+COPY stack ./stack
+COPY migrations ./migrations
+COPY alembic.ini ./
+RUN pip install --no-cache-dir -c constraints.txt -e .
+USER nobody
+ENTRYPOINT []
+CMD ["relaybus", "--help"]

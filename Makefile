@@ -1,0 +1,37 @@
+# The README's two commands are `make demo` and `make test`; everything else is a step.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test lint stack-up stack-down bench
+
+# Python deps, pinned by constraints.txt (regenerate: uv pip compile pyproject.toml --extra dev -o constraints.txt)
+$(BIN)/relaybus: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(BIN)/relaybus
+
+stack-up: install
+	$(BIN)/relaybus stack up --kafka-nodes 3
+
+stack-down: install
+	$(BIN)/relaybus stack down
+
+# Main job: the real stack, migrations, events through Kafka and RabbitMQ, a report.
+demo: install
+	$(BIN)/relaybus stack up
+	$(BIN)/relaybus db upgrade
+	$(BIN)/relaybus demo
+
+# Every test, against the real services (started here if they are not running).
+test: stack-up
+	$(BIN)/relaybus db upgrade
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy

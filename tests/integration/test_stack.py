@@ -1,0 +1,93 @@
+"""The stack command itself: status, idempotent up/down, clear errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stack.errors import StackError
+from stack.redis import RedisInstances
+from stack.settings import StackSettings
+from stack.stack import Stack
+from tests.support.cli import run_cli
+
+
+def test_status_reports_the_four_services_with_endpoints() -> None:
+    proc = run_cli("stack", "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    for name, scheme in (
+        ("postgresql", "postgresql://"),
+        ("redis", "redis://"),
+        ("rabbitmq", "amqp://"),
+        ("kafka", "127.0.0.1:9092"),
+    ):
+        assert rows[name]["running"], name
+        assert rows[name]["endpoint"].startswith(scheme), rows[name]
+        assert rows[name]["pid"] > 0
+
+
+def test_up_when_already_up_keeps_the_same_processes() -> None:
+    before = {r.name: r.pid for r in Stack().status()}
+    proc = run_cli("stack", "up", "--no-install")
+    assert proc.returncode == 0, proc.stderr
+    after = {r.name: r.pid for r in Stack().status()}
+    assert after == before
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def test_busy_port_is_a_one_line_error_naming_it(tmp_path: Path, busy_port: int) -> None:
+    env = {
+        "RELAYBUS_STACK_DATA_DIR": str(tmp_path),
+        "RELAYBUS_STACK_POSTGRES_PORT": str(busy_port),
+    }
+    proc = run_cli("stack", "up", "--no-install", env=env)
+    assert proc.returncode == 1
+    first = proc.stderr.strip().splitlines()[0]
+    assert f"port 127.0.0.1:{busy_port} is busy" in first
+    assert "postgresql" in first
+    assert "Traceback" not in proc.stderr
+
+
+def test_start_twice_and_stop_twice_are_harmless(tmp_path: Path) -> None:
+    free = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        free.append(s)
+    ports = [s.getsockname()[1] for s in free]
+    for s in free:
+        s.close()
+    settings = StackSettings(data_dir=tmp_path, redis_port=ports[0], redlock_ports=(ports[1],))
+    redis = RedisInstances(settings)
+    redis.start()
+    first = [r.pid for r in redis.status()]
+    redis.start()
+    assert [r.pid for r in redis.status()] == first
+    assert redis.stop() is True
+    assert redis.stop() is False
+    assert not any(r.running for r in redis.status())
+
+
+def test_down_with_nothing_running_stops_nothing(tmp_path: Path) -> None:
+    assert Stack(StackSettings(data_dir=tmp_path)).down() == []
+
+
+def test_busy_port_raises_stack_error(tmp_path: Path, busy_port: int) -> None:
+    settings = StackSettings(data_dir=tmp_path, redis_port=busy_port, redlock_ports=())
+    with pytest.raises(StackError, match="is busy"):
+        RedisInstances(settings).start()

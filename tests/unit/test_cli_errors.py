@@ -1,0 +1,34 @@
+"""Bad CLI input ends in one line naming the problem, never a traceback."""
+
+from __future__ import annotations
+
+from tests.support.cli import run_cli
+
+
+def test_unknown_stack_subcommand_is_one_line_error() -> None:
+    proc = run_cli("stack", "frobnicate")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "No such command 'frobnicate'" in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_bad_kafka_nodes_value_is_rejected_clearly() -> None:
+    proc = run_cli("stack", "up", "--no-install", "--kafka-nodes", "2")
+    assert proc.returncode == 1
+    assert "--kafka-nodes must be 1 or 3, not 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for args in (
+        ("stack", "up"),
+        ("stack", "down"),
+        ("stack", "status"),
+        ("db", "upgrade"),
+        ("demo",),
+    ):
+        proc = run_cli(*args, "--help")
+        assert proc.returncode == 0, args
+        assert "Example: relaybus" in proc.stdout, args
