@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
 
 from stack.errors import StackError
 
-# (package, a file it installs that proves it is there)
+# (package, a file it installs that proves it is there; a glob pattern)
 PACKAGES: tuple[tuple[str, str], ...] = (
-    ("postgresql", "/usr/lib/postgresql"),
+    ("postgresql", "/usr/lib/postgresql/*/bin/postgres"),
     ("rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmq-server"),
     ("redis-server", "/usr/bin/redis-server"),
     ("kcat", "/usr/bin/kcat"),
@@ -20,7 +21,7 @@ PACKAGES: tuple[tuple[str, str], ...] = (
 
 def missing_packages() -> list[str]:
     """Names of the packages whose marker file is absent."""
-    return [name for name, marker in PACKAGES if not os.path.exists(marker)]
+    return [name for name, marker in PACKAGES if not glob.glob(marker)]
 
 
 def ensure_packages() -> list[str]:
