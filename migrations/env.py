@@ -8,7 +8,10 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import relaybus.audit  # noqa: F401  (registers its table on Base.metadata)
+# Importing the model modules registers their tables on Base.metadata.
+import outbox.models  # noqa: F401
+import relaybus.audit
+import relaybus.locks.postgres  # noqa: F401
 from relaybus.db.base import Base
 from relaybus.settings import Settings
 

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Route(BaseModel):
+    """Events whose ``type`` matches ``pattern`` (fnmatch, e.g. ``order.*``) go to ``brokers``."""
+
+    pattern: str
+    brokers: list[Literal["kafka", "rabbitmq"]] = Field(min_length=1)
 
 
 class Settings(BaseSettings):
@@ -27,3 +36,34 @@ class Settings(BaseSettings):
         "amqp://guest:guest@127.0.0.1:5672/", description="AMQP URL of RabbitMQ."
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
+    redlock_urls: list[str] = Field(
+        [
+            "redis://127.0.0.1:6380/0",
+            "redis://127.0.0.1:6381/0",
+            "redis://127.0.0.1:6382/0",
+        ],
+        description="Independent Redis servers for Redlock (JSON list).",
+    )
+
+    # Outbox and relay
+    outbox_partitions: int = Field(
+        16, ge=1, le=1024, description="Relay partitions (hash of aggregateid); fixed per table."
+    )
+    outbox_max_payload_bytes: int = Field(1_048_576, ge=1, description="Payload size cap.")
+    routes: list[Route] = Field(
+        default_factory=lambda: [Route(pattern="*", brokers=["kafka"])],
+        description="Event type pattern -> brokers, first match wins (JSON list of "
+        '{"pattern": "order.*", "brokers": ["kafka", "rabbitmq"]}).',
+    )
+    relay_batch_size: int = Field(500, ge=1, description="Rows per publish batch.")
+    relay_lease_ttl: float = Field(10.0, gt=0, description="Partition lease TTL, seconds.")
+    relay_poll_interval: float = Field(
+        1.0, gt=0, description="Polling fallback when no NOTIFY arrives, seconds."
+    )
+    relay_archive: bool = Field(
+        True, description="Move published rows to outbox_archive (else delete them)."
+    )
+    relay_archive_retention_days: float = Field(7.0, ge=0, description="Archive retention.")
+    relay_metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port (0 = off).")
+    relay_instance: str = Field("", description="Relay instance name (default: host-pid).")
+    kafka_max_request_size: int = Field(1_048_576, ge=1024, description="Producer max request.")

@@ -8,8 +8,11 @@ from collections.abc import Callable, Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from relaybus.brokers.publisher import PublishError
+from relaybus.brokers.publisher import DEFERRED, PUBLISHED, Outcome, PublishError
 from relaybus.message import Message
+
+# Record batch + record framing that is not key, value or headers (generous).
+RECORD_OVERHEAD = 128
 
 
 def default_topic(message: Message) -> str:
@@ -17,12 +20,19 @@ def default_topic(message: Message) -> str:
     return f"outbox.event.{message.aggregatetype}"
 
 
+def record_size(message: Message) -> int:
+    """Upper estimate of the bytes ``message`` occupies in a produce request."""
+    headers = sum(len(k) + len(v.encode()) + 8 for k, v in message.headers().items())
+    return len(message.payload) + len(message.aggregateid.encode()) + headers + RECORD_OVERHEAD
+
+
 class KafkaPublisher:
     """Publishes to Kafka with ``acks=all`` and idempotence (no duplicates on producer retry).
 
-    All messages of one ``publish`` call are sent without waiting in between, then
-    awaited together; the idempotent producer keeps their order per partition, and a
-    key always maps to one partition, so per-key order holds.
+    A message over ``max_request_size`` is refused before sending (permanent), and
+    later messages of its key in the same call are deferred, never sent ahead of it.
+    The rest are sent without waiting in between, then awaited together; a key maps
+    to one partition and the idempotent producer keeps per-partition order.
     """
 
     name = "kafka"
@@ -34,39 +44,67 @@ class KafkaPublisher:
         *,
         linger_ms: int = 5,
         max_request_size: int = 1_048_576,
-        request_timeout_ms: int = 30_000,
+        request_timeout_ms: int = 15_000,
     ) -> None:
+        self._bootstrap = bootstrap
         self._topic_for = topic_for
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=linger_ms,
-            max_request_size=max_request_size,
-            request_timeout_ms=request_timeout_ms,
-        )
+        self._max_request_size = max_request_size
+        self._options = {
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": linger_ms,
+            "max_request_size": max_request_size,
+            "request_timeout_ms": request_timeout_ms,
+            "max_batch_size": 256 * 1024,
+        }
+        self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._options)
         try:
-            await self._producer.start()
+            await producer.start()
         except KafkaError as err:
-            raise PublishError(f"kafka unavailable: {err}", permanent=False) from err
+            await producer.stop()
+            raise PublishError(f"kafka unavailable: {err!r}") from err
+        self._producer = producer
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
 
-    async def publish(self, messages: Sequence[Message]) -> None:
-        futures = []
+    async def publish(self, messages: Sequence[Message]) -> list[Outcome]:
+        if self._producer is None:
+            raise PublishError("kafka publisher not started")
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        refused: set[str] = set()
+        sent: list[tuple[int, asyncio.Future[object]]] = []
         try:
-            for m in messages:
-                headers = [(k, v.encode()) for k, v in m.headers().items()]
-                futures.append(
-                    await self._producer.send(
-                        self._topic_for(m), m.payload, key=m.aggregateid.encode(), headers=headers
+            for i, m in enumerate(messages):
+                if m.aggregateid in refused:
+                    outcomes[i] = DEFERRED
+                    continue
+                size = record_size(m)
+                if size > self._max_request_size:
+                    outcomes[i] = Outcome(
+                        error=f"message is ~{size} bytes, over max_request_size "
+                        f"{self._max_request_size}"
                     )
+                    refused.add(m.aggregateid)
+                    continue
+                headers = [(k, v.encode()) for k, v in m.headers().items()]
+                future = await self._producer.send(
+                    self._topic_for(m), m.payload, key=m.aggregateid.encode(), headers=headers
                 )
-            await asyncio.gather(*futures)
-        except MessageSizeTooLargeError as err:
-            raise PublishError(f"kafka rejected message size: {err}", permanent=True) from err
+                sent.append((i, future))
+            results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
         except KafkaError as err:
-            raise PublishError(f"kafka publish failed: {err!r}", permanent=False) from err
+            raise PublishError(f"kafka publish failed: {err!r}") from err
+        for (i, _), result in zip(sent, results, strict=True):
+            if isinstance(result, MessageSizeTooLargeError):
+                outcomes[i] = Outcome(error=f"kafka refused the size: {result!r}")
+            elif isinstance(result, BaseException):
+                raise PublishError(f"kafka publish failed: {result!r}") from result
+            else:
+                outcomes[i] = PUBLISHED
+        return [o if o is not None else DEFERRED for o in outcomes]

@@ -3,30 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from relaybus.message import Message
 
 
 class PublishError(Exception):
-    """A message could not be published; ``permanent`` means retrying cannot help.
+    """The broker could not be reached or did not answer: retrying later may help.
 
-    Transient errors (broker down, timeout) are retried by the caller with backoff;
-    permanent ones (too large, unroutable) mark the message failed.
+    Raised for the whole call; some messages of the call may have been published
+    (at-least-once: the caller republishes them).
     """
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one message of a ``publish`` call.
+
+    ``ok``: the broker acknowledged it. ``error``: the broker (or a pre-send check)
+    refused it for good, e.g. too large or unroutable. ``deferred``: not sent because
+    an earlier message of the same key was refused in this call (per-key order).
+    """
+
+    error: str | None = None
+    deferred: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.deferred
+
+
+PUBLISHED = Outcome()
+DEFERRED = Outcome(deferred=True)
 
 
 class Publisher(Protocol):
     """Publishes messages to one broker.
 
-    ``publish`` returns only when the broker acknowledged every message (Kafka
-    acks=all, RabbitMQ publisher confirms). On failure it raises ``PublishError``;
-    messages before the failing one may have been published (at-least-once).
-    Order is kept per ``aggregateid`` within one call.
+    ``publish`` returns one ``Outcome`` per message, in order, once the broker has
+    acknowledged every message it accepted (Kafka acks=all, RabbitMQ confirms).
+    Order is kept per ``aggregateid`` within and across calls. A broker that is down
+    raises ``PublishError`` instead.
     """
 
     name: str
@@ -35,4 +53,4 @@ class Publisher(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def publish(self, messages: Sequence[Message]) -> None: ...
+    async def publish(self, messages: Sequence[Message]) -> list[Outcome]: ...

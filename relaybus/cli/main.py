@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from relaybus.cli import db, demo
+from relaybus.cli import db, demo, outbox, publish, relay
 from relaybus.cli.runner import run_app
 from stack.cli import app as stack_app
 
@@ -15,7 +15,10 @@ app = typer.Typer(
 )
 app.add_typer(stack_app, name="stack")
 app.add_typer(db.app, name="db")
+app.add_typer(outbox.app, name="outbox")
 app.command(name="demo")(demo.demo)
+app.command(name="publish")(publish.publish)
+app.command(name="relay")(relay.relay)
 
 
 def main() -> None:

@@ -1,0 +1,129 @@
+"""Operator actions on the outbox (status, list, show, retry, skip, purge), each audited."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from outbox.store import PURGE_ARCHIVE
+from relaybus.audit import record
+
+_STATUS = text(
+    """
+    SELECT status, count(*) AS n,
+           EXTRACT(EPOCH FROM (now() AT TIME ZONE 'utc') - min(timestamp)) AS oldest_age
+      FROM outbox GROUP BY status
+    """
+)
+_ARCHIVE_STATUS = text("SELECT outcome, count(*) AS n FROM outbox_archive GROUP BY outcome")
+_COLUMNS = (
+    "id, aggregatetype, aggregateid, type, timestamp, partition, sequence, status, "
+    "attempts, last_error, next_attempt_at"
+)
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    pending: int
+    failed: int
+    oldest_pending_age_s: float
+    archived: dict[str, int]
+
+
+class OutboxAdmin:
+    """Reads and operator changes; every change writes an ``audit_log`` row in the same
+    transaction, so an action and its audit record commit together."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def status(self) -> OutboxStatus:
+        async with self._engine.connect() as conn:
+            rows = {r.status: r for r in await conn.execute(_STATUS)}
+            archived = {r.outcome: int(r.n) for r in await conn.execute(_ARCHIVE_STATUS)}
+        pending = rows.get("pending")
+        return OutboxStatus(
+            pending=int(pending.n) if pending else 0,
+            failed=int(rows["failed"].n) if "failed" in rows else 0,
+            oldest_pending_age_s=float(pending.oldest_age or 0) if pending else 0.0,
+            archived=archived,
+        )
+
+    async def rows(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        where = "WHERE status = :status" if status else ""
+        sql = text(f"SELECT {_COLUMNS} FROM outbox {where} ORDER BY sequence LIMIT :limit")
+        async with self._engine.connect() as conn:
+            result = await conn.execute(sql, {"status": status, "limit": limit})
+            return [dict(r._mapping) for r in result]
+
+    async def show(self, message_id: uuid.UUID) -> dict[str, Any] | None:
+        """The row (hot table first, then archive) with payload and headers."""
+        async with self._engine.connect() as conn:
+            for table in ("outbox", "outbox_archive"):
+                row = (
+                    await conn.execute(
+                        text(f"SELECT *, '{table}' AS in_table FROM {table} WHERE id = :id"),
+                        {"id": message_id},
+                    )
+                ).first()
+                if row is not None:
+                    return dict(row._mapping)
+        return None
+
+    async def retry(self, ids: list[uuid.UUID] | None) -> int:
+        """Put failed rows (``ids``, or all failed when None) back to pending."""
+        where = "status = 'failed'" + (" AND id = ANY(:ids)" if ids is not None else "")
+        sql = text(
+            f"UPDATE outbox SET status = 'pending', last_error = NULL, next_attempt_at = NULL "
+            f"WHERE {where}"
+        )
+        return await self._act("outbox.retry", sql, {"ids": ids}, ids)
+
+    async def skip(self, ids: list[uuid.UUID]) -> int:
+        """Move failed rows to the archive with outcome ``skipped`` (never published)."""
+        sql = text(
+            """
+            WITH moved AS (DELETE FROM outbox WHERE id = ANY(:ids) AND status = 'failed'
+                           RETURNING *)
+            INSERT INTO outbox_archive (id, aggregatetype, aggregateid, type, payload,
+                                        timestamp, headers, partition, sequence, attempts,
+                                        outcome)
+            SELECT id, aggregatetype, aggregateid, type, payload, timestamp, headers,
+                   partition, sequence, attempts, 'skipped' FROM moved
+            """
+        )
+        return await self._act("outbox.skip", sql, {"ids": ids}, ids)
+
+    async def purge(self, older_than_days: float) -> int:
+        """Delete archived rows older than ``older_than_days``."""
+        return await self._act(
+            "outbox.purge",
+            PURGE_ARCHIVE,
+            {"days": older_than_days},
+            None,
+            {"older_than_days": older_than_days},
+        )
+
+    async def _act(
+        self,
+        action: str,
+        sql: Any,
+        params: dict[str, Any],
+        ids: list[uuid.UUID] | None,
+        extra: dict[str, Any] | None = None,
+    ) -> int:
+        async with self._sessions() as session, session.begin():
+            count = await _execute(session, sql, params)
+            target = ",".join(str(i) for i in ids) if ids else "*"
+            await record(session, action, target[:255], {"rows": count, **(extra or {})})
+        return count
+
+
+async def _execute(session: AsyncSession, sql: Any, params: dict[str, Any]) -> int:
+    result = await session.execute(sql, params)
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,95 @@
+"""The ``outbox`` table (Debezium outbox-event-router columns + relay columns) and its archive."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from relaybus.db.base import Base
+
+PENDING = "pending"
+FAILED = "failed"
+
+
+class OutboxRow(Base):
+    """One event waiting to be published.
+
+    The first six columns are exactly what Debezium's outbox event router reads
+    (``id``, ``aggregatetype``, ``aggregateid``, ``type``, ``payload``, ``timestamp``),
+    so CDC can replace the relay without a schema change. The rest belong to the relay:
+    ``partition`` (hash of aggregateid) and ``sequence`` give per-key order; ``status``
+    is ``pending`` or ``failed``; ``attempts``/``last_error``/``next_attempt_at``
+    describe publishing trouble to operators.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    aggregatetype: Mapped[str] = mapped_column(String(255), nullable=False)
+    aggregateid: Mapped[str] = mapped_column(String(255), nullable=False)
+    type: Mapped[str] = mapped_column(String(255), nullable=False)
+    payload: Mapped[Any] = mapped_column(JSONB)
+    timestamp: Mapped[datetime] = mapped_column(
+        DateTime(timezone=False),
+        nullable=False,
+        server_default=text("(now() AT TIME ZONE 'utc')"),
+    )
+    headers: Mapped[dict[str, str]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    partition: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    sequence: Mapped[int] = mapped_column(BigInteger, Identity(), nullable=False, unique=True)
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, server_default=text("'pending'")
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # The relay's drain query: one partition's pending rows in sequence order.
+        Index("ix_outbox_drain", "partition", "status", "sequence"),
+        # "Is an earlier row of this key failed?" (per-key blocking).
+        Index("ix_outbox_key", "partition", "aggregateid", "sequence"),
+    )
+
+
+class OutboxArchiveRow(Base):
+    """Cold storage for rows that left the hot table: published or skipped by an operator.
+
+    Purged by age (``relaybus outbox purge``), keeping the hot table small.
+    """
+
+    __tablename__ = "outbox_archive"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    aggregatetype: Mapped[str] = mapped_column(String(255), nullable=False)
+    aggregateid: Mapped[str] = mapped_column(String(255), nullable=False)
+    type: Mapped[str] = mapped_column(String(255), nullable=False)
+    payload: Mapped[Any] = mapped_column(JSONB)
+    timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=False), nullable=False)
+    headers: Mapped[dict[str, str]] = mapped_column(JSONB, nullable=False)
+    partition: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    sequence: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    archived_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )
+
+    __table_args__ = (Index("ix_outbox_archive_archived_at", "archived_at"),)

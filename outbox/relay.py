@@ -1,0 +1,286 @@
+"""The outbox relay: leases partitions, publishes their rows in order, settles them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.metrics import RelayMetrics
+from outbox.routing import Router
+from outbox.store import OutboxStore, PendingRow
+from relaybus.backoff import Backoff
+from relaybus.brokers.publisher import Outcome, Publisher, PublishError
+from relaybus.locks.base import Lease, LockBackend
+
+log = logging.getLogger(__name__)
+
+_LIVE_MEMBERS = text(
+    "SELECT count(*) FROM distributed_locks "
+    "WHERE name LIKE 'relay-member:%' AND expires_at > clock_timestamp()"
+)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Tuning of one relay process (see ``relaybus.settings.Settings`` for the defaults)."""
+
+    partitions: int = 16
+    batch_size: int = 500
+    lease_ttl: float = 10.0
+    poll_interval: float = 1.0
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    instance: str = "relay"
+    archive_retention_days: float = 7.0
+    purge_interval: float = 60.0
+
+
+class PartitionDrainer:
+    """Drains one leased partition: fetch in sequence order, publish, settle, repeat.
+
+    Runs until cancelled or until its lease is found lost (a settle that the fence
+    rejects), then returns. Transient broker errors back off (exponential, jittered)
+    and retry the same rows; permanent errors mark the row failed, and the fetch query
+    then holds back later rows of that key while other keys flow.
+    """
+
+    def __init__(
+        self,
+        relay: Relay,
+        partition: int,
+        lease: Lease,
+    ) -> None:
+        self.relay = relay
+        self.partition = partition
+        self.lease = lease
+        self.wake = asyncio.Event()
+        self.lost = False
+
+    async def run(self) -> None:
+        relay = self.relay
+        backoff = Backoff(relay.config.backoff_initial, relay.config.backoff_max)
+        while not self.lost:
+            rows = await relay.store.fetch(self.partition, relay.config.batch_size)
+            if not rows:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), relay.config.poll_interval)
+                continue
+            if self.lease.remaining() <= 0:
+                self.lost = True  # the coordinator failed to extend in time
+                break
+            try:
+                outcomes = await relay.publish(rows)
+            except PublishError as err:
+                delay = backoff.next_delay()
+                relay.metrics.failures.labels("transient").inc()
+                log.warning("partition %d: %s; retrying in %.1fs", self.partition, err, delay)
+                with contextlib.suppress(Exception):
+                    ids = [r.message.id for r in rows]
+                    await relay.store.note_transient(self.lease, ids, str(err), delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            published = [r.message.id for r, o in zip(rows, outcomes, strict=True) if o.ok]
+            failed = [
+                (r.message.id, o.error)
+                for r, o in zip(rows, outcomes, strict=True)
+                if o.error is not None
+            ]
+            moved = await relay.store.settle(self.lease, published, failed)
+            if moved is None:
+                log.warning("partition %d: lease lost; stopping", self.partition)
+                self.lost = True
+                break
+            relay.count(rows, outcomes)
+
+
+class Relay:
+    """Publishes committed outbox rows to the configured brokers.
+
+    - Partition ``p`` of ``P`` is drained only by the relay holding the lock
+      ``outbox-partition-<p>``; settling is fenced by that lock's token, so a relay
+      that lost its lease cannot archive or fail rows another relay now owns.
+    - Live relays register ``relay-member:<instance>`` locks; each takes at most
+      ``ceil(P / members)`` partitions and gives back extras, so load evens out as
+      relays come and go.
+    - Delivery is at least once: a crash between publish and settle republishes.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        locks: LockBackend,
+        publishers: Mapping[str, Publisher],
+        router: Router,
+        config: RelayConfig,
+        metrics: RelayMetrics,
+        archive: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.locks = locks
+        self.publishers = dict(publishers)
+        self.router = router
+        self.config = config
+        self.metrics = metrics
+        self.store = OutboxStore(engine, archive=archive)
+        self._drainers: dict[int, tuple[PartitionDrainer, asyncio.Task[None]]] = {}
+        self._member: Lease | None = None
+        self._started: set[str] = set()
+        self._next_purge = 0.0
+
+    # -- publishing -------------------------------------------------------------------
+    async def publish(self, rows: list[PendingRow]) -> list[Outcome]:
+        """Send each row to every broker its type routes to; combine the outcomes.
+
+        A row is published when all its brokers acknowledged it; refused if any broker
+        refused it (or no route matches); deferred otherwise.
+        """
+        errors: list[list[str]] = [[] for _ in rows]
+        deferred = [False] * len(rows)
+        per_broker: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            brokers = self.router.brokers_for(row.message.type)
+            if not brokers:
+                errors[i].append(f"no route matches type {row.message.type!r}")
+            for broker in brokers:
+                per_broker.setdefault(broker, []).append(i)
+        for broker, indexes in per_broker.items():
+            publisher = await self._publisher(broker)
+            try:
+                outcomes = await publisher.publish([rows[i].message for i in indexes])
+            except PublishError:
+                # Reconnect from scratch next time: a broken producer may hold stale state.
+                self._started.discard(broker)
+                with contextlib.suppress(Exception):
+                    await publisher.stop()
+                raise
+            for i, outcome in zip(indexes, outcomes, strict=True):
+                if outcome.error is not None:
+                    errors[i].append(f"{broker}: {outcome.error}")
+                elif outcome.deferred:
+                    deferred[i] = True
+        return [
+            Outcome(error="; ".join(e)) if e else Outcome(deferred=d)
+            for e, d in zip(errors, deferred, strict=True)
+        ]
+
+    async def _publisher(self, broker: str) -> Publisher:
+        publisher = self.publishers.get(broker)
+        if publisher is None:
+            raise PublishError(f"no publisher configured for broker {broker!r}")
+        if broker not in self._started:
+            await publisher.start()
+            self._started.add(broker)
+        return publisher
+
+    def count(self, rows: list[PendingRow], outcomes: list[Outcome]) -> None:
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if outcome.ok:
+                for broker in self.router.brokers_for(row.message.type):
+                    self.metrics.published.labels(broker).inc()
+            elif outcome.error is not None:
+                self.metrics.failures.labels("permanent").inc()
+
+    # -- coordination -----------------------------------------------------------------
+    def wake_all(self) -> None:
+        """New rows were committed (NOTIFY): wake every idle drainer."""
+        for drainer, _ in self._drainers.values():
+            drainer.wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Lease, drain and rebalance partitions until ``stop`` is set; then hand back.
+
+        On ``stop``: drainers are cancelled between or inside a batch (rows already
+        published but not yet settled are republished later: at-least-once), leases
+        are released so another relay takes over at once, publishers are stopped.
+        """
+        tick = self.config.lease_ttl / 3
+        try:
+            while not stop.is_set():
+                try:
+                    await self._tick()
+                except Exception:
+                    # Database hiccup: keep the loop alive; leases we failed to extend
+                    # simply expire and their drainers stop on their own.
+                    log.exception("relay coordination tick failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), tick)
+        finally:
+            await self._shutdown()
+
+    async def _tick(self) -> None:
+        ttl = self.config.lease_ttl
+        member = f"relay-member:{self.config.instance}"
+        if self._member is not None:
+            self._member = await self.locks.extend(self._member, ttl)
+        if self._member is None:
+            self._member = await self.locks.try_acquire(member, ttl)
+        # Drop finished drainers (lease lost) and extend the rest.
+        for p, (drainer, task) in list(self._drainers.items()):
+            if task.done() or drainer.lost:
+                await self._stop_drainer(p, release=False)
+                continue
+            lease = await self.locks.extend(drainer.lease, ttl)
+            if lease is None:
+                await self._stop_drainer(p, release=False)
+            else:
+                drainer.lease = lease
+        async with self.engine.connect() as conn:
+            members = max(1, int((await conn.execute(_LIVE_MEMBERS)).scalar() or 1))
+        share = math.ceil(self.config.partitions / members)
+        # Give back extras so that newcomers find partitions free.
+        for p in list(self._drainers)[share:]:
+            await self._stop_drainer(p, release=True)
+        order = list(range(self.config.partitions))
+        random.shuffle(order)  # relays starting together should not all race for p=0
+        for p in order:
+            if len(self._drainers) >= share:
+                break
+            if p in self._drainers:
+                continue
+            lease = await self.locks.try_acquire(f"outbox-partition-{p}", ttl)
+            if lease is not None:
+                drainer = PartitionDrainer(self, p, lease)
+                self._drainers[p] = (drainer, asyncio.create_task(drainer.run()))
+        self.metrics.partitions.set(len(self._drainers))
+        backlog = await self.store.backlog()
+        self.metrics.backlog.set(backlog.pending)
+        self.metrics.failed_rows.set(backlog.failed)
+        self.metrics.oldest_age.set(backlog.oldest_pending_age)
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_purge:
+            # Hot/cold separation: archived rows leave after the retention period.
+            self._next_purge = now + self.config.purge_interval
+            await self.store.purge_archive(self.config.archive_retention_days)
+
+    async def _stop_drainer(self, partition: int, *, release: bool) -> None:
+        drainer, task = self._drainers.pop(partition)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        if release:
+            with contextlib.suppress(Exception):
+                await self.locks.release(drainer.lease)
+
+    def held_partitions(self) -> list[int]:
+        return sorted(self._drainers)
+
+    async def _shutdown(self) -> None:
+        for p in list(self._drainers):
+            await self._stop_drainer(p, release=True)
+        if self._member is not None:
+            with contextlib.suppress(Exception):
+                await self.locks.release(self._member)
+        for broker in list(self._started):
+            with contextlib.suppress(Exception):
+                await self.publishers[broker].stop()
+        self._started.clear()

@@ -1,0 +1,172 @@
+"""The relay's SQL: read a partition's due rows, settle them, report the backlog."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybus.locks.base import Lease
+from relaybus.locks.postgres import FENCE_HOLDS_SQL
+from relaybus.message import Message
+
+# Rows of the partition in sequence order, except those behind a failed row of their
+# key: per-key order means they wait until an operator retries or skips it.
+_FETCH = text(
+    """
+    SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload::text AS payload,
+           o.timestamp, o.headers, o.sequence, o.attempts
+      FROM outbox o
+     WHERE o.partition = :partition AND o.status = 'pending'
+       AND NOT EXISTS (SELECT 1 FROM outbox f
+                        WHERE f.partition = o.partition AND f.aggregateid = o.aggregateid
+                          AND f.status = 'failed' AND f.sequence < o.sequence)
+     ORDER BY o.sequence
+     LIMIT :limit
+    """
+)
+
+_ARCHIVE = text(
+    f"""
+    WITH moved AS (
+        DELETE FROM outbox WHERE id = ANY(:ids) AND {FENCE_HOLDS_SQL}
+        RETURNING id, aggregatetype, aggregateid, type, payload, timestamp, headers,
+                  partition, sequence, attempts
+    )
+    INSERT INTO outbox_archive (id, aggregatetype, aggregateid, type, payload, timestamp,
+                                headers, partition, sequence, attempts, outcome)
+    SELECT id, aggregatetype, aggregateid, type, payload, timestamp, headers, partition,
+           sequence, attempts + 1, 'published' FROM moved
+    ON CONFLICT (id) DO NOTHING
+    """
+)
+_DELETE = text(f"DELETE FROM outbox WHERE id = ANY(:ids) AND {FENCE_HOLDS_SQL}")
+_FAIL = text(
+    f"""
+    UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = :error,
+                      next_attempt_at = NULL
+     WHERE id = :id AND {FENCE_HOLDS_SQL}
+    """
+)
+_TRANSIENT = text(
+    f"""
+    UPDATE outbox SET attempts = attempts + 1, last_error = :error,
+                      next_attempt_at = clock_timestamp() + make_interval(secs => :delay)
+     WHERE id = ANY(:ids) AND {FENCE_HOLDS_SQL}
+    """
+)
+_BACKLOG = text(
+    """
+    SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           EXTRACT(EPOCH FROM (now() AT TIME ZONE 'utc')
+                   - min(timestamp) FILTER (WHERE status = 'pending')) AS oldest_age
+      FROM outbox
+    """
+)
+PURGE_ARCHIVE = text(
+    "DELETE FROM outbox_archive WHERE archived_at < now() - make_interval(days => :days)"
+)
+
+KNOWN_HEADERS = ("traceparent", "correlation_id", "causation_id")
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    """A row read for publishing, with the message it becomes."""
+
+    sequence: int
+    attempts: int
+    message: Message
+
+
+def _to_message(row: Any) -> Message:
+    headers: dict[str, str] = dict(row.headers or {})
+    ts: datetime = row.timestamp
+    return Message(
+        id=row.id,
+        type=row.type,
+        aggregatetype=row.aggregatetype,
+        aggregateid=row.aggregateid,
+        payload=row.payload.encode(),
+        occurred_at=ts,
+        traceparent=headers.pop("traceparent", None),
+        correlation_id=headers.pop("correlation_id", None),
+        causation_id=headers.pop("causation_id", None),
+        schema_version=headers.pop("schema_version", "1"),
+        extra_headers=headers,
+    )
+
+
+@dataclass(frozen=True)
+class Backlog:
+    pending: int
+    failed: int
+    oldest_pending_age: float
+
+
+class OutboxStore:
+    """Relay-side access to the outbox. Every write is fenced by the partition lease:
+    if the lease passed to another relay, the write changes nothing and returns 0."""
+
+    def __init__(self, engine: AsyncEngine, archive: bool = True) -> None:
+        self._engine = engine
+        self._archive = archive
+
+    async def fetch(self, partition: int, limit: int) -> list[PendingRow]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(_FETCH, {"partition": partition, "limit": limit})
+            return [PendingRow(r.sequence, r.attempts, _to_message(r)) for r in rows]
+
+    async def settle(
+        self,
+        lease: Lease,
+        published: Sequence[uuid.UUID],
+        failed: Sequence[tuple[uuid.UUID, str]],
+    ) -> int | None:
+        """Archive (or delete) ``published`` and mark ``failed`` in one transaction.
+
+        Returns the rows archived/deleted, or None if the lease no longer holds.
+        """
+        fence = {"lock_name": lease.name, "lock_fence": lease.fence}
+        async with self._engine.begin() as conn:
+            holds = (await conn.execute(text(f"SELECT {FENCE_HOLDS_SQL}"), fence)).scalar()
+            if not holds:
+                return None
+            moved = 0
+            if published:
+                stmt = _ARCHIVE if self._archive else _DELETE
+                result = await conn.execute(stmt, {"ids": list(published), **fence})
+                moved = result.rowcount
+            for message_id, error in failed:
+                await conn.execute(_FAIL, {"id": message_id, "error": error[:4000], **fence})
+            return int(moved)
+
+    async def note_transient(
+        self, lease: Lease, ids: Sequence[uuid.UUID], error: str, delay: float
+    ) -> None:
+        """Record a retryable failure on ``ids`` (attempts, error, next attempt time)."""
+        params = {
+            "ids": list(ids),
+            "error": error[:4000],
+            "delay": delay,
+            "lock_name": lease.name,
+            "lock_fence": lease.fence,
+        }
+        async with self._engine.begin() as conn:
+            await conn.execute(_TRANSIENT, params)
+
+    async def backlog(self) -> Backlog:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_BACKLOG)).one()
+        return Backlog(int(row.pending), int(row.failed), float(row.oldest_age or 0.0))
+
+    async def purge_archive(self, older_than_days: float) -> int:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(PURGE_ARCHIVE, {"days": older_than_days})
+        return int(result.rowcount)
