@@ -135,6 +135,9 @@ class Relay:
         self._drainers: dict[int, tuple[PartitionDrainer, asyncio.Task[None]]] = {}
         self._member: Lease | None = None
         self._started: set[str] = set()
+        # Drainers run concurrently; one lock so a broker's publisher starts only once
+        # (two starts would leave two producers, and per-key order split across them).
+        self._start_lock = asyncio.Lock()
         self._next_purge = 0.0
 
     # -- publishing -------------------------------------------------------------------
@@ -159,9 +162,11 @@ class Relay:
                 outcomes = await publisher.publish([rows[i].message for i in indexes])
             except PublishError:
                 # Reconnect from scratch next time: a broken producer may hold stale state.
-                self._started.discard(broker)
-                with contextlib.suppress(Exception):
-                    await publisher.stop()
+                async with self._start_lock:
+                    if broker in self._started:
+                        self._started.discard(broker)
+                        with contextlib.suppress(Exception):
+                            await publisher.stop()
                 raise
             for i, outcome in zip(indexes, outcomes, strict=True):
                 if outcome.error is not None:
@@ -177,9 +182,10 @@ class Relay:
         publisher = self.publishers.get(broker)
         if publisher is None:
             raise PublishError(f"no publisher configured for broker {broker!r}")
-        if broker not in self._started:
-            await publisher.start()
-            self._started.add(broker)
+        async with self._start_lock:
+            if broker not in self._started:
+                await publisher.start()
+                self._started.add(broker)
         return publisher
 
     def count(self, rows: list[PendingRow], outcomes: list[Outcome]) -> None:

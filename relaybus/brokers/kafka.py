@@ -60,6 +60,9 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
+        """Connect; a second call while started is a no-op (one producer, one order)."""
+        if self._producer is not None:
+            return
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._options)
         try:
             await producer.start()

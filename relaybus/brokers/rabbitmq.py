@@ -10,7 +10,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import AMQPError, DeliveryError
 
-from relaybus.brokers.publisher import PUBLISHED, Outcome, PublishError
+from relaybus.brokers.publisher import DEFERRED, PUBLISHED, Outcome, PublishError
 from relaybus.message import CONTENT_TYPE, Message
 
 EXCHANGE = "relaybus.events"
@@ -19,10 +19,10 @@ EXCHANGE = "relaybus.events"
 class RabbitPublisher:
     """Publishes persistent messages to the durable topic exchange, routing key = type.
 
-    Confirms are pipelined: a call's messages are written in order, then every
-    confirm awaited. ``mandatory`` is set, so a message no queue is bound for comes
-    back and is reported as a permanent error instead of vanishing. A lost
-    connection raises ``PublishError``; the next call reconnects.
+    Confirms are pipelined across keys (see ``publish``). ``mandatory`` is set, so a
+    message no queue is bound for comes back and is reported as a permanent error
+    instead of vanishing. A lost connection raises ``PublishError``; the next call
+    reconnects.
     """
 
     name = "rabbitmq"
@@ -34,8 +34,17 @@ class RabbitPublisher:
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        # Callers publish concurrently; connect at most once at a time.
+        self._connect_lock = asyncio.Lock()
 
     async def start(self) -> None:
+        """Connect and declare the exchange; a no-op while a healthy connection exists."""
+        async with self._connect_lock:
+            if self._connection is not None and not self._connection.is_closed:
+                return
+            await self._connect()
+
+    async def _connect(self) -> None:
         try:
             self._connection = await aio_pika.connect(self._url, timeout=10)
             self._channel = await self._connection.channel(
@@ -45,10 +54,14 @@ class RabbitPublisher:
                 self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
             )
         except (TimeoutError, AMQPError, OSError) as err:
-            await self.stop()
+            await self._close()  # the lock is held by start()
             raise PublishError(f"rabbitmq unavailable: {err!r}") from err
 
     async def stop(self) -> None:
+        async with self._connect_lock:
+            await self._close()
+
+    async def _close(self) -> None:
         connection, self._connection, self._exchange = self._connection, None, None
         if connection is not None and not connection.is_closed:
             # Already broken connections raise on close; nothing is left to release then.
@@ -56,30 +69,55 @@ class RabbitPublisher:
                 await connection.close()
 
     async def publish(self, messages: Sequence[Message]) -> list[Outcome]:
-        if self._exchange is None or self._connection is None or self._connection.is_closed:
-            await self.stop()
-            await self.start()
+        """Publish in waves: wave k holds the k-th message of every key.
+
+        Within a wave confirms are pipelined; the next wave starts only after every
+        confirm (or return) of this one arrived. So when a message comes back
+        unroutable, later messages of its key have not been sent: they are reported
+        ``deferred`` and per-key order survives the failure.
+        """
+        await self.start()  # reconnects if the last connection broke
         exchange = self._exchange
         assert exchange is not None  # start() succeeded or raised
-        pending = [
-            asyncio.ensure_future(
-                exchange.publish(
-                    _to_amqp(m), routing_key=m.type, mandatory=True, timeout=self._confirm_timeout
+        outcomes: list[Outcome] = [DEFERRED] * len(messages)
+        refused: set[str] = set()
+        for wave in _waves(messages):
+            wave = [i for i in wave if messages[i].aggregateid not in refused]
+            pending = [
+                asyncio.ensure_future(
+                    exchange.publish(
+                        _to_amqp(messages[i]),
+                        routing_key=messages[i].type,
+                        mandatory=True,
+                        timeout=self._confirm_timeout,
+                    )
                 )
-            )
-            for m in messages
-        ]
-        results = await asyncio.gather(*pending, return_exceptions=True)
-        outcomes: list[Outcome] = []
-        for result in results:
-            if isinstance(result, DeliveryError):
-                outcomes.append(Outcome(error=f"rabbitmq returned it (unroutable): {result}"))
-            elif isinstance(result, BaseException):
-                await self.stop()
-                raise PublishError(f"rabbitmq publish failed: {result!r}") from result
-            else:
-                outcomes.append(PUBLISHED)
+                for i in wave
+            ]
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            for i, result in zip(wave, results, strict=True):
+                if isinstance(result, DeliveryError):
+                    outcomes[i] = Outcome(error=f"rabbitmq returned it (unroutable): {result}")
+                    refused.add(messages[i].aggregateid)
+                elif isinstance(result, BaseException):
+                    await self.stop()  # the next call reconnects
+                    raise PublishError(f"rabbitmq publish failed: {result!r}") from result
+                else:
+                    outcomes[i] = PUBLISHED
         return outcomes
+
+
+def _waves(messages: Sequence[Message]) -> list[list[int]]:
+    """Indexes of ``messages`` grouped so wave k has each key's k-th message, in order."""
+    seen: dict[str, int] = {}
+    waves: list[list[int]] = []
+    for i, m in enumerate(messages):
+        k = seen.get(m.aggregateid, 0)
+        seen[m.aggregateid] = k + 1
+        if k == len(waves):
+            waves.append([])
+        waves[k].append(i)
+    return waves
 
 
 def _to_amqp(m: Message) -> aio_pika.Message:
