@@ -53,7 +53,8 @@ class OutboxRow(Base):
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
     partition: Mapped[int] = mapped_column(SmallInteger, nullable=False)
-    sequence: Mapped[int] = mapped_column(BigInteger, Identity(), nullable=False, unique=True)
+    # Unique by construction (an identity); no unique index, one less index per insert.
+    sequence: Mapped[int] = mapped_column(BigInteger, Identity(), nullable=False)
     status: Mapped[str] = mapped_column(
         String(16), nullable=False, server_default=text("'pending'")
     )
@@ -63,9 +64,21 @@ class OutboxRow(Base):
 
     __table_args__ = (
         # The relay's drain query: one partition's pending rows in sequence order.
-        Index("ix_outbox_drain", "partition", "status", "sequence"),
-        # "Is an earlier row of this key failed?" (per-key blocking).
-        Index("ix_outbox_key", "partition", "aggregateid", "sequence"),
+        Index(
+            "ix_outbox_drain",
+            "partition",
+            "sequence",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # "Is an earlier row of this key failed?" Failed rows are few, so this partial
+        # index stays tiny and inserts (always 'pending') never touch it.
+        Index(
+            "ix_outbox_failed_key",
+            "partition",
+            "aggregateid",
+            "sequence",
+            postgresql_where=text("status = 'failed'"),
+        ),
     )
 
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -189,12 +190,17 @@ class Relay:
         return publisher
 
     def count(self, rows: list[PendingRow], outcomes: list[Outcome]) -> None:
+        published: Counter[str] = Counter()
+        failed = 0
         for row, outcome in zip(rows, outcomes, strict=True):
             if outcome.ok:
-                for broker in self.router.brokers_for(row.message.type):
-                    self.metrics.published.labels(broker).inc()
+                published.update(self.router.brokers_for(row.message.type))
             elif outcome.error is not None:
-                self.metrics.failures.labels("permanent").inc()
+                failed += 1
+        for broker, n in published.items():
+            self.metrics.published.labels(broker).inc(n)
+        if failed:
+            self.metrics.failures.labels("permanent").inc(failed)
 
     # -- coordination -----------------------------------------------------------------
     def wake_all(self) -> None:

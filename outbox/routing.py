@@ -16,12 +16,21 @@ class Router:
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self._routes = list(routes)
+        self._memo: dict[str, tuple[str, ...]] = {}  # event types are few; asked per row
 
     def brokers_for(self, event_type: str) -> tuple[str, ...]:
-        for route in self._routes:
-            if fnmatchcase(event_type, route.pattern):
-                return tuple(dict.fromkeys(route.brokers))
-        return ()
+        found = self._memo.get(event_type)
+        if found is None:
+            found = next(
+                (
+                    tuple(dict.fromkeys(r.brokers))
+                    for r in self._routes
+                    if fnmatchcase(event_type, r.pattern)
+                ),
+                (),
+            )
+            self._memo[event_type] = found
+        return found
 
     def all_brokers(self) -> set[str]:
         return {b for r in self._routes for b in r.brokers}

@@ -48,7 +48,18 @@ class Message:
         return cls(type=type, aggregatetype=aggregatetype, aggregateid=aggregateid, payload=body)
 
     def headers(self) -> dict[str, str]:
-        """The wire headers, identical on Kafka and RabbitMQ (absent optional ones omitted)."""
+        """The wire headers, identical on Kafka and RabbitMQ (absent optional ones omitted).
+
+        Computed once per message (the relay's hot path asks more than once); treat the
+        returned dict as read-only.
+        """
+        cached: dict[str, str] | None = self.__dict__.get("_headers")
+        if cached is None:
+            cached = self._build_headers()
+            self.__dict__["_headers"] = cached  # frozen dataclass: bypass __setattr__
+        return cached
+
+    def _build_headers(self) -> dict[str, str]:
         out = {
             "id": str(self.id),
             "type": self.type,

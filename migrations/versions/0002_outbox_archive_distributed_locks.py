@@ -51,11 +51,12 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), server_default=sa.text('0'), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox')),
-    sa.UniqueConstraint('sequence', name=op.f('uq_outbox_sequence'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox'))
     )
-    op.create_index('ix_outbox_drain', 'outbox', ['partition', 'status', 'sequence'], unique=False)
-    op.create_index('ix_outbox_key', 'outbox', ['partition', 'aggregateid', 'sequence'], unique=False)
+    op.create_index('ix_outbox_drain', 'outbox', ['partition', 'sequence'], unique=False,
+                    postgresql_where=sa.text("status = 'pending'"))
+    op.create_index('ix_outbox_failed_key', 'outbox', ['partition', 'aggregateid', 'sequence'],
+                    unique=False, postgresql_where=sa.text("status = 'failed'"))
     op.create_table('outbox_archive',
     sa.Column('id', sa.UUID(), nullable=False),
     sa.Column('aggregatetype', sa.String(length=255), nullable=False),
@@ -86,7 +87,7 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS relaybus_outbox_notify()")
     op.drop_index('ix_outbox_archive_archived_at', table_name='outbox_archive')
     op.drop_table('outbox_archive')
-    op.drop_index('ix_outbox_key', table_name='outbox')
+    op.drop_index('ix_outbox_failed_key', table_name='outbox')
     op.drop_index('ix_outbox_drain', table_name='outbox')
     op.drop_table('outbox')
     op.drop_table('distributed_locks')

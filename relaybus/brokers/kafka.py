@@ -13,6 +13,9 @@ from relaybus.message import Message
 
 # Record batch + record framing that is not key, value or headers (generous).
 RECORD_OVERHEAD = 128
+# Below this distance from the limit a message cannot be too large unless its headers
+# alone are huge (the broker then refuses it, reported the same way): skip measuring.
+SIZE_CHECK_MARGIN = 64 * 1024
 
 
 def default_topic(message: Message) -> str:
@@ -22,8 +25,10 @@ def default_topic(message: Message) -> str:
 
 def record_size(message: Message) -> int:
     """Upper estimate of the bytes ``message`` occupies in a produce request."""
-    headers = sum(len(k) + len(v.encode()) + 8 for k, v in message.headers().items())
-    return len(message.payload) + len(message.aggregateid.encode()) + headers + RECORD_OVERHEAD
+    headers = message.headers()
+    header_bytes = sum(len(k) + len(v.encode()) for k, v in headers.items()) + 8 * len(headers)
+    key_bytes = len(message.aggregateid.encode())
+    return len(message.payload) + key_bytes + header_bytes + RECORD_OVERHEAD
 
 
 class KafkaPublisher:
@@ -87,7 +92,8 @@ class KafkaPublisher:
                 if m.aggregateid in refused:
                     outcomes[i] = DEFERRED
                     continue
-                size = record_size(m)
+                near_limit = len(m.payload) + SIZE_CHECK_MARGIN > self._max_request_size
+                size = record_size(m) if near_limit else 0
                 if size > self._max_request_size:
                     outcomes[i] = Outcome(
                         error=f"message is ~{size} bytes, over max_request_size "

@@ -1,0 +1,396 @@
+"""Relay throughput vs raw clients, outbox write cost, and faststream-outbox as a peer.
+
+Run (stack up, database migrated):  python -m bench.relay_bench
+Writes bench/results/relay.json and bench/results/relay.md. Not a test: numbers are
+medians of several rounds on whatever machine runs it, compared only with baselines
+measured in the same run on the same stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bench.report import Comparison, Series, write
+from outbox.metrics import RelayMetrics
+from outbox.relay import Relay, RelayConfig
+from outbox.routing import Router
+from outbox.writer import Outbox
+from relaybus.brokers.kafka import KafkaPublisher
+from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.brokers.publisher import Publisher
+from relaybus.brokers.rabbitmq import EXCHANGE, RabbitPublisher
+from relaybus.db import create_engine, session_factory
+from relaybus.locks.postgres import PostgresLock
+from relaybus.message import Message
+from relaybus.settings import Route, Settings
+
+PAD = "x" * 180  # with {"n":…,"pad":…} a payload is ~200 bytes
+PARTITIONS = 16
+
+
+def payload(n: int) -> bytes:
+    return json.dumps({"n": n, "pad": PAD}, separators=(",", ":")).encode()
+
+
+def message(agg: str, n: int, keys: int) -> Message:
+    return Message(
+        type="bench.event", aggregatetype=agg, aggregateid=f"k{n % keys}", payload=payload(n)
+    )
+
+
+async def prefill_outbox(engine: AsyncEngine, agg: str, events: int, keys: int) -> None:
+    """Bulk-load ``events`` pending rows (the load is not what is measured)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                """
+                INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, timestamp,
+                                    headers, partition)
+                SELECT gen_random_uuid(), :agg, 'k' || (g % :keys), 'bench.event',
+                       jsonb_build_object('n', g, 'pad', CAST(:pad AS text)),
+                       now() AT TIME ZONE 'utc',
+                       '{}'::jsonb, abs(hashtext('k' || (g % :keys))) % :parts
+                  FROM generate_series(1, :n) AS g
+                """
+            ),
+            {"agg": agg, "keys": keys, "pad": PAD, "parts": PARTITIONS, "n": events},
+        )
+
+
+async def wait_empty(engine: AsyncEngine, sql: str, params: dict[str, object]) -> None:
+    while True:
+        async with engine.connect() as conn:
+            if not (await conn.execute(text(sql), params)).scalar():
+                return
+        await asyncio.sleep(0.05)
+
+
+async def relay_drain(
+    engine: AsyncEngine, agg: str, publishers: dict[str, Publisher], broker: str
+) -> float:
+    """Seconds for an in-process relay to empty the outbox of ``agg``."""
+    relay = Relay(
+        engine,
+        PostgresLock(engine),
+        publishers,
+        Router([Route(pattern="*", brokers=[broker])]),  # type: ignore[list-item]
+        RelayConfig(
+            partitions=PARTITIONS,
+            batch_size=1000,
+            lease_ttl=10,
+            poll_interval=0.2,
+            instance=f"bench-{uuid.uuid4().hex[:6]}",
+        ),
+        RelayMetrics(),
+        archive=True,
+    )
+    stop = asyncio.Event()
+    started = time.monotonic()
+    task = asyncio.create_task(relay.run(stop))
+    await wait_empty(engine, "SELECT 1 FROM outbox WHERE aggregatetype = :a LIMIT 1", {"a": agg})
+    elapsed = time.monotonic() - started
+    stop.set()
+    await task
+    return elapsed
+
+
+async def raw_kafka(bootstrap: str, topic: str, events: int, keys: int) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    try:
+        started = time.monotonic()
+        pending = []
+        for n in range(events):
+            m = message("raw", n, keys)
+            headers = [(k, v.encode()) for k, v in m.headers().items()]
+            pending.append(
+                await producer.send(topic, m.payload, key=m.aggregateid.encode(), headers=headers)
+            )
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        return time.monotonic() - started
+    finally:
+        await producer.stop()
+
+
+async def raw_rabbit(url: str, events: int, keys: int, window: int = 1000) -> float:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        started = time.monotonic()
+        for start in range(0, events, window):
+            batch = []
+            for n in range(start, min(events, start + window)):
+                m = message("raw", n, keys)
+                batch.append(
+                    exchange.publish(
+                        aio_pika.Message(
+                            m.payload,
+                            message_id=str(m.id),
+                            type=m.type,
+                            headers=dict(m.headers()),
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=m.type,
+                        mandatory=True,
+                    )
+                )
+            await asyncio.gather(*batch)
+        return time.monotonic() - started
+    finally:
+        await connection.close()
+
+
+async def rabbit_sink(url: str, purge: bool = False) -> None:
+    """A durable queue bound to bench.# so mandatory publishes are routable."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue("bench.sink", durable=True)
+        await queue.bind(exchange, routing_key="bench.#")
+        if purge:
+            await queue.purge()
+    finally:
+        await connection.close()
+
+
+async def inserts(
+    engine: AsyncEngine, transactions: int, with_outbox: bool, writers: int = 8
+) -> float:
+    """Seconds for ``writers`` concurrent tasks to commit ``transactions`` order inserts."""
+    outbox = Outbox()
+    sessions = session_factory(engine)
+    insert = text("INSERT INTO bench_orders (customer, total) VALUES (:c, :t) RETURNING id")
+
+    async def writer(w: int) -> None:
+        for i in range(transactions // writers):
+            async with sessions() as session, session.begin():
+                order_id = (await session.execute(insert, {"c": f"c{w}", "t": i})).scalar()
+                if with_outbox:
+                    await outbox.enqueue(
+                        session,
+                        aggregate_type="benchorder",
+                        aggregate_id=str(order_id),
+                        type="bench.order.created",
+                        payload={"id": order_id, "pad": PAD[:150]},
+                    )
+
+    started = time.monotonic()
+    await asyncio.gather(*(writer(w) for w in range(writers)))
+    return time.monotonic() - started
+
+
+async def faststream_outbox_drain(
+    engine: AsyncEngine, bootstrap: str, topic: str, events: int
+) -> float:
+    """Seconds for faststream-outbox's relay (outbox subscriber -> Kafka publisher)."""
+    from faststream.kafka import KafkaBroker
+    from faststream_outbox import OutboxBroker, make_outbox_table
+
+    metadata = MetaData()
+    table = make_outbox_table(metadata, table_name="fso_outbox")
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+        await conn.execute(text("TRUNCATE fso_outbox"))
+        await conn.execute(
+            text(
+                "INSERT INTO fso_outbox (queue, payload, headers) "
+                "SELECT 'bench', convert_to(json_build_object('n', g, "
+                "'pad', CAST(:pad AS text))::text, 'UTF8'), "
+                '\'{"content-type": "application/json"}\'::jsonb '
+                "FROM generate_series(1, :n) g"
+            ),
+            {"pad": PAD, "n": events},
+        )
+    outbox_broker = OutboxBroker(engine, outbox_table=table)
+    kafka = KafkaBroker(bootstrap, acks="all", enable_idempotence=True)
+    publisher = kafka.publisher(topic)
+
+    @publisher
+    @outbox_broker.subscriber(
+        "bench",
+        max_workers=16,
+        fetch_batch_size=500,
+        min_fetch_interval=0.01,
+        max_fetch_interval=0.1,
+        terminal_flush_batch_size=100,
+    )
+    async def relay(body: dict[str, object]) -> dict[str, object]:
+        return body
+
+    await kafka.start()
+    started = time.monotonic()
+    await outbox_broker.start()
+    await wait_empty(engine, "SELECT 1 FROM fso_outbox LIMIT 1", {})
+    elapsed = time.monotonic() - started
+    await outbox_broker.stop()
+    await kafka.stop()
+    return elapsed
+
+
+async def rounds(n: int, run: Callable[[int], Awaitable[float]], work: int, s: Series) -> None:
+    for r in range(n):
+        seconds = await run(r)
+        s.values.append(work / seconds)
+        print(f"  {s.name} round {r + 1}: {work / seconds:,.0f} {s.unit}", flush=True)
+
+
+async def main(args: argparse.Namespace) -> None:
+    settings = Settings()
+    engine = create_engine(settings.database_url, pool_size=20)
+    tag = uuid.uuid4().hex[:6]
+    events, keys = args.events, args.keys
+    comparisons: list[Comparison] = []
+    try:
+        # (a) Kafka: raw aiokafka vs the relay draining a pre-filled outbox.
+        raw_k = Series("raw aiokafka", "msg/s")
+        relay_k = Series("relay -> Kafka", "msg/s")
+        kafka_pub = KafkaPublisher(settings.kafka_bootstrap)
+
+        async def raw_kafka_round(r: int) -> float:
+            topic = f"bench.raw.{tag}.{r}"
+            await ensure_topic(settings.kafka_bootstrap, topic, partitions=PARTITIONS)
+            return await raw_kafka(settings.kafka_bootstrap, topic, events, keys)
+
+        async def relay_kafka_round(label: str, count: int) -> float:
+            agg = f"bench{tag}{label}"
+            await ensure_topic(
+                settings.kafka_bootstrap, f"outbox.event.{agg}", partitions=PARTITIONS
+            )
+            await prefill_outbox(engine, agg, count, keys)
+            return await relay_drain(engine, agg, {"kafka": kafka_pub}, "kafka")
+
+        if "kafka" in args.only:
+            print("(a) Kafka", flush=True)
+            for r in range(args.rounds):  # interleave so drift hits both alike
+                await rounds(1, lambda _r, r=r: raw_kafka_round(r), events, raw_k)
+                await rounds(1, lambda _r, r=r: relay_kafka_round(f"k{r}", events), events, relay_k)
+            comparisons.append(Comparison("relay/raw Kafka", relay_k, raw_k, 0.6))
+
+        # (b) RabbitMQ: raw aio-pika with pipelined confirms vs the relay.
+        if "rabbitmq" in args.only:
+            print("(b) RabbitMQ", flush=True)
+            raw_r = Series("raw aio-pika (pipelined confirms)", "msg/s")
+            relay_r = Series("relay -> RabbitMQ", "msg/s")
+            rabbit_pub = RabbitPublisher(settings.rabbitmq_url)
+            await rabbit_sink(settings.rabbitmq_url, purge=True)
+            for r in range(args.rounds):
+                await rounds(
+                    1, lambda _r: raw_rabbit(settings.rabbitmq_url, events, keys), events, raw_r
+                )
+                await rabbit_sink(settings.rabbitmq_url, purge=True)
+                agg = f"bench{tag}r{r}"
+                await prefill_outbox(engine, agg, events, keys)
+                await rounds(
+                    1,
+                    lambda _r, agg=agg: relay_drain(
+                        engine, agg, {"rabbitmq": rabbit_pub}, "rabbitmq"
+                    ),
+                    events,
+                    relay_r,
+                )
+                await rabbit_sink(settings.rabbitmq_url, purge=True)
+            comparisons.append(Comparison("relay/raw RabbitMQ", relay_r, raw_r, 0.5))
+
+        # (c) A business insert alone vs the same insert + its outbox row.
+        if "inserts" in args.only:
+            print("(c) inserts", flush=True)
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "CREATE TABLE IF NOT EXISTS bench_orders (id bigserial PRIMARY KEY, "
+                        "customer text NOT NULL, total numeric NOT NULL, "
+                        "created_at timestamptz NOT NULL DEFAULT now())"
+                    )
+                )
+            plain = Series("insert only", "tx/s")
+            with_ob = Series("insert + outbox row", "tx/s")
+            for _ in range(args.rounds):
+                await rounds(
+                    1,
+                    lambda _r: inserts(engine, args.transactions, False),
+                    args.transactions,
+                    plain,
+                )
+                await rounds(
+                    1,
+                    lambda _r: inserts(engine, args.transactions, True),
+                    args.transactions,
+                    with_ob,
+                )
+            async with engine.begin() as conn:
+                await conn.execute(text("DROP TABLE bench_orders"))
+                await conn.execute(text("DELETE FROM outbox WHERE aggregatetype = 'benchorder'"))
+            comparisons.append(Comparison("outbox insert/plain insert", with_ob, plain, 0.9))
+
+        # (d) The same Kafka relay workload through faststream-outbox.
+        if "peer" in args.only:
+            print("(d) faststream-outbox", flush=True)
+            peer = Series("faststream-outbox -> Kafka", "msg/s")
+            ours = Series("relay -> Kafka", "msg/s")
+            for r in range(args.rounds):
+                topic = f"bench.fso.{tag}.{r}"
+                await ensure_topic(settings.kafka_bootstrap, topic, partitions=PARTITIONS)
+                await rounds(
+                    1,
+                    lambda _r, topic=topic: faststream_outbox_drain(
+                        engine, settings.kafka_bootstrap, topic, args.peer_events
+                    ),
+                    args.peer_events,
+                    peer,
+                )
+                await rounds(
+                    1,
+                    lambda _r, r=r: relay_kafka_round(f"p{r}", args.peer_events),
+                    args.peer_events,
+                    ours,
+                )
+
+            async with engine.begin() as conn:
+                await conn.execute(text("DROP TABLE IF EXISTS fso_outbox"))
+            comparisons.append(Comparison("relay/faststream-outbox", ours, peer, 3.0))
+    finally:
+        await engine.dispose()
+    params = {
+        "events": events,
+        "keys": keys,
+        "rounds": args.rounds,
+        "transactions": args.transactions,
+        "peer_events": args.peer_events,
+    }
+    print(write("relay", params, comparisons))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--transactions", type=int, default=20_000)
+    parser.add_argument("--peer-events", type=int, default=50_000)
+    parser.add_argument("--only", nargs="+", default=["kafka", "rabbitmq", "inserts", "peer"])
+    asyncio.run(main(parser.parse_args()))
