@@ -76,7 +76,11 @@ async def wait_empty(engine: AsyncEngine, sql: str, params: dict[str, object]) -
 
 
 async def relay_drain(
-    engine: AsyncEngine, agg: str, publishers: dict[str, Publisher], broker: str
+    engine: AsyncEngine,
+    agg: str,
+    publishers: dict[str, Publisher],
+    broker: str,
+    batch_size: int = 1000,
 ) -> float:
     """Seconds for an in-process relay to empty the outbox of ``agg``."""
     relay = Relay(
@@ -282,7 +286,7 @@ async def main(args: argparse.Namespace) -> None:
                 settings.kafka_bootstrap, f"outbox.event.{agg}", partitions=PARTITIONS
             )
             await prefill_outbox(engine, agg, count, keys)
-            return await relay_drain(engine, agg, {"kafka": kafka_pub}, "kafka")
+            return await relay_drain(engine, agg, {"kafka": kafka_pub}, "kafka", args.relay_batch)
 
         if "kafka" in args.only:
             print("(a) Kafka", flush=True)
@@ -308,7 +312,7 @@ async def main(args: argparse.Namespace) -> None:
                 await rounds(
                     1,
                     lambda _r, agg=agg: relay_drain(
-                        engine, agg, {"rabbitmq": rabbit_pub}, "rabbitmq"
+                        engine, agg, {"rabbitmq": rabbit_pub}, "rabbitmq", args.relay_batch
                     ),
                     events,
                     relay_r,
@@ -392,5 +396,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--transactions", type=int, default=20_000)
     parser.add_argument("--peer-events", type=int, default=50_000)
+    parser.add_argument("--relay-batch", type=int, default=1000)
     parser.add_argument("--only", nargs="+", default=["kafka", "rabbitmq", "inserts", "peer"])
     asyncio.run(main(parser.parse_args()))

@@ -20,6 +20,7 @@ from outbox.store import OutboxStore, PendingRow
 from relaybus.backoff import Backoff
 from relaybus.brokers.publisher import Outcome, Publisher, PublishError
 from relaybus.locks.base import Lease, LockBackend
+from relaybus.message import Message
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,10 @@ class Relay:
         A row is published when all its brokers acknowledged it; refused if any broker
         refused it (or no route matches); deferred otherwise.
         """
+        routes = {self.router.brokers_for(t) for t in {r.message.type for r in rows}}
+        if len(routes) == 1 and len(single := next(iter(routes))) == 1:
+            # The common case: every row goes to the same one broker, outcomes as-is.
+            return await self._publish_to(single[0], [r.message for r in rows])
         errors: list[list[str]] = [[] for _ in rows]
         deferred = [False] * len(rows)
         per_broker: dict[str, list[int]] = {}
@@ -158,17 +163,7 @@ class Relay:
             for broker in brokers:
                 per_broker.setdefault(broker, []).append(i)
         for broker, indexes in per_broker.items():
-            publisher = await self._publisher(broker)
-            try:
-                outcomes = await publisher.publish([rows[i].message for i in indexes])
-            except PublishError:
-                # Reconnect from scratch next time: a broken producer may hold stale state.
-                async with self._start_lock:
-                    if broker in self._started:
-                        self._started.discard(broker)
-                        with contextlib.suppress(Exception):
-                            await publisher.stop()
-                raise
+            outcomes = await self._publish_to(broker, [rows[i].message for i in indexes])
             for i, outcome in zip(indexes, outcomes, strict=True):
                 if outcome.error is not None:
                     errors[i].append(f"{broker}: {outcome.error}")
@@ -178,6 +173,19 @@ class Relay:
             Outcome(error="; ".join(e)) if e else Outcome(deferred=d)
             for e, d in zip(errors, deferred, strict=True)
         ]
+
+    async def _publish_to(self, broker: str, messages: list[Message]) -> list[Outcome]:
+        publisher = await self._publisher(broker)
+        try:
+            return await publisher.publish(messages)
+        except PublishError:
+            # Reconnect from scratch next time: a broken producer may hold stale state.
+            async with self._start_lock:
+                if broker in self._started:
+                    self._started.discard(broker)
+                    with contextlib.suppress(Exception):
+                        await publisher.stop()
+            raise
 
     async def _publisher(self, broker: str) -> Publisher:
         publisher = self.publishers.get(broker)

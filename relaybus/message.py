@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -12,6 +13,14 @@ from relaybus.ids import uuid7
 
 CONTENT_TYPE = "application/json"
 SCHEMA_VERSION = "1"
+
+
+_CONTENT_TYPE_BYTES = CONTENT_TYPE.encode()
+
+
+@lru_cache(maxsize=4096)
+def _utf8(value: str) -> bytes:
+    return value.encode()
 
 
 def rfc3339(ts: datetime) -> str:
@@ -57,6 +66,29 @@ class Message:
         if cached is None:
             cached = self._build_headers()
             self.__dict__["_headers"] = cached  # frozen dataclass: bypass __setattr__
+        return cached
+
+    def kafka_headers(self) -> list[tuple[str, bytes]]:
+        """``headers()`` as Kafka record headers (UTF-8 values), computed once.
+
+        Built directly rather than by encoding ``headers()``: this runs once per
+        published message, and type names repeat, so their encodings are memoised.
+        """
+        cached: list[tuple[str, bytes]] | None = self.__dict__.get("_kafka_headers")
+        if cached is None:
+            if self.extra_headers or self.traceparent or self.correlation_id or self.causation_id:
+                cached = [(k, v.encode()) for k, v in self.headers().items()]
+            else:
+                cached = [
+                    ("id", str(self.id).encode()),
+                    ("type", _utf8(self.type)),
+                    ("aggregatetype", _utf8(self.aggregatetype)),
+                    ("aggregateid", self.aggregateid.encode()),
+                    ("occurred_at", rfc3339(self.occurred_at).encode()),
+                    ("content-type", _CONTENT_TYPE_BYTES),
+                    ("schema_version", _utf8(self.schema_version)),
+                ]
+            self.__dict__["_kafka_headers"] = cached
         return cached
 
     def _build_headers(self) -> dict[str, str]:

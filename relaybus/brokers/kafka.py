@@ -84,13 +84,13 @@ class KafkaPublisher:
     async def publish(self, messages: Sequence[Message]) -> list[Outcome]:
         if self._producer is None:
             raise PublishError("kafka publisher not started")
-        outcomes: list[Outcome | None] = [None] * len(messages)
+        producer = self._producer
+        outcomes: list[Outcome] = [DEFERRED] * len(messages)
         refused: set[str] = set()
         sent: list[tuple[int, asyncio.Future[object]]] = []
         try:
             for i, m in enumerate(messages):
                 if m.aggregateid in refused:
-                    outcomes[i] = DEFERRED
                     continue
                 near_limit = len(m.payload) + SIZE_CHECK_MARGIN > self._max_request_size
                 size = record_size(m) if near_limit else 0
@@ -101,19 +101,22 @@ class KafkaPublisher:
                     )
                     refused.add(m.aggregateid)
                     continue
-                headers = [(k, v.encode()) for k, v in m.headers().items()]
-                future = await self._producer.send(
-                    self._topic_for(m), m.payload, key=m.aggregateid.encode(), headers=headers
+                future = await producer.send(
+                    self._topic_for(m),
+                    m.payload,
+                    key=m.aggregateid.encode(),
+                    headers=m.kafka_headers(),
                 )
                 sent.append((i, future))
-            results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+            # Awaited one by one rather than gathered: by the time the first completes
+            # most others are done too, and awaiting a done future costs no loop turn.
+            for i, future in sent:
+                try:
+                    await future
+                except MessageSizeTooLargeError as err:
+                    outcomes[i] = Outcome(error=f"kafka refused the size: {err!r}")
+                else:
+                    outcomes[i] = PUBLISHED
         except KafkaError as err:
             raise PublishError(f"kafka publish failed: {err!r}") from err
-        for (i, _), result in zip(sent, results, strict=True):
-            if isinstance(result, MessageSizeTooLargeError):
-                outcomes[i] = Outcome(error=f"kafka refused the size: {result!r}")
-            elif isinstance(result, BaseException):
-                raise PublishError(f"kafka publish failed: {result!r}") from result
-            else:
-                outcomes[i] = PUBLISHED
-        return [o if o is not None else DEFERRED for o in outcomes]
+        return outcomes

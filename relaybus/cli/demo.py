@@ -1,71 +1,168 @@
-"""``relaybus demo``: one event through Kafka and RabbitMQ, and a report of what arrived."""
+"""``relaybus demo``: events through the outbox and relay to Kafka and RabbitMQ, with a report."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import json
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
 
 import typer
 from rich.table import Table
 
-from relaybus.brokers.kafka import KafkaPublisher, default_topic
+from outbox.admin import OutboxAdmin
+from outbox.metrics import RelayMetrics
+from outbox.notify import OutboxListener
+from outbox.relay import Relay, RelayConfig
+from outbox.routing import Router
+from outbox.writer import Outbox
+from relaybus.brokers.kafka import KafkaPublisher
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.brokers.publisher import PublishError
 from relaybus.brokers.rabbitmq import RabbitPublisher
 from relaybus.brokers.taps import Received, kafka_tap, rabbit_tap
 from relaybus.cli.console import make_console
-from relaybus.message import Message
-from relaybus.settings import Settings
+from relaybus.db import create_engine, session_factory
+from relaybus.ids import uuid7
+from relaybus.locks.postgres import PostgresLock
+from relaybus.settings import Route, Settings
+
+AGGREGATE = "demo"
+TOPIC = f"outbox.event.{AGGREGATE}"
 
 
-async def _round_trip(settings: Settings, message: Message, timeout: float) -> list[Received]:
-    topic = default_topic(message)
-    await ensure_topic(settings.kafka_bootstrap, topic)
-    kafka = KafkaPublisher(settings.kafka_bootstrap)
-    rabbit = RabbitPublisher(settings.rabbitmq_url)
-    async with (
-        kafka_tap(settings.kafka_bootstrap, topic) as from_kafka,
-        rabbit_tap(settings.rabbitmq_url, f"{message.aggregatetype}.#") as from_rabbit,
-    ):
-        for publisher in (kafka, rabbit):
-            await publisher.start()
-            try:
-                await publisher.publish([message])
-            finally:
-                await publisher.stop()
-        return [
-            await asyncio.wait_for(from_kafka.get(), timeout),
-            await asyncio.wait_for(from_rabbit.get(), timeout),
-        ]
+@dataclass
+class BrokerReport:
+    broker: str
+    received: int
+    unique: int
+    in_key_order: bool
+    p50_ms: float
+    p99_ms: float
+
+
+def _report(broker: str, got: list[tuple[Received, float]]) -> BrokerReport:
+    by_key: dict[str, list[int]] = defaultdict(list)
+    latencies = []
+    for r, arrived in got:
+        by_key[r.headers["aggregateid"]].append(json.loads(r.body)["n"])
+        sent = datetime.fromisoformat(r.headers["occurred_at"].replace("Z", "+00:00"))
+        latencies.append((arrived - sent.timestamp()) * 1000)
+    latencies.sort()
+    return BrokerReport(
+        broker,
+        len(got),
+        len({r.headers["id"] for r, _ in got}),
+        all(ns == sorted(ns) for ns in by_key.values()),
+        statistics.median(latencies),
+        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+    )
+
+
+async def _collect(
+    queue: asyncio.Queue[Received], ids: set[str], out: list[tuple[Received, float]]
+) -> None:
+    seen: set[str] = set()
+    while not ids <= seen:
+        r = await queue.get()
+        if r.headers.get("id") in ids:
+            out.append((r, time.time()))
+            seen.add(r.headers["id"])
+
+
+async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -> None:
+    """Write ``events`` through the outbox, relay them in-process, read both brokers back."""
+    console = make_console()
+    engine = create_engine(settings.database_url)
+    await ensure_topic(settings.kafka_bootstrap, TOPIC, partitions=6)
+    relay = Relay(
+        engine,
+        PostgresLock(engine),
+        {
+            "kafka": KafkaPublisher(settings.kafka_bootstrap),
+            "rabbitmq": RabbitPublisher(settings.rabbitmq_url),
+        },
+        Router([Route(pattern="demo.*", brokers=["kafka", "rabbitmq"])]),
+        RelayConfig(partitions=settings.outbox_partitions, instance=f"demo-{uuid7().hex[-6:]}"),
+        RelayMetrics(),
+    )
+    stop = asyncio.Event()
+    from_kafka: list[tuple[Received, float]] = []
+    from_rabbit: list[tuple[Received, float]] = []
+    try:
+        async with (
+            kafka_tap(settings.kafka_bootstrap, TOPIC) as kq,
+            rabbit_tap(settings.rabbitmq_url, "demo.#") as rq,
+        ):
+            listener = asyncio.create_task(
+                OutboxListener(settings.database_url, relay.wake_all).run()
+            )
+            relay_task = asyncio.create_task(relay.run(stop))
+            outbox = Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
+            sessions = session_factory(engine)
+            ids: set[str] = set()
+            started = time.monotonic()
+            for start in range(0, events, 20):  # 20 events per business transaction
+                async with sessions() as session, session.begin():
+                    for n in range(start, min(events, start + 20)):
+                        message_id = await outbox.enqueue(
+                            session,
+                            aggregate_type=AGGREGATE,
+                            aggregate_id=f"order-{n % keys}",
+                            type="demo.order.placed",
+                            payload={"n": n, "sku": f"sku-{n % 7}", "qty": 1 + n % 3},
+                        )
+                        ids.add(str(message_id))
+            console.print(f"committed {events} events through the outbox over {keys} keys")
+            await asyncio.wait_for(
+                asyncio.gather(_collect(kq, ids, from_kafka), _collect(rq, ids, from_rabbit)),
+                timeout,
+            )
+            elapsed = time.monotonic() - started
+            stop.set()
+            await relay_task
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        status = await OutboxAdmin(engine).status()
+    finally:
+        stop.set()
+        await engine.dispose()
+
+    table = Table(title=f"relaybus demo: {events} events, {elapsed:.2f}s end to end")
+    for col in ("broker", "received", "unique ids", "per-key order", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="right")
+    for rep in (_report("kafka", from_kafka), _report("rabbitmq", from_rabbit)):
+        table.add_row(
+            rep.broker,
+            str(rep.received),
+            str(rep.unique),
+            "kept" if rep.in_key_order else "[red]BROKEN[/red]",
+            f"{rep.p50_ms:.1f}",
+            f"{rep.p99_ms:.1f}",
+        )
+    console.print(table)
+    console.print(
+        f"outbox now: {status.pending} pending, {status.failed} failed, archived {status.archived}"
+    )
 
 
 def demo(
-    timeout: float = typer.Option(30.0, help="Seconds to wait for each message to arrive."),
+    events: int = typer.Option(200, min=1, help="How many events to write."),
+    keys: int = typer.Option(10, min=1, help="Distinct aggregate ids (per-key order is checked)."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for every event to arrive."),
 ) -> None:
-    """Publish one event to Kafka and RabbitMQ and print what each delivered.
+    """Write events through the outbox, relay them to Kafka and RabbitMQ, report what arrived.
 
-    Example: relaybus demo
+    Example: relaybus demo --events 500 --keys 20
     """
-    settings = Settings()
-    message = Message.from_data(
-        "demo.ping", "demo", "demo-1", {"hello": "relaybus", "at": datetime.now(UTC).isoformat()}
-    )
-    console = make_console()
     try:
-        arrived = asyncio.run(_round_trip(settings, message, timeout))
+        asyncio.run(run_demo(Settings(), events, keys, timeout))
     except (PublishError, OSError, TimeoutError) as err:
-        console.print(f"[red]demo failed: {err!r}[/red] (is the stack up? relaybus stack up)")
+        make_console(stderr=True).print(
+            f"[red]demo failed: {err!r}[/red] (is the stack up and migrated? "
+            "relaybus stack up && relaybus db upgrade)"
+        )
         raise typer.Exit(1) from None
-    table = Table(title=f"message {message.id} as delivered")
-    for col in ("broker", "from", "key / routing key", "headers", "payload"):
-        table.add_column(col, overflow="fold")
-    for r in arrived:
-        headers = ", ".join(f"{k}={v}" for k, v in sorted(r.headers.items()))
-        table.add_row(r.broker, r.source, r.key or "", headers, r.body.decode())
-    console.print(table)
-    same = all(
-        r.body == message.payload and r.headers.get("id") == str(message.id) for r in arrived
-    )
-    console.print("payload and id identical on both brokers" if same else "[red]mismatch[/red]")
-    if not same:
-        raise typer.Exit(1)
