@@ -378,6 +378,9 @@ async def main(args: argparse.Namespace) -> None:
                 await conn.execute(text("DROP TABLE IF EXISTS fso_outbox"))
             comparisons.append(Comparison("relay/faststream-outbox", ours, peer, 3.0))
     finally:
+        async with engine.begin() as conn:  # leave no bench rows behind
+            await conn.execute(text("DELETE FROM outbox WHERE aggregatetype LIKE 'bench%'"))
+            await conn.execute(text("DELETE FROM outbox_archive WHERE aggregatetype LIKE 'bench%'"))
         await engine.dispose()
     params = {
         "events": events,

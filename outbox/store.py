@@ -87,15 +87,16 @@ class PendingRow:
 
 
 def _to_message(row: Any) -> Message:
-    raw_headers: str = row["headers"]
+    # Positional access: this runs once per published row (column order of _FETCH).
+    raw_headers: str = row[6]
     headers: dict[str, str] = {} if raw_headers == "{}" else json.loads(raw_headers)
-    ts: datetime = row["timestamp"]
+    ts: datetime = row[5]
     return Message(
-        id=row["id"],
-        type=row["type"],
-        aggregatetype=row["aggregatetype"],
-        aggregateid=row["aggregateid"],
-        payload=row["payload"].encode(),
+        id=row[0],
+        type=row[3],
+        aggregatetype=row[1],
+        aggregateid=row[2],
+        payload=row[4].encode(),
         occurred_at=ts,
         traceparent=headers.pop("traceparent", None),
         correlation_id=headers.pop("correlation_id", None),
@@ -125,7 +126,7 @@ class OutboxStore:
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
             rows = await raw.driver_connection.fetch(_FETCH, partition, limit)  # type: ignore[union-attr]
-        return [PendingRow(r["sequence"], r["attempts"], _to_message(r)) for r in rows]
+        return [PendingRow(r[7], r[8], _to_message(r)) for r in rows]
 
     async def settle(
         self,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import socket
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.request import urlopen
 
 import aio_pika
 import pytest
@@ -315,3 +318,60 @@ async def test_unpublishable_rows_fail_block_their_key_and_operators_retry_or_sk
             .all()
         )
     assert sorted(actions) == ["outbox.retry", "outbox.skip"]
+
+
+async def test_sigterm_hands_partitions_back_and_metrics_are_served(
+    settings: Settings, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    agg = _agg()
+    await make_topic(settings.kafka_bootstrap, agg)
+    port = _free_port()
+    with relay_fleet(tmp_path, KAFKA_ONLY, RELAYBUS_RELAY_METRICS_PORT=str(port)) as fleet:
+        relay = fleet.start("metered")
+        await enqueue(engine, agg, [Event("m-1", "metrics.tick", {"n": i}) for i in range(20)])
+        await wait_drained(engine, agg, within=60)
+
+        async def scraped() -> bool:
+            try:
+                body = await asyncio.to_thread(_scrape, port)
+            except OSError:
+                return False
+            return 'relaybus_relay_published_total{broker="kafka"}' in body and (
+                "relaybus_relay_partitions_held 16.0" in body
+            )
+
+        await eventually(scraped, within=30, what="metrics served")
+        body = await asyncio.to_thread(_scrape, port)
+        for name in (
+            "relaybus_outbox_backlog",
+            "relaybus_outbox_oldest_pending_age_seconds",
+            "relaybus_relay_failures_total",
+            "relaybus_outbox_failed",
+        ):
+            assert name in body
+        relay.signal(signal.SIGTERM)
+        assert relay.proc is not None
+        assert relay.proc.returncode == 0
+        assert "relay metered stopped" in relay.log.read_text()
+    # Leases were released, not left to expire: the partitions are free right away.
+    async with engine.connect() as conn:
+        held = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM distributed_locks WHERE name LIKE 'outbox-partition-%' "
+                    "AND expires_at > clock_timestamp()"
+                )
+            )
+        ).scalar_one()
+    assert held == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> str:
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        return str(response.read().decode())

@@ -1,0 +1,121 @@
+"""The operator CLI on the real database: publish, status, purge, confirmations, audit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybus.db import create_engine
+from relaybus.ids import uuid7
+from relaybus.settings import Settings
+from tests.support.cli import run_cli
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings.database_url)
+    yield engine
+    await engine.dispose()
+
+
+async def test_publish_writes_count_rows_through_the_outbox(engine: AsyncEngine) -> None:
+    agg = f"cli{uuid7().hex[-10:]}"
+    proc = run_cli(
+        "publish",
+        "cli.tested",
+        "--aggregate-type",
+        agg,
+        "--key",
+        "k-{i}",
+        "--data",
+        '{"v": 1}',
+        "--count",
+        "5",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    ids = json.loads(proc.stdout)["ids"]
+    assert len(ids) == 5
+    async with engine.begin() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT aggregateid, payload FROM outbox WHERE aggregatetype = :a "
+                    "ORDER BY sequence"
+                ),
+                {"a": agg},
+            )
+        ).all()
+        await conn.execute(text("DELETE FROM outbox WHERE aggregatetype = :a"), {"a": agg})
+    assert [r.aggregateid for r in rows] == [f"k-{i}" for i in range(5)]
+    assert all(r.payload == {"v": 1} for r in rows)
+
+
+def test_publish_rejects_bad_json_with_a_clear_message() -> None:
+    proc = run_cli("publish", "x.y", "--aggregate-type", "a", "--key", "k", "--data", "{nope")
+    assert proc.returncode == 2
+    assert "--data is not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_status_json_has_counts() -> None:
+    proc = run_cli("outbox", "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert {"pending", "failed", "oldest_pending_age_s", "archived"} <= set(status)
+
+
+async def test_destructive_actions_ask_and_without_yes_change_nothing(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as conn:
+        before = (await conn.execute(text("SELECT count(*) FROM audit_log"))).scalar_one()
+    proc = run_cli("outbox", "purge", "--older-than", "0")  # no --yes, no stdin to answer
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    async with engine.connect() as conn:
+        after = (await conn.execute(text("SELECT count(*) FROM audit_log"))).scalar_one()
+    assert after == before
+
+
+async def test_purge_removes_old_archive_rows_and_is_audited(engine: AsyncEngine) -> None:
+    agg = f"purge{uuid7().hex[-10:]}"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO outbox_archive (id, aggregatetype, aggregateid, type, payload, "
+                "timestamp, headers, partition, sequence, attempts, outcome, archived_at) "
+                "VALUES (gen_random_uuid(), :a, 'k', 't', '{}', now(), '{}', 0, 1, 1, "
+                "'published', now() - interval '30 days')"
+            ),
+            {"a": agg},
+        )
+    proc = run_cli("outbox", "purge", "--older-than", "7", "--yes", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["purged"] >= 1
+    async with engine.connect() as conn:
+        left = (
+            await conn.execute(
+                text("SELECT count(*) FROM outbox_archive WHERE aggregatetype = :a"), {"a": agg}
+            )
+        ).scalar_one()
+        audit = (
+            await conn.execute(
+                text(
+                    "SELECT detail FROM audit_log WHERE action = 'outbox.purge' "
+                    "ORDER BY id DESC LIMIT 1"
+                )
+            )
+        ).scalar_one()
+    assert left == 0
+    assert audit["older_than_days"] == 7
+
+
+def test_show_unknown_id_is_a_clear_error() -> None:
+    proc = run_cli("outbox", "show", str(uuid7()))
+    assert proc.returncode == 1
+    assert "no row with id" in proc.stdout + proc.stderr
