@@ -48,7 +48,8 @@ class RelayConfig:
 class PartitionDrainer:
     """Drains one leased partition: fetch in sequence order, publish, settle, repeat.
 
-    Runs until cancelled or until its lease is found lost (a settle that the fence
+    Runs until asked to stop (``stopping``: after the current batch is settled),
+    until cancelled, or until its lease is found lost (a settle that the fence
     rejects), then returns. Transient broker errors back off (exponential, jittered)
     and retry the same rows; permanent errors mark the row failed, and the fetch query
     then holds back later rows of that key while other keys flow.
@@ -65,11 +66,14 @@ class PartitionDrainer:
         self.lease = lease
         self.wake = asyncio.Event()
         self.lost = False
+        # Set when the coordinator hands the partition back: finish the batch in hand
+        # (publish *and* settle), then stop, so the next owner republishes nothing.
+        self.stopping = False
 
     async def run(self) -> None:
         relay = self.relay
         backoff = Backoff(relay.config.backoff_initial, relay.config.backoff_max)
-        while not self.lost:
+        while not self.lost and not self.stopping:
             rows = await relay.store.fetch(self.partition, relay.config.batch_size)
             if not rows:
                 self.wake.clear()
@@ -219,9 +223,10 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Lease, drain and rebalance partitions until ``stop`` is set; then hand back.
 
-        On ``stop``: drainers are cancelled between or inside a batch (rows already
-        published but not yet settled are republished later: at-least-once), leases
-        are released so another relay takes over at once, publishers are stopped.
+        On ``stop``: each drainer finishes the batch in hand (publish and settle; one
+        stuck past half a lease is cancelled, and its unsettled rows are republished
+        later: at-least-once), leases are released so another relay takes over at
+        once, publishers are stopped.
         """
         tick = self.config.lease_ttl / 3
         try:
@@ -283,7 +288,14 @@ class Relay:
             await self.store.purge_archive(self.config.archive_retention_days)
 
     async def _stop_drainer(self, partition: int, *, release: bool) -> None:
+        """Stop one drainer. Handing back (``release``) lets it settle its batch first,
+        within half a lease; a drainer whose lease is already lost is cancelled."""
         drainer, task = self._drainers.pop(partition)
+        if release:
+            drainer.stopping = True
+            drainer.wake.set()
+            with contextlib.suppress(TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), self.config.lease_ttl / 2)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
@@ -295,6 +307,9 @@ class Relay:
         return sorted(self._drainers)
 
     async def _shutdown(self) -> None:
+        for drainer, _ in self._drainers.values():  # all wind down together
+            drainer.stopping = True
+            drainer.wake.set()
         for p in list(self._drainers):
             await self._stop_drainer(p, release=True)
         if self._member is not None:

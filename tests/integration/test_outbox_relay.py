@@ -25,6 +25,7 @@ from relaybus.settings import Settings
 from tests.support.cli import run_cli
 from tests.support.outboxdata import (
     Event,
+    Record,
     enqueue,
     make_topic,
     pending,
@@ -47,6 +48,14 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 def _agg() -> str:
     return f"t{uuid7().hex[-12:]}"
+
+
+def _n_by_key(records: list[Record]) -> dict[str, list[int]]:
+    """Payload ``n`` values of each key, in log order (a key lives in one partition)."""
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_key[r.key].append(json.loads(r.value)["n"])
+    return by_key
 
 
 def _kcat(bootstrap: str, topic: str) -> list[dict[str, object]]:
@@ -167,10 +176,7 @@ async def test_three_relays_publish_20k_events_in_key_order_exactly_once(
     per_id = Counter(r.headers["id"] for r in records)
     assert set(per_id) == {str(i) for i in ids}, "every event published"
     assert max(per_id.values()) == 1, "no event published twice by live relays"
-    by_key: dict[str, list[int]] = defaultdict(list)
-    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-        by_key[r.key].append(json.loads(r.value)["n"])
-    assert all(ns == list(range(400)) for ns in by_key.values()), "per-key order"
+    assert all(ns == list(range(400)) for ns in _n_by_key(records).values()), "per-key order"
     # All three relays took part (they split the 16 partitions between them).
     assert all(f"relay {n} started" in logs for n in ("r1", "r2", "r3"))
 
@@ -200,10 +206,7 @@ async def test_relay_killed_mid_batch_and_restarted_loses_nothing(
     assert set(per_id) == {str(i) for i in ids}, "no event lost"
     duplicates = sum(per_id.values()) - len(per_id)
     print(f"\nSIGKILL mid-batch: {left} rows were pending, {duplicates} duplicate(s) republished")
-    by_key: dict[str, list[int]] = defaultdict(list)
-    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-        by_key[r.key].append(json.loads(r.value)["n"])
-    for ns in by_key.values():
+    for ns in _n_by_key(records).values():
         # Duplicates may repeat a suffix, but first occurrences are in order.
         firsts = list(dict.fromkeys(ns))
         assert firsts == sorted(firsts)
