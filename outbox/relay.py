@@ -40,6 +40,7 @@ class RelayConfig:
     poll_interval: float = 1.0
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
+    concurrent_batches: int = 4
     instance: str = "relay"
     archive_retention_days: float = 7.0
     purge_interval: float = 60.0
@@ -74,39 +75,46 @@ class PartitionDrainer:
         relay = self.relay
         backoff = Backoff(relay.config.backoff_initial, relay.config.backoff_max)
         while not self.lost and not self.stopping:
-            rows = await relay.store.fetch(self.partition, relay.config.batch_size)
-            if not rows:
+            # Batches of all partitions share a few slots: on one event loop, a handful
+            # of concurrent batches keeps the producer's batches full, while one per
+            # partition (16+) mostly adds scheduling and smaller requests.
+            async with relay.batch_slots:
+                result = await self._drain_batch(backoff)
+            if result == "idle":
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), relay.config.poll_interval)
-                continue
-            if self.lease.remaining() <= 0:
-                self.lost = True  # the coordinator failed to extend in time
-                break
-            try:
-                outcomes = await relay.publish(rows)
-            except PublishError as err:
-                delay = backoff.next_delay()
-                relay.metrics.failures.labels("transient").inc()
-                log.warning("partition %d: %s; retrying in %.1fs", self.partition, err, delay)
-                with contextlib.suppress(Exception):
-                    ids = [r.message.id for r in rows]
-                    await relay.store.note_transient(self.lease, ids, str(err), delay)
-                await asyncio.sleep(delay)
-                continue
-            backoff.reset()
-            published = [r.message.id for r, o in zip(rows, outcomes, strict=True) if o.ok]
-            failed = [
-                (r.message.id, o.error)
-                for r, o in zip(rows, outcomes, strict=True)
-                if o.error is not None
-            ]
-            moved = await relay.store.settle(self.lease, published, failed)
-            if moved is None:
-                log.warning("partition %d: lease lost; stopping", self.partition)
-                self.lost = True
-                break
-            relay.count(rows, outcomes)
+            elif isinstance(result, float):
+                await asyncio.sleep(result)  # broker trouble: back off outside the slot
+
+    async def _drain_batch(self, backoff: Backoff) -> str | float:
+        """One fetch → publish → settle; 'idle', 'done', 'lost', or a delay to back off."""
+        relay = self.relay
+        rows = await relay.store.fetch(self.partition, relay.config.batch_size)
+        if not rows:
+            return "idle"
+        if self.lease.remaining() <= 0:
+            self.lost = True  # the coordinator failed to extend in time
+            return "lost"
+        try:
+            outcomes = await relay.publish(rows)
+        except PublishError as err:
+            delay = backoff.next_delay()
+            relay.metrics.failures.labels("transient").inc()
+            log.warning("partition %d: %s; retrying in %.1fs", self.partition, err, delay)
+            with contextlib.suppress(Exception):
+                ids = [r.message.id for r in rows]
+                await relay.store.note_transient(self.lease, ids, str(err), delay)
+            return delay
+        backoff.reset()
+        published = [r.message.id for r, o in zip(rows, outcomes, strict=True) if o.ok]
+        failed = [(r.message.id, o.error) for r, o in zip(rows, outcomes, strict=True) if o.error]
+        if await relay.store.settle(self.lease, published, failed) is None:
+            log.warning("partition %d: lease lost; stopping", self.partition)
+            self.lost = True
+            return "lost"
+        relay.count(rows, outcomes)
+        return "done"
 
 
 class Relay:
@@ -144,6 +152,7 @@ class Relay:
         # Drainers run concurrently; one lock so a broker's publisher starts only once
         # (two starts would leave two producers, and per-key order split across them).
         self._start_lock = asyncio.Lock()
+        self.batch_slots = asyncio.Semaphore(config.concurrent_batches)
         self._next_purge = 0.0
 
     # -- publishing -------------------------------------------------------------------

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         '{"pattern": "order.*", "brokers": ["kafka", "rabbitmq"]}).',
     )
     relay_batch_size: int = Field(500, ge=1, description="Rows per publish batch.")
+    relay_concurrent_batches: int = Field(
+        4, ge=1, description="Batches in flight at once per relay process (all partitions)."
+    )
     relay_lease_ttl: float = Field(10.0, gt=0, description="Partition lease TTL, seconds.")
     relay_poll_interval: float = Field(
         1.0, gt=0, description="Polling fallback when no NOTIFY arrives, seconds."

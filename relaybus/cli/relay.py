@@ -46,6 +46,7 @@ async def run_relay(settings: Settings) -> None:
     config = RelayConfig(
         partitions=settings.outbox_partitions,
         batch_size=settings.relay_batch_size,
+        concurrent_batches=settings.relay_concurrent_batches,
         lease_ttl=settings.relay_lease_ttl,
         poll_interval=settings.relay_poll_interval,
         instance=settings.relay_instance or f"{socket.gethostname()}-{os.getpid()}",
