@@ -1,1 +1,2 @@
-"""placeholder"""
+"""Idempotent consumer runtime (inbox dedupe, retries, dead letters) for Kafka and
+RabbitMQ. Arrives with the consumers issue."""

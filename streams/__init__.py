@@ -1,1 +1,2 @@
-"""placeholder"""
+"""faust-streaming processors: rate limiting, caching, sharded routing, the order
+saga. Arrives with the streams issues."""

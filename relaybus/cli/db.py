@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
+from sqlalchemy.exc import DBAPIError
 
 from relaybus.settings import Settings
 
@@ -23,14 +26,24 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
+def _migrate(action: Callable[[Config, str], None], revision: str) -> None:
+    """Run an Alembic command; database or revision errors become one line, exit 1."""
+    try:
+        action(alembic_config(Settings().database_url), revision)
+    except (OSError, DBAPIError, CommandError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        typer.echo(f"relaybus db: {type(err).__name__}: {first}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"database at {revision}")
+
+
 @app.command()
 def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Apply migrations up to REVISION (default: head).
 
     Example: relaybus db upgrade
     """
-    command.upgrade(alembic_config(Settings().database_url), revision)
-    typer.echo(f"database at {revision}")
+    _migrate(command.upgrade, revision)
 
 
 @app.command()
@@ -41,8 +54,7 @@ def downgrade(
 
     Example: relaybus db downgrade base
     """
-    command.downgrade(alembic_config(Settings().database_url), revision)
-    typer.echo(f"database at {revision}")
+    _migrate(command.downgrade, revision)
 
 
 @app.command()

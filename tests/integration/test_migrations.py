@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from relaybus.cli.db import alembic_config
 from relaybus.settings import Settings
+from tests.support.cli import run_cli
 from tests.support.db import scratch_database
 
 
@@ -38,3 +39,10 @@ def test_downgrade_to_base_and_upgrade_again(settings: Settings) -> None:
         assert asyncio.run(_tables(url)) == {"alembic_version"}
         command.upgrade(cfg, "head")
         command.check(cfg)
+
+
+def test_unknown_revision_is_a_one_line_error() -> None:
+    proc = run_cli("db", "upgrade", "nosuchrev")
+    assert proc.returncode == 1
+    assert "Can't locate revision identified by 'nosuchrev'" in proc.stderr
+    assert "Traceback" not in proc.stderr
