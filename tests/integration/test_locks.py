@@ -50,12 +50,19 @@ async def test_second_acquirer_is_refused_while_held(locks: LockBackend) -> None
     assert await locks.release(first)
 
 
-async def test_only_one_of_many_concurrent_acquirers_wins(locks: LockBackend) -> None:
+async def test_concurrent_acquirers_never_both_win(locks: LockBackend) -> None:
     name = _name()
     results = await asyncio.gather(*(locks.try_acquire(name, 10) for _ in range(20)))
     winners = [r for r in results if r is not None]
-    assert len(winners) == 1
-    await locks.release(winners[0])
+    # Mutual exclusion: at most one. (Redlock may legitimately let *nobody* win when
+    # contenders split the servers' votes; each then releases and retries.)
+    assert len(winners) <= 1
+    for lease in winners:
+        await locks.release(lease)
+    # Liveness once the contention is over: a retrying acquirer gets it.
+    lease = await acquire_within(locks, name, 10, wait=10)
+    assert lease is not None
+    await locks.release(lease)
 
 
 async def test_lease_expires_and_next_holder_gets_a_higher_fence(locks: LockBackend) -> None:
