@@ -9,16 +9,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from outbox.store import PURGE_ARCHIVE
+from outbox.store import PURGE_ARCHIVE, OutboxStore
 from relaybus.audit import record
 
-_STATUS = text(
-    """
-    SELECT status, count(*) AS n,
-           EXTRACT(EPOCH FROM (now() AT TIME ZONE 'utc') - min(timestamp)) AS oldest_age
-      FROM outbox GROUP BY status
-    """
-)
 _ARCHIVE_STATUS = text("SELECT outcome, count(*) AS n FROM outbox_archive GROUP BY outcome")
 _COLUMNS = (
     "id, aggregatetype, aggregateid, type, timestamp, partition, sequence, status, "
@@ -43,14 +36,14 @@ class OutboxAdmin:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def status(self) -> OutboxStatus:
+        # The same backlog figures the relay exports as metrics.
+        backlog = await OutboxStore(self._engine).backlog()
         async with self._engine.connect() as conn:
-            rows = {r.status: r for r in await conn.execute(_STATUS)}
             archived = {r.outcome: int(r.n) for r in await conn.execute(_ARCHIVE_STATUS)}
-        pending = rows.get("pending")
         return OutboxStatus(
-            pending=int(pending.n) if pending else 0,
-            failed=int(rows["failed"].n) if "failed" in rows else 0,
-            oldest_pending_age_s=float(pending.oldest_age or 0) if pending else 0.0,
+            pending=backlog.pending,
+            failed=backlog.failed,
+            oldest_pending_age_s=backlog.oldest_pending_age,
             archived=archived,
         )
 

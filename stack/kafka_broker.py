@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import os
 import shutil
-import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -13,7 +11,7 @@ from pathlib import Path
 
 from stack.errors import StackError
 from stack.kafka_jars import LOG4J_CONFIG, kafka_libs
-from stack.procs import pid_alive, port_open, read_pid, require_free_port, run, spawn, tail
+from stack.procs import port_open, read_pid, require_free_port, run, spawn, stop_pids, tail
 from stack.service import ServiceStatus
 from stack.settings import StackSettings
 
@@ -200,20 +198,7 @@ class KafkaCluster:
 
     def stop(self) -> bool:
         """SIGTERM every running node at once (controlled shutdown), SIGKILL stragglers."""
-        pids = [(n, n.pid()) for n in self.nodes]
-        running = [(n, p) for n, p in pids if p is not None]
-        for _, pid in running:
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for node, pid in running:
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-                while pid_alive(pid):
-                    time.sleep(0.05)
-            node.pid_file.unlink(missing_ok=True)
-        return bool(running)
+        return bool(stop_pids([n.pid_file for n in self.nodes]))
 
     def status(self) -> list[ServiceStatus]:
         out = []

@@ -63,20 +63,30 @@ def wait_until(
 
 def stop_pid(pid_file: Path, timeout: float = 30.0) -> bool:
     """SIGTERM the process in ``pid_file``, SIGKILL it after ``timeout``; False if none ran."""
-    pid = read_pid(pid_file)
-    if pid is None:
-        pid_file.unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
+    return bool(stop_pids([pid_file], timeout))
+
+
+def stop_pids(pid_files: Sequence[Path], timeout: float = 30.0) -> list[Path]:
+    """SIGTERM every live process named by ``pid_files`` at once, wait up to ``timeout``
+    for all of them, SIGKILL stragglers; remove the pid files. Returns those that ran.
+
+    Signalling all first matters for clusters: nodes shut down together instead of one
+    waiting on a quorum the others already left.
+    """
+    running = [(f, pid) for f in pid_files if (pid := read_pid(f)) is not None]
+    for _, pid in running:
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while pid_alive(pid):
-            time.sleep(0.05)
-    pid_file.unlink(missing_ok=True)
-    return True
+    for _, pid in running:
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.05)
+    for f in pid_files:
+        f.unlink(missing_ok=True)
+    return [f for f, _ in running]
 
 
 def spawn(

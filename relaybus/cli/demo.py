@@ -19,12 +19,11 @@ from outbox.notify import OutboxListener
 from outbox.relay import Relay, RelayConfig
 from outbox.routing import Router
 from outbox.writer import Outbox
-from relaybus.brokers.kafka import KafkaPublisher
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.brokers.publisher import PublishError
-from relaybus.brokers.rabbitmq import RabbitPublisher
 from relaybus.brokers.taps import Received, kafka_tap, rabbit_tap
 from relaybus.cli.console import make_console
+from relaybus.cli.relay import build_publishers
 from relaybus.db import create_engine, session_factory
 from relaybus.ids import uuid7
 from relaybus.locks.postgres import PostgresLock
@@ -81,10 +80,7 @@ async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -
     relay = Relay(
         engine,
         PostgresLock(engine),
-        {
-            "kafka": KafkaPublisher(settings.kafka_bootstrap),
-            "rabbitmq": RabbitPublisher(settings.rabbitmq_url),
-        },
+        build_publishers(settings, {"kafka", "rabbitmq"}),
         Router([Route(pattern="demo.*", brokers=["kafka", "rabbitmq"])]),
         RelayConfig(partitions=settings.outbox_partitions, instance=f"demo-{uuid7().hex[-6:]}"),
         RelayMetrics(),
