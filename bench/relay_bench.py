@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import BigInteger, MetaData, Text, text
+from sqlalchemy import BigInteger, MetaData, Text, bindparam, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -34,6 +34,7 @@ from relaybus.db import create_engine, session_factory
 from relaybus.locks.postgres import PostgresLock
 from relaybus.message import Message
 from relaybus.settings import Route, Settings
+from relaybus.snowflake import Snowflake
 
 PAD = "x" * 180  # with {"n":…,"pad":…} a payload is ~200 bytes
 PARTITIONS = 16
@@ -195,36 +196,57 @@ class BenchOrder(BenchBase):
     total: Mapped[int] = mapped_column(BigInteger)
 
 
+INSERT_STYLES = {
+    # label: (how the business row is written, how its event is added, target)
+    "one statement (Outbox.write)": ("core", "write", 0.9),
+    "separate statement (Outbox.enqueue)": ("core", "enqueue", None),
+    "ORM model + Outbox.enqueue": ("orm", "enqueue", None),
+}
+
+
 async def inserts(
-    engine: AsyncEngine, transactions: int, with_outbox: bool, orm: bool, writers: int = 8
+    engine: AsyncEngine, transactions: int, style: str, with_outbox: bool, writers: int = 8
 ) -> float:
     """Seconds for ``writers`` concurrent tasks to commit ``transactions`` order inserts.
 
-    ``orm``: the order is a mapped object flushed by the session (how a service on
-    SQLAlchemy models writes); otherwise one textual INSERT (the leanest possible).
+    Order ids are snowflake ids made by the client (as the shop's are), so the event
+    can name its key before the row exists. ``style``: ``core`` inserts with one Core
+    INSERT statement, ``orm`` flushes a mapped object; with the outbox the event is
+    added by ``Outbox.write`` (same statement) or ``Outbox.enqueue`` (its own).
     """
     outbox = Outbox()
     sessions = session_factory(engine)
-    insert = text("INSERT INTO bench_orders (customer, total) VALUES (:c, :t) RETURNING id")
+    ids = Snowflake(worker_id=1)
+    row_style, event_style, _ = INSERT_STYLES[style]
+    # Built once, executed with fresh values (as ``session.execute(statement, row)``).
+    statement = insert(BenchOrder.__table__).values(
+        id=bindparam("id"), customer=bindparam("customer"), total=bindparam("total")
+    )
 
     async def writer(w: int) -> None:
         for i in range(transactions // writers):
+            order_id = ids.next_id()
+            event = {
+                "aggregate_type": "benchorder",
+                "aggregate_id": str(order_id),
+                "type": "bench.order.created",
+                "payload": {"id": order_id, "pad": PAD[:150]},
+            }
             async with sessions() as session, session.begin():
-                if orm:
-                    order = BenchOrder(customer=f"c{w}", total=i)
-                    session.add(order)
+                if row_style == "orm":
+                    session.add(BenchOrder(id=order_id, customer=f"c{w}", total=i))
                     await session.flush()
-                    order_id = order.id
+                    if with_outbox:
+                        await outbox.enqueue(session, **event)
+                    continue
+                row = {"id": order_id, "customer": f"c{w}", "total": i}
+                if not with_outbox:
+                    await session.execute(statement, row)
+                elif event_style == "write":
+                    await outbox.write(session, statement, row, **event)
                 else:
-                    order_id = (await session.execute(insert, {"c": f"c{w}", "t": i})).scalar()
-                if with_outbox:
-                    await outbox.enqueue(
-                        session,
-                        aggregate_type="benchorder",
-                        aggregate_id=str(order_id),
-                        type="bench.order.created",
-                        payload={"id": order_id, "pad": PAD[:150]},
-                    )
+                    await session.execute(statement, row)
+                    await outbox.enqueue(session, **event)
 
     started = time.monotonic()
     await asyncio.gather(*(writer(w) for w in range(writers)))
@@ -349,29 +371,27 @@ async def main(args: argparse.Namespace) -> None:
             async with engine.begin() as conn:
                 await conn.execute(
                     text(
-                        "CREATE TABLE IF NOT EXISTS bench_orders (id bigserial PRIMARY KEY, "
+                        "CREATE TABLE IF NOT EXISTS bench_orders (id bigint PRIMARY KEY, "
                         "customer text NOT NULL, total numeric NOT NULL, "
                         "created_at timestamptz NOT NULL DEFAULT now())"
                     )
                 )
-            for orm, label in ((False, "textual INSERT"), (True, "ORM model")):
-                plain = Series(f"insert only ({label})", "tx/s")
-                with_ob = Series(f"insert + outbox row ({label})", "tx/s")
+            for label, (_, _, target) in INSERT_STYLES.items():
+                row_style = "ORM model" if INSERT_STYLES[label][0] == "orm" else "Core INSERT"
+                plain = Series(f"insert only ({row_style})", "tx/s")
+                with_ob = Series(f"insert + event, {label}", "tx/s")
                 for _ in range(args.rounds):
-                    await rounds(
-                        1,
-                        lambda _r, orm=orm: inserts(engine, args.transactions, False, orm),
-                        args.transactions,
-                        plain,
-                    )
-                    await rounds(
-                        1,
-                        lambda _r, orm=orm: inserts(engine, args.transactions, True, orm),
-                        args.transactions,
-                        with_ob,
-                    )
+                    for series, with_outbox in ((plain, False), (with_ob, True)):
+                        await rounds(
+                            1,
+                            lambda _r, s=label, o=with_outbox: inserts(
+                                engine, args.transactions, s, o
+                            ),
+                            args.transactions,
+                            series,
+                        )
                 comparisons.append(
-                    Comparison(f"outbox insert/plain insert, {label}", with_ob, plain, 0.9)
+                    Comparison(f"outbox insert/plain insert, {label}", with_ob, plain, target)
                 )
             async with engine.begin() as conn:
                 await conn.execute(text("DROP TABLE bench_orders"))

@@ -28,20 +28,21 @@ class Series:
 
 @dataclass
 class Comparison:
-    """``candidate`` against ``baseline``: ratio of medians and the target it must reach."""
+    """``candidate`` against ``baseline``: ratio of medians and the target it must reach
+    (``None``: reported for information, no target)."""
 
     label: str
     candidate: Series
     baseline: Series
-    target: float
+    target: float | None
 
     @property
     def ratio(self) -> float:
         return self.candidate.median / self.baseline.median
 
     @property
-    def met(self) -> bool:
-        return self.ratio >= self.target
+    def met(self) -> bool | None:
+        return None if self.target is None else self.ratio >= self.target
 
 
 def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> str:
@@ -88,8 +89,9 @@ def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> s
         lines.append(
             f"| {c.label} | {c.candidate.median:,.0f} {c.candidate.unit} "
             f"({c.candidate.name}) | {c.baseline.median:,.0f} {c.baseline.unit} "
-            f"({c.baseline.name}) | {c.ratio:.2f} | ≥ {c.target} | "
-            f"{'yes' if c.met else 'NO'} |"
+            f"({c.baseline.name}) | {c.ratio:.2f} | "
+            + ("—" if c.target is None else f"≥ {c.target}")
+            + f" | {'—' if c.met is None else 'yes' if c.met else 'NO'} |"
         )
     lines += ["", "Rounds (per second):", ""]
     for c in comparisons:

@@ -106,3 +106,17 @@ class OutboxArchiveRow(Base):
     )
 
     __table_args__ = (Index("ix_outbox_archive_archived_at", "archived_at"),)
+
+
+class OutboxWaiterRow(Base):
+    """A relay instance that has an idle partition and wants NOTIFY wake-ups.
+
+    The outbox trigger sends NOTIFY only while some unexpired row exists: a NOTIFY
+    takes a cluster-wide lock at commit, which writers should pay only when a relay
+    is actually waiting. Busy relays keep draining without being told.
+    """
+
+    __tablename__ = "outbox_waiters"
+
+    instance: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -66,6 +66,7 @@ class PartitionDrainer:
         self.partition = partition
         self.lease = lease
         self.wake = asyncio.Event()
+        self.idle = False
         self.lost = False
         # Set when the coordinator hands the partition back: finish the batch in hand
         # (publish *and* settle), then stop, so the next owner republishes nothing.
@@ -82,8 +83,12 @@ class PartitionDrainer:
                 result = await self._drain_batch(backoff)
             if result == "idle":
                 self.wake.clear()
+                if await relay.want_notify():
+                    continue  # rows committed before writers saw us waiting: look again
+                self.idle = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), relay.config.poll_interval)
+                self.idle = False
             elif isinstance(result, float):
                 await asyncio.sleep(result)  # broker trouble: back off outside the slot
 
@@ -154,6 +159,10 @@ class Relay:
         self._start_lock = asyncio.Lock()
         self.batch_slots = asyncio.Semaphore(config.concurrent_batches)
         self._next_purge = 0.0
+        # Whether our outbox_waiters row is (believed) live; changed under the lock so
+        # a drainer registering and the tick unregistering cannot interleave.
+        self._notified = False
+        self._notify_lock = asyncio.Lock()
 
     # -- publishing -------------------------------------------------------------------
     async def publish(self, rows: list[PendingRow]) -> list[Outcome]:
@@ -224,6 +233,34 @@ class Relay:
             self.metrics.failures.labels("permanent").inc(failed)
 
     # -- coordination -----------------------------------------------------------------
+    async def want_notify(self) -> bool:
+        """Make sure writers NOTIFY us; True if we just asked (so rows committed before
+        then may have come without a NOTIFY, and the caller should look again)."""
+        if self._notified:
+            return False
+        async with self._notify_lock:
+            if self._notified:
+                return False
+            try:
+                await self.store.wait_for_notify(self.config.instance, self.config.lease_ttl)
+            except Exception as err:
+                # Polling still finds the rows; NOTIFY only shortens the wait.
+                log.warning("could not register for NOTIFY: %r", err)
+                return False
+            self._notified = True
+            return True
+
+    async def _refresh_notify(self) -> None:
+        """Tick: keep our waiter row alive while a drainer idles, drop it otherwise."""
+        async with self._notify_lock:
+            if not self._notified:
+                return
+            if any(d.idle for d, _ in self._drainers.values()):
+                await self.store.wait_for_notify(self.config.instance, self.config.lease_ttl)
+            else:
+                self._notified = False
+                await self.store.stop_waiting(self.config.instance)
+
     def wake_all(self) -> None:
         """New rows were committed (NOTIFY): wake every idle drainer."""
         for drainer, _ in self._drainers.values():
@@ -286,6 +323,7 @@ class Relay:
                 drainer = PartitionDrainer(self, p, lease)
                 self._drainers[p] = (drainer, asyncio.create_task(drainer.run()))
         self.metrics.partitions.set(len(self._drainers))
+        await self._refresh_notify()
         backlog = await self.store.backlog()
         self.metrics.backlog.set(backlog.pending)
         self.metrics.failed_rows.set(backlog.failed)
@@ -324,6 +362,9 @@ class Relay:
         if self._member is not None:
             with contextlib.suppress(Exception):
                 await self.locks.release(self._member)
+        if self._notified:
+            with contextlib.suppress(Exception):
+                await self.store.stop_waiting(self.config.instance)
         for broker in list(self._started):
             with contextlib.suppress(Exception):
                 await self.publishers[broker].stop()

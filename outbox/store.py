@@ -74,6 +74,12 @@ PURGE_ARCHIVE = text(
     "DELETE FROM outbox_archive WHERE archived_at < now() - make_interval(days => :days)"
 )
 
+_WAIT = text(
+    "INSERT INTO outbox_waiters (instance, expires_at) "
+    "VALUES (:instance, now() + make_interval(secs => :ttl)) "
+    "ON CONFLICT (instance) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+)
+_STOP_WAITING = text("DELETE FROM outbox_waiters WHERE instance = :instance")
 KNOWN_HEADERS = ("traceparent", "correlation_id", "causation_id")
 
 
@@ -175,3 +181,13 @@ class OutboxStore:
         async with self._engine.begin() as conn:
             result = await conn.execute(PURGE_ARCHIVE, {"days": older_than_days})
         return int(result.rowcount)
+
+    async def wait_for_notify(self, instance: str, ttl: float) -> None:
+        """Ask writers to NOTIFY (the trigger checks ``outbox_waiters``) for ``ttl`` s."""
+        async with self._engine.begin() as conn:
+            await conn.execute(_WAIT, {"instance": instance, "ttl": ttl})
+
+    async def stop_waiting(self, instance: str) -> None:
+        """Writers may skip NOTIFY again as far as ``instance`` is concerned."""
+        async with self._engine.begin() as conn:
+            await conn.execute(_STOP_WAITING, {"instance": instance})
