@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 # Importing the model modules registers their tables on Base.metadata.
+import consumers.inbox  # noqa: F401
 import outbox.models  # noqa: F401
 import relaybus.audit
 import relaybus.locks.postgres  # noqa: F401

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         description="Event type pattern -> brokers, first match wins (JSON list of "
         '{"pattern": "order.*", "brokers": ["kafka", "rabbitmq"]}).',
     )
+    inbox_retention_days: float = Field(
+        7, gt=0, description="Inbox rows older than this are purged by workers."
+    )
+    rabbitmq_management_url: str = Field(
+        "http://guest:guest@127.0.0.1:15672", description="RabbitMQ management API (DLQ listing)."
+    )
     relay_batch_size: int = Field(500, ge=1, description="Rows per publish batch.")
     relay_concurrent_batches: int = Field(
         4, ge=1, description="Batches in flight at once per relay process (all partitions)."

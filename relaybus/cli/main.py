@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from relaybus.cli import db, demo, outbox, publish, relay
+from relaybus.cli import db, demo, dlq, outbox, publish, relay, worker
 from relaybus.cli.runner import run_app
 from stack.cli import app as stack_app
 
@@ -19,6 +19,8 @@ app.add_typer(outbox.app, name="outbox")
 app.command(name="demo")(demo.demo)
 app.command(name="publish")(publish.publish)
 app.command(name="relay")(relay.relay)
+app.command(name="worker")(worker.worker)
+app.add_typer(dlq.app, name="dlq")
 
 
 def main() -> None:

@@ -1,0 +1,291 @@
+"""Operator access to dead letters, one interface over Kafka topics and RabbitMQ queues."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aio_pika
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+from consumers import incoming as h
+from consumers.incoming import header_text
+from consumers.rabbit_worker import amqp_headers
+
+DLQ_SUFFIX = ".dlq"
+
+
+class DeadLetterError(LookupError):
+    """The dead-letter queue or topic does not exist, or the broker refused."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter: its body (unchanged) and headers, with the ``x-…`` ones named."""
+
+    id: str
+    type: str
+    key: str
+    reason: str
+    exception: str
+    attempts: str
+    consumer: str
+    failed_at: str
+    original: str
+    position: str
+    headers: dict[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, key: str, body: bytes, headers: dict[str, str], position: str) -> DeadLetter:
+        return cls(
+            id=headers.get("id", ""),
+            type=headers.get("type", ""),
+            key=key,
+            reason=headers.get(h.DLQ_REASON, ""),
+            exception=": ".join(
+                (headers.get(h.EXCEPTION_TYPE, ""), headers.get(h.EXCEPTION_MESSAGE, ""))
+            ),
+            attempts=headers.get(h.ATTEMPTS, ""),
+            consumer=headers.get(h.CONSUMER, ""),
+            failed_at=headers.get(h.FAILED_AT, ""),
+            original=headers.get(h.ORIGINAL_TOPIC, ""),
+            position=position,
+            headers=headers,
+            body=body,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly view (body as text when it is UTF-8, else base64)."""
+        try:
+            body: str = self.body.decode()
+            encoding = "utf-8"
+        except UnicodeDecodeError:
+            body, encoding = base64.b64encode(self.body).decode(), "base64"
+        return {
+            "id": self.id,
+            "type": self.type,
+            "key": self.key,
+            "reason": self.reason,
+            "exception": self.exception,
+            "attempts": self.attempts,
+            "consumer": self.consumer,
+            "failed_at": self.failed_at,
+            "original": self.original,
+            "position": self.position,
+            "headers": self.headers,
+            "body": body,
+            "body_encoding": encoding,
+        }
+
+    def replay_headers(self) -> dict[str, str]:
+        """The original message's headers (same ``id``), without relaybus bookkeeping."""
+        return {k: v for k, v in self.headers.items() if k not in h.RELAYBUS_HEADERS}
+
+
+Selector = Callable[[DeadLetter], bool]
+
+
+class DeadLetterStore(Protocol):
+    """Dead letters of one broker. ``replay`` sends the selected ones back to where they
+    were consumed, with their original headers and id (so an inbox consumer applies
+    each at most once), and removes them from the DLQ where the broker allows it
+    (RabbitMQ; a Kafka DLQ is a log: use ``purge``)."""
+
+    async def queues(self) -> list[tuple[str, int]]: ...
+
+    async def read(self, name: str, limit: int) -> list[DeadLetter]: ...
+
+    async def replay(self, name: str, select: Selector) -> list[DeadLetter]: ...
+
+    async def purge(self, name: str) -> int: ...
+
+
+class KafkaDeadLetters:
+    """Dead letters in ``<topic>.dlq`` topics."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    async def queues(self) -> list[tuple[str, int]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            topics = sorted(t for t in await admin.list_topics() if t.endswith(DLQ_SUFFIX))
+        finally:
+            await admin.close()
+        return [
+            (t, sum(end - start for start, end in (await self._bounds(t)).values())) for t in topics
+        ]
+
+    async def _bounds(self, topic: str) -> dict[TopicPartition, tuple[int, int]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic)
+            if parts is None:
+                await consumer.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                raise DeadLetterError(f"no Kafka topic {topic!r}")
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            starts = await consumer.beginning_offsets(tps)
+            ends = await consumer.end_offsets(tps)
+            return {tp: (starts[tp], ends[tp]) for tp in tps}
+        finally:
+            await consumer.stop()
+
+    async def read(self, name: str, limit: int = 1_000_000) -> list[DeadLetter]:
+        bounds = await self._bounds(name)
+        out: list[DeadLetter] = []
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            live = {tp for tp, (start, end) in bounds.items() if end > start}
+            consumer.assign(list(bounds))
+            for tp, (start, _) in bounds.items():
+                consumer.seek(tp, start)  # explicit offsets: seek_to_beginning is lazy
+            while live and len(out) < limit:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for tp, records in batches.items():
+                    for r in records:
+                        if r.offset >= bounds[tp][1] or len(out) >= limit:
+                            live.discard(tp)
+                            break
+                        headers = {k: header_text(v) for k, v in r.headers}
+                        key = r.key.decode("utf-8", errors="replace") if r.key else ""
+                        pos = f"{r.partition}:{r.offset}"
+                        out.append(DeadLetter.of(key, r.value or b"", headers, pos))
+                        if r.offset + 1 >= bounds[tp][1]:
+                            live.discard(tp)
+        finally:
+            await consumer.stop()
+        return out
+
+    async def replay(self, name: str, select: Selector) -> list[DeadLetter]:
+        chosen = [d for d in await self.read(name) if select(d)]
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        try:
+            for d in chosen:
+                target = d.original or name.removesuffix(DLQ_SUFFIX)
+                await producer.send_and_wait(
+                    target,
+                    value=d.body,
+                    key=d.key.encode() if d.key else None,
+                    headers=[(k, v.encode()) for k, v in d.replay_headers().items()],
+                )
+        finally:
+            await producer.stop()
+        return chosen
+
+    async def purge(self, name: str) -> int:
+        bounds = await self._bounds(name)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records(
+                {tp: RecordsToDelete(end) for tp, (_, end) in bounds.items()}
+            )
+        finally:
+            await admin.close()
+        return sum(end - start for start, end in bounds.values())
+
+
+class RabbitDeadLetters:
+    """Dead letters in ``<queue>.dlq`` queues (listed through the management API)."""
+
+    def __init__(self, url: str, management_url: str) -> None:
+        self.url = url
+        self.management_url = management_url
+
+    async def queues(self) -> list[tuple[str, int]]:
+        rows = await asyncio.to_thread(self._management, "/api/queues")
+        return sorted(
+            (q["name"], int(q.get("messages", 0) or 0))
+            for q in rows
+            if str(q["name"]).endswith(DLQ_SUFFIX)
+        )
+
+    def _management(self, path: str) -> Any:
+        parts = urllib.parse.urlsplit(self.management_url)
+        base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}"
+        request = urllib.request.Request(base + path)
+        token = base64.b64encode(
+            f"{parts.username or 'guest'}:{parts.password or 'guest'}".encode()
+        ).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    async def _drain(
+        self, name: str, limit: int, keep: Selector | None
+    ) -> tuple[list[DeadLetter], list[DeadLetter]]:
+        """Get up to ``limit`` messages; ack-and-return those ``keep`` selects (after
+        ``keep`` ran its side effect), leave the rest to be requeued on close."""
+        connection = await aio_pika.connect(self.url)
+        seen: list[DeadLetter] = []
+        taken: list[DeadLetter] = []
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            try:
+                queue = await channel.get_queue(name, ensure=True)
+            except aio_pika.exceptions.ChannelClosed:
+                raise DeadLetterError(f"no RabbitMQ queue {name!r}") from None
+            while len(seen) < limit:
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                letter = DeadLetter.of(
+                    message.routing_key or "", message.body, amqp_headers(message), ""
+                )
+                seen.append(letter)
+                if keep is not None and keep(letter):
+                    target = letter.original or name.removesuffix(DLQ_SUFFIX)
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(
+                            body=letter.body,
+                            headers=dict[str, Any](letter.replay_headers()),
+                            message_id=letter.id or None,
+                            type=letter.type or None,
+                            content_type=message.content_type,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=target,
+                        mandatory=True,
+                    )
+                    await message.ack()  # only after the broker confirmed the copy
+                    taken.append(letter)
+        finally:
+            await connection.close()  # unacked deliveries go back to the queue
+        return seen, taken
+
+    async def read(self, name: str, limit: int = 1_000_000) -> list[DeadLetter]:
+        seen, _ = await self._drain(name, limit, None)
+        return seen
+
+    async def replay(self, name: str, select: Selector) -> list[DeadLetter]:
+        _, taken = await self._drain(name, 1_000_000, select)
+        return taken
+
+    async def purge(self, name: str) -> int:
+        connection = await aio_pika.connect(self.url)
+        try:
+            channel = await connection.channel()
+            try:
+                queue = await channel.get_queue(name, ensure=True)
+            except aio_pika.exceptions.ChannelClosed:
+                raise DeadLetterError(f"no RabbitMQ queue {name!r}") from None
+            result = await queue.purge()
+            return int(result.message_count or 0)
+        finally:
+            await connection.close()

@@ -1,0 +1,281 @@
+"""Runs a ``Handler`` on a Kafka topic: manual commits, per-key lanes, retry tiers, DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from consumers import incoming as h
+from consumers.app import Handler, KafkaSource
+from consumers.deadletter import dead_letter_headers, origin
+from consumers.incoming import InvalidMessage, decode, header_text
+from consumers.processor import Processor
+from relaybus.backoff import Backoff
+from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
+
+log = logging.getLogger(__name__)
+
+
+def retry_topic(topic: str, tier: int) -> str:
+    return f"{topic}.retry.{tier}"
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+class KafkaWorker:
+    """Consumes ``handler.source.topic`` with group ``source.group``.
+
+    - Auto-commit is off. A fetched batch is processed, then its offsets are
+      committed: a record's offset is committed only after its handler transaction
+      committed (or it was retried/dead-lettered, with the broker's ack), so a crash
+      redelivers, never skips. On revoke the batch in hand finishes and is committed.
+    - Within a partition, records of one key run in order; different keys run
+      concurrently, at most ``handler.concurrency`` at a time.
+    - A failed attempt goes to ``<topic>.retry.<n>`` (consumed by group
+      ``<group>.retry.<n>``, waiting until the record is due) unless the source is
+      ``ordered``: then it is retried in place after the backoff, holding its key.
+      The last failed attempt, or an invalid record, goes to ``<topic>.dlq``.
+    - If producing a retry/dead letter fails, the batch is not committed: the
+      consumer seeks back and processes it again (the inbox makes that harmless).
+    """
+
+    def __init__(self, handler: Handler, processor: Processor, bootstrap: str) -> None:
+        assert isinstance(handler.source, KafkaSource)
+        self.handler = handler
+        self.source: KafkaSource = handler.source
+        self.processor = processor
+        self.bootstrap = bootstrap
+        self.producer: AIOKafkaProducer | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        topic = self.source.topic
+        await ensure_topic(self.bootstrap, topic)
+        partitions = len(await topic_partitions(self.bootstrap, topic))
+        tiers = 0 if self.source.ordered else self.handler.retry.tiers
+        for extra in [dlq_topic(topic), *(retry_topic(topic, n) for n in range(1, tiers + 1))]:
+            await ensure_topic(self.bootstrap, extra, partitions=partitions)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
+        )
+        await self.producer.start()
+        loops = [_Loop(self, topic, self.source.group, 0)]
+        loops += [
+            _Loop(self, retry_topic(topic, n), f"{self.source.group}.retry.{n}", n)
+            for n in range(1, tiers + 1)
+        ]
+        try:
+            await asyncio.gather(*(loop.run(stop) for loop in loops))
+        finally:
+            await self.producer.stop()
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]
+    ) -> None:
+        """Produce one record and wait for the broker's ack (acks=all)."""
+        assert self.producer is not None
+        ack = await self.producer.send(
+            topic, value=value, key=key, headers=[(k, v.encode()) for k, v in headers.items()]
+        )
+        await ack
+
+
+class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
+    """One consumer (main topic or one retry tier) and its commit bookkeeping."""
+
+    def __init__(self, worker: KafkaWorker, topic: str, group: str, tier: int) -> None:
+        self.worker = worker
+        self.topic = topic
+        self.tier = tier
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=worker.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=500,
+        )
+        self._inflight: asyncio.Task[dict[TopicPartition, int]] | None = None
+        self._done: dict[TopicPartition, int] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = self.consumer
+        consumer.subscribe([self.topic], listener=self)
+        await consumer.start()
+        backoff = Backoff(initial=0.5, maximum=10.0)
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=300)
+                if self.tier == 0 and consumer.assignment():
+                    self.worker.ready.set()
+                if not batches:
+                    continue
+                self._inflight = asyncio.create_task(self._process(batches))
+                try:
+                    self._done.update(await self._inflight)
+                except (KafkaError, OSError) as err:
+                    # Could not produce a retry/dead letter: process the batch again.
+                    delay = backoff.next_delay()
+                    log.warning("%s: %r; reprocessing batch in %.1fs", self.topic, err, delay)
+                    for tp, records in batches.items():
+                        with contextlib.suppress(IllegalStateError):
+                            consumer.seek(tp, records[0].offset)
+                    await asyncio.sleep(delay)
+                    continue
+                finally:
+                    self._inflight = None
+                backoff.reset()
+                await self._commit()
+        finally:
+            with contextlib.suppress(Exception):
+                await self._commit()
+            await consumer.stop()
+
+    # -- rebalance -----------------------------------------------------------------
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Finish the batch in hand and commit it before the partitions move on."""
+        task = self._inflight
+        if task is not None:
+            with contextlib.suppress(Exception):
+                self._done.update(await asyncio.shield(task))
+        await self._commit()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
+
+    async def _commit(self) -> None:
+        if not self._done:
+            return
+        offsets, self._done = self._done, {}
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as err:
+            # The group moved on: whoever owns the partitions now redelivers these
+            # records, and the inbox turns that into duplicates, not double effects.
+            log.warning("%s: commit of %s failed: %r", self.topic, offsets, err)
+
+    # -- processing ----------------------------------------------------------------
+    async def _process(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> dict[TopicPartition, int]:
+        """Run every record; per key in order, keys concurrently. Returns offsets to commit."""
+        slots = asyncio.Semaphore(self.worker.handler.concurrency)
+        lanes: dict[tuple[TopicPartition, bytes | None], list[ConsumerRecord[Any, Any]]] = (
+            defaultdict(list)
+        )
+        for tp, records in batches.items():
+            for record in records:
+                lanes[(tp, record.key)].append(record)
+
+        async def lane(records: list[ConsumerRecord[Any, Any]]) -> None:
+            for record in records:
+                async with slots:
+                    await self._one(record)
+
+        await asyncio.gather(*(lane(records) for records in lanes.values()))
+        return {tp: records[-1].offset + 1 for tp, records in batches.items()}
+
+    async def _one(self, record: ConsumerRecord[Any, Any]) -> None:
+        worker, handler = self.worker, self.worker.handler
+        headers = {k: header_text(v) for k, v in (record.headers or ())}
+        if self.tier and headers.get(h.CONSUMER) != handler.name:
+            return  # another group's retry (retry topics are shared per topic)
+        if self.tier:
+            due = float(headers.get(h.RETRY_AT, "0") or 0)
+            if (wait := due - time.time()) > 0:
+                await asyncio.sleep(wait)  # the tier's delay: records in a tier are FIFO
+        key = record.key.decode("utf-8", errors="replace") if record.key else ""
+        raw = record.value or b""
+        try:
+            message = decode(
+                raw,
+                headers,
+                key=key,
+                source=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                accepted_types=handler.types,
+                max_bytes=handler.max_bytes,
+            )
+        except InvalidMessage as err:
+            worker.processor.stats["invalid"] += 1
+            attempts = int(headers.get(h.ATTEMPTS, "0") or 0) + 1
+            topic, part, off = self._origin(headers, record)
+            log.warning("%s: invalid record at %s/%d: %s", handler.name, topic, record.offset, err)
+            await worker.send(
+                dlq_topic(worker.source.topic),
+                record.key,
+                raw,
+                dead_letter_headers(
+                    headers,
+                    reason=err.reason,
+                    error=err,
+                    attempts=attempts,
+                    topic=topic,
+                    partition=part,
+                    offset=off,
+                    consumer=handler.name,
+                ),
+            )
+            return
+        while True:
+            verdict = await worker.processor.process(message)
+            if verdict.action in ("done", "duplicate"):
+                return
+            topic, part, off = origin(message)
+            if verdict.action == "dead":
+                await worker.send(
+                    dlq_topic(worker.source.topic),
+                    record.key,
+                    raw,
+                    dead_letter_headers(
+                        message.headers,
+                        reason=verdict.reason,
+                        error=verdict.error,
+                        attempts=message.attempt,
+                        topic=topic,
+                        partition=part,
+                        offset=off,
+                        consumer=handler.name,
+                    ),
+                )
+                return
+            if worker.source.ordered:
+                await asyncio.sleep(verdict.delay)  # in place: the key's lane waits
+                message = dataclasses.replace(message, attempt=message.attempt + 1)
+                continue
+            retry_headers = {
+                **message.business_headers(),
+                h.ATTEMPTS: str(message.attempt),
+                h.RETRY_AT: f"{time.time() + verdict.delay:.3f}",
+                h.CONSUMER: handler.name,
+                h.ORIGINAL_TOPIC: topic,
+                h.ORIGINAL_PARTITION: "" if part is None else str(part),
+                h.ORIGINAL_OFFSET: "" if off is None else str(off),
+            }
+            tier_topic = retry_topic(worker.source.topic, message.attempt)
+            await worker.send(tier_topic, record.key, raw, retry_headers)
+            return
+
+    def _origin(
+        self, headers: dict[str, str], record: ConsumerRecord[Any, Any]
+    ) -> tuple[str, int | None, int | None]:
+        if self.tier:
+            part = headers.get(h.ORIGINAL_PARTITION, "")
+            off = headers.get(h.ORIGINAL_OFFSET, "")
+            return (
+                headers.get(h.ORIGINAL_TOPIC, self.worker.source.topic),
+                int(part) if part else None,
+                int(off) if off else None,
+            )
+        return record.topic, record.partition, record.offset

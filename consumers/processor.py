@@ -1,0 +1,114 @@
+"""The broker-neutral part of consuming: dedupe, handler, timeout, breaker, verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from consumers.app import Handler
+from consumers.inbox import Inbox
+from consumers.incoming import Incoming, InvalidMessage
+from consumers.redis_dedupe import RedisDedupe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the transport should do with a delivery.
+
+    ``done`` (ack/commit), ``duplicate`` (ack/commit, nothing applied), ``retry``
+    (schedule attempt+1 after ``delay``), ``dead`` (dead-letter with ``reason``).
+    """
+
+    action: str
+    reason: str = ""
+    error: BaseException | None = None
+    delay: float = 0.0
+
+
+DONE = Verdict("done")
+DUPLICATE = Verdict("duplicate")
+
+
+class Processor:
+    """Runs one handler on one delivery and decides its fate; never raises for a
+    handler failure (those become verdicts). ``stats`` counts every outcome."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        sessions: async_sessionmaker[AsyncSession] | None = None,
+        redis: Redis | None = None,
+    ) -> None:
+        if handler.dedupe == "inbox" and sessions is None:
+            raise ValueError(f"handler {handler.name!r}: inbox dedupe needs a database")
+        if handler.dedupe == "redis" and redis is None:
+            raise ValueError(f"handler {handler.name!r}: redis dedupe needs redis")
+        self.handler = handler
+        self.sessions = sessions
+        self.inbox = Inbox()
+        self.redis_dedupe = RedisDedupe(redis) if redis is not None else None
+        self.stats: Counter[str] = Counter()
+
+    async def process(self, message: Incoming) -> Verdict:
+        """Apply ``message`` once. Waits while the breaker is open: a failure that opens
+        it is retried in place after the pause, without using up an attempt."""
+        handler = self.handler
+        while True:
+            if handler.breaker is not None:
+                await handler.breaker.wait_ready()
+            try:
+                async with asyncio.timeout(handler.timeout):
+                    applied = await self._apply(message)
+            except InvalidMessage as err:
+                self.stats["dead"] += 1
+                return Verdict("dead", reason=err.reason, error=err)
+            except Exception as err:  # the handler's failure, whatever it is
+                self.stats["failed"] += 1
+                if handler.breaker is not None:
+                    handler.breaker.failure()
+                    if handler.breaker.state != "closed":
+                        self.stats["paused"] += 1
+                        log.warning("%s: breaker open: %r", handler.name, err)
+                        continue
+                if handler.retry.exhausted(message.attempt):
+                    self.stats["dead"] += 1
+                    return Verdict("dead", reason="max-attempts", error=err)
+                self.stats["retried"] += 1
+                return Verdict("retry", error=err, delay=handler.retry.delay(message.attempt))
+            if handler.breaker is not None:
+                handler.breaker.success()
+            self.stats["done" if applied else "duplicate"] += 1
+            if not applied:
+                log.info("%s: duplicate %s skipped", handler.name, message.id)
+            return DONE if applied else DUPLICATE
+
+    async def _apply(self, message: Incoming) -> bool:
+        """Run the handler under the handler's dedupe; False if it was a duplicate."""
+        handler = self.handler
+        if handler.dedupe == "inbox":
+            assert self.sessions is not None
+            async with self.sessions() as session, session.begin():
+                if not await self.inbox.claim(session, handler.name, message.id):
+                    return False
+                await handler.func(message, session)
+            return True
+        if handler.dedupe == "redis":
+            assert self.redis_dedupe is not None
+            if not await self.redis_dedupe.claim(handler.name, message.id):
+                return False
+            try:
+                await handler.func(message, None)
+            except BaseException:
+                await self.redis_dedupe.release(handler.name, message.id)
+                raise
+            await self.redis_dedupe.done(handler.name, message.id)
+            return True
+        await handler.func(message, None)
+        return True

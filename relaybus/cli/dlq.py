@@ -1,0 +1,202 @@
+"""``relaybus dlq ls|show|replay|purge``: inspect and operate dead-letter queues."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import typer
+from aiokafka.errors import KafkaError
+from rich.table import Table
+
+from consumers.dlq_admin import (
+    DLQ_SUFFIX,
+    DeadLetter,
+    DeadLetterError,
+    DeadLetterStore,
+    KafkaDeadLetters,
+    RabbitDeadLetters,
+)
+from relaybus.audit import record
+from relaybus.cli.console import make_console
+from relaybus.db import create_engine, session_factory
+from relaybus.settings import Settings
+
+app = typer.Typer(
+    help="Inspect, replay and purge dead letters (replays and purges are audited).",
+    no_args_is_help=True,
+)
+T = TypeVar("T")
+
+
+class Broker(StrEnum):
+    kafka = "kafka"
+    rabbitmq = "rabbitmq"
+
+
+BROKER_OPT = typer.Option(Broker.kafka, "--broker", help="Which broker's DLQs.")
+JSON_OPT = typer.Option(False, "--json", help="Print JSON.")
+YES_OPT = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+NAME_ARG = typer.Argument(..., help="The DLQ: '<topic>.dlq' or '<queue>.dlq'.")
+
+
+def _store(broker: Broker, settings: Settings) -> DeadLetterStore:
+    if broker is Broker.kafka:
+        return KafkaDeadLetters(settings.kafka_bootstrap)
+    return RabbitDeadLetters(settings.rabbitmq_url, settings.rabbitmq_management_url)
+
+
+def _run(broker: Broker, action: Callable[[DeadLetterStore], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(action(_store(broker, Settings())))
+    except DeadLetterError as err:
+        make_console(stderr=True).print(f"relaybus dlq: {err}")
+        raise typer.Exit(1) from None
+    except (OSError, KafkaError) as err:
+        make_console(stderr=True).print(f"relaybus dlq: {broker} unreachable: {err}")
+        raise typer.Exit(1) from None
+
+
+def _check_name(name: str) -> None:
+    if not name.endswith(DLQ_SUFFIX) or name == DLQ_SUFFIX:
+        raise typer.BadParameter(f"{name!r} is not a dead-letter queue (names end in '.dlq')")
+
+
+def _dump(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+async def _audit(action: str, target: str, detail: dict[str, Any]) -> None:
+    engine = create_engine(Settings().database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await record(session, action, target, detail)
+    finally:
+        await engine.dispose()
+
+
+@app.command("ls")
+def ls(broker: Broker = BROKER_OPT, as_json: bool = JSON_OPT) -> None:
+    """List dead-letter queues and how many messages each holds.
+
+    Example: relaybus dlq ls --broker rabbitmq --json
+    """
+    queues = _run(broker, lambda s: s.queues())
+    if as_json:
+        _dump([{"name": n, "messages": c} for n, c in queues])
+        return
+    table = Table(title=f"dead-letter queues ({broker})")
+    table.add_column("name")
+    table.add_column("messages", justify="right")
+    for name, count in queues:
+        table.add_row(name, str(count))
+    make_console().print(table)
+
+
+def _selector(
+    ids: list[str] | None, reason: str | None, type_: str | None
+) -> Callable[[DeadLetter], bool]:
+    wanted = set()
+    for value in ids or []:
+        try:
+            wanted.add(str(uuid.UUID(value)))
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not a message id (a UUID)") from None
+
+    def select(letter: DeadLetter) -> bool:
+        return (
+            (not wanted or letter.id in wanted)
+            and (reason is None or reason in letter.reason)
+            and (type_ is None or letter.type == type_)
+        )
+
+    return select
+
+
+@app.command()
+def show(
+    name: str = NAME_ARG,
+    broker: Broker = BROKER_OPT,
+    ids: list[str] = typer.Option(None, "--id", help="Only these message ids."),
+    limit: int = typer.Option(100, "--limit", min=1),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Show dead letters: reason, exception, attempts, origin (bodies with --json).
+
+    Example: relaybus dlq show outbox.event.order.dlq --limit 10
+    """
+    _check_name(name)
+    select = _selector(ids, None, None)
+    letters = [d for d in _run(broker, lambda s: s.read(name, limit)) if select(d)]
+    if as_json:
+        _dump([d.summary() for d in letters])
+        return
+    table = Table(title=f"{name} ({len(letters)} shown)")
+    for col in ("id", "type", "reason", "exception", "attempts", "consumer", "original", "at"):
+        table.add_column(col, overflow="fold")
+    for d in letters:
+        table.add_row(
+            d.id,
+            d.type,
+            d.reason,
+            d.exception[:100],
+            d.attempts,
+            d.consumer,
+            f"{d.original} {d.position}".strip(),
+            d.failed_at,
+        )
+    make_console().print(table)
+
+
+@app.command()
+def replay(
+    name: str = NAME_ARG,
+    broker: Broker = BROKER_OPT,
+    ids: list[str] = typer.Option(None, "--id", help="Only these message ids."),
+    reason: str = typer.Option(None, "--reason", help="Only letters whose reason contains this."),
+    type_: str = typer.Option(None, "--type", help="Only letters of this message type."),
+    yes: bool = YES_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Send dead letters back to their original topic/queue, same id and headers.
+
+    With neither --id, --reason nor --type, every letter is replayed. Consumers with
+    an inbox apply each message at most once, however often it is replayed. On
+    RabbitMQ replayed letters leave the DLQ; a Kafka DLQ is a log (see purge).
+
+    Example: relaybus dlq replay orders.dlq --broker rabbitmq --reason max-attempts --yes
+    """
+    _check_name(name)
+    select = _selector(ids, reason, type_)
+    if not yes and not typer.confirm(f"Replay matching dead letters of {name} ({broker})?"):
+        raise typer.Exit(1)
+    replayed = _run(broker, lambda s: s.replay(name, select))
+    detail = {
+        "broker": str(broker),
+        "ids": [d.id for d in replayed],
+        "reason": reason,
+        "type": type_,
+    }
+    asyncio.run(_audit("dlq.replay", name, detail))
+    if as_json:
+        _dump({"replayed": len(replayed), "ids": [d.id for d in replayed]})
+    else:
+        make_console().print(f"replayed {len(replayed)} dead letters from {name}")
+
+
+@app.command()
+def purge(name: str = NAME_ARG, broker: Broker = BROKER_OPT, yes: bool = YES_OPT) -> None:
+    """Delete every dead letter in NAME.
+
+    Example: relaybus dlq purge outbox.event.order.dlq --yes
+    """
+    _check_name(name)
+    if not yes and not typer.confirm(f"Delete all dead letters in {name} ({broker})?"):
+        raise typer.Exit(1)
+    purged = _run(broker, lambda s: s.purge(name))
+    asyncio.run(_audit("dlq.purge", name, {"broker": str(broker), "purged": purged}))
+    make_console().print(f"purged {purged} dead letters from {name}")

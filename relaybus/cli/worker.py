@@ -1,0 +1,67 @@
+"""``relaybus worker NAME``: run a consumer app until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import typer
+
+from consumers.inbox import Inbox
+from consumers.worker import Worker, WorkerNotFound, load_app
+from relaybus.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def run_worker(name: str, settings: Settings) -> None:
+    """Run the app ``name`` until SIGTERM/SIGINT; then finish in-flight messages."""
+    app = load_app(name)
+    worker = Worker(app, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    purge = asyncio.create_task(_purge_inbox(worker, settings, stop))
+    log.info("worker %s started: %d handlers", app.name, len(app.handlers))
+    try:
+        await worker.run(stop)
+    finally:
+        purge.cancel()
+        await asyncio.gather(purge, return_exceptions=True)
+    log.info("worker %s stopped", app.name)
+
+
+async def _purge_inbox(worker: Worker, settings: Settings, stop: asyncio.Event) -> None:
+    """Inbox retention: rows older than ``RELAYBUS_INBOX_RETENTION_DAYS`` go, hourly."""
+    if worker.engine is None:
+        return
+    while not stop.is_set():
+        try:
+            purged = await Inbox().purge(worker.engine, settings.inbox_retention_days)
+            if purged:
+                log.info("inbox: purged %d rows", purged)
+        except Exception as err:  # retention is housekeeping: never stop the worker
+            log.warning("inbox purge failed: %r", err)
+        try:
+            await asyncio.wait_for(stop.wait(), 3600)
+        except TimeoutError:
+            continue
+
+
+def worker(
+    name: str = typer.Argument(..., help="A built-in worker name or module:attribute."),
+) -> None:
+    """Run a consumer app: each handler on its Kafka topic / RabbitMQ queue.
+
+    SIGTERM stops consuming, finishes and commits what is in hand, and exits 0.
+
+    Example: relaybus worker myservice.consumers:app
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        load_app(name)
+    except WorkerNotFound as err:
+        raise typer.BadParameter(str(err), param_hint="NAME") from None
+    asyncio.run(run_worker(name, Settings()))
