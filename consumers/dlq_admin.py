@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from consumers import incoming as h
 from consumers.incoming import header_text
 from consumers.rabbit_worker import amqp_headers
+from relaybus.brokers.kafka_admin import topic_partitions
 
 DLQ_SUFFIX = ".dlq"
 
@@ -125,16 +126,21 @@ class KafkaDeadLetters:
             (t, sum(end - start for start, end in (await self._bounds(t)).values())) for t in topics
         ]
 
-    async def _bounds(self, topic: str) -> dict[TopicPartition, tuple[int, int]]:
+    async def _consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         await consumer.start()
+        # Let the consumer's internal tasks begin: aiokafka's stop() raises
+        # CancelledError for a group-less consumer stopped before they first ran.
+        await asyncio.sleep(0)
+        return consumer
+
+    async def _bounds(self, topic: str) -> dict[TopicPartition, tuple[int, int]]:
+        consumer = await self._consumer()
         try:
-            parts = consumer.partitions_for_topic(topic)
-            if parts is None:
-                await consumer.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                raise DeadLetterError(f"no Kafka topic {topic!r}")
+            try:
+                parts = await topic_partitions(self.bootstrap, topic, timeout=0)
+            except LookupError:
+                raise DeadLetterError(f"no Kafka topic {topic!r}") from None
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             starts = await consumer.beginning_offsets(tps)
             ends = await consumer.end_offsets(tps)
@@ -145,8 +151,7 @@ class KafkaDeadLetters:
     async def read(self, name: str, limit: int = 1_000_000) -> list[DeadLetter]:
         bounds = await self._bounds(name)
         out: list[DeadLetter] = []
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await consumer.start()
+        consumer = await self._consumer()
         try:
             live = {tp for tp, (start, end) in bounds.items() if end > start}
             consumer.assign(list(bounds))

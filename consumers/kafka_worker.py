@@ -50,8 +50,15 @@ class KafkaWorker:
       consumer seeks back and processes it again (the inbox makes that harmless).
     """
 
-    def __init__(self, handler: Handler, processor: Processor, bootstrap: str) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        processor: Processor,
+        bootstrap: str,
+        session_timeout_ms: int = 10_000,
+    ) -> None:
         assert isinstance(handler.source, KafkaSource)
+        self.session_timeout_ms = session_timeout_ms
         self.handler = handler
         self.source: KafkaSource = handler.source
         self.processor = processor
@@ -104,6 +111,8 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=500,
+            session_timeout_ms=worker.session_timeout_ms,
+            heartbeat_interval_ms=max(100, worker.session_timeout_ms // 5),
         )
         self._inflight: asyncio.Task[dict[TopicPartition, int]] | None = None
         self._done: dict[TopicPartition, int] = {}
@@ -122,7 +131,10 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                     continue
                 self._inflight = asyncio.create_task(self._process(batches))
                 try:
-                    self._done.update(await self._inflight)
+                    finished = await self._finish(self._inflight, stop)
+                    if not finished:
+                        break  # stopping mid-batch: uncommitted records are redelivered
+                    self._done.update(self._inflight.result())
                 except (KafkaError, OSError) as err:
                     # Could not produce a retry/dead letter: process the batch again.
                     delay = backoff.next_delay()
@@ -140,6 +152,25 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
             with contextlib.suppress(Exception):
                 await self._commit()
             await consumer.stop()
+
+    async def _finish(self, task: asyncio.Task[Any], stop: asyncio.Event) -> bool:
+        """Wait for the batch; once ``stop`` is set, give it ``handler.timeout`` more
+        seconds (a breaker may hold it indefinitely), then cancel it. True if it ended
+        by itself (its exception, if any, is raised)."""
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not task.done():
+            await asyncio.wait({task}, timeout=self.worker.handler.timeout)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return False
+        task.result()
+        return True
 
     # -- rebalance -----------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:

@@ -104,7 +104,12 @@ class RabbitWorker:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
             if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+                # In-flight deliveries get one handler timeout to finish (a breaker may
+                # hold them); the rest are cancelled, unacked, and redelivered later.
+                _, late = await asyncio.wait(set(self._tasks), timeout=self.handler.timeout)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
         finally:
             await connection.close()
 

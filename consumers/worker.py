@@ -65,7 +65,14 @@ class Worker:
         for handler in app.handlers:
             processor = Processor(handler, sessions, self.redis)
             if isinstance(handler.source, KafkaSource):
-                self.runners.append(KafkaWorker(handler, processor, settings.kafka_bootstrap))
+                self.runners.append(
+                    KafkaWorker(
+                        handler,
+                        processor,
+                        settings.kafka_bootstrap,
+                        settings.kafka_session_timeout_ms,
+                    )
+                )
             else:
                 self.runners.append(RabbitWorker(handler, processor, settings.rabbitmq_url))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -50,7 +50,7 @@ def _store(broker: Broker, settings: Settings) -> DeadLetterStore:
     return RabbitDeadLetters(settings.rabbitmq_url, settings.rabbitmq_management_url)
 
 
-def _run(broker: Broker, action: Callable[[DeadLetterStore], Awaitable[T]]) -> T:
+def _run(broker: Broker, action: Callable[[DeadLetterStore], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(action(_store(broker, Settings())))
     except DeadLetterError as err:

@@ -1,0 +1,245 @@
+"""The consumer contract, run against real Kafka and real RabbitMQ."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from consumers import incoming as h
+from consumers.breaker import BreakerState, CircuitBreaker
+from consumers.dlq_admin import DeadLetterStore, KafkaDeadLetters, RabbitDeadLetters
+from relaybus.db import create_engine
+from relaybus.ids import uuid7
+from relaybus.settings import Settings
+from tests.support.cli import run_cli
+from tests.support.consumer_apps import Switches, make_app
+from tests.support.consumerdata import (
+    Raw,
+    effect_count,
+    effects,
+    event,
+    prepare_effects,
+    running,
+    send,
+    unique,
+)
+from tests.support.poll import eventually
+
+BROKERS = ["kafka", "rabbitmq"]
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings.database_url)
+    await prepare_effects(engine)
+    yield engine
+    await engine.dispose()
+
+
+@dataclass
+class Case:
+    """One consumer under test: its name, where messages are sent, its DLQ."""
+
+    broker: str
+    name: str
+    source: str  # Kafka topic, or the queue name for RabbitMQ
+    route: str  # where tests send: the topic, or the routing key bound to the queue
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.source}.dlq"
+
+    def app_args(self) -> dict[str, object]:
+        binding = {"binding": self.route} if self.broker == "rabbitmq" else {}
+        return {"broker": self.broker, "topic_or_queue": self.source, **binding}
+
+    def dead_letters(self, settings: Settings) -> DeadLetterStore:
+        if self.broker == "kafka":
+            return KafkaDeadLetters(settings.kafka_bootstrap)
+        return RabbitDeadLetters(settings.rabbitmq_url, settings.rabbitmq_management_url)
+
+
+def new_case(broker: str, prefix: str) -> Case:
+    name = unique(prefix)
+    if broker == "kafka":
+        return Case(broker, name, f"t.{name}", f"t.{name}")
+    return Case(broker, name, f"q.{name}", f"rk.{name}")
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_same_id_delivered_three_times_concurrently_has_one_effect(
+    broker: str, settings: Settings, engine: AsyncEngine
+) -> None:
+    case = new_case(broker, "dup")
+    app = make_app(case.name, **case.app_args())  # type: ignore[arg-type]
+    message_id = uuid7()
+    # Different keys put the copies in different lanes (and partitions): they really
+    # run at the same time, racing on the inbox row.
+    copies = [event(f"k{i}", {"n": 1}, id=message_id) for i in range(3)]
+    async with running(app, settings) as worker:
+        await send(settings, broker, case.route, copies)
+        stats = worker.runners[0].processor.stats
+
+        async def all_seen() -> bool:
+            return stats["done"] + stats["duplicate"] == 3
+
+        await eventually(all_seen, within=60, what="three deliveries handled")
+    assert await effect_count(engine, case.name) == (1, 1)
+    assert stats["duplicate"] == 2
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_failing_twice_then_succeeding_applies_once_after_backoff(
+    broker: str, settings: Settings, engine: AsyncEngine
+) -> None:
+    case = new_case(broker, "flaky")
+    app = make_app(case.name, **case.app_args())  # type: ignore[arg-type]
+    async with running(app, settings) as worker:
+        await send(settings, broker, case.route, [event("k", {"n": 7, "fail_times": 2})])
+
+        async def applied() -> bool:
+            return await effect_count(engine, case.name) == (1, 1)
+
+        await eventually(applied, within=60, what="effect after two failures")
+        stats = worker.runners[0].processor.stats
+    rows = await effects(engine, case.name)
+    assert [(r["n"], r["attempt"]) for r in rows] == [(7, 3)]
+    assert stats["retried"] == 2
+    assert stats["dead"] == 0
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_always_failing_is_dead_lettered_then_replayed_once_fixed(
+    broker: str, settings: Settings, engine: AsyncEngine
+) -> None:
+    case = new_case(broker, "dead")
+    switches = Switches()
+    app = make_app(case.name, switches=switches, **case.app_args())  # type: ignore[arg-type]
+    sent = event("k", {"n": 1, "fail": "until-fixed"})
+    store = case.dead_letters(settings)
+    async with running(app, settings):
+        await send(settings, broker, case.route, [sent])
+
+        async def dead_lettered() -> bool:
+            return len(await store.read(case.dlq)) == 1
+
+        await eventually(dead_lettered, within=60, what="dead letter")
+        (letter,) = await store.read(case.dlq)
+        assert letter.body == sent.body  # byte-identical
+        for name in h.DEAD_LETTER_HEADERS:
+            assert name in letter.headers, name
+        assert letter.headers[h.DLQ_REASON] == "max-attempts"
+        assert letter.headers[h.EXCEPTION_TYPE] == "RuntimeError"
+        assert "broken until fixed" in letter.headers[h.EXCEPTION_MESSAGE]
+        assert "Traceback" in letter.headers[h.STACKTRACE]
+        assert letter.headers[h.ATTEMPTS] == "3"
+        assert letter.headers[h.ORIGINAL_TOPIC] == case.source
+        assert letter.headers[h.CONSUMER] == case.name
+        assert letter.headers["id"] == sent.id
+        if broker == "kafka":
+            assert letter.headers[h.ORIGINAL_PARTITION] != ""
+            assert letter.headers[h.ORIGINAL_OFFSET] != ""
+        assert await effect_count(engine, case.name) == (0, 0)
+
+        switches.fixed = True
+        for _ in range(2):  # replaying twice still applies the message once
+            result = run_cli(
+                "dlq", "replay", case.dlq, "--broker", broker, "--id", sent.id, "--yes", "--json"
+            )
+            assert result.returncode == 0, result.stderr
+
+            async def applied() -> bool:
+                return await effect_count(engine, case.name) == (1, 1)
+
+            await eventually(applied, within=60, what="effect after replay")
+        stats_seen = app.handlers[0]
+
+        async def second_replay_skipped() -> bool:
+            return (await effect_count(engine, case.name)) == (1, 1)
+
+        await eventually(second_replay_skipped, within=10, what="no second effect")
+    assert stats_seen.name == case.name
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_malformed_messages_are_dead_lettered_and_later_ones_processed(
+    broker: str, settings: Settings, engine: AsyncEngine
+) -> None:
+    case = new_case(broker, "bad")
+    app = make_app(case.name, **case.app_args())  # type: ignore[arg-type]
+    good_headers = event("k", {"n": 0}).headers
+    bad = [
+        Raw("k", b"this is not json", {**good_headers, "id": str(uuid7())}),
+        Raw("k", b'{"n": 1', {**good_headers, "id": str(uuid7())}),  # truncated
+        Raw("k", b'{"n": 2}', {**good_headers, "id": str(uuid7()), "type": "no.such.type"}),
+        Raw("k", b'{"n": 3}', {**good_headers, "id": "not-a-uuid"}),
+        event("k", {"n": 4, "schema_error": True}),
+    ]
+    after = event("k", {"n": 5})
+    store = case.dead_letters(settings)
+    async with running(app, settings):
+        await send(settings, broker, case.route, [*bad, after])
+
+        async def handled() -> bool:
+            done = await effect_count(engine, case.name) == (1, 1)
+            return done and len(await store.read(case.dlq)) == len(bad)
+
+        await eventually(handled, within=60, what="good message processed, bad ones dead")
+    letters = await store.read(case.dlq)
+    reasons = sorted(d.reason for d in letters)
+    assert reasons == sorted(["not-json", "not-json", "unknown-type", "bad-id", "schema"])
+    assert sorted(d.body for d in letters) == sorted(r.body for r in bad)
+    assert [r["n"] for r in await effects(engine, case.name)] == [5]
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_breaker_pauses_consumption_while_dependency_fails_and_closes_after(
+    broker: str, settings: Settings, engine: AsyncEngine
+) -> None:
+    case = new_case(broker, "breaker")
+    switches = Switches()
+    switches.dependency_up = False
+    breaker = CircuitBreaker("payments", failure_threshold=3, reset_timeout=0.5)
+    app = make_app(
+        case.name,
+        switches=switches,
+        breaker=breaker,
+        concurrency=1,
+        **case.app_args(),  # type: ignore[arg-type]
+    )
+    messages = [event(f"k{i}", {"n": i, "dependency": True}) for i in range(20)]
+    async with running(app, settings) as worker:
+        await send(settings, broker, case.route, messages)
+        stats = worker.runners[0].processor.stats
+
+        async def opened() -> bool:
+            return breaker.opened_count >= 1
+
+        await eventually(opened, within=60, what="breaker open")
+        # Failures before it opened were ordinary failed attempts (retried).
+        retried_before = stats["retried"]
+        assert retried_before <= breaker.failure_threshold - 1
+        calls_at_open = switches.calls
+
+        async def probed_twice() -> bool:
+            return switches.calls >= calls_at_open + 2
+
+        await eventually(probed_twice, within=60, what="two half-open probes")
+        # Paused: only probes (one at a time) reached the handler; no message used up
+        # an attempt or went to the DLQ meanwhile.
+        assert breaker.state is not BreakerState.CLOSED
+        assert stats["retried"] == retried_before
+        assert stats["dead"] == 0
+        assert await effect_count(engine, case.name) == (0, 0)
+
+        switches.dependency_up = True
+
+        async def all_applied() -> bool:
+            return await effect_count(engine, case.name) == (20, 20)
+
+        await eventually(all_applied, within=60, what="all applied after recovery")
+        assert breaker.state is BreakerState.CLOSED
+        assert stats["dead"] == 0
