@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``relaybus ARGS`` (through the installed entry point) and capture its output."""
     script = Path(sys.executable).parent / "relaybus"
@@ -22,5 +22,6 @@ def run_cli(
         env={**os.environ, **(env or {})},
         cwd=REPO,
         timeout=timeout,
+        input=input,
         check=False,
     )

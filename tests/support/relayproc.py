@@ -22,17 +22,21 @@ FAST = {
 
 
 class RelayProcess:
-    """One relay subprocess, logging to ``log``."""
+    """One ``relaybus`` subprocess (by default ``relay --instance NAME``), logging to
+    ``log``; restartable after a kill."""
 
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], log: Path, argv: list[str] | None = None
+    ) -> None:
         self.name, self.env, self.log = name, env, log
+        self.argv = argv or ["relay", "--instance", name]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         script = Path(sys.executable).parent / "relaybus"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(script), "relay", "--instance", self.name],
+                [str(script), *self.argv],
                 env={**os.environ, **self.env},
                 cwd=REPO,
                 stdout=out,
