@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
+import sys
 import logging
 
 from redis.asyncio import Redis
@@ -27,7 +29,7 @@ class WorkerNotFound(LookupError):
 
 def load_app(name: str) -> ConsumerApp:
     """The ``ConsumerApp`` for ``name``: a built-in name or ``module:attribute`` (an app,
-    or a zero-argument function returning one)."""
+    or a zero-argument function returning one), importable from the current directory."""
     target = BUILTIN.get(name, name)
     if ":" not in target:
         known = ", ".join(sorted(BUILTIN)) or "none yet"
@@ -35,6 +37,9 @@ def load_app(name: str) -> ConsumerApp:
             f"unknown worker {name!r}: use a built-in name ({known}) or 'module:attribute'"
         )
     module_name, _, attr = target.partition(":")
+    # Like uvicorn: apps in the current directory are importable without installing.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
