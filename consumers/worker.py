@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import sys
-import logging
 
 from redis.asyncio import Redis
 
