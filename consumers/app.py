@@ -43,8 +43,10 @@ class Handler:
 
     - ``dedupe="inbox"``: the handler gets an ``AsyncSession`` in a transaction that
       also inserts ``inbox(name, message_id)``; effects apply exactly once.
-    - ``dedupe="redis"``: no session; ``SET NX`` dedupe (see ``redis_dedupe``).
-    - ``dedupe="none"``: no session, no dedupe (at-least-once effects).
+    - ``dedupe="redis"``: ``SET NX`` dedupe (see ``redis_dedupe``).
+    - ``dedupe="none"``: no dedupe (at-least-once effects).
+    - ``sql``: give the handler a session even without the inbox (always with it).
+    - ``batch_size``: Kafka records per shared transaction for SQL handlers.
     - ``types``: accepted ``type`` headers (others are dead-lettered as unknown);
       ``None`` accepts all. The handler raises ``InvalidMessage`` for schema failures.
     - ``timeout``: seconds per attempt; a timeout is a failed attempt.
@@ -61,6 +63,13 @@ class Handler:
     types: Collection[str] | None = None
     concurrency: int = 16
     max_bytes: int = 1_048_576
+    sql: bool = False
+    batch_size: int = 20
+
+    @property
+    def uses_sql(self) -> bool:
+        """Whether the handler runs in a database transaction (and gets its session)."""
+        return self.sql or self.dedupe == "inbox"
 
 
 class ConsumerApp:

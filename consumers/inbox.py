@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, String, text
+from sqlalchemy import ARRAY, DateTime, Index, String, bindparam, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -31,6 +31,10 @@ _CLAIM = text(
     "INSERT INTO inbox (consumer, message_id) VALUES (:consumer, :id) "
     "ON CONFLICT DO NOTHING RETURNING 1"
 )
+_CLAIM_MANY = text(
+    "INSERT INTO inbox (consumer, message_id) SELECT :consumer, unnest(:ids) "
+    "ON CONFLICT DO NOTHING RETURNING message_id"
+).bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
 _PURGE = text("DELETE FROM inbox WHERE processed_at < now() - make_interval(days => :days)")
 
 
@@ -47,6 +51,13 @@ class Inbox:
         """True if this transaction now owns the message; False if already applied."""
         result = await session.execute(_CLAIM, {"consumer": consumer, "id": message_id})
         return result.first() is not None
+
+    async def claim_many(
+        self, session: AsyncSession, consumer: str, message_ids: list[uuid.UUID]
+    ) -> set[uuid.UUID]:
+        """Claim several ids in one statement; returns those this transaction now owns."""
+        result = await session.execute(_CLAIM_MANY, {"consumer": consumer, "ids": message_ids})
+        return {row[0] for row in result}
 
     async def purge(self, engine: AsyncEngine, older_than_days: float) -> int:
         """Delete rows older than the retention period; returns how many."""

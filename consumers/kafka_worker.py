@@ -17,7 +17,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from consumers import incoming as h
 from consumers.app import Handler, KafkaSource
 from consumers.deadletter import dead_letter_headers, origin
-from consumers.incoming import InvalidMessage, decode, header_text
+from consumers.incoming import Incoming, InvalidMessage, decode, header_text
 from consumers.processor import Processor
 from relaybus.backoff import Backoff
 from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
@@ -41,7 +41,10 @@ class KafkaWorker:
       committed (or it was retried/dead-lettered, with the broker's ack), so a crash
       redelivers, never skips. On revoke the batch in hand finishes and is committed.
     - Within a partition, records of one key run in order; different keys run
-      concurrently, at most ``handler.concurrency`` at a time.
+      concurrently, in at most ``handler.concurrency`` buckets. SQL handlers apply up
+      to ``handler.batch_size`` consecutive records of a bucket in one transaction
+      (one inbox statement for all); if any of them fails, that transaction rolls
+      back and the records are run one by one, each with its own outcome.
     - A failed attempt goes to ``<topic>.retry.<n>`` (consumed by group
       ``<group>.retry.<n>``, waiting until the record is due) unless the source is
       ``ordered``: then it is retried in place after the backoff, holding its key.
@@ -199,28 +202,51 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _process(
         self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
     ) -> dict[TopicPartition, int]:
-        """Run every record; per key in order, keys concurrently. Returns offsets to commit."""
-        slots = asyncio.Semaphore(self.worker.handler.concurrency)
-        lanes: dict[tuple[TopicPartition, bytes | None], list[ConsumerRecord[Any, Any]]] = (
-            defaultdict(list)
-        )
+        """Run every record; returns the offsets to commit.
+
+        Records are spread over ``concurrency`` buckets by (partition, key), so one
+        key's records stay in one bucket, in order; buckets run concurrently. In a
+        bucket, consecutive records of the main topic share one transaction (up to
+        ``batch_size``) for SQL handlers; anything else runs one by one.
+        """
+        handler = self.worker.handler
+        buckets: dict[int, list[ConsumerRecord[Any, Any]]] = defaultdict(list)
         for tp, records in batches.items():
             for record in records:
-                lanes[(tp, record.key)].append(record)
-
-        async def lane(records: list[ConsumerRecord[Any, Any]]) -> None:
-            for record in records:
-                async with slots:
-                    await self._one(record)
-
-        await asyncio.gather(*(lane(records) for records in lanes.values()))
+                buckets[hash((tp.partition, record.key)) % handler.concurrency].append(record)
+        await asyncio.gather(*(self._bucket(records) for records in buckets.values()))
         return {tp: records[-1].offset + 1 for tp, records in batches.items()}
 
-    async def _one(self, record: ConsumerRecord[Any, Any]) -> None:
+    async def _bucket(self, records: list[ConsumerRecord[Any, Any]]) -> None:
+        handler = self.worker.handler
+        chunk_size = handler.batch_size if handler.uses_sql and not self.tier else 1
+        chunk: list[tuple[Incoming, ConsumerRecord[Any, Any]]] = []
+        for record in records:
+            message = await self._decode(record)
+            if message is None:
+                continue
+            chunk.append((message, record))
+            if len(chunk) >= chunk_size:
+                await self._run_chunk(chunk)
+                chunk = []
+        if chunk:
+            await self._run_chunk(chunk)
+
+    async def _run_chunk(self, chunk: list[tuple[Incoming, ConsumerRecord[Any, Any]]]) -> None:
+        processor = self.worker.processor
+        if len(chunk) > 1 and await processor.process_together([m for m, _ in chunk]):
+            return
+        # One by one: a single record, or the shared transaction failed (rolled back,
+        # so nothing of it was applied) and each record now gets its own verdict.
+        for message, record in chunk:
+            await self._one(message, record)
+
+    async def _decode(self, record: ConsumerRecord[Any, Any]) -> Incoming | None:
+        """The record as a message; None if it is not ours or was dead-lettered."""
         worker, handler = self.worker, self.worker.handler
         headers = {k: header_text(v) for k, v in (record.headers or ())}
         if self.tier and headers.get(h.CONSUMER) != handler.name:
-            return  # another group's retry (retry topics are shared per topic)
+            return None  # another group's retry (retry topics are shared per topic)
         if self.tier:
             due = float(headers.get(h.RETRY_AT, "0") or 0)
             if (wait := due - time.time()) > 0:
@@ -228,7 +254,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         key = record.key.decode("utf-8", errors="replace") if record.key else ""
         raw = record.value or b""
         try:
-            message = decode(
+            return decode(
                 raw,
                 headers,
                 key=key,
@@ -258,7 +284,11 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                     consumer=handler.name,
                 ),
             )
-            return
+            return None
+
+    async def _one(self, message: Incoming, record: ConsumerRecord[Any, Any]) -> None:
+        worker, handler = self.worker, self.worker.handler
+        raw = record.value or b""
         while True:
             verdict = await worker.processor.process(message)
             if verdict.action in ("done", "duplicate"):
@@ -282,7 +312,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                 )
                 return
             if worker.source.ordered:
-                await asyncio.sleep(verdict.delay)  # in place: the key's lane waits
+                await asyncio.sleep(verdict.delay)  # in place: the key's bucket waits
                 message = dataclasses.replace(message, attempt=message.attempt + 1)
                 continue
             retry_headers = {

@@ -46,8 +46,8 @@ class Processor:
         sessions: async_sessionmaker[AsyncSession] | None = None,
         redis: Redis | None = None,
     ) -> None:
-        if handler.dedupe == "inbox" and sessions is None:
-            raise ValueError(f"handler {handler.name!r}: inbox dedupe needs a database")
+        if handler.uses_sql and sessions is None:
+            raise ValueError(f"handler {handler.name!r}: SQL handlers need a database")
         if handler.dedupe == "redis" and redis is None:
             raise ValueError(f"handler {handler.name!r}: redis dedupe needs redis")
         self.handler = handler
@@ -89,9 +89,56 @@ class Processor:
                 log.info("%s: duplicate %s skipped", handler.name, message.id)
             return DONE if applied else DUPLICATE
 
+    async def process_together(self, messages: list[Incoming]) -> bool:
+        """Apply ``messages`` (SQL handler) in one transaction with one inbox statement.
+
+        True if it committed: each message was applied or skipped as a duplicate. False
+        if anything failed: the transaction rolled back, nothing was applied, and the
+        caller runs them one by one with ``process``. Never waits on an open breaker.
+        """
+        handler = self.handler
+        assert self.sessions is not None
+        if handler.breaker is not None and handler.breaker.state != "closed":
+            return False
+        applied = 0
+        try:
+            async with self.sessions() as session, session.begin():
+                fresh = {m.id for m in messages}
+                if handler.dedupe == "inbox":
+                    fresh = await self.inbox.claim_many(session, handler.name, list(fresh))
+                for message in messages:
+                    if message.id not in fresh:
+                        continue
+                    fresh.discard(message.id)  # a repeated id in the batch is a duplicate
+                    async with asyncio.timeout(handler.timeout):
+                        await handler.func(message, session)
+                    applied += 1
+        except Exception as err:
+            log.info(
+                "%s: shared transaction of %d rolled back: %r", handler.name, len(messages), err
+            )
+            return False
+        if handler.breaker is not None:
+            handler.breaker.success()
+        self.stats["done"] += applied
+        self.stats["duplicate"] += len(messages) - applied
+        self.stats["batches"] += 1
+        return True
+
     async def _apply(self, message: Incoming) -> bool:
         """Run the handler under the handler's dedupe; False if it was a duplicate."""
         handler = self.handler
+        if handler.dedupe == "redis":
+            assert self.redis_dedupe is not None
+            if not await self.redis_dedupe.claim(handler.name, message.id):
+                return False
+            try:
+                await self._run(message)
+            except BaseException:
+                await self.redis_dedupe.release(handler.name, message.id)
+                raise
+            await self.redis_dedupe.done(handler.name, message.id)
+            return True
         if handler.dedupe == "inbox":
             assert self.sessions is not None
             async with self.sessions() as session, session.begin():
@@ -99,16 +146,14 @@ class Processor:
                     return False
                 await handler.func(message, session)
             return True
-        if handler.dedupe == "redis":
-            assert self.redis_dedupe is not None
-            if not await self.redis_dedupe.claim(handler.name, message.id):
-                return False
-            try:
-                await handler.func(message, None)
-            except BaseException:
-                await self.redis_dedupe.release(handler.name, message.id)
-                raise
-            await self.redis_dedupe.done(handler.name, message.id)
-            return True
-        await handler.func(message, None)
+        await self._run(message)
         return True
+
+    async def _run(self, message: Incoming) -> None:
+        """The handler alone, in its own transaction if it is a SQL handler."""
+        if not self.handler.uses_sql:
+            await self.handler.func(message, None)
+            return
+        assert self.sessions is not None
+        async with self.sessions() as session, session.begin():
+            await self.handler.func(message, session)

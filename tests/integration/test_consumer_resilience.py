@@ -119,10 +119,10 @@ async def test_kafka_group_member_joining_and_leaving_mid_run_loses_and_doubles_
     settings: Settings, engine: AsyncEngine
 ) -> None:
     name, topic, _ = _names("kafka", "rebalance")
-    total = 6000
+    total = 10_000
 
     def member() -> object:
-        return make_app(name, broker="kafka", topic_or_queue=topic, work_seconds=0.001)
+        return make_app(name, broker="kafka", topic_or_queue=topic, work_seconds=0.003)
 
     async with running(member(), settings), running(member(), settings):  # type: ignore[arg-type]
         await send(settings, "kafka", topic, [event(f"k{i % 50}", {"n": i}) for i in range(total)])
@@ -132,9 +132,13 @@ async def test_kafka_group_member_joining_and_leaving_mid_run_loses_and_doubles_
 
         await eventually(lambda: reached(1000), within=120, what="first 1000")
         async with running(member(), settings) as third:  # type: ignore[arg-type]
-            joined_at = (await effect_count(engine, name))[0]
-            await eventually(lambda: reached(joined_at + 1500), within=120, what="+1500")
-            third_handled = third.runners[0].processor.stats["done"]
+            third_stats = third.runners[0].processor.stats
+
+            async def third_working() -> bool:
+                return third_stats["done"] >= 300
+
+            await eventually(third_working, within=120, what="third member applying messages")
+        remaining = total - (await effect_count(engine, name))[0]
         # The third member left (graceful: revoke, commit); the other two take over.
 
         async def all_applied() -> bool:
@@ -142,7 +146,7 @@ async def test_kafka_group_member_joining_and_leaving_mid_run_loses_and_doubles_
 
         await eventually(all_applied, within=180, what="all messages applied")
     assert await effect_count(engine, name) == (total, total)
-    assert third_handled > 0, "the third member never got partitions"
+    assert remaining > 0, "the run ended before the third member left: not a mid-run test"
 
 
 async def test_kafka_publish_subscribe_each_group_applies_every_message(

@@ -1,0 +1,227 @@
+"""Consumer benchmark: relaybus's Kafka consumer with and without its inbox, against a
+raw aiokafka loop and a FastStream subscriber doing the same work.
+
+The work per message is one SQL effect row in its own transaction (the inbox variant
+adds the inbox row to that transaction). Every variant reads the same pre-filled topic
+from the beginning with a fresh consumer group; the time runs from start until every
+effect row is committed. Rounds are interleaved so machine drift hits all alike.
+
+    .venv/bin/python -m bench.consumer_bench [--messages 100000] [--rounds 3]
+
+Writes ``bench/results/consumer.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from bench.report import Comparison, Series, write
+from consumers.app import ConsumerApp
+from consumers.incoming import Incoming
+from consumers.worker import Worker
+from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.db import create_engine, session_factory
+from relaybus.message import Message
+from relaybus.settings import Settings
+
+PAD = "x" * 180
+PARTITIONS = 6
+CONCURRENCY = 16
+EFFECT = text("INSERT INTO bench_effects (run, message_id, n) VALUES (:run, :id, :n)")
+
+
+async def prefill(bootstrap: str, topic: str, messages: int, keys: int) -> None:
+    """Produce ``messages`` relaybus messages (~200-byte payloads) over ``keys`` keys."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all")
+    await producer.start()
+    try:
+        pending = []
+        for n in range(messages):
+            body = json.dumps({"n": n, "pad": PAD}, separators=(",", ":")).encode()
+            m = Message(
+                type="bench.event", aggregatetype="bench", aggregateid=f"k{n % keys}", payload=body
+            )
+            pending.append(
+                await producer.send(
+                    topic, value=body, key=m.aggregateid.encode(), headers=m.kafka_headers()
+                )
+            )
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def effects_done(engine: AsyncEngine, run: str) -> int:
+    async with engine.connect() as conn:
+        return int(
+            (
+                await conn.execute(
+                    text("SELECT count(*) FROM bench_effects WHERE run = :r"), {"r": run}
+                )
+            ).scalar_one()
+        )
+
+
+async def wait_for_effects(engine: AsyncEngine, run: str, messages: int) -> None:
+    """Poll the effect count every 0.2 s until all ``messages`` are applied."""
+    while True:
+        if await effects_done(engine, run) >= messages:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def relaybus_round(
+    settings: Settings, engine: AsyncEngine, topic: str, messages: int, inbox: bool
+) -> float:
+    run = f"rb-{'inbox' if inbox else 'plain'}-{uuid.uuid4().hex[:8]}"
+    app = ConsumerApp(run)
+
+    async def handle(message: Incoming, session: AsyncSession | None) -> None:
+        assert session is not None  # a SQL handler: the runtime's transaction
+        await session.execute(EFFECT, {"run": run, "id": message.id, "n": message.payload["n"]})
+
+    # Identical but for the inbox: both get the runtime's (batched) transactions.
+    dedupe = "inbox" if inbox else "none"
+    app.kafka(topic, group=run, name=run, dedupe=dedupe, sql=True, concurrency=CONCURRENCY)(handle)
+    worker = Worker(app, settings)
+    stop = asyncio.Event()
+    started = time.monotonic()
+    task = asyncio.create_task(worker.run(stop))
+    await wait_for_effects(engine, run, messages)
+    elapsed = time.monotonic() - started
+    stop.set()
+    await task
+    return elapsed
+
+
+async def raw_round(settings: Settings, engine: AsyncEngine, topic: str, messages: int) -> float:
+    """A hand-written aiokafka loop: batch, effects concurrently (bounded), commit."""
+    run = f"raw-{uuid.uuid4().hex[:8]}"
+    sessions = session_factory(engine)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=run,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    slots = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        async with slots, sessions() as session, session.begin():
+            message_id = next(v.decode() for k, v in headers if k == "id")
+            await session.execute(
+                EFFECT, {"run": run, "id": message_id, "n": json.loads(value)["n"]}
+            )
+
+    started = time.monotonic()
+    await consumer.start()
+    done = 0
+    try:
+        while done < messages:
+            batches = await consumer.getmany(timeout_ms=500)
+            records = [r for rs in batches.values() for r in rs]
+            await asyncio.gather(*(one(r.value, list(r.headers)) for r in records))
+            await consumer.commit()
+            done += len(records)
+    finally:
+        await consumer.stop()
+    return time.monotonic() - started
+
+
+async def faststream_round(
+    settings: Settings, engine: AsyncEngine, topic: str, messages: int
+) -> float:
+    """A FastStream subscriber (manual ack after the effect) doing the same work."""
+    from faststream import AckPolicy
+    from faststream.kafka import KafkaBroker, KafkaMessage
+
+    run = f"fs-{uuid.uuid4().hex[:8]}"
+    sessions = session_factory(engine)
+    broker = KafkaBroker(settings.kafka_bootstrap, logger=None)
+
+    @broker.subscriber(
+        topic,
+        group_id=run,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.ACK,
+        max_workers=CONCURRENCY,
+    )
+    async def handle(body: dict[str, object], msg: KafkaMessage) -> None:
+        message_id = msg.headers["id"]
+        async with sessions() as session, session.begin():
+            await session.execute(EFFECT, {"run": run, "id": message_id, "n": body["n"]})
+
+    started = time.monotonic()
+    async with broker:
+        await broker.start()
+        await wait_for_effects(engine, run, messages)
+    return time.monotonic() - started
+
+
+async def rounds(n: int, run: Callable[[], Awaitable[float]], work: int, s: Series) -> None:
+    for _ in range(n):
+        seconds = await run()
+        s.values.append(work / seconds)
+        print(f"  {s.name}: {work / seconds:,.0f} {s.unit}", flush=True)
+
+
+async def main(args: argparse.Namespace) -> None:
+    settings = Settings()
+    engine = create_engine(settings.database_url, pool_size=CONCURRENCY + 4)
+    topic = f"bench.consume.{uuid.uuid4().hex[:6]}"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("CREATE TABLE IF NOT EXISTS bench_effects (run text, message_id uuid, n integer)")
+        )
+    await ensure_topic(settings.kafka_bootstrap, topic, partitions=PARTITIONS)
+    print(f"prefilling {args.messages:,} messages", flush=True)
+    await prefill(settings.kafka_bootstrap, topic, args.messages, args.keys)
+    inbox = Series("relaybus consumer + inbox", "msg/s")
+    plain = Series("relaybus consumer, no inbox", "msg/s")
+    raw = Series("raw aiokafka loop", "msg/s")
+    fs = Series("FastStream subscriber", "msg/s")
+    m = args.messages
+    try:
+        for _ in range(args.rounds):
+            await rounds(1, lambda: relaybus_round(settings, engine, topic, m, True), m, inbox)
+            await rounds(1, lambda: relaybus_round(settings, engine, topic, m, False), m, plain)
+            await rounds(1, lambda: raw_round(settings, engine, topic, m), m, raw)
+            await rounds(1, lambda: faststream_round(settings, engine, topic, m), m, fs)
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TABLE bench_effects"))
+            await conn.execute(text("DELETE FROM inbox WHERE consumer LIKE 'rb-inbox-%'"))
+        await engine.dispose()
+    comparisons = [
+        Comparison("inbox consumer/same consumer without inbox", inbox, plain, 0.8),
+        Comparison("relaybus consumer (no inbox)/raw aiokafka loop", plain, raw, None),
+        Comparison("relaybus consumer (no inbox)/FastStream", plain, fs, None),
+        Comparison("relaybus consumer + inbox/FastStream (no dedupe)", inbox, fs, None),
+    ]
+    params = {"messages": m, "keys": args.keys, "rounds": args.rounds, "concurrency": CONCURRENCY}
+    print(write("consumer", params, comparisons))
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    asyncio.run(main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()
