@@ -1,8 +1,11 @@
 """Consumer benchmark: relaybus's Kafka consumer with and without its inbox, against a
 raw aiokafka loop and a FastStream subscriber doing the same work.
 
-The work per message is one SQL effect row in its own transaction (the inbox variant
-adds the inbox row to that transaction). Every variant reads the same pre-filled topic
+The work per message is one SQL effect row. relaybus runs SQL handlers in shared
+transactions (up to 20 records of a key bucket; the inbox variant adds one inbox
+statement per transaction); the raw loop and FastStream commit one transaction per
+message, and so does the "1 message per transaction" relaybus variant, for a
+like-for-like comparison. Every variant reads the same pre-filled topic
 from the beginning with a fresh consumer group; the time runs from start until every
 effect row is committed. Rounds are interleaved so machine drift hits all alike.
 
@@ -83,7 +86,12 @@ async def wait_for_effects(engine: AsyncEngine, run: str, messages: int) -> None
 
 
 async def relaybus_round(
-    settings: Settings, engine: AsyncEngine, topic: str, messages: int, inbox: bool
+    settings: Settings,
+    engine: AsyncEngine,
+    topic: str,
+    messages: int,
+    inbox: bool,
+    batch_size: int = 20,
 ) -> float:
     run = f"rb-{'inbox' if inbox else 'plain'}-{uuid.uuid4().hex[:8]}"
     app = ConsumerApp(run)
@@ -94,7 +102,15 @@ async def relaybus_round(
 
     # Identical but for the inbox: both get the runtime's (batched) transactions.
     dedupe = "inbox" if inbox else "none"
-    app.kafka(topic, group=run, name=run, dedupe=dedupe, sql=True, concurrency=CONCURRENCY)(handle)
+    app.kafka(
+        topic,
+        group=run,
+        name=run,
+        dedupe=dedupe,
+        sql=True,
+        concurrency=CONCURRENCY,
+        batch_size=batch_size,
+    )(handle)
     worker = Worker(app, settings)
     stop = asyncio.Event()
     started = time.monotonic()
@@ -191,6 +207,7 @@ async def main(args: argparse.Namespace) -> None:
     await prefill(settings.kafka_bootstrap, topic, args.messages, args.keys)
     inbox = Series("relaybus consumer + inbox", "msg/s")
     plain = Series("relaybus consumer, no inbox", "msg/s")
+    single = Series("relaybus consumer, no inbox, 1 message per transaction", "msg/s")
     raw = Series("raw aiokafka loop", "msg/s")
     fs = Series("FastStream subscriber", "msg/s")
     m = args.messages
@@ -198,6 +215,12 @@ async def main(args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             await rounds(1, lambda: relaybus_round(settings, engine, topic, m, True), m, inbox)
             await rounds(1, lambda: relaybus_round(settings, engine, topic, m, False), m, plain)
+            await rounds(
+                1,
+                lambda: relaybus_round(settings, engine, topic, m, False, batch_size=1),
+                m,
+                single,
+            )
             await rounds(1, lambda: raw_round(settings, engine, topic, m), m, raw)
             await rounds(1, lambda: faststream_round(settings, engine, topic, m), m, fs)
     finally:
@@ -208,6 +231,7 @@ async def main(args: argparse.Namespace) -> None:
     comparisons = [
         Comparison("inbox consumer/same consumer without inbox", inbox, plain, 0.8),
         Comparison("relaybus consumer (no inbox)/raw aiokafka loop", plain, raw, None),
+        Comparison("relaybus, 1 message per transaction/raw aiokafka loop", single, raw, None),
         Comparison("relaybus consumer (no inbox)/FastStream", plain, fs, None),
         Comparison("relaybus consumer + inbox/FastStream (no dedupe)", inbox, fs, None),
     ]

@@ -60,12 +60,12 @@ class Worker:
 
     def __init__(self, app: ConsumerApp, settings: Settings) -> None:
         self.app = app
-        needs_db = any(hd.dedupe == "inbox" for hd in app.handlers)
+        needs_db = any(hd.uses_sql for hd in app.handlers)
         needs_redis = any(hd.dedupe == "redis" for hd in app.handlers)
         # Clients only: nothing connects before run().
         # One connection per concurrently running inbox handler: a smaller pool makes
         # overflow connections that are opened and closed per message.
-        pool = sum(hd.concurrency for hd in app.handlers if hd.dedupe == "inbox")
+        pool = sum(hd.concurrency for hd in app.handlers if hd.uses_sql)
         self.engine = create_engine(settings.database_url, pool_size=pool + 2) if needs_db else None
         self.redis = Redis.from_url(settings.redis_url) if needs_redis else None
         sessions = session_factory(self.engine) if self.engine is not None else None

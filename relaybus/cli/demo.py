@@ -6,20 +6,26 @@ import asyncio
 import json
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import typer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from consumers.app import ConsumerApp
+from consumers.incoming import Incoming
+from consumers.worker import Worker
 from outbox.admin import OutboxAdmin
 from outbox.metrics import RelayMetrics
 from outbox.notify import OutboxListener
 from outbox.relay import Relay, RelayConfig
 from outbox.routing import Router
 from outbox.writer import Outbox
-from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
 from relaybus.brokers.publisher import PublishError
 from relaybus.brokers.taps import Received, kafka_tap, rabbit_tap
 from relaybus.cli.console import make_console
@@ -72,11 +78,91 @@ async def _collect(
             seen.add(r.headers["id"])
 
 
+@dataclass
+class ConsumerReport:
+    applied: int
+    duplicates: int
+    max_effects_per_message: int
+
+
+async def _end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+        return dict(await consumer.end_offsets(parts))
+    finally:
+        await consumer.stop()
+
+
+async def _start_group_at(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commit ``offsets`` for a new ``group``: it starts there, not at the topic's start."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+async def _consume_twice(
+    settings: Settings, start: dict[TopicPartition, int], records: list[Received], timeout: float
+) -> ConsumerReport:
+    """An inbox consumer reads this run's events (from ``start``); then every event is
+    delivered again (as a replay would) and must be skipped as a duplicate."""
+    effects: Counter[str] = Counter()
+    app = ConsumerApp("demo")
+
+    async def apply(message: Incoming, session: AsyncSession | None) -> None:
+        effects[str(message.id)] += 1  # the effect; the inbox row shares its transaction
+
+    name = f"demo-inbox-{uuid7().hex[-6:]}"  # a fresh group reads the topic from the start
+    app.kafka(TOPIC, group=name, name=name)(apply)
+    await _start_group_at(settings.kafka_bootstrap, name, start)
+    worker = Worker(app, settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    stats = worker.runners[0].processor.stats
+    wanted = {r.headers["id"] for r in records}
+
+    async def until(condition: Callable[[], bool]) -> None:
+        # The worker's counters have no change notification: poll them.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(until(lambda: wanted <= set(effects)), timeout)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for r in records:
+                await producer.send(
+                    TOPIC,
+                    value=r.body,
+                    key=r.key.encode() if r.key else None,
+                    headers=[(k, v.encode()) for k, v in r.headers.items()],
+                )
+            await producer.flush()
+        finally:
+            await producer.stop()
+        await asyncio.wait_for(until(lambda: stats["duplicate"] >= len(records)), timeout)
+    finally:
+        stop.set()
+        await task
+    return ConsumerReport(
+        sum(1 for i in wanted if effects[i]), stats["duplicate"], max(effects.values())
+    )
+
+
 async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -> None:
     """Write ``events`` through the outbox, relay them in-process, read both brokers back."""
     console = make_console()
     engine = create_engine(settings.database_url)
     await ensure_topic(settings.kafka_bootstrap, TOPIC, partitions=6)
+    first_offsets = await _end_offsets(settings.kafka_bootstrap, TOPIC)  # this run follows
     relay = Relay(
         engine,
         PostgresLock(engine),
@@ -123,6 +209,9 @@ async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
         status = await OutboxAdmin(engine).status()
+        consumed = await _consume_twice(
+            settings, first_offsets, [r for r, _ in from_kafka], timeout
+        )
     finally:
         stop.set()
         await engine.dispose()
@@ -143,6 +232,11 @@ async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -
     console.print(
         f"outbox now: {status.pending} pending, {status.failed} failed, archived {status.archived}"
     )
+    console.print(
+        f"inbox consumer on {TOPIC}: {consumed.applied} applied; every event delivered again: "
+        f"{consumed.duplicates} duplicates skipped; at most "
+        f"{consumed.max_effects_per_message} effect per message"
+    )
 
 
 def demo(
@@ -150,7 +244,9 @@ def demo(
     keys: int = typer.Option(10, min=1, help="Distinct aggregate ids (per-key order is checked)."),
     timeout: float = typer.Option(60.0, help="Seconds to wait for every event to arrive."),
 ) -> None:
-    """Write events through the outbox, relay them to Kafka and RabbitMQ, report what arrived.
+    """Write events through the outbox, relay them to Kafka and RabbitMQ, report what
+    arrived; then consume them with an inbox consumer, deliver them all again, and show
+    that each was applied once.
 
     Example: relaybus demo --events 500 --keys 20
     """
