@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # Headers relaybus adds on the way through retries and dead letters; a replay or a
@@ -69,7 +69,6 @@ class Incoming:
     partition: int | None = None
     offset: int | None = None
     attempt: int = 1
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def business_headers(self) -> dict[str, str]:
         """Headers minus relaybus's retry/dead-letter bookkeeping."""
