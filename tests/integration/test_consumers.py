@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers import incoming as h
 from consumers.breaker import BreakerState, CircuitBreaker
 from consumers.dlq_admin import DeadLetterStore, KafkaDeadLetters, RabbitDeadLetters
+from consumers.inbox import Inbox
 from relaybus.db import create_engine
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
@@ -157,6 +159,13 @@ async def test_always_failing_is_dead_lettered_then_replayed_once_fixed(
 
         await eventually(applied, within=60, what="effect after replay")
         stats = worker.runners[0].processor.stats
+        async with engine.connect() as conn:
+            audited = await conn.scalar(
+                text("SELECT detail FROM audit_log WHERE action = 'dlq.replay' AND target = :t"),
+                {"t": case.dlq},
+            )
+        assert audited is not None
+        assert audited["ids"] == [sent.id]
         if broker == "rabbitmq":
             assert await store.read(case.dlq) == []  # replayed letters leave the queue
         else:
@@ -253,3 +262,70 @@ async def test_breaker_pauses_consumption_while_dependency_fails_and_closes_afte
         await eventually(all_applied, within=60, what="all applied after recovery")
         assert breaker.state is BreakerState.CLOSED
         assert stats["dead"] == 0
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_handler_slower_than_its_timeout_fails_each_attempt_and_is_dead_lettered(
+    broker: str, settings: Settings, engine: AsyncEngine
+) -> None:
+    case = new_case(broker, "slow")
+    app = make_app(case.name, timeout=0.3, **case.app_args())  # type: ignore[arg-type]
+    store = case.dead_letters(settings)
+    async with running(app, settings) as worker:
+        await send(settings, broker, case.route, [event("k", {"n": 1, "sleep": 5})])
+
+        async def dead_lettered() -> bool:
+            return len(await store.read(case.dlq)) == 1
+
+        await eventually(dead_lettered, within=60, what="timed-out message dead-lettered")
+        stats = worker.runners[0].processor.stats
+    (letter,) = await store.read(case.dlq)
+    assert letter.headers[h.EXCEPTION_TYPE] == "TimeoutError"
+    assert letter.headers[h.ATTEMPTS] == "3"
+    assert stats["retried"] == 2
+    assert await effect_count(engine, case.name) == (0, 0)
+
+
+async def test_kafka_keeps_per_key_order_while_keys_run_concurrently(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    case = new_case("kafka", "order")
+    app = make_app(case.name, work_seconds=0.001, **case.app_args())  # type: ignore[arg-type]
+    sent = [event(f"key-{i % 20}", {"n": i // 20}) for i in range(1000)]
+    async with running(app, settings):
+        await send(settings, "kafka", case.route, sent)
+
+        async def applied() -> bool:
+            return (await effect_count(engine, case.name))[0] == 1000
+
+        await eventually(applied, within=120, what="all applied")
+    by_key: dict[str, list[int]] = {}
+    for row in await effects(engine, case.name):  # in commit order
+        by_key.setdefault(row["key"], []).append(row["n"])
+    assert len(by_key) == 20
+    assert all(ns == list(range(50)) for ns in by_key.values())
+
+
+async def test_inbox_retention_purge_drops_only_old_rows(engine: AsyncEngine) -> None:
+    consumer = unique("purge")
+    old, recent = uuid7(), uuid7()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO inbox (consumer, message_id, processed_at) VALUES "
+                "(:c, :old, now() - interval '8 days'), (:c, :recent, now())"
+            ),
+            {"c": consumer, "old": old, "recent": recent},
+        )
+    assert await Inbox().purge(engine, older_than_days=7) >= 1
+    async with engine.connect() as conn:
+        left = (
+            (
+                await conn.execute(
+                    text("SELECT message_id FROM inbox WHERE consumer = :c"), {"c": consumer}
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert left == [recent]

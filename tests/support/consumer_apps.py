@@ -56,6 +56,8 @@ def recording_handler(
         payload = message.payload if isinstance(message.payload, dict) else {}
         if work_seconds:
             await asyncio.sleep(work_seconds)  # simulated work, so kills land mid-handler
+        if payload.get("sleep"):
+            await asyncio.sleep(float(payload["sleep"]))  # slower than the handler timeout
         if payload.get("schema_error"):
             raise InvalidMessage("schema", "field 'n' must be an integer")
         if message.attempt <= int(payload.get("fail_times", 0)):
@@ -99,6 +101,7 @@ def make_app(
     ordered: bool = False,
     work_seconds: float = 0.0,
     concurrency: int = 16,
+    timeout: float = 10.0,
     effects_engine: AsyncEngine | None = None,
 ) -> ConsumerApp:
     app = ConsumerApp(f"test-{name}")
@@ -109,7 +112,7 @@ def make_app(
         "breaker": breaker,
         "types": {TEST_TYPE},
         "concurrency": concurrency,
-        "timeout": 10.0,
+        "timeout": timeout,
     }
     register: Callable[[HandlerFunc], HandlerFunc]
     if broker == "kafka":
