@@ -6,7 +6,7 @@ import traceback
 from datetime import UTC, datetime
 
 from consumers import incoming as h
-from consumers.incoming import Incoming
+from consumers.incoming import Incoming, InvalidMessage
 from relaybus.message import rfc3339
 
 MAX_STACKTRACE = 8000
@@ -47,11 +47,82 @@ def dead_letter_headers(
     }
 
 
+def _as_int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def origin_of(
+    headers: dict[str, str],
+    topic: str,
+    partition: int | None,
+    offset: int | None,
+    *,
+    retried: bool,
+) -> tuple[str, int | None, int | None]:
+    """Where a delivery was first consumed. A retried one (from a retry tier, or back
+    from a RabbitMQ retry queue) carries it in ``x-original-*`` headers; anything else
+    is its own origin (headers a foreign producer set are not trusted)."""
+    if not retried or h.ORIGINAL_TOPIC not in headers:
+        return topic, partition, offset
+    return (
+        headers[h.ORIGINAL_TOPIC],
+        _as_int(headers.get(h.ORIGINAL_PARTITION)),
+        _as_int(headers.get(h.ORIGINAL_OFFSET)),
+    )
+
+
 def origin(message: Incoming) -> tuple[str, int | None, int | None]:
-    """Where ``message`` was first consumed: carried in headers through retry tiers."""
-    topic = message.headers.get(h.ORIGINAL_TOPIC) or message.source
-    if h.ORIGINAL_TOPIC in message.headers:
-        part = message.headers.get(h.ORIGINAL_PARTITION, "")
-        off = message.headers.get(h.ORIGINAL_OFFSET, "")
-        return topic, int(part) if part else None, int(off) if off else None
-    return topic, message.partition, message.offset
+    """``origin_of`` for a decoded message (retried when ``attempt`` > 1)."""
+    return origin_of(
+        message.headers,
+        message.source,
+        message.partition,
+        message.offset,
+        retried=message.attempt > 1,
+    )
+
+
+def dead_letter_for(
+    message: Incoming, *, reason: str, error: BaseException | None, consumer: str
+) -> dict[str, str]:
+    """Dead-letter headers for a decoded ``message`` after its attempt ``attempt``."""
+    topic, partition, offset = origin(message)
+    return dead_letter_headers(
+        message.headers,
+        reason=reason,
+        error=error,
+        attempts=message.attempt,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        consumer=consumer,
+    )
+
+
+def dead_letter_for_invalid(
+    headers: dict[str, str],
+    error: InvalidMessage,
+    *,
+    topic: str,
+    partition: int | None,
+    offset: int | None,
+    consumer: str,
+) -> dict[str, str]:
+    """Dead-letter headers for a delivery that could not be decoded at all."""
+    try:
+        attempts = int(headers.get(h.ATTEMPTS, "0") or 0) + 1
+    except ValueError:
+        attempts = 1
+    return dead_letter_headers(
+        headers,
+        reason=error.reason,
+        error=error,
+        attempts=attempts,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        consumer=consumer,
+    )

@@ -16,7 +16,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from consumers import incoming as h
 from consumers.app import Handler, KafkaSource
-from consumers.deadletter import dead_letter_headers, origin
+from consumers.deadletter import dead_letter_for, dead_letter_for_invalid, origin, origin_of
 from consumers.incoming import Incoming, InvalidMessage, decode, header_text
 from consumers.processor import Processor
 from relaybus.backoff import Backoff
@@ -266,22 +266,16 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         except InvalidMessage as err:
             worker.processor.stats["invalid"] += 1
-            attempts = int(headers.get(h.ATTEMPTS, "0") or 0) + 1
-            topic, part, off = self._origin(headers, record)
+            topic, part, off = origin_of(
+                headers, record.topic, record.partition, record.offset, retried=self.tier > 0
+            )
             log.warning("%s: invalid record at %s/%d: %s", handler.name, topic, record.offset, err)
             await worker.send(
                 dlq_topic(worker.source.topic),
                 record.key,
                 raw,
-                dead_letter_headers(
-                    headers,
-                    reason=err.reason,
-                    error=err,
-                    attempts=attempts,
-                    topic=topic,
-                    partition=part,
-                    offset=off,
-                    consumer=handler.name,
+                dead_letter_for_invalid(
+                    headers, err, topic=topic, partition=part, offset=off, consumer=handler.name
                 ),
             )
             return None
@@ -293,21 +287,13 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
             verdict = await worker.processor.process(message)
             if verdict.action in ("done", "duplicate"):
                 return
-            topic, part, off = origin(message)
             if verdict.action == "dead":
                 await worker.send(
                     dlq_topic(worker.source.topic),
                     record.key,
                     raw,
-                    dead_letter_headers(
-                        message.headers,
-                        reason=verdict.reason,
-                        error=verdict.error,
-                        attempts=message.attempt,
-                        topic=topic,
-                        partition=part,
-                        offset=off,
-                        consumer=handler.name,
+                    dead_letter_for(
+                        message, reason=verdict.reason, error=verdict.error, consumer=handler.name
                     ),
                 )
                 return
@@ -315,6 +301,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                 await asyncio.sleep(verdict.delay)  # in place: the key's bucket waits
                 message = dataclasses.replace(message, attempt=message.attempt + 1)
                 continue
+            topic, part, off = origin(message)
             retry_headers = {
                 **message.business_headers(),
                 h.ATTEMPTS: str(message.attempt),
@@ -327,16 +314,3 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
             tier_topic = retry_topic(worker.source.topic, message.attempt)
             await worker.send(tier_topic, record.key, raw, retry_headers)
             return
-
-    def _origin(
-        self, headers: dict[str, str], record: ConsumerRecord[Any, Any]
-    ) -> tuple[str, int | None, int | None]:
-        if self.tier:
-            part = headers.get(h.ORIGINAL_PARTITION, "")
-            off = headers.get(h.ORIGINAL_OFFSET, "")
-            return (
-                headers.get(h.ORIGINAL_TOPIC, self.worker.source.topic),
-                int(part) if part else None,
-                int(off) if off else None,
-            )
-        return record.topic, record.partition, record.offset

@@ -17,7 +17,7 @@ from pamqp.common import FieldTable
 
 from consumers import incoming as h
 from consumers.app import Handler, RabbitSource
-from consumers.deadletter import dead_letter_headers
+from consumers.deadletter import dead_letter_for, dead_letter_for_invalid
 from consumers.incoming import InvalidMessage, decode, header_text
 from consumers.processor import Processor
 from relaybus.brokers.rabbitmq import EXCHANGE
@@ -144,20 +144,12 @@ class RabbitWorker:
             )
         except InvalidMessage as err:
             self.processor.stats["invalid"] += 1
-            attempts = int(headers.get(h.ATTEMPTS, "0") or 0) + 1
             log.warning("%s: invalid message: %s", handler.name, err)
             await self._publish(
                 dlq_queue(queue),
                 message,
-                dead_letter_headers(
-                    headers,
-                    reason=err.reason,
-                    error=err,
-                    attempts=attempts,
-                    topic=queue,
-                    partition=None,
-                    offset=None,
-                    consumer=handler.name,
+                dead_letter_for_invalid(
+                    headers, err, topic=queue, partition=None, offset=None, consumer=handler.name
                 ),
             )
             return
@@ -166,15 +158,8 @@ class RabbitWorker:
             await self._publish(
                 dlq_queue(queue),
                 message,
-                dead_letter_headers(
-                    incoming.headers,
-                    reason=verdict.reason,
-                    error=verdict.error,
-                    attempts=incoming.attempt,
-                    topic=queue,
-                    partition=None,
-                    offset=None,
-                    consumer=handler.name,
+                dead_letter_for(
+                    incoming, reason=verdict.reason, error=verdict.error, consumer=handler.name
                 ),
             )
         elif verdict.action == "retry":

@@ -8,6 +8,7 @@ import signal
 
 import typer
 
+from consumers.app import ConsumerApp
 from consumers.inbox import Inbox
 from consumers.worker import Worker, WorkerNotFound, load_app
 from relaybus.settings import Settings
@@ -15,9 +16,8 @@ from relaybus.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def run_worker(name: str, settings: Settings) -> None:
-    """Run the app ``name`` until SIGTERM/SIGINT; then finish in-flight messages."""
-    app = load_app(name)
+async def run_worker(app: ConsumerApp, settings: Settings) -> None:
+    """Run ``app`` until SIGTERM/SIGINT; then finish in-flight messages."""
     worker = Worker(app, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -61,7 +61,7 @@ def worker(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        load_app(name)
+        app = load_app(name)
     except WorkerNotFound as err:
         raise typer.BadParameter(str(err), param_hint="NAME") from None
-    asyncio.run(run_worker(name, Settings()))
+    asyncio.run(run_worker(app, Settings()))

@@ -7,15 +7,13 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aio_pika
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybus.brokers.rabbitmq import EXCHANGE
-from relaybus.db import create_engine
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from stack.kafka_broker import KafkaCluster
@@ -25,13 +23,6 @@ from tests.support.outboxdata import Event, enqueue, make_topic, read_topic, wai
 from tests.support.relayproc import relay_fleet
 
 OUTAGE_S = 30.0
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings.database_url)
-    yield engine
-    await engine.dispose()
 
 
 class Writer:

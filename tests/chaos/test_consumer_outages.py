@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybus.db import create_engine
 from relaybus.settings import Settings
 from stack.kafka_broker import KafkaCluster
 from stack.rabbitmq import RabbitMQ
 from stack.settings import StackSettings
 from tests.support.consumer_apps import make_app
-from tests.support.consumerdata import effect_count, event, prepare_effects, running, send, unique
+from tests.support.consumerdata import effect_count, event, running, send, unique
 from tests.support.poll import eventually
 
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings.database_url)
-    await prepare_effects(engine)
-    yield engine
-    await engine.dispose()
+pytestmark = pytest.mark.usefixtures("effects_table")
 
 
 @pytest.mark.parametrize("broker", ["kafka", "rabbitmq"])

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers.policy import RetryPolicy
-from relaybus.db import create_engine
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
 from tests.support.consumer_apps import make_app
@@ -23,23 +21,17 @@ from tests.support.consumerdata import (
     effect_count,
     effects,
     event,
-    prepare_effects,
     running,
     send,
     unique,
 )
 from tests.support.poll import eventually
-from tests.support.relayproc import RelayProcess
+from tests.support.relayproc import RelaybusProcess
 
 BROKERS = ["kafka", "rabbitmq"]
 
 
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings.database_url)
-    await prepare_effects(engine)
-    yield engine
-    await engine.dispose()
+pytestmark = pytest.mark.usefixtures("effects_table")
 
 
 def _names(broker: str, prefix: str) -> tuple[str, str, str]:
@@ -64,7 +56,7 @@ async def test_worker_sigkilled_five_times_in_10k_run_applies_each_once(
         # A killed member leaves the group after this; the successor waits for it.
         "RELAYBUS_KAFKA_SESSION_TIMEOUT_MS": "6000",
     }
-    worker = RelayProcess(
+    worker = RelaybusProcess(
         name, env, tmp_path / "worker.log", ["worker", "tests.support.consumer_apps:effects"]
     )
     total = 10_000

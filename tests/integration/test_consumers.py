@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -14,7 +13,6 @@ from consumers import incoming as h
 from consumers.breaker import BreakerState, CircuitBreaker
 from consumers.dlq_admin import DeadLetterStore, KafkaDeadLetters, RabbitDeadLetters
 from consumers.inbox import Inbox
-from relaybus.db import create_engine
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
@@ -24,7 +22,6 @@ from tests.support.consumerdata import (
     effect_count,
     effects,
     event,
-    prepare_effects,
     running,
     send,
     unique,
@@ -34,12 +31,7 @@ from tests.support.poll import eventually
 BROKERS = ["kafka", "rabbitmq"]
 
 
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings.database_url)
-    await prepare_effects(engine)
-    yield engine
-    await engine.dispose()
+pytestmark = pytest.mark.usefixtures("effects_table")
 
 
 @dataclass

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybus.db import create_engine
 from relaybus.ids import uuid7
-from relaybus.settings import Settings
 from tests.support.cli import run_cli
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings.database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def test_publish_writes_count_rows_through_the_outbox(engine: AsyncEngine) -> None:

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.writer import Outbox, OutboxError, partition_for
 from relaybus.brokers.rabbitmq import EXCHANGE
-from relaybus.db import create_engine, session_factory
+from relaybus.db import session_factory
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
@@ -37,13 +36,6 @@ from tests.support.relayproc import relay_fleet
 
 KAFKA_ONLY = [{"pattern": "*", "brokers": ["kafka"]}]
 TRACEPARENT = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings.database_url)
-    yield engine
-    await engine.dispose()
 
 
 def _agg() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.notify import CHANNEL, asyncpg_dsn
 from outbox.writer import Outbox, OutboxError
-from relaybus.db import create_engine, session_factory
+from relaybus.db import session_factory
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from tests.support.outboxdata import Event, enqueue, make_topic, wait_drained
@@ -31,13 +30,10 @@ orders = Table(
 )
 
 
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings.database_url)
+@pytest.fixture(autouse=True)
+async def orders_table(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(orders.metadata.create_all)
-    yield engine
-    await engine.dispose()
 
 
 def _agg() -> str:

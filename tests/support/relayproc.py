@@ -21,7 +21,7 @@ FAST = {
 }
 
 
-class RelayProcess:
+class RelaybusProcess:
     """One ``relaybus`` subprocess (by default ``relay --instance NAME``), logging to
     ``log``; restartable after a kill."""
 
@@ -65,10 +65,10 @@ class RelayFleet:
     def __init__(self, tmp: Path, routes: list[dict[str, Any]], **env: str) -> None:
         self.tmp = tmp
         self.env = {**FAST, "RELAYBUS_ROUTES": json.dumps(routes), **env}
-        self.relays: list[RelayProcess] = []
+        self.relays: list[RelaybusProcess] = []
 
-    def start(self, name: str) -> RelayProcess:
-        relay = RelayProcess(name, self.env, self.tmp / f"{name}.log")
+    def start(self, name: str) -> RelaybusProcess:
+        relay = RelaybusProcess(name, self.env, self.tmp / f"{name}.log")
         relay.start()
         self.relays.append(relay)
         return relay
