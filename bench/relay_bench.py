@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aio_pika
 from aiokafka import AIOKafkaProducer
@@ -223,34 +224,49 @@ async def inserts(
         id=bindparam("id"), customer=bindparam("customer"), total=bindparam("total")
     )
 
+    def event(order_id: int) -> dict[str, Any]:
+        return {
+            "aggregate_type": "benchorder",
+            "aggregate_id": str(order_id),
+            "type": "bench.order.created",
+            "payload": {"id": order_id, "pad": PAD[:150]},
+        }
+
     async def writer(w: int) -> None:
         for i in range(transactions // writers):
             order_id = ids.next_id()
-            event = {
-                "aggregate_type": "benchorder",
-                "aggregate_id": str(order_id),
-                "type": "bench.order.created",
-                "payload": {"id": order_id, "pad": PAD[:150]},
-            }
             async with sessions() as session, session.begin():
                 if row_style == "orm":
                     session.add(BenchOrder(id=order_id, customer=f"c{w}", total=i))
                     await session.flush()
                     if with_outbox:
-                        await outbox.enqueue(session, **event)
+                        await outbox.enqueue(session, **event(order_id))
                     continue
                 row = {"id": order_id, "customer": f"c{w}", "total": i}
-                if not with_outbox:
+                if not with_outbox:  # the baseline does no event work at all
                     await session.execute(statement, row)
                 elif event_style == "write":
-                    await outbox.write(session, statement, row, **event)
+                    await outbox.write(session, statement, row, **event(order_id))
                 else:
                     await session.execute(statement, row)
-                    await outbox.enqueue(session, **event)
+                    await outbox.enqueue(session, **event(order_id))
 
     started = time.monotonic()
     await asyncio.gather(*(writer(w) for w in range(writers)))
     return time.monotonic() - started
+
+
+async def reset_insert_tables(engine: AsyncEngine) -> None:
+    """Start every insert round from the same state, as pgbench does: bench rows gone,
+    both tables vacuumed. Otherwise each round inherits the last one's rows and dead
+    tuples, and autovacuum wakes up mid-round on whichever table crossed its threshold.
+    """
+    async with engine.begin() as conn:
+        await conn.execute(text("TRUNCATE bench_orders"))
+        await conn.execute(text("DELETE FROM outbox WHERE aggregatetype = 'benchorder'"))
+    async with engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(text("VACUUM (ANALYZE) outbox, bench_orders"))
 
 
 async def faststream_outbox_drain(
@@ -380,8 +396,9 @@ async def main(args: argparse.Namespace) -> None:
                 row_style = "ORM model" if INSERT_STYLES[label][0] == "orm" else "Core INSERT"
                 plain = Series(f"insert only ({row_style})", "tx/s")
                 with_ob = Series(f"insert + event, {label}", "tx/s")
-                for _ in range(args.rounds):
+                for _ in range(args.insert_rounds):
                     for series, with_outbox in ((plain, False), (with_ob, True)):
+                        await reset_insert_tables(engine)
                         await rounds(
                             1,
                             lambda _r, s=label, o=with_outbox: inserts(
@@ -433,6 +450,7 @@ async def main(args: argparse.Namespace) -> None:
         "keys": keys,
         "rounds": args.rounds,
         "transactions": args.transactions,
+        "insert_rounds": args.insert_rounds,
         "peer_events": args.peer_events,
     }
     print(write("relay", params, comparisons))
@@ -443,7 +461,8 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--transactions", type=int, default=20_000)
+    parser.add_argument("--transactions", type=int, default=10_000)
+    parser.add_argument("--insert-rounds", type=int, default=7)
     parser.add_argument("--peer-events", type=int, default=50_000)
     parser.add_argument("--relay-batch", type=int, default=1000)
     parser.add_argument("--only", nargs="+", default=["kafka", "rabbitmq", "inserts", "peer"])

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 import uuid
 
 _lock = threading.Lock()
+# Random bits without a system call per id (os.urandom costs ~1 us plus a syscall on
+# the writers' hot path). Seeded from os.urandom, and re-seeded in a forked child so
+# parent and child never draw the same bits. Ids need uniqueness, not secrecy.
+_random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)
 _last_ms = 0
 _counter = 0
 
@@ -21,17 +27,19 @@ def uuid7() -> uuid.UUID:
     is reused and advanced by one, so ids never go backwards in one process.
     """
     global _last_ms, _counter
+    # 62 bits for rand_b and 11 more to seed a new millisecond's counter.
+    bits = _random.getrandbits(73)
     with _lock:
         now = time.time_ns() // 1_000_000
         if now > _last_ms:
             _last_ms = now
-            _counter = int.from_bytes(os.urandom(2), "big") & 0x7FF  # leave room to count
+            _counter = bits >> 62  # 11 bits: leave room to count
         else:
             _counter += 1
             if _counter > 0xFFF:
                 _last_ms += 1
                 _counter = 0
         ms, counter = _last_ms, _counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    rand_b = bits & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
     return uuid.UUID(int=value)

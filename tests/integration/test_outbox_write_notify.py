@@ -65,7 +65,7 @@ async def test_write_commits_business_row_and_event_together(engine: AsyncEngine
             payload={"id": order_id},
         )
         assert result.scalar_one() == order_id
-        _, no_rows = await outbox.write(
+        _, updated = await outbox.write(
             session,
             update(orders).where(orders.c.id == order_id).values(status="paid"),
             aggregate_type=agg,
@@ -73,18 +73,31 @@ async def test_write_commits_business_row_and_event_together(engine: AsyncEngine
             type="order.paid",
             payload={"id": order_id},
         )
-        assert no_rows.all() == []
+        assert updated.rowcount == 1  # the business statement's own count, not the event's
+        # Columns taken from the parameters, as session.execute(insert(t), row) does.
+        await outbox.write(
+            session,
+            insert(orders),
+            {"id": order_id + 1, "status": "new"},
+            aggregate_type=agg,
+            aggregate_id=str(order_id + 1),
+            type="order.created",
+            payload={"id": order_id + 1},
+        )
     async with engine.connect() as conn:
         status = await conn.scalar(select(orders.c.status).where(orders.c.id == order_id))
         event_id = await conn.scalar(
             text("SELECT id FROM outbox WHERE aggregatetype = :a AND type = 'order.created'"),
             {"a": agg},
         )
+        second = await conn.scalar(select(orders.c.status).where(orders.c.id == order_id + 1))
     assert status == "paid"
+    assert second == "new"
     assert event_id == message_id
     assert await _events(engine, agg) == [
         (str(order_id), "order.created", {"id": order_id}),
         (str(order_id), "order.paid", {"id": order_id}),
+        (str(order_id + 1), "order.created", {"id": order_id + 1}),
     ]
 
 
@@ -122,7 +135,7 @@ async def _no_live_waiters(engine: AsyncEngine) -> bool:
     return live == 0
 
 
-async def test_trigger_notifies_only_while_a_relay_waits(
+async def test_writer_notifies_only_while_a_relay_waits(
     settings: Settings, engine: AsyncEngine
 ) -> None:
     """A commit NOTIFYs iff an unexpired ``outbox_waiters`` row exists.
