@@ -111,7 +111,7 @@ class OutboxArchiveRow(Base):
 class OutboxWaiterRow(Base):
     """A relay instance that has an idle partition and wants NOTIFY wake-ups.
 
-    The outbox trigger sends NOTIFY only while some unexpired row exists: a NOTIFY
+    Outbox writers send NOTIFY only while some unexpired row exists: a NOTIFY
     takes a cluster-wide lock at commit, which writers should pay only when a relay
     is actually waiting. Busy relays keep draining without being told.
     """

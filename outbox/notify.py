@@ -1,4 +1,4 @@
-"""LISTEN for the outbox trigger's NOTIFY, with reconnects; callers still poll as fallback."""
+"""LISTEN for the outbox writers' NOTIFY, with reconnects; callers still poll as fallback."""
 
 from __future__ import annotations
 

@@ -183,7 +183,7 @@ class OutboxStore:
         return int(result.rowcount)
 
     async def wait_for_notify(self, instance: str, ttl: float) -> None:
-        """Ask writers to NOTIFY (the trigger checks ``outbox_waiters``) for ``ttl`` s."""
+        """Ask writers to NOTIFY (their INSERT checks ``outbox_waiters``) for ``ttl`` s."""
         async with self._engine.begin() as conn:
             await conn.execute(_WAIT, {"instance": instance, "ttl": ttl})
 
