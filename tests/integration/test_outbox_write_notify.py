@@ -40,12 +40,12 @@ def _agg() -> str:
     return f"w{uuid7().hex[-12:]}"
 
 
-async def _events(engine: AsyncEngine, agg: str) -> list[tuple[str, str, object]]:
+async def _events(engine: AsyncEngine, agg: str) -> list[tuple[str, str, object, object]]:
     async with engine.connect() as conn:
         rows = await conn.execute(
             text(
-                "SELECT aggregateid, type, payload FROM outbox WHERE aggregatetype = :a "
-                "ORDER BY sequence"
+                "SELECT aggregateid, type, payload, headers FROM outbox "
+                "WHERE aggregatetype = :a ORDER BY sequence"
             ),
             {"a": agg},
         )
@@ -72,6 +72,7 @@ async def test_write_commits_business_row_and_event_together(engine: AsyncEngine
             aggregate_id=str(order_id),
             type="order.paid",
             payload={"id": order_id},
+            headers={"correlation_id": "corr-7"},
         )
         assert updated.rowcount == 1  # the business statement's own count, not the event's
         # Columns taken from the parameters, as session.execute(insert(t), row) does.
@@ -95,9 +96,9 @@ async def test_write_commits_business_row_and_event_together(engine: AsyncEngine
     assert second == "new"
     assert event_id == message_id
     assert await _events(engine, agg) == [
-        (str(order_id), "order.created", {"id": order_id}),
-        (str(order_id), "order.paid", {"id": order_id}),
-        (str(order_id + 1), "order.created", {"id": order_id + 1}),
+        (str(order_id), "order.created", {"id": order_id}, {}),
+        (str(order_id), "order.paid", {"id": order_id}, {"correlation_id": "corr-7"}),
+        (str(order_id + 1), "order.created", {"id": order_id + 1}, {}),
     ]
 
 
