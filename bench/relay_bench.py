@@ -202,7 +202,37 @@ INSERT_STYLES = {
     "one statement (Outbox.write)": ("core", "write", 0.9),
     "separate statement (Outbox.enqueue)": ("core", "enqueue", None),
     "ORM model + Outbox.enqueue": ("orm", "enqueue", None),
+    # Diagnostic: Outbox.write's client work with the server's event work taken away.
+    "one statement, event INSERT replaced by an unread SELECT (client's share)": (
+        "core",
+        "client-share",
+        None,
+    ),
 }
+
+
+class ClientShareOutbox(Outbox):
+    """``Outbox.write``'s client work without the server's work for the event.
+
+    Same statement shape and bind parameters, but the event CTE is a SELECT nobody
+    reads, which PostgreSQL skips. Writes no event: it only shows how much of the
+    insert ratio is the client's own cost (the rest is PostgreSQL's event work
+    competing with the client for the machine's CPUs).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        unread = (
+            "SELECT CAST(:rb_id AS uuid) AS id, :rb_aggregatetype AS aggregatetype, "
+            ":rb_aggregateid AS aggregateid, :rb_type AS type, "
+            "CAST(CAST(:rb_payload AS text) AS jsonb) AS payload, "
+            "CAST(:rb_partition AS smallint) AS partition"
+        )
+        with_headers = unread + ", CAST(CAST(:rb_headers AS text) AS jsonb) AS headers"
+        self._event_ctes = (  # the writer's private CTE pair, swapped for this diagnostic
+            text(unread).columns().cte("rb_outbox_event"),
+            text(with_headers).columns().cte("rb_outbox_event"),
+        )
 
 
 async def inserts(
@@ -215,10 +245,10 @@ async def inserts(
     INSERT statement, ``orm`` flushes a mapped object; with the outbox the event is
     added by ``Outbox.write`` (same statement) or ``Outbox.enqueue`` (its own).
     """
-    outbox = Outbox()
+    row_style, event_style, _ = INSERT_STYLES[style]
+    outbox = ClientShareOutbox() if event_style == "client-share" else Outbox()
     sessions = session_factory(engine)
     ids = Snowflake(worker_id=1)
-    row_style, event_style, _ = INSERT_STYLES[style]
     # Built once, executed with fresh values (as ``session.execute(statement, row)``).
     statement = insert(BenchOrder.__table__).values(
         id=bindparam("id"), customer=bindparam("customer"), total=bindparam("total")
@@ -245,7 +275,7 @@ async def inserts(
                 row = {"id": order_id, "customer": f"c{w}", "total": i}
                 if not with_outbox:  # the baseline does no event work at all
                     await session.execute(statement, row)
-                elif event_style == "write":
+                elif event_style in ("write", "client-share"):
                     await outbox.write(session, statement, row, **event(order_id))
                 else:
                     await session.execute(statement, row)
