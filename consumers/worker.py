@@ -63,7 +63,7 @@ class Worker:
         needs_db = any(hd.uses_sql for hd in app.handlers)
         needs_redis = any(hd.dedupe == "redis" for hd in app.handlers)
         # Clients only: nothing connects before run().
-        # One connection per concurrently running inbox handler: a smaller pool makes
+        # One connection per concurrently running SQL handler: a smaller pool makes
         # overflow connections that are opened and closed per message.
         pool = sum(hd.concurrency for hd in app.handlers if hd.uses_sql)
         self.engine = create_engine(settings.database_url, pool_size=pool + 2) if needs_db else None

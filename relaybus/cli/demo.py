@@ -119,7 +119,7 @@ async def _consume_twice(
     async def apply(message: Incoming, session: AsyncSession | None) -> None:
         effects[str(message.id)] += 1  # the effect; the inbox row shares its transaction
 
-    name = f"demo-inbox-{uuid7().hex[-6:]}"  # a fresh group reads the topic from the start
+    name = f"demo-inbox-{uuid7().hex[-6:]}"  # a fresh group, started at this run's offsets
     app.kafka(TOPIC, group=name, name=name)(apply)
     await _start_group_at(settings.kafka_bootstrap, name, start)
     worker = Worker(app, settings)
