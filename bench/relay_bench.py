@@ -18,10 +18,11 @@ from typing import Any
 
 import aio_pika
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import BigInteger, MetaData, Text, bindparam, insert, text
+from sqlalchemy import BigInteger, Insert, MetaData, Text, bindparam, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bench.db_inserts import pgbench_script, pgbench_tps
 from bench.report import Comparison, Series, write
 from outbox.metrics import RelayMetrics
 from outbox.relay import Relay, RelayConfig
@@ -235,8 +236,20 @@ class ClientShareOutbox(Outbox):
         )
 
 
+def order_insert() -> Insert:
+    """The business INSERT, built once and executed with fresh values (as
+    ``session.execute(statement, row)``)."""
+    return insert(BenchOrder.__table__).values(
+        id=bindparam("id"), customer=bindparam("customer"), total=bindparam("total")
+    )
+
+
+def order_payload(order_id: int) -> dict[str, Any]:
+    return {"id": order_id, "pad": PAD[:150]}
+
+
 async def inserts(
-    engine: AsyncEngine, transactions: int, style: str, with_outbox: bool, writers: int = 8
+    engine: AsyncEngine, transactions: int, style: str, with_outbox: bool, writers: int
 ) -> float:
     """Seconds for ``writers`` concurrent tasks to commit ``transactions`` order inserts.
 
@@ -249,17 +262,14 @@ async def inserts(
     outbox = ClientShareOutbox() if event_style == "client-share" else Outbox()
     sessions = session_factory(engine)
     ids = Snowflake(worker_id=1)
-    # Built once, executed with fresh values (as ``session.execute(statement, row)``).
-    statement = insert(BenchOrder.__table__).values(
-        id=bindparam("id"), customer=bindparam("customer"), total=bindparam("total")
-    )
+    statement = order_insert()
 
     def event(order_id: int) -> dict[str, Any]:
         return {
             "aggregate_type": "benchorder",
             "aggregate_id": str(order_id),
             "type": "bench.order.created",
-            "payload": {"id": order_id, "pad": PAD[:150]},
+            "payload": order_payload(order_id),
         }
 
     async def writer(w: int) -> None:
@@ -432,7 +442,7 @@ async def main(args: argparse.Namespace) -> None:
                         await rounds(
                             1,
                             lambda _r, s=label, o=with_outbox: inserts(
-                                engine, args.transactions, s, o
+                                engine, args.transactions, s, o, args.writers
                             ),
                             args.transactions,
                             series,
@@ -440,6 +450,30 @@ async def main(args: argparse.Namespace) -> None:
                 comparisons.append(
                     Comparison(f"outbox insert/plain insert, {label}", with_ob, plain, target)
                 )
+            # The database's own share: Outbox.write's statements driven by a C client.
+            plain_db = Series("insert only (pgbench)", "tx/s")
+            with_db = Series("insert + event, one statement (pgbench)", "tx/s")
+            payload = json.dumps(order_payload(2**62), separators=(",", ":"))
+            scripts = {
+                with_outbox: pgbench_script(order_insert(), outbox, payload)
+                for with_outbox, outbox in ((False, None), (True, Outbox()))
+            }
+            for _ in range(args.insert_rounds):
+                for series, with_outbox in ((plain_db, False), (with_db, True)):
+                    await reset_insert_tables(engine)
+                    tps = await pgbench_tps(
+                        settings.database_url, *scripts[with_outbox], args.pgbench_seconds
+                    )
+                    series.values.append(tps)
+                    print(f"  {series.name}: {tps:,.0f} tx/s", flush=True)
+            comparisons.append(
+                Comparison(
+                    "outbox insert/plain insert, database alone (pgbench, C client)",
+                    with_db,
+                    plain_db,
+                    None,
+                )
+            )
             async with engine.begin() as conn:
                 await conn.execute(text("DROP TABLE bench_orders"))
                 await conn.execute(text("DELETE FROM outbox WHERE aggregatetype = 'benchorder'"))
@@ -481,6 +515,8 @@ async def main(args: argparse.Namespace) -> None:
         "rounds": args.rounds,
         "transactions": args.transactions,
         "insert_rounds": args.insert_rounds,
+        "writers": args.writers,
+        "pgbench_seconds": args.pgbench_seconds,
         "peer_events": args.peer_events,
     }
     print(write("relay", params, comparisons))
@@ -493,6 +529,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--transactions", type=int, default=10_000)
     parser.add_argument("--insert-rounds", type=int, default=7)
+    parser.add_argument("--writers", type=int, default=8, help="concurrent insert sessions")
+    parser.add_argument("--pgbench-seconds", type=int, default=8)
     parser.add_argument("--peer-events", type=int, default=50_000)
     parser.add_argument("--relay-batch", type=int, default=1000)
     parser.add_argument("--only", nargs="+", default=["kafka", "rabbitmq", "inserts", "peer"])

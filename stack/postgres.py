@@ -26,6 +26,20 @@ shared_buffers = 256MB
 """
 
 
+def server_tool(tool: str) -> str:
+    """Path of ``tool`` (``pg_ctl``, ``psql``, ``pgbench``…) of the newest installed server.
+
+    Raises ``StackError`` if no PostgreSQL server is installed.
+    """
+    versions = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.is_dir()),
+        key=lambda p: int(p.parent.name),
+    )
+    if not versions:
+        raise StackError("postgresql: no server binaries under /usr/lib/postgresql")
+    return str(versions[-1] / tool)
+
+
 class Postgres:
     """One PostgreSQL server with a ``relaybus`` role and database (password auth on TCP)."""
 
@@ -54,15 +68,6 @@ class Postgres:
         wanted.symlink_to(real)
         return wanted
 
-    def _bin(self, tool: str) -> str:
-        versions = sorted(
-            (p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.is_dir()),
-            key=lambda p: int(p.parent.name),
-        )
-        if not versions:
-            raise StackError("postgresql: no server binaries under /usr/lib/postgresql")
-        return str(versions[-1] / tool)
-
     def _as_owner(self, argv: list[str]) -> list[str]:
         # PostgreSQL refuses to run as root; as root we hand the cluster to `postgres`.
         return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
@@ -78,7 +83,7 @@ class Postgres:
             run(
                 self._as_owner(
                     [
-                        self._bin("pg_ctl"),
+                        server_tool("pg_ctl"),
                         "-D",
                         str(self.pgdata),
                         "-l",
@@ -103,7 +108,7 @@ class Postgres:
         run(
             self._as_owner(
                 [
-                    self._bin("initdb"),
+                    server_tool("initdb"),
                     "-D",
                     str(self.pgdata),
                     "-U",
@@ -129,7 +134,7 @@ class Postgres:
         return run(
             self._as_owner(
                 [
-                    self._bin("psql"),
+                    server_tool("psql"),
                     "-h",
                     str(self.run_dir),
                     "-p",
@@ -159,7 +164,7 @@ class Postgres:
             return False
         run(
             self._as_owner(
-                [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]
+                [server_tool("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]
             ),
             "postgresql: pg_ctl stop",
         )
