@@ -5,10 +5,8 @@ is bounded by the server alone. Running the statements the Python insert rounds
 execute, compiled by the same SQLAlchemy dialect, shows what the event row costs
 PostgreSQL relative to the bare business insert, whatever the client.
 
-Differences from the Python rounds, both on purpose: the message id is made by the
-server (``gen_random_uuid()``; pgbench variables are numbers or constants), and the
-engine's per-checkout pre-ping is not sent (the same work on both sides would only move
-the ratio towards 1).
+One difference from the Python rounds: the message id is made by the server
+(``gen_random_uuid()``), as pgbench variables are numbers or constants.
 """
 
 from __future__ import annotations
