@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Mapping
 
 from sqlalchemy import Insert
 from sqlalchemy.dialects.postgresql import asyncpg
@@ -22,18 +23,13 @@ from sqlalchemy.engine import make_url
 from outbox.writer import Outbox
 from stack.postgres import server_tool
 
-# pgbench variables for the business row and the event; constants are passed with -D.
-_SET = {
-    "id": r"\set id random(1, 1000000000000000)",
-    "total": r"\set total random(1, 1000)",
-    "rb_aggregateid": r"\set rb_aggregateid :id",
-    "rb_partition": r"\set rb_partition :id % 16",
-}
 
-
-def pgbench_script(statement: Insert, outbox: Outbox | None, payload: str) -> tuple[str, list[str]]:
+def pgbench_script(
+    statement: Insert, outbox: Outbox | None, constants: Mapping[str, str]
+) -> tuple[str, list[str]]:
     """A pgbench transaction running ``statement`` (with its event if ``outbox``), and the
-    ``-D`` options for its constant variables.
+    ``-D`` options for its constant variables (``constants``: bind name -> value; ids,
+    totals, keys and partitions are drawn per transaction).
 
     The SQL is what ``session.execute`` / ``Outbox.write`` send, compiled by the asyncpg
     dialect; its ``$n`` placeholders become pgbench ``:name`` variables.
@@ -48,13 +44,13 @@ def pgbench_script(statement: Insert, outbox: Outbox | None, payload: str) -> tu
         return "gen_random_uuid()" if name == "rb_id" else f":{name}"
 
     sql = " ".join(re.sub(r"\$(\d+)", variable, compiled.string).split())
-    lines = [_SET[name] for name in names if name in _SET]
-    constants = {
-        "customer": "c1",
-        "rb_aggregatetype": "benchorder",
-        "rb_type": "bench.order.created",
-        "rb_payload": payload,
+    drawn = {
+        "id": r"\set id random(1, 1000000000000000)",
+        "total": r"\set total random(1, 1000)",
+        "rb_aggregateid": r"\set rb_aggregateid :id",
+        "rb_partition": rf"\set rb_partition :id % {outbox.partitions if outbox else 1}",
     }
+    lines = [drawn[name] for name in names if name in drawn]
     defines = [f"-D{name}={constants[name]}" for name in names if name in constants]
     return "\n".join([*lines, "BEGIN;", f"{sql};", "COMMIT;", ""]), defines
 

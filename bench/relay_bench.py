@@ -236,6 +236,9 @@ class ClientShareOutbox(Outbox):
         )
 
 
+ORDER_AGGREGATE, ORDER_EVENT = "benchorder", "bench.order.created"
+
+
 def order_insert() -> Insert:
     """The business INSERT, built once and executed with fresh values (as
     ``session.execute(statement, row)``)."""
@@ -266,9 +269,9 @@ async def inserts(
 
     def event(order_id: int) -> dict[str, Any]:
         return {
-            "aggregate_type": "benchorder",
+            "aggregate_type": ORDER_AGGREGATE,
             "aggregate_id": str(order_id),
-            "type": "bench.order.created",
+            "type": ORDER_EVENT,
             "payload": order_payload(order_id),
         }
 
@@ -303,7 +306,9 @@ async def reset_insert_tables(engine: AsyncEngine) -> None:
     """
     async with engine.begin() as conn:
         await conn.execute(text("TRUNCATE bench_orders"))
-        await conn.execute(text("DELETE FROM outbox WHERE aggregatetype = 'benchorder'"))
+        await conn.execute(
+            text("DELETE FROM outbox WHERE aggregatetype = :a"), {"a": ORDER_AGGREGATE}
+        )
     async with engine.connect() as conn:
         autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
         await autocommit.execute(text("VACUUM (ANALYZE) outbox, bench_orders"))
@@ -453,10 +458,15 @@ async def main(args: argparse.Namespace) -> None:
             # The database's own share: Outbox.write's statements driven by a C client.
             plain_db = Series("insert only (pgbench)", "tx/s")
             with_db = Series("insert + event, one statement (pgbench)", "tx/s")
-            payload = json.dumps(order_payload(2**62), separators=(",", ":"))
+            constants = {
+                "customer": "c1",
+                "rb_aggregatetype": ORDER_AGGREGATE,
+                "rb_type": ORDER_EVENT,
+                "rb_payload": json.dumps(order_payload(2**62), separators=(",", ":")),
+            }
             scripts = {
-                with_outbox: pgbench_script(order_insert(), outbox, payload)
-                for with_outbox, outbox in ((False, None), (True, Outbox()))
+                False: pgbench_script(order_insert(), None, constants),
+                True: pgbench_script(order_insert(), Outbox(), constants),
             }
             for _ in range(args.insert_rounds):
                 for series, with_outbox in ((plain_db, False), (with_db, True)):
@@ -476,7 +486,9 @@ async def main(args: argparse.Namespace) -> None:
             )
             async with engine.begin() as conn:
                 await conn.execute(text("DROP TABLE bench_orders"))
-                await conn.execute(text("DELETE FROM outbox WHERE aggregatetype = 'benchorder'"))
+                await conn.execute(
+                    text("DELETE FROM outbox WHERE aggregatetype = :a"), {"a": ORDER_AGGREGATE}
+                )
 
         # (d) The same Kafka relay workload through faststream-outbox.
         if "peer" in args.only:
