@@ -9,7 +9,7 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.breaker import CircuitBreaker
-from consumers.incoming import Incoming
+from consumers.incoming import Incoming, WireLimits
 from consumers.policy import RetryPolicy
 
 HandlerFunc = Callable[[Incoming, AsyncSession | None], Awaitable[None]]
@@ -51,6 +51,10 @@ class Handler:
       ``None`` accepts all. The handler raises ``InvalidMessage`` for schema failures.
     - ``timeout``: seconds per attempt; a timeout is a failed attempt.
     - ``breaker``: opened by consecutive failures; while open, consumption pauses.
+    - ``max_bytes``, ``max_headers``, ``max_header_bytes``: wire limits (body bytes,
+      header count, header bytes); a delivery over any is dead-lettered.
+    - ``require_object``: a body that is JSON but not an object is dead-lettered
+      (``not-object``) instead of reaching the handler.
     """
 
     name: str
@@ -63,8 +67,15 @@ class Handler:
     types: Collection[str] | None = None
     concurrency: int = 16
     max_bytes: int = 1_048_576
+    max_headers: int = 64
+    max_header_bytes: int = 65_536
+    require_object: bool = False
     sql: bool = False
     batch_size: int = 20
+
+    @property
+    def limits(self) -> WireLimits:
+        return WireLimits(self.max_bytes, self.max_headers, self.max_header_bytes)
 
     @property
     def uses_sql(self) -> bool:

@@ -7,20 +7,22 @@ import base64
 import json
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from consumers import incoming as h
 from consumers.incoming import header_text
-from consumers.rabbit_worker import amqp_headers
+from consumers.naming import DLQ_SUFFIX, source_of_dlq
+from consumers.rabbit_worker import wire_pairs
+from relaybus import headers as h
 from relaybus.brokers.kafka_admin import topic_partitions
 
-DLQ_SUFFIX = ".dlq"
+PAGE = 500  # letters fetched per broker round trip; none is kept beyond its page
 
 
 class DeadLetterError(LookupError):
@@ -88,23 +90,78 @@ class DeadLetter:
 
     def replay_headers(self) -> dict[str, str]:
         """The original message's headers (same ``id``), without relaybus bookkeeping."""
-        return {k: v for k, v in self.headers.items() if k not in h.RELAYBUS_HEADERS}
+        return {k: v for k, v in self.headers.items() if not h.is_reserved(k)}
+
+    @property
+    def ref(self) -> str:
+        """What identifies this letter within its DLQ: its Kafka position, else its id."""
+        return self.position or self.id
 
 
 Selector = Callable[[DeadLetter], bool]
 
 
+@dataclass
+class ReplayPlan:
+    """Which letters of ``dlq`` go to ``target``, decided before anything is sent.
+
+    ``target`` is the DLQ's own source (``X.dlq`` -> ``X``) unless the operator typed
+    another. A letter whose recorded origin (``x-original-topic``) is not the DLQ's
+    own source is ``refused``, never sent, whatever the target: headers do not pick
+    destinations. Only ``(ref, id)`` pairs are kept, never bodies.
+    """
+
+    dlq: str
+    target: str
+    select: Selector
+    accepted: list[tuple[str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # ref, id, origin
+
+    def consider(self, letter: DeadLetter) -> None:
+        if not self.select(letter):
+            return
+        if letter.original and letter.original != source_of_dlq(self.dlq):
+            self.refused.append((letter.ref, letter.id, letter.original))
+        else:
+            self.accepted.append((letter.ref, letter.id))
+
+    def admits(self, letter: DeadLetter) -> bool:
+        """In the replay pass: is this letter one the plan accepted?"""
+        return letter.ref in self._refs and self.select(letter)
+
+    @property
+    def _refs(self) -> set[str]:
+        cached: set[str] | None = self.__dict__.get("_ref_set")
+        if cached is None or len(cached) != len(self.accepted):
+            cached = {ref for ref, _ in self.accepted}
+            self.__dict__["_ref_set"] = cached
+        return cached
+
+
+async def plan_replay(
+    store: DeadLetterStore, dlq: str, select: Selector, to: str | None = None
+) -> ReplayPlan:
+    """Read ``dlq`` page by page and decide what a replay would send where."""
+    plan = ReplayPlan(dlq, to or source_of_dlq(dlq), select)
+    async for letter in store.letters(dlq):
+        plan.consider(letter)
+    return plan
+
+
 class DeadLetterStore(Protocol):
-    """Dead letters of one broker. ``replay`` sends the selected ones back to where they
-    were consumed, with their original headers and id (so an inbox consumer applies
-    each at most once), and removes them from the DLQ where the broker allows it
-    (RabbitMQ; a Kafka DLQ is a log: use ``purge``)."""
+    """Dead letters of one broker, read in pages (``letters`` never holds a whole DLQ).
+
+    ``replay`` sends the letters a ``ReplayPlan`` accepted to its target, with their
+    original headers and id (so an inbox consumer applies each at most once), and
+    removes them from the DLQ where the broker allows it (RabbitMQ; a Kafka DLQ is a
+    log: use ``purge``). It returns the ids sent.
+    """
 
     async def queues(self) -> list[tuple[str, int]]: ...
 
-    async def read(self, name: str, limit: int) -> list[DeadLetter]: ...
+    def letters(self, name: str) -> AsyncIterator[DeadLetter]: ...
 
-    async def replay(self, name: str, select: Selector) -> list[DeadLetter]: ...
+    async def replay(self, plan: ReplayPlan) -> list[str]: ...
 
     async def purge(self, name: str) -> int: ...
 
@@ -148,50 +205,52 @@ class KafkaDeadLetters:
         finally:
             await consumer.stop()
 
-    async def read(self, name: str, limit: int = 1_000_000) -> list[DeadLetter]:
+    async def letters(self, name: str) -> AsyncIterator[DeadLetter]:
         bounds = await self._bounds(name)
-        out: list[DeadLetter] = []
         consumer = await self._consumer()
         try:
             live = {tp for tp, (start, end) in bounds.items() if end > start}
             consumer.assign(list(bounds))
             for tp, (start, _) in bounds.items():
                 consumer.seek(tp, start)  # explicit offsets: seek_to_beginning is lazy
-            while live and len(out) < limit:
-                batches = await consumer.getmany(timeout_ms=1000)
+            while live:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=PAGE)
                 for tp, records in batches.items():
                     for r in records:
-                        if r.offset >= bounds[tp][1] or len(out) >= limit:
+                        if r.offset >= bounds[tp][1]:
                             live.discard(tp)
                             break
                         headers = {k: header_text(v) for k, v in r.headers}
                         key = r.key.decode("utf-8", errors="replace") if r.key else ""
                         pos = f"{r.partition}:{r.offset}"
-                        out.append(DeadLetter.of(key, r.value or b"", headers, pos))
+                        yield DeadLetter.of(key, r.value or b"", headers, pos)
                         if r.offset + 1 >= bounds[tp][1]:
                             live.discard(tp)
         finally:
             await consumer.stop()
-        return out
 
-    async def replay(self, name: str, select: Selector) -> list[DeadLetter]:
-        chosen = [d for d in await self.read(name) if select(d)]
+    async def replay(self, plan: ReplayPlan) -> list[str]:
+        if not plan.accepted:
+            return []
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
         )
         await producer.start()
+        sent: list[str] = []
         try:
-            for d in chosen:
-                target = d.original or name.removesuffix(DLQ_SUFFIX)
+            async for d in self.letters(plan.dlq):
+                if not plan.admits(d):
+                    continue
                 await producer.send_and_wait(
-                    target,
+                    plan.target,
                     value=d.body,
                     key=d.key.encode() if d.key else None,
                     headers=[(k, v.encode()) for k, v in d.replay_headers().items()],
                 )
+                sent.append(d.id)
         finally:
             await producer.stop()
-        return chosen
+        return sent
 
     async def purge(self, name: str) -> int:
         bounds = await self._bounds(name)
@@ -232,55 +291,66 @@ class RabbitDeadLetters:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
-    async def _drain(
-        self, name: str, limit: int, keep: Selector | None
-    ) -> tuple[list[DeadLetter], list[DeadLetter]]:
-        """Get up to ``limit`` messages; ack-and-return those ``keep`` selects (after
-        ``keep`` ran its side effect), leave the rest to be requeued on close."""
+    async def letters(self, name: str) -> AsyncIterator[DeadLetter]:
+        """Every letter, by ``basic.get`` without ack; all go back to the queue when the
+        connection closes (RabbitMQ holds the unacked ones, not this process)."""
         connection = await aio_pika.connect(self.url)
-        seen: list[DeadLetter] = []
-        taken: list[DeadLetter] = []
         try:
-            channel = await connection.channel(publisher_confirms=True)
-            try:
-                queue = await channel.get_queue(name, ensure=True)
-            except aio_pika.exceptions.ChannelClosed:
-                raise DeadLetterError(f"no RabbitMQ queue {name!r}") from None
-            while len(seen) < limit:
+            channel = await connection.channel()
+            queue = await self._queue(channel, name)
+            while (message := await queue.get(no_ack=False, fail=False)) is not None:
+                yield self._letter(message)
+        finally:
+            await connection.close()
+
+    async def replay(self, plan: ReplayPlan) -> list[str]:
+        """Take each accepted letter off the DLQ: publish it to the target with
+        confirms (unroutable is an error), then ack it; the rest go back."""
+        if not plan.accepted:
+            return []
+        connection = await aio_pika.connect(self.url)
+        sent: list[str] = []
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            queue = await self._queue(channel, plan.dlq)
+            while len(sent) < len(plan.accepted):
                 message = await queue.get(no_ack=False, fail=False)
                 if message is None:
                     break
-                letter = DeadLetter.of(
-                    message.routing_key or "", message.body, amqp_headers(message), ""
+                letter = self._letter(message)
+                if not plan.admits(letter):
+                    continue
+                await channel.default_exchange.publish(
+                    aio_pika.Message(
+                        body=letter.body,
+                        headers=dict[str, Any](letter.replay_headers()),
+                        message_id=message.message_id,
+                        type=letter.type or None,
+                        content_type=message.content_type,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=plan.target,
+                    mandatory=True,
                 )
-                seen.append(letter)
-                if keep is not None and keep(letter):
-                    target = letter.original or name.removesuffix(DLQ_SUFFIX)
-                    await channel.default_exchange.publish(
-                        aio_pika.Message(
-                            body=letter.body,
-                            headers=dict[str, Any](letter.replay_headers()),
-                            message_id=letter.id or None,
-                            type=letter.type or None,
-                            content_type=message.content_type,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
-                        routing_key=target,
-                        mandatory=True,
-                    )
-                    await message.ack()  # only after the broker confirmed the copy
-                    taken.append(letter)
+                await message.ack()  # only after the broker confirmed the copy
+                sent.append(letter.id)
         finally:
             await connection.close()  # unacked deliveries go back to the queue
-        return seen, taken
+        return sent
 
-    async def read(self, name: str, limit: int = 1_000_000) -> list[DeadLetter]:
-        seen, _ = await self._drain(name, limit, None)
-        return seen
+    @staticmethod
+    async def _queue(
+        channel: aio_pika.abc.AbstractChannel, name: str
+    ) -> aio_pika.abc.AbstractQueue:
+        try:
+            return await channel.get_queue(name, ensure=True)
+        except aio_pika.exceptions.ChannelClosed:
+            raise DeadLetterError(f"no RabbitMQ queue {name!r}") from None
 
-    async def replay(self, name: str, select: Selector) -> list[DeadLetter]:
-        _, taken = await self._drain(name, 1_000_000, select)
-        return taken
+    @staticmethod
+    def _letter(message: AbstractIncomingMessage) -> DeadLetter:
+        headers = {k: header_text(v) for k, v in wire_pairs(message)}
+        return DeadLetter.of(message.routing_key or "", message.body, headers, "")
 
     async def purge(self, name: str) -> int:
         connection = await aio_pika.connect(self.url)

@@ -1,39 +1,36 @@
-"""What a handler receives: a decoded message plus where it came from."""
+"""What a handler receives, and the decoding of untrusted deliveries into it.
+
+Everything here reads bytes and headers written by anyone with produce rights:
+parsing is bounded, and every refusal is an ``InvalidMessage`` with a named reason
+(the delivery is dead-lettered with it; the worker goes on).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import uuid
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
-# Headers relaybus adds on the way through retries and dead letters; a replay or a
-# fresh delivery starts without them.
-ATTEMPTS = "x-attempts"
-RETRY_AT = "x-retry-at"
-CONSUMER = "x-consumer"
-ORIGINAL_TOPIC = "x-original-topic"
-ORIGINAL_PARTITION = "x-original-partition"
-ORIGINAL_OFFSET = "x-original-offset"
-DLQ_REASON = "x-dlq-reason"
-EXCEPTION_TYPE = "x-exception-type"
-EXCEPTION_MESSAGE = "x-exception-message"
-STACKTRACE = "x-stacktrace"
-FAILED_AT = "x-failed-at"
-DEAD_LETTER_HEADERS = (
-    DLQ_REASON,
-    EXCEPTION_TYPE,
-    EXCEPTION_MESSAGE,
-    STACKTRACE,
-    ATTEMPTS,
-    ORIGINAL_TOPIC,
-    ORIGINAL_PARTITION,
-    ORIGINAL_OFFSET,
-    CONSUMER,
-    FAILED_AT,
-)
-RELAYBUS_HEADERS = frozenset((*DEAD_LETTER_HEADERS, RETRY_AT))
+from relaybus import headers as rh
+
+# Re-exported: the header names a dead letter carries (see relaybus.headers).
+ATTEMPTS = rh.ATTEMPTS
+RETRY_AT = rh.RETRY_AT
+CONSUMER = rh.CONSUMER
+ORIGINAL_TOPIC = rh.ORIGINAL_TOPIC
+ORIGINAL_PARTITION = rh.ORIGINAL_PARTITION
+ORIGINAL_OFFSET = rh.ORIGINAL_OFFSET
+DLQ_REASON = rh.DLQ_REASON
+EXCEPTION_TYPE = rh.EXCEPTION_TYPE
+EXCEPTION_MESSAGE = rh.EXCEPTION_MESSAGE
+STACKTRACE = rh.STACKTRACE
+FAILED_AT = rh.FAILED_AT
+DEAD_LETTER_HEADERS = rh.DEAD_LETTER
 
 
 class InvalidMessage(ValueError):
@@ -50,13 +47,32 @@ class InvalidMessage(ValueError):
 
 
 @dataclass(frozen=True)
+class WireLimits:
+    """Bounds on what one delivery may carry; anything beyond is dead-lettered.
+
+    ``max_bytes`` caps the body, ``max_headers`` the header count and
+    ``max_header_bytes`` the headers' total size (names plus values, in bytes).
+    """
+
+    max_bytes: int = 1_048_576
+    max_headers: int = 64
+    max_header_bytes: int = 65_536
+
+    def __post_init__(self) -> None:
+        if min(self.max_bytes, self.max_headers, self.max_header_bytes) < 1:
+            raise ValueError("wire limits must be positive")
+
+
+@dataclass(frozen=True)
 class Incoming:
     """One delivery of a message.
 
     ``raw`` is the exact body bytes (the dead letter carries them unchanged);
-    ``payload`` is its decoded JSON. ``attempt`` is 1 on the first delivery and
-    grows through the retry tiers. ``source``/``partition``/``offset`` locate the
-    original record (for RabbitMQ, the queue, and no partition/offset).
+    ``payload`` is its decoded JSON. ``headers`` are the business headers only:
+    relaybus's reserved ``x-…`` bookkeeping never reaches a handler. ``attempt`` is 1
+    on the first delivery and grows through the retry tiers. ``source``,
+    ``partition`` and ``offset`` say where the message was *first* consumed (its
+    main topic or queue; RabbitMQ has no partition or offset), also on a retry.
     """
 
     id: uuid.UUID
@@ -69,10 +85,151 @@ class Incoming:
     partition: int | None = None
     offset: int | None = None
     attempt: int = 1
+    wire_headers: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def business_headers(self) -> dict[str, str]:
         """Headers minus relaybus's retry/dead-letter bookkeeping."""
-        return {k: v for k, v in self.headers.items() if k not in RELAYBUS_HEADERS}
+        return {k: v for k, v in self.headers.items() if not rh.is_reserved(k)}
+
+
+def read_headers(pairs: Iterable[tuple[Any, Any]], limits: WireLimits) -> dict[str, str]:
+    """Wire headers as text, bounded. Raises ``InvalidMessage``:
+
+    ``too-many-headers``, ``headers-too-large``, ``bad-header`` (a name or value that
+    is not UTF-8 text), ``duplicate-header`` (Kafka allows a name twice; which one
+    counts would be a guess). AMQP numbers, booleans and timestamps become text.
+    """
+    out: dict[str, str] = {}
+    size = 0
+    for count, (name, value) in enumerate(pairs, start=1):
+        if count > limits.max_headers:
+            raise InvalidMessage("too-many-headers", f"more than {limits.max_headers} headers")
+        name_text = _text(name, "header name")
+        value_text = _text(value, f"header {name_text!r}")
+        size += len(name_text.encode("utf-8", "surrogatepass")) + len(
+            value_text.encode("utf-8", "surrogatepass")
+        )
+        if size > limits.max_header_bytes:
+            raise InvalidMessage(
+                "headers-too-large", f"headers exceed {limits.max_header_bytes} bytes"
+            )
+        if name_text in out:
+            raise InvalidMessage("duplicate-header", f"header {name_text!r} appears twice")
+        out[name_text] = value_text
+    return out
+
+
+def _text(value: Any, what: str) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidMessage("bad-header", f"{what} is not UTF-8") from None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidMessage("bad-header", f"{what} is not valid Unicode") from None
+        return value
+    if isinstance(value, bool | int | float | Decimal | datetime | date):
+        return str(value)
+    if value is None:
+        return ""
+    # AMQP field tables and arrays: text, but never interpreted.
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def strict_int(value: str | None, *, low: int, high: int) -> int | None:
+    """``value`` as an int within ``[low, high]``, or None (absent, garbage, out of range)."""
+    if value is None or not value.isascii() or not value.lstrip("-").isdigit() or len(value) > 20:
+        return None
+    number = int(value)
+    return number if low <= number <= high else None
+
+
+def retry_due(headers: Mapping[str, str], *, now: float, max_wait: float) -> float:
+    """Seconds a retry copy must still wait: its ``x-retry-at`` bounded to
+    ``[0, max_wait]``; garbage or non-finite values mean "now"."""
+    value = headers.get(rh.RETRY_AT, "")
+    try:
+        due = float(value) if len(value) <= 32 else math.nan
+    except ValueError:
+        return 0.0
+    if not math.isfinite(due):
+        return 0.0
+    return min(max(0.0, due - now), max_wait)
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidMessage("not-json", f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise InvalidMessage("huge-number", f"number {text[:40]!r} overflows a double")
+    return number
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _check_text(payload: Any) -> None:
+    """Refuse strings PostgreSQL and UTF-8 cannot hold: NUL and lone surrogates.
+
+    Iterative, so a deep payload costs no recursion.
+    """
+    stack = [payload]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings: Iterable[str] = (item,)
+        elif isinstance(item, dict):
+            strings = item.keys()
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for s in strings:
+            if "\x00" in s:
+                raise InvalidMessage("nul-in-string", "a string contains \\u0000")
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidMessage(
+                    "lone-surrogate", "a string contains an unpaired surrogate"
+                ) from None
+
+
+def parse_payload(raw: bytes, *, require_object: bool = False) -> Any:
+    """The body as JSON, bounded; raises ``InvalidMessage``:
+
+    ``not-utf8``, ``not-json`` (incl. truncated, NaN/Infinity), ``too-deep``
+    (nesting beyond the parser's stack), ``huge-number`` (an integer over 4 300
+    digits or a float that overflows), ``nul-in-string``, ``lone-surrogate``,
+    ``not-object`` (when ``require_object``).
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidMessage("not-utf8", str(err)) from None
+    try:
+        payload = _DECODER.decode(text)
+    except RecursionError:
+        raise InvalidMessage("too-deep", "JSON nests deeper than the parser allows") from None
+    except json.JSONDecodeError as err:
+        raise InvalidMessage("not-json", str(err)) from None
+    except ValueError as err:  # int() over sys.get_int_max_str_digits
+        raise InvalidMessage("huge-number", str(err)[:200]) from None
+    if "\\u" in text:  # only escapes can put NUL or a lone surrogate into a string
+        _check_text(payload)
+    if require_object and not isinstance(payload, dict):
+        raise InvalidMessage(
+            "not-object", f"body is a JSON {type(payload).__name__}, not an object"
+        )
+    return payload
 
 
 def decode(
@@ -83,13 +240,17 @@ def decode(
     source: str,
     partition: int | None = None,
     offset: int | None = None,
+    attempt: int = 1,
     accepted_types: Collection[str] | None = None,
     max_bytes: int = 1_048_576,
+    require_object: bool = False,
 ) -> Incoming:
     """Decode one delivery; raises ``InvalidMessage`` with a reason code:
 
-    ``oversize``, ``missing-id``, ``bad-id``, ``missing-type``, ``unknown-type``,
-    ``not-json`` (includes truncated JSON), ``not-utf8``.
+    ``oversize``, ``missing-id``, ``bad-id``, ``missing-type``, ``unknown-type``, and
+    those of ``parse_payload``. ``attempt`` and the origin (``source``,
+    ``partition``, ``offset``) are decided by the caller from where the delivery
+    came (a main topic: 1 and itself); reserved headers are dropped here, unread.
     """
     if len(raw) > max_bytes:
         raise InvalidMessage("oversize", f"{len(raw)} bytes, over the {max_bytes}-byte limit")
@@ -97,40 +258,34 @@ def decode(
     if not message_id:
         raise InvalidMessage("missing-id", "no 'id' header")
     try:
-        parsed_id = uuid.UUID(message_id)
+        parsed_id = uuid.UUID(message_id) if len(message_id) <= 64 else None
     except ValueError:
-        raise InvalidMessage("bad-id", f"'id' header {message_id!r} is not a UUID") from None
+        parsed_id = None
+    if parsed_id is None:
+        raise InvalidMessage("bad-id", f"'id' header {message_id[:64]!r} is not a UUID")
     type_ = headers.get("type")
     if not type_:
         raise InvalidMessage("missing-type", "no 'type' header")
     if accepted_types is not None and type_ not in accepted_types:
-        raise InvalidMessage("unknown-type", f"type {type_!r} is not handled here")
-    try:
-        payload = json.loads(raw)
-    except UnicodeDecodeError as err:
-        raise InvalidMessage("not-utf8", str(err)) from None
-    except ValueError as err:
-        raise InvalidMessage("not-json", str(err)) from None
-    try:
-        attempt = int(headers.get(ATTEMPTS, "0")) + 1
-    except ValueError:
-        attempt = 1
+        raise InvalidMessage("unknown-type", f"type {type_[:255]!r} is not handled here")
+    payload = parse_payload(raw, require_object=require_object)
     return Incoming(
         id=parsed_id,
         type=type_,
         key=key,
         payload=payload,
         raw=raw,
-        headers=dict(headers),
+        headers={k: v for k, v in headers.items() if not rh.is_reserved(k)},
         source=source,
         partition=partition,
         offset=offset,
         attempt=attempt,
+        wire_headers=dict(headers),
     )
 
 
 def header_text(value: Any) -> str:
-    """A header value as text (Kafka gives bytes, AMQP may give bytes, str or numbers)."""
+    """A header value as text for display (invalid UTF-8 shown with replacements)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)

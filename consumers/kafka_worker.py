@@ -14,23 +14,25 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from consumers import incoming as h
 from consumers.app import Handler, KafkaSource
-from consumers.deadletter import dead_letter_for, dead_letter_for_invalid, origin, origin_of
-from consumers.incoming import Incoming, InvalidMessage, decode, header_text
+from consumers.failure import Copy, FailurePath, Outcome, salvage_headers
+from consumers.incoming import (
+    Incoming,
+    InvalidMessage,
+    decode,
+    read_headers,
+    retry_due,
+    strict_int,
+)
+from consumers.naming import dlq_name, retry_name
 from consumers.processor import Processor
+from relaybus import headers as rh
 from relaybus.backoff import Backoff
 from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
 
 log = logging.getLogger(__name__)
-
-
-def retry_topic(topic: str, tier: int) -> str:
-    return f"{topic}.retry.{tier}"
-
-
-def dlq_topic(topic: str) -> str:
-    return f"{topic}.dlq"
+# Produce-request framing beyond a record's body and headers (generous).
+REQUEST_OVERHEAD = 16 * 1024
 
 
 class KafkaWorker:
@@ -68,35 +70,49 @@ class KafkaWorker:
         self.bootstrap = bootstrap
         self.producer: AIOKafkaProducer | None = None
         self.ready = asyncio.Event()
+        self.tiers = 0 if self.source.ordered else handler.retry.tiers
+        self.failures = FailurePath(handler.name, self.source.topic, self.tiers, handler.limits)
 
     async def run(self, stop: asyncio.Event) -> None:
         topic = self.source.topic
         await ensure_topic(self.bootstrap, topic)
         partitions = len(await topic_partitions(self.bootstrap, topic))
-        tiers = 0 if self.source.ordered else self.handler.retry.tiers
-        for extra in [dlq_topic(topic), *(retry_topic(topic, n) for n in range(1, tiers + 1))]:
-            await ensure_topic(self.bootstrap, extra, partitions=partitions)
+        # Copies may be as large as the wire limits let a delivery in, plus relaybus's
+        # headers: the tier/DLQ topics and the producer must accept that much.
+        copy_limit = self.failures.copy_budget + REQUEST_OVERHEAD
+        extras = [dlq_name(topic), *(retry_name(topic, n) for n in range(1, self.tiers + 1))]
+        for extra in extras:
+            await ensure_topic(
+                self.bootstrap,
+                extra,
+                partitions=partitions,
+                config={"max.message.bytes": str(copy_limit)},
+            )
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            max_request_size=copy_limit,
         )
         await self.producer.start()
         loops = [_Loop(self, topic, self.source.group, 0)]
         loops += [
-            _Loop(self, retry_topic(topic, n), f"{self.source.group}.retry.{n}", n)
-            for n in range(1, tiers + 1)
+            _Loop(self, retry_name(topic, n), f"{self.source.group}.retry.{n}", n)
+            for n in range(1, self.tiers + 1)
         ]
         try:
             await asyncio.gather(*(loop.run(stop) for loop in loops))
         finally:
             await self.producer.stop()
 
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]
-    ) -> None:
-        """Produce one record and wait for the broker's ack (acks=all)."""
+    async def send(self, copy: Copy, key: bytes | None) -> None:
+        """Produce a retry or dead-letter copy and wait for the broker's ack (acks=all)."""
         assert self.producer is not None
         ack = await self.producer.send(
-            topic, value=value, key=key, headers=[(k, v.encode()) for k, v in headers.items()]
+            copy.destination,
+            value=copy.body,
+            key=key,
+            headers=[(k, v.encode("utf-8", "surrogatepass")) for k, v in copy.headers.items()],
         )
         await ack
 
@@ -138,10 +154,18 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                     if not finished:
                         break  # stopping mid-batch: uncommitted records are redelivered
                     self._done.update(self._inflight.result())
-                except (KafkaError, OSError) as err:
-                    # Could not produce a retry/dead letter: process the batch again.
+                except Exception as err:
+                    # Could not produce a retry/dead letter (or a bug of ours): process
+                    # the batch again after a pause. Handler failures never get here
+                    # (they are verdicts), and the inbox makes reprocessing harmless.
                     delay = backoff.next_delay()
-                    log.warning("%s: %r; reprocessing batch in %.1fs", self.topic, err, delay)
+                    log.warning(
+                        "%s: %r; reprocessing batch in %.1fs",
+                        self.topic,
+                        err,
+                        delay,
+                        exc_info=not isinstance(err, KafkaError | OSError),
+                    )
                     for tp, records in batches.items():
                         with contextlib.suppress(IllegalStateError):
                             consumer.seek(tp, records[0].offset)
@@ -152,8 +176,10 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                 backoff.reset()
                 await self._commit()
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 await self._commit()
+            except (KafkaError, OSError) as err:
+                log.warning("%s: final commit failed (redelivered later): %r", self.topic, err)
             await consumer.stop()
 
     async def _finish(self, task: asyncio.Task[Any], stop: asyncio.Event) -> bool:
@@ -169,8 +195,8 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.wait({task}, timeout=self.worker.handler.timeout)
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # Cancelled on purpose: its uncommitted records are redelivered.
+            await asyncio.gather(task, return_exceptions=True)
             return False
         task.result()
         return True
@@ -180,8 +206,12 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         """Finish the batch in hand and commit it before the partitions move on."""
         task = self._inflight
         if task is not None:
-            with contextlib.suppress(Exception):
+            try:
                 self._done.update(await asyncio.shield(task))
+            except Exception as err:
+                # The batch failed (the run loop logs and reprocesses it); whoever gets
+                # the partitions redelivers its records.
+                log.warning("%s: batch in hand failed during revoke: %r", self.topic, err)
         await self._commit()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -242,75 +272,88 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._one(message, record)
 
     async def _decode(self, record: ConsumerRecord[Any, Any]) -> Incoming | None:
-        """The record as a message; None if it is not ours or was dead-lettered."""
+        """The record as a message; None if it is not ours or was dead-lettered.
+
+        Headers are untrusted: on the main topic the reserved ones are dropped
+        unread; on tier ``n`` the attempt is ``n + 1`` (the tier says so, not
+        ``x-attempts``), the wait is ``x-retry-at`` bounded by the policy's
+        ``max_delay``, and ``x-original-partition``/``-offset`` are used only when
+        they are plain numbers.
+        """
         worker, handler = self.worker, self.worker.handler
-        headers = {k: header_text(v) for k, v in (record.headers or ())}
-        if self.tier and headers.get(h.CONSUMER) != handler.name:
-            return None  # another group's retry (retry topics are shared per topic)
-        if self.tier:
-            due = float(headers.get(h.RETRY_AT, "0") or 0)
-            if (wait := due - time.time()) > 0:
-                await asyncio.sleep(wait)  # the tier's delay: records in a tier are FIFO
-        key = record.key.decode("utf-8", errors="replace") if record.key else ""
         raw = record.value or b""
+        attempt = self.tier + 1
+        partition, offset = record.partition, record.offset
+        pairs = record.headers or ()
+        try:
+            headers = read_headers(pairs, handler.limits)
+        except InvalidMessage as err:
+            if self.tier:
+                return None  # not a copy relaybus wrote: never ours to handle
+            await self._dead_letter_invalid(record, salvage_headers(pairs, handler.limits), err)
+            return None
+        if self.tier:
+            if headers.get(rh.CONSUMER) != handler.name:
+                return None  # another group's retry (retry topics are shared per topic)
+            if (wait := retry_due(headers, now=time.time(), max_wait=handler.retry.max_delay)) > 0:
+                await asyncio.sleep(wait)  # the tier's delay: records in a tier are FIFO
+            partition = strict_int(headers.get(rh.ORIGINAL_PARTITION), low=0, high=1_000_000)
+            offset = strict_int(headers.get(rh.ORIGINAL_OFFSET), low=0, high=2**63 - 1)
+        key = record.key.decode("utf-8", errors="replace") if record.key else ""
         try:
             return decode(
                 raw,
                 headers,
                 key=key,
-                source=record.topic,
-                partition=record.partition,
-                offset=record.offset,
+                source=worker.source.topic,
+                partition=partition,
+                offset=offset,
+                attempt=attempt,
                 accepted_types=handler.types,
                 max_bytes=handler.max_bytes,
+                require_object=handler.require_object,
             )
         except InvalidMessage as err:
-            worker.processor.stats["invalid"] += 1
-            topic, part, off = origin_of(
-                headers, record.topic, record.partition, record.offset, retried=self.tier > 0
-            )
-            log.warning("%s: invalid record at %s/%d: %s", handler.name, topic, record.offset, err)
-            await worker.send(
-                dlq_topic(worker.source.topic),
-                record.key,
-                raw,
-                dead_letter_for_invalid(
-                    headers, err, topic=topic, partition=part, offset=off, consumer=handler.name
-                ),
-            )
+            await self._dead_letter_invalid(record, headers, err, partition, offset)
             return None
 
+    async def _dead_letter_invalid(
+        self,
+        record: ConsumerRecord[Any, Any],
+        headers: dict[str, str],
+        err: InvalidMessage,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        worker = self.worker
+        worker.processor.stats["invalid"] += 1
+        log.warning(
+            "%s: invalid record at %s/%d/%d: %s",
+            worker.handler.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            err,
+        )
+        copy = worker.failures.invalid(
+            record.value or b"",
+            headers,
+            err,
+            attempt=self.tier + 1,
+            partition=record.partition if partition is None else partition,
+            offset=record.offset if offset is None else offset,
+        )
+        await worker.send(copy, record.key)
+
     async def _one(self, message: Incoming, record: ConsumerRecord[Any, Any]) -> None:
-        worker, handler = self.worker, self.worker.handler
-        raw = record.value or b""
+        worker = self.worker
         while True:
             verdict = await worker.processor.process(message)
-            if verdict.action in ("done", "duplicate"):
-                return
-            if verdict.action == "dead":
-                await worker.send(
-                    dlq_topic(worker.source.topic),
-                    record.key,
-                    raw,
-                    dead_letter_for(
-                        message, reason=verdict.reason, error=verdict.error, consumer=handler.name
-                    ),
-                )
-                return
-            if worker.source.ordered:
+            if verdict.outcome is Outcome.RETRY and worker.source.ordered:
                 await asyncio.sleep(verdict.delay)  # in place: the key's bucket waits
                 message = dataclasses.replace(message, attempt=message.attempt + 1)
                 continue
-            topic, part, off = origin(message)
-            retry_headers = {
-                **message.business_headers(),
-                h.ATTEMPTS: str(message.attempt),
-                h.RETRY_AT: f"{time.time() + verdict.delay:.3f}",
-                h.CONSUMER: handler.name,
-                h.ORIGINAL_TOPIC: topic,
-                h.ORIGINAL_PARTITION: "" if part is None else str(part),
-                h.ORIGINAL_OFFSET: "" if off is None else str(off),
-            }
-            tier_topic = retry_topic(worker.source.topic, message.attempt)
-            await worker.send(tier_topic, record.key, raw, retry_headers)
+            copy = worker.failures.decide(verdict, message)
+            if copy is not None:
+                await worker.send(copy, record.key)
             return

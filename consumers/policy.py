@@ -42,5 +42,7 @@ class RetryPolicy:
 
     def delay(self, failed_attempt: int) -> float:
         """Seconds to wait after attempt ``failed_attempt`` (1-based) failed."""
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** (failed_attempt - 1))
+        # The exponent is capped: multiplier ** 1024 overflows a float.
+        exponent = min(max(failed_attempt - 1, 0), 64)
+        base = min(self.max_delay, self.initial_delay * self.multiplier**exponent)
         return base * (1 - random.uniform(0, self.jitter))

@@ -5,40 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.app import Handler
+from consumers.breaker import BreakerState
+from consumers.failure import DONE, DUPLICATE, Outcome, Verdict
 from consumers.inbox import Inbox
 from consumers.incoming import Incoming, InvalidMessage
-from consumers.redis_dedupe import RedisDedupe
+from consumers.redis_dedupe import Claim, RedisDedupe
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What the transport should do with a delivery.
-
-    ``done`` (ack/commit), ``duplicate`` (ack/commit, nothing applied), ``retry``
-    (schedule attempt+1 after ``delay``), ``dead`` (dead-letter with ``reason``).
-    """
-
-    action: str
-    reason: str = ""
-    error: BaseException | None = None
-    delay: float = 0.0
-
-
-DONE = Verdict("done")
-DUPLICATE = Verdict("duplicate")
-
-
 class Processor:
-    """Runs one handler on one delivery and decides its fate; never raises for a
-    handler failure (those become verdicts). ``stats`` counts every outcome."""
+    """Runs one handler on one delivery and decides its fate (a ``Verdict``); never
+    raises for a handler failure. ``stats`` counts every outcome."""
 
     def __init__(
         self,
@@ -53,35 +36,49 @@ class Processor:
         self.handler = handler
         self.sessions = sessions
         self.inbox = Inbox()
-        self.redis_dedupe = RedisDedupe(redis) if redis is not None else None
+        # A claim outlives its handler by a margin: the handler is cancelled at its
+        # timeout, so an older claim belongs to a worker that died.
+        self.redis_dedupe = (
+            RedisDedupe(redis, claim_ttl=handler.timeout + 5.0) if redis is not None else None
+        )
         self.stats: Counter[str] = Counter()
 
     async def process(self, message: Incoming) -> Verdict:
-        """Apply ``message`` once. Waits while the breaker is open: a failure that opens
-        it is retried in place after the pause, without using up an attempt."""
+        """Apply ``message`` once and return its verdict; never raises for a handler
+        failure.
+
+        Waits while the breaker is open. A failure that opens the breaker (or meets
+        it open) is retried in place after the pause, without using up an attempt:
+        the dependency, not the message, is presumed at fault. A failure of the
+        half-open probe does use up an attempt, so a message that fails
+        deterministically still reaches the dead-letter queue after
+        ``max_attempts`` probes instead of holding the handler forever.
+        """
         handler = self.handler
         while True:
+            probing = False
             if handler.breaker is not None:
                 await handler.breaker.wait_ready()
+                probing = handler.breaker.state is BreakerState.HALF_OPEN
             try:
                 async with asyncio.timeout(handler.timeout):
                     applied = await self._apply(message)
             except InvalidMessage as err:
                 self.stats["dead"] += 1
-                return Verdict("dead", reason=err.reason, error=err)
+                return Verdict(Outcome.DEAD, reason=err.reason, error=err)
             except Exception as err:  # the handler's failure, whatever it is
                 self.stats["failed"] += 1
                 if handler.breaker is not None:
                     handler.breaker.failure()
-                    if handler.breaker.state != "closed":
+                    if not probing and handler.breaker.state is not BreakerState.CLOSED:
                         self.stats["paused"] += 1
                         log.warning("%s: breaker open: %r", handler.name, err)
                         continue
                 if handler.retry.exhausted(message.attempt):
                     self.stats["dead"] += 1
-                    return Verdict("dead", reason="max-attempts", error=err)
+                    return Verdict(Outcome.DEAD, reason="max-attempts", error=err)
                 self.stats["retried"] += 1
-                return Verdict("retry", error=err, delay=handler.retry.delay(message.attempt))
+                return Verdict(Outcome.RETRY, error=err, delay=handler.retry.delay(message.attempt))
             if handler.breaker is not None:
                 handler.breaker.success()
             self.stats["done" if applied else "duplicate"] += 1
@@ -130,7 +127,13 @@ class Processor:
         handler = self.handler
         if handler.dedupe == "redis":
             assert self.redis_dedupe is not None
-            if not await self.redis_dedupe.claim(handler.name, message.id):
+            # A live claim is another delivery of this id in progress (or one whose
+            # worker died mid-handler): wait for it to finish or expire, then look
+            # again. Never a duplicate until it is marked done.
+            while (claim := await self.redis_dedupe.claim(handler.name, message.id)) is Claim.BUSY:
+                self.stats["claim-wait"] += 1
+                await self.redis_dedupe.wait_released(handler.name, message.id)
+            if claim is Claim.DONE:
                 return False
             try:
                 await self._run(message)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -13,56 +13,57 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustConnection,
 )
+from aio_pika.exceptions import AMQPError
 from pamqp.common import FieldTable
 
-from consumers import incoming as h
 from consumers.app import Handler, RabbitSource
-from consumers.deadletter import dead_letter_for, dead_letter_for_invalid
-from consumers.incoming import InvalidMessage, decode, header_text
+from consumers.failure import Copy, CopyKind, FailurePath, Outcome, salvage_headers
+from consumers.incoming import InvalidMessage, decode, read_headers, strict_int
+from consumers.naming import dlq_name, retry_name, returns_name
 from consumers.processor import Processor
+from relaybus import headers as rh
+from relaybus.backoff import Backoff
 from relaybus.brokers.rabbitmq import EXCHANGE
 
 log = logging.getLogger(__name__)
 QUORUM: FieldTable = {"x-queue-type": "quorum"}
+# RabbitMQ's own dead-lettering bookkeeping: it describes the broker's hops, not the
+# message, so it is neither counted against the header limits nor kept.
+_BROKER_HEADERS = ("x-death", "x-first-death", "x-last-death")
 
 
-def retry_queue(queue: str, tier: int) -> str:
-    return f"{queue}.retry.{tier}"
-
-
-def dlq_queue(queue: str) -> str:
-    return f"{queue}.dlq"
-
-
-def amqp_headers(message: AbstractIncomingMessage) -> dict[str, str]:
-    """Text headers of a delivery; ``id``/``type`` fall back to the AMQP properties.
-
-    RabbitMQ's own ``x-death``/``x-first-death-*`` bookkeeping is dropped: it
-    describes the broker's hops, not the message."""
-    headers = {
-        k: header_text(v)
-        for k, v in (message.headers or {}).items()
-        if not (k == "x-death" or k.startswith(("x-first-death", "x-last-death")))
-    }
-    if "id" not in headers and message.message_id:
-        headers["id"] = message.message_id
-    if "type" not in headers and message.type:
-        headers["type"] = message.type
-    return headers
+def wire_pairs(message: AbstractIncomingMessage) -> list[tuple[str, Any]]:
+    """A delivery's headers as (name, value) pairs, minus RabbitMQ's ``x-death``
+    family; ``id``/``type`` fall back to the AMQP ``message_id``/``type`` properties."""
+    pairs = [
+        (k, v) for k, v in (message.headers or {}).items() if not k.startswith(_BROKER_HEADERS)
+    ]
+    names = {k for k, _ in pairs}
+    if "id" not in names and message.message_id:
+        pairs.append(("id", message.message_id))
+    if "type" not in names and message.type:
+        pairs.append(("type", message.type))
+    return pairs
 
 
 async def declare_topology(channel: AbstractChannel, source: RabbitSource, tiers: int) -> None:
-    """The work queue (quorum, bound to ``relaybus.events``), its DLQ (quorum) and its
-    retry queues (durable, dead-lettering expired messages back to the work queue)."""
+    """The work queue (quorum, bound to ``relaybus.events``), its DLQ (quorum), its
+    retry queues (durable; an expired copy is dead-lettered to the returns queue) and
+    the returns queue ``<queue>.retry.due`` (quorum)."""
     exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
     queue = await channel.declare_queue(source.queue, durable=True, arguments=QUORUM)
     await queue.bind(exchange, routing_key=source.binding)
-    await channel.declare_queue(dlq_queue(source.queue), durable=True, arguments=QUORUM)
+    await channel.declare_queue(dlq_name(source.queue), durable=True, arguments=QUORUM)
+    if tiers:
+        await channel.declare_queue(returns_name(source.queue), durable=True, arguments=QUORUM)
     for n in range(1, tiers + 1):
         await channel.declare_queue(
-            retry_queue(source.queue, n),
+            retry_name(source.queue, n),
             durable=True,
-            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": source.queue},
+            arguments={
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": returns_name(source.queue),
+            },
         )
 
 
@@ -70,12 +71,17 @@ class RabbitWorker:
     """Consumes ``handler.source.queue``.
 
     - Prefetch ``handler.concurrency``; each delivery is acked only after its handler
-      transaction committed, or after its retry copy / dead letter was confirmed.
-      A crash before the ack redelivers (the inbox dedupes).
-    - A failed attempt ``n`` is republished to ``<queue>.retry.<n>`` with a
-      per-message TTL from the retry policy; on expiry RabbitMQ dead-letters it back
-      to the work queue. The last attempt, or an invalid message, goes to
-      ``<queue>.dlq``.
+      transaction committed, or after its retry copy / dead letter was confirmed
+      (publisher confirms, ``mandatory`` with returns raised: an unroutable copy is
+      an error, never a silent ack).
+    - A delivery on the work queue is always attempt 1, whatever its headers say.
+      A failed attempt ``n`` is republished to ``<queue>.retry.<n>`` with a
+      per-message TTL from the retry policy; on expiry RabbitMQ dead-letters it to
+      ``<queue>.retry.due``, which this worker also consumes (attempt from the
+      copy's ``x-attempts``, clamped to the policy). The last attempt, or an invalid
+      message, goes to ``<queue>.dlq``.
+    - If a copy cannot be sent, the delivery is returned to the queue after a
+      backoff pause (no hot requeue loop).
     - The connection is robust: after a broker restart it reconnects, redeclares
       and resumes consuming; unacked deliveries are redelivered.
     """
@@ -87,22 +93,33 @@ class RabbitWorker:
         self.processor = processor
         self.url = url
         self.ready = asyncio.Event()
+        self.failures = FailurePath(
+            handler.name, self.source.queue, handler.retry.tiers, handler.limits
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
+        self._send_backoff = Backoff(initial=0.2, maximum=10.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         connection: AbstractRobustConnection = await aio_pika.connect_robust(self.url)
         try:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._channel = channel
             await channel.set_qos(prefetch_count=self.handler.concurrency)
             await declare_topology(channel, self.source, self.handler.retry.tiers)
-            queue = await channel.get_queue(self.source.queue)
-            tag = await queue.consume(self._on_message)
+            consuming = [(await channel.get_queue(self.source.queue), False)]
+            if self.handler.retry.tiers:
+                consuming.append((await channel.get_queue(returns_name(self.source.queue)), True))
+            tags = []
+            for queue, returned in consuming:
+                tags.append((queue, await queue.consume(partial(self._on_message, returned))))
             self.ready.set()
             await stop.wait()
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+            for queue, tag in tags:
+                try:
+                    await queue.cancel(tag)
+                except (AMQPError, OSError) as err:
+                    log.warning("%s: cancel failed while stopping: %r", self.handler.name, err)
             if self._tasks:
                 # In-flight deliveries get one handler timeout to finish (a breaker may
                 # hold them); the rest are cancelled, unacked, and redelivered later.
@@ -113,82 +130,100 @@ class RabbitWorker:
         finally:
             await connection.close()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, returned: bool, message: AbstractIncomingMessage) -> None:
         # Deliveries run concurrently (bounded by the prefetch), not one by one.
-        task = asyncio.create_task(self._handle(message))
+        task = asyncio.create_task(self._handle(message, returned))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: AbstractIncomingMessage, returned: bool) -> None:
         try:
-            await self._route(message)
+            copy = await self._route(message, returned)
+            if copy is not None:
+                await self._publish(copy, message)
             await message.ack()
+            self._send_backoff.reset()
         except Exception as err:
-            # Could not confirm a retry copy / dead letter (or the channel died): leave
-            # the delivery to RabbitMQ, which redelivers it.
-            log.warning("%s: %r; delivery returned to the queue", self.handler.name, err)
-            with contextlib.suppress(Exception):
+            # Could not confirm a retry copy / dead letter (unroutable, nacked, or the
+            # channel died). Handler failures never get here: they are verdicts. Give
+            # the delivery back after a pause, so a persistent fault cannot spin.
+            delay = self._send_backoff.next_delay()
+            log.error(
+                "%s: %r; delivery returned to the queue in %.1fs",
+                self.handler.name,
+                err,
+                delay,
+                exc_info=not isinstance(err, AMQPError | OSError),
+            )
+            await asyncio.sleep(delay)
+            try:
                 await message.nack(requeue=True)
+            except (AMQPError, OSError, RuntimeError) as nack_err:
+                # The channel is gone: RabbitMQ requeues every unacked delivery itself.
+                log.warning("%s: nack failed: %r", self.handler.name, nack_err)
 
-    async def _route(self, message: AbstractIncomingMessage) -> None:
+    async def _route(self, message: AbstractIncomingMessage, returned: bool) -> Copy | None:
+        """Decode, process and decide: the copy to send before acking, if any."""
         handler, queue = self.handler, self.source.queue
-        headers = amqp_headers(message)
+        pairs = wire_pairs(message)
+        try:
+            headers = read_headers(pairs, handler.limits)
+        except InvalidMessage as err:
+            return self._invalid(message, salvage_headers(pairs, handler.limits), err, 1)
+        attempt = 1
+        if returned:
+            # Back from a retry tier: trust only what relaybus's own copy would carry.
+            if headers.get(rh.CONSUMER) != handler.name:
+                foreign = InvalidMessage("foreign-retry", f"not a retry copy of {handler.name!r}")
+                return self._invalid(message, headers, foreign, 1)
+            tiers = handler.retry.tiers
+            attempt = (strict_int(headers.get(rh.ATTEMPTS), low=1, high=tiers) or tiers) + 1
         try:
             incoming = decode(
                 message.body,
                 headers,
                 key=message.routing_key or "",
                 source=queue,
+                attempt=attempt,
                 accepted_types=handler.types,
                 max_bytes=handler.max_bytes,
+                require_object=handler.require_object,
             )
         except InvalidMessage as err:
-            self.processor.stats["invalid"] += 1
-            log.warning("%s: invalid message: %s", handler.name, err)
-            await self._publish(
-                dlq_queue(queue),
-                message,
-                dead_letter_for_invalid(
-                    headers, err, topic=queue, partition=None, offset=None, consumer=handler.name
-                ),
-            )
-            return
+            return self._invalid(message, headers, err, attempt)
         verdict = await self.processor.process(incoming)
-        if verdict.action == "dead":
-            await self._publish(
-                dlq_queue(queue),
-                message,
-                dead_letter_for(
-                    incoming, reason=verdict.reason, error=verdict.error, consumer=handler.name
-                ),
-            )
-        elif verdict.action == "retry":
-            headers = {
-                **incoming.business_headers(),
-                h.ATTEMPTS: str(incoming.attempt),
-                h.CONSUMER: handler.name,
-                h.ORIGINAL_TOPIC: queue,
-            }
-            await self._publish(
-                retry_queue(queue, incoming.attempt), message, headers, expiration=verdict.delay
-            )
+        if verdict.outcome in (Outcome.DONE, Outcome.DUPLICATE):
+            return None
+        return self.failures.decide(verdict, incoming)
 
-    async def _publish(
+    def _invalid(
         self,
-        queue: str,
-        original: AbstractIncomingMessage,
+        message: AbstractIncomingMessage,
         headers: dict[str, str],
-        expiration: float | None = None,
-    ) -> None:
-        """Send a copy of ``original`` (same body, id, type) to ``queue``; confirmed."""
+        err: InvalidMessage,
+        attempt: int,
+    ) -> Copy:
+        self.processor.stats["invalid"] += 1
+        log.warning("%s: invalid message: %s", self.handler.name, err)
+        return self.failures.invalid(
+            message.body, headers, err, attempt=attempt, partition=None, offset=None
+        )
+
+    async def _publish(self, copy: Copy, original: AbstractIncomingMessage) -> None:
+        """Send ``copy`` via the default exchange; confirmed, and an error if unroutable.
+
+        The AMQP ``message_id`` is exactly the delivery's own (none if it had none).
+        """
         assert self._channel is not None
-        copy = aio_pika.Message(
-            body=original.body,
-            headers=dict[str, Any](headers),
-            message_id=original.message_id or headers.get("id"),
-            type=original.type or headers.get("type"),
+        amqp = aio_pika.Message(
+            body=copy.body,
+            headers=dict[str, Any](copy.headers),
+            message_id=original.message_id,
+            type=original.type,
             content_type=original.content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            expiration=max(expiration, 0.001) if expiration is not None else None,
+            expiration=max(copy.delay, 0.001) if copy.kind is CopyKind.RETRY else None,
         )
-        await self._channel.default_exchange.publish(copy, routing_key=queue, mandatory=True)
+        await self._channel.default_exchange.publish(
+            amqp, routing_key=copy.destination, mandatory=True
+        )

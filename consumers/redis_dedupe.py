@@ -11,12 +11,22 @@ idempotent-ish (cache fills, notifications); use the inbox for anything that cou
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from enum import Enum
 
 from redis.asyncio import Redis
 
 CLAIMED = b"processing"
 DONE = b"done"
+
+
+class Claim(Enum):
+    """The result of ``RedisDedupe.claim``."""
+
+    OURS = "ours"  # run the handler
+    DONE = "done"  # completed before: a duplicate
+    BUSY = "busy"  # another delivery holds a live claim: retry later, never skip
 
 
 class RedisDedupe:
@@ -33,12 +43,23 @@ class RedisDedupe:
     def key(consumer: str, message_id: uuid.UUID) -> str:
         return f"relaybus:dedupe:{consumer}:{message_id}"
 
-    async def claim(self, consumer: str, message_id: uuid.UUID) -> bool:
-        """True if this caller may run the handler (no claim or completion exists)."""
-        ok = await self.redis.set(
-            self.key(consumer, message_id), CLAIMED, nx=True, px=self.claim_ttl_ms
-        )
-        return bool(ok)
+    async def claim(self, consumer: str, message_id: uuid.UUID) -> Claim:
+        """Try to claim; ``OURS`` if this caller may run the handler, ``DONE`` if the
+        message was completed, ``BUSY`` while someone else's claim is live (a worker
+        killed mid-handler leaves one until its TTL ends)."""
+        key = self.key(consumer, message_id)
+        if await self.redis.set(key, CLAIMED, nx=True, px=self.claim_ttl_ms):
+            return Claim.OURS
+        state = await self.redis.get(key)
+        if state == DONE:
+            return Claim.DONE
+        return Claim.BUSY  # a claim (or it just expired: the caller looks again)
+
+    async def wait_released(self, consumer: str, message_id: uuid.UUID) -> None:
+        """Wait until a live claim may have ended: its remaining TTL, polled at most
+        every 0.5 s (the holder may finish, or fail and release it, earlier)."""
+        remaining_ms = await self.redis.pttl(self.key(consumer, message_id))
+        await asyncio.sleep(min(max(remaining_ms, 10), 500) / 1000)
 
     async def done(self, consumer: str, message_id: uuid.UUID) -> None:
         """Mark completed; duplicates are skipped for ``done_ttl`` (the retention)."""

@@ -20,7 +20,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt; increments the attempt count."""
-        ceiling = min(self.maximum, self.initial * (2**self.attempts))
+        # The exponent stops growing once the cap is reached: 2.0 ** 1024 would
+        # overflow, and a loop may fail that often during a long outage.
+        ceiling = min(self.maximum, self.initial * (2.0 ** min(self.attempts, 64)))
         self.attempts += 1
         return random.uniform(ceiling / 2, ceiling)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relaybus.cli.runner import run_app
+from relaybus.terminal import run_app
 from stack.cli import app
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from dataclasses import asdict
 import typer
 from rich.table import Table
 
-from relaybus.cli.console import make_console
+from relaybus.terminal import make_console
 from stack.errors import StackError
 from stack.stack import Stack
 

@@ -9,16 +9,23 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 
 async def ensure_topic(
-    bootstrap: str, topic: str, partitions: int = 3, replication: int = 1
+    bootstrap: str,
+    topic: str,
+    partitions: int = 3,
+    replication: int = 1,
+    config: dict[str, str] | None = None,
 ) -> bool:
-    """Create ``topic`` unless it exists; True if this call created it."""
+    """Create ``topic`` (with topic ``config``) unless it exists; True if this call
+    created it. An existing topic's config is left as it is."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         if topic in await admin.list_topics():
             return False
         try:
-            await admin.create_topics([NewTopic(topic, partitions, replication)])
+            await admin.create_topics(
+                [NewTopic(topic, partitions, replication, topic_configs=config or {})]
+            )
         except TopicAlreadyExistsError:
             return False
         return True

@@ -28,12 +28,12 @@ from outbox.writer import Outbox
 from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
 from relaybus.brokers.publisher import PublishError
 from relaybus.brokers.taps import Received, kafka_tap, rabbit_tap
-from relaybus.cli.console import make_console
 from relaybus.cli.relay import build_publishers
 from relaybus.db import create_engine, session_factory
 from relaybus.ids import uuid7
 from relaybus.locks.postgres import PostgresLock
 from relaybus.settings import Route, Settings
+from relaybus.terminal import make_console
 
 AGGREGATE = "demo"
 TOPIC = f"outbox.event.{AGGREGATE}"

@@ -14,17 +14,19 @@ from aiokafka.errors import KafkaError
 from rich.table import Table
 
 from consumers.dlq_admin import (
-    DLQ_SUFFIX,
     DeadLetter,
     DeadLetterError,
     DeadLetterStore,
     KafkaDeadLetters,
     RabbitDeadLetters,
+    ReplayPlan,
+    plan_replay,
 )
+from consumers.naming import is_dlq
 from relaybus.audit import record
-from relaybus.cli.console import make_console
 from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
+from relaybus.terminal import make_console, plain
 
 app = typer.Typer(
     help="Inspect, replay and purge dead letters (replays and purges are audited).",
@@ -54,16 +56,27 @@ def _run(broker: Broker, action: Callable[[DeadLetterStore], Coroutine[Any, Any,
     try:
         return asyncio.run(action(_store(broker, Settings())))
     except DeadLetterError as err:
-        make_console(stderr=True).print(f"relaybus dlq: {err}")
+        make_console(stderr=True).print(plain(f"relaybus dlq: {err}"))
         raise typer.Exit(1) from None
     except (OSError, KafkaError) as err:
-        make_console(stderr=True).print(f"relaybus dlq: {broker} unreachable: {err}")
+        make_console(stderr=True).print(plain(f"relaybus dlq: {broker} unreachable: {err}"))
         raise typer.Exit(1) from None
 
 
 def _check_name(name: str) -> None:
-    if not name.endswith(DLQ_SUFFIX) or name == DLQ_SUFFIX:
+    if not is_dlq(name):
         raise typer.BadParameter(f"{name!r} is not a dead-letter queue (names end in '.dlq')")
+
+
+async def _first(store: DeadLetterStore, name: str, limit: int, select: Any) -> list[DeadLetter]:
+    """The first ``limit`` letters ``select`` accepts, read page by page."""
+    out: list[DeadLetter] = []
+    async for letter in store.letters(name):
+        if select(letter):
+            out.append(letter)
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _dump(obj: Any) -> None:
@@ -93,7 +106,7 @@ def ls(broker: Broker = BROKER_OPT, as_json: bool = JSON_OPT) -> None:
     table.add_column("name")
     table.add_column("messages", justify="right")
     for name, count in queues:
-        table.add_row(name, str(count))
+        table.add_row(plain(name), str(count))
     make_console().print(table)
 
 
@@ -131,25 +144,43 @@ def show(
     """
     _check_name(name)
     select = _selector(ids, None, None)
-    letters = [d for d in _run(broker, lambda s: s.read(name, limit)) if select(d)]
+    letters = _run(broker, lambda s: _first(s, name, limit, select))
     if as_json:
         _dump([d.summary() for d in letters])
         return
-    table = Table(title=f"{name} ({len(letters)} shown)")
+    table = Table(title=plain(f"{name} ({len(letters)} shown)"))
     for col in ("id", "type", "reason", "exception", "attempts", "consumer", "original", "at"):
         table.add_column(col, overflow="fold")
     for d in letters:
         table.add_row(
-            d.id,
-            d.type,
-            d.reason,
-            d.exception[:100],
-            d.attempts,
-            d.consumer,
-            f"{d.original} {d.position}".strip(),
-            d.failed_at,
+            *(
+                plain(v)
+                for v in (
+                    d.id,
+                    d.type,
+                    d.reason,
+                    d.exception[:100],
+                    d.attempts,
+                    d.consumer,
+                    f"{d.original} {d.position}".strip(),
+                    d.failed_at,
+                )
+            )
         )
     make_console().print(table)
+
+
+def _print_plan(plan: ReplayPlan) -> None:
+    console = make_console()
+    table = Table(title=plain(f"replay plan for {plan.dlq}"))
+    for col in ("id", "position", "to", "status"):
+        table.add_column(col, overflow="fold")
+    for ref, id_ in plan.accepted:
+        table.add_row(plain(id_ or "(no id)"), plain(ref), plain(plan.target), "send")
+    for ref, id_, origin in plan.refused:
+        status = plain(f"refused: recorded origin {origin!r} is not {plan.dlq!r}'s source")
+        table.add_row(plain(id_ or "(no id)"), plain(ref), "-", status)
+    console.print(table)
 
 
 @app.command()
@@ -159,11 +190,18 @@ def replay(
     ids: list[str] = typer.Option(None, "--id", help="Only these message ids."),
     reason: str = typer.Option(None, "--reason", help="Only letters whose reason contains this."),
     type_: str = typer.Option(None, "--type", help="Only letters of this message type."),
+    to: str = typer.Option(
+        None, "--to", help="Send to this topic/queue instead of the DLQ's own source."
+    ),
     yes: bool = YES_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Send dead letters back to their original topic/queue, same id and headers.
+    """Send dead letters back to where the DLQ's name says they came from, same id and
+    headers: NAME.dlq goes to NAME, or to --to if given.
 
+    Nothing in a letter picks its destination: a letter whose recorded origin
+    (x-original-topic) is not NAME's source is refused and listed. The plan (every
+    id and target) is shown before anything is sent, and written to the audit log.
     With neither --id, --reason nor --type, every letter is replayed. Consumers with
     an inbox apply each message at most once, however often it is replayed. On
     RabbitMQ replayed letters leave the DLQ; a Kafka DLQ is a log (see purge).
@@ -171,21 +209,46 @@ def replay(
     Example: relaybus dlq replay orders.dlq --broker rabbitmq --reason max-attempts --yes
     """
     _check_name(name)
+    if to is not None and (not to.strip() or is_dlq(to) or to != to.strip()):
+        raise typer.BadParameter(f"--to {to!r}: give a topic or queue name (not a DLQ)")
     select = _selector(ids, reason, type_)
-    if not yes and not typer.confirm(f"Replay matching dead letters of {name} ({broker})?"):
+    plan = _run(broker, lambda s: plan_replay(s, name, select, to))
+    if not as_json:
+        _print_plan(plan)
+    if not plan.accepted:
+        if as_json:
+            _dump(_plan_detail(plan, broker, [], reason, type_))
+        else:
+            make_console().print("nothing to replay")
+        raise typer.Exit(1 if plan.refused else 0)
+    question = f"Send {len(plan.accepted)} letters from {name} to {plan.target} ({broker})?"
+    if not yes and not typer.confirm(question):
         raise typer.Exit(1)
-    replayed = _run(broker, lambda s: s.replay(name, select))
-    detail = {
+    sent = _run(broker, lambda s: s.replay(plan))
+    detail = _plan_detail(plan, broker, sent, reason, type_)
+    asyncio.run(_audit("dlq.replay", name, detail))
+    if as_json:
+        _dump(detail)
+    else:
+        make_console().print(
+            plain(f"replayed {len(sent)} dead letters from {name} to {plan.target}")
+        )
+
+
+def _plan_detail(
+    plan: ReplayPlan, broker: Broker, sent: list[str], reason: str | None, type_: str | None
+) -> dict[str, Any]:
+    """The audit row's (and ``--json``'s) account of a replay: every id, every target."""
+    return {
         "broker": str(broker),
-        "ids": [d.id for d in replayed],
+        "target": plan.target,
+        "replayed": len(sent),
+        "ids": sent,
+        "planned": [{"id": i, "position": ref} for ref, i in plan.accepted],
+        "refused": [{"id": i, "position": ref, "origin": o} for ref, i, o in plan.refused],
         "reason": reason,
         "type": type_,
     }
-    asyncio.run(_audit("dlq.replay", name, detail))
-    if as_json:
-        _dump({"replayed": len(replayed), "ids": [d.id for d in replayed]})
-    else:
-        make_console().print(f"replayed {len(replayed)} dead letters from {name}")
 
 
 @app.command()
@@ -199,4 +262,4 @@ def purge(name: str = NAME_ARG, broker: Broker = BROKER_OPT, yes: bool = YES_OPT
         raise typer.Exit(1)
     purged = _run(broker, lambda s: s.purge(name))
     asyncio.run(_audit("dlq.purge", name, {"broker": str(broker), "purged": purged}))
-    make_console().print(f"purged {purged} dead letters from {name}")
+    make_console().print(plain(f"purged {purged} dead letters from {name}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from relaybus.cli import db, demo, dlq, outbox, publish, relay, worker
-from relaybus.cli.runner import run_app
+from relaybus.terminal import run_app
 from stack.cli import app as stack_app
 
 app = typer.Typer(

@@ -13,9 +13,9 @@ import typer
 from rich.table import Table
 
 from outbox.admin import OutboxAdmin
-from relaybus.cli.console import make_console
 from relaybus.db import create_engine
 from relaybus.settings import Settings
+from relaybus.terminal import make_console
 
 app = typer.Typer(
     help="Inspect and operate the outbox (all changes are audited).", no_args_is_help=True

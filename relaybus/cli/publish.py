@@ -11,9 +11,9 @@ import typer
 from rich.progress import Progress
 
 from outbox.writer import Outbox, OutboxError
-from relaybus.cli.console import make_console
 from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
+from relaybus.terminal import make_console
 
 CHUNK = 100  # events per transaction when publishing many
 

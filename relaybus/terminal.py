@@ -1,11 +1,38 @@
-"""Runs a typer app so that bad input ends in one clear line, never a traceback."""
+"""Terminal output for the command lines (relaybus's and the stack's): one clear line
+for bad input, never a traceback, and values from the wire or the database printed
+as text, never as Rich markup or terminal escapes."""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.text import Text
+
+# C0 and C1 control characters (ESC starts terminal escape sequences) and DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console that wraps at the terminal width, or at 160 columns when not a terminal."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=160)
+    return console
+
+
+def safe_text(value: object) -> str:
+    """``value`` as a string with control characters shown as escapes (``\\x1b``)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def plain(value: object) -> Text:
+    """``value`` for a Rich table cell or ``print``: literal text, never markup
+    (``[link=…]`` and ``[/x]`` print as they are) and never terminal escapes."""
+    return Text(safe_text(value))
 
 
 def _mro_names(err: BaseException) -> set[str]:
