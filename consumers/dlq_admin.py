@@ -339,9 +339,7 @@ class RabbitDeadLetters:
         return sent
 
     @staticmethod
-    async def _queue(
-        channel: aio_pika.abc.AbstractChannel, name: str
-    ) -> aio_pika.abc.AbstractQueue:
+    async def _queue(channel: AbstractChannel, name: str) -> AbstractQueue:
         try:
             return await channel.get_queue(name, ensure=True)
         except aio_pika.exceptions.ChannelClosed:
