@@ -148,6 +148,19 @@ async def plan_replay(
     return plan
 
 
+async def collect(
+    store: DeadLetterStore, name: str, limit: int = 1_000_000, select: Selector | None = None
+) -> list[DeadLetter]:
+    """The first ``limit`` letters of ``name`` (that ``select`` accepts), read in pages."""
+    out: list[DeadLetter] = []
+    async for letter in store.letters(name):
+        if select is None or select(letter):
+            out.append(letter)
+            if len(out) >= limit:
+                break
+    return out
+
+
 class DeadLetterStore(Protocol):
     """Dead letters of one broker, read in pages (``letters`` never holds a whole DLQ).
 
@@ -320,10 +333,13 @@ class RabbitDeadLetters:
                 letter = self._letter(message)
                 if not plan.admits(letter):
                     continue
+                headers = letter.replay_headers()
+                if not letter.id:
+                    headers[h.NO_ID] = "1"  # the client invents a message_id; not an id
                 await channel.default_exchange.publish(
                     aio_pika.Message(
                         body=letter.body,
-                        headers=dict[str, Any](letter.replay_headers()),
+                        headers=dict[str, Any](headers),
                         message_id=message.message_id,
                         type=letter.type or None,
                         content_type=message.content_type,

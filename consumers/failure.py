@@ -102,12 +102,17 @@ def salvage_headers(pairs: Iterable[tuple[Any, Any]], limits: WireLimits) -> dic
     limits are left out (an ``id`` that is not UTF-8 is dropped, never replaced)."""
     out: dict[str, str] = {}
     size = 0
-    for name, value in pairs:
+    # The envelope first, so the identity survives the count limit.
+    ordered = sorted(
+        pairs, key=lambda pair: pair[0] not in rh.ENVELOPE and pair[0] not in (b"id", b"type")
+    )
+    for name, value in ordered:
         if len(out) >= limits.max_headers:
             break
         try:
             name_text = name.decode() if isinstance(name, bytes) else str(name)
-            value_text = value.decode() if isinstance(value, bytes) else str(value)
+            raw = value if isinstance(value, bytes | bytearray) else str(value).encode()
+            value_text = bytes(raw).decode()
         except UnicodeDecodeError:
             continue
         size += len(name_text) + len(value_text)
@@ -191,6 +196,22 @@ class FailurePath:
             partition=partition,
             offset=offset,
         )
+
+    def unreadable(self, partition: int, offset: int, error: BaseException) -> Copy:
+        """A stub dead letter for a record the client could not even parse: no body
+        or headers to copy, only where it is (read it with another client)."""
+        copy = self._dead_letter(
+            b"",
+            {},
+            reason="unreadable-record",
+            error=error,
+            attempts=1,
+            partition=partition,
+            offset=offset,
+        )
+        where = f"{self.source}/{partition}/{offset}"
+        copy.headers[rh.BODY_DROPPED] = f"the client could not parse it; it is at {where}"
+        return copy
 
     def _origin(self, partition: int | None, offset: int | None) -> dict[str, str]:
         return {

@@ -219,6 +219,8 @@ def parse_payload(raw: bytes, *, require_object: bool = False) -> Any:
         payload = _DECODER.decode(text)
     except RecursionError:
         raise InvalidMessage("too-deep", "JSON nests deeper than the parser allows") from None
+    except InvalidMessage:
+        raise
     except json.JSONDecodeError as err:
         raise InvalidMessage("not-json", str(err)) from None
     except ValueError as err:  # int() over sys.get_int_max_str_digits

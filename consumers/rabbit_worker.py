@@ -39,7 +39,7 @@ def wire_pairs(message: AbstractIncomingMessage) -> list[tuple[str, Any]]:
         (k, v) for k, v in (message.headers or {}).items() if not k.startswith(_BROKER_HEADERS)
     ]
     names = {k for k, _ in pairs}
-    if "id" not in names and message.message_id:
+    if "id" not in names and message.message_id and rh.NO_ID not in names:
         pairs.append(("id", message.message_id))
     if "type" not in names and message.type:
         pairs.append(("type", message.type))
@@ -212,12 +212,14 @@ class RabbitWorker:
     async def _publish(self, copy: Copy, original: AbstractIncomingMessage) -> None:
         """Send ``copy`` via the default exchange; confirmed, and an error if unroutable.
 
-        The AMQP ``message_id`` is exactly the delivery's own (none if it had none).
+        The AMQP ``message_id`` is the delivery's own; a message without an id is
+        marked ``x-relaybus-no-id`` (the client library invents a ``message_id``).
         """
         assert self._channel is not None
+        headers = copy.headers if "id" in copy.headers else {**copy.headers, rh.NO_ID: "1"}
         amqp = aio_pika.Message(
             body=copy.body,
-            headers=dict[str, Any](copy.headers),
+            headers=dict[str, Any](headers),
             message_id=original.message_id,
             type=original.type,
             content_type=original.content_type,

@@ -29,6 +29,10 @@ STACKTRACE = "x-stacktrace"
 FAILED_AT = "x-failed-at"
 # Set on a stub dead letter whose body could not be copied (too large).
 BODY_DROPPED = "x-dlq-body-dropped"
+# RabbitMQ: set on relaybus's copy of a message that had no id. The AMQP client fills
+# in a random ``message_id`` on every publish (it keys returned messages by it); this
+# says that id is not the message's, so no consumer or replay ever takes it as one.
+NO_ID = "x-relaybus-no-id"
 DEAD_LETTER = (
     DLQ_REASON,
     EXCEPTION_TYPE,

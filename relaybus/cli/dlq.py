@@ -20,6 +20,7 @@ from consumers.dlq_admin import (
     KafkaDeadLetters,
     RabbitDeadLetters,
     ReplayPlan,
+    collect,
     plan_replay,
 )
 from consumers.naming import is_dlq
@@ -66,17 +67,6 @@ def _run(broker: Broker, action: Callable[[DeadLetterStore], Coroutine[Any, Any,
 def _check_name(name: str) -> None:
     if not is_dlq(name):
         raise typer.BadParameter(f"{name!r} is not a dead-letter queue (names end in '.dlq')")
-
-
-async def _first(store: DeadLetterStore, name: str, limit: int, select: Any) -> list[DeadLetter]:
-    """The first ``limit`` letters ``select`` accepts, read page by page."""
-    out: list[DeadLetter] = []
-    async for letter in store.letters(name):
-        if select(letter):
-            out.append(letter)
-            if len(out) >= limit:
-                break
-    return out
 
 
 def _dump(obj: Any) -> None:
@@ -144,7 +134,7 @@ def show(
     """
     _check_name(name)
     select = _selector(ids, None, None)
-    letters = _run(broker, lambda s: _first(s, name, limit, select))
+    letters = _run(broker, lambda s: collect(s, name, limit, select))
     if as_json:
         _dump([d.summary() for d in letters])
         return

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers import incoming as h
 from consumers.breaker import BreakerState, CircuitBreaker
-from consumers.dlq_admin import DeadLetterStore, KafkaDeadLetters, RabbitDeadLetters
+from consumers.dlq_admin import DeadLetterStore, KafkaDeadLetters, RabbitDeadLetters, collect
 from consumers.inbox import Inbox
+from consumers.policy import RetryPolicy
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
@@ -119,10 +120,10 @@ async def test_always_failing_is_dead_lettered_then_replayed_once_fixed(
         await send(settings, broker, case.route, [sent])
 
         async def dead_lettered() -> bool:
-            return len(await store.read(case.dlq)) == 1
+            return len(await collect(store, case.dlq)) == 1
 
         await eventually(dead_lettered, within=60, what="dead letter")
-        (letter,) = await store.read(case.dlq)
+        (letter,) = await collect(store, case.dlq)
         assert letter.body == sent.body  # byte-identical
         for name in h.DEAD_LETTER_HEADERS:
             assert name in letter.headers, name
@@ -159,7 +160,7 @@ async def test_always_failing_is_dead_lettered_then_replayed_once_fixed(
         assert audited is not None
         assert audited["ids"] == [sent.id]
         if broker == "rabbitmq":
-            assert await store.read(case.dlq) == []  # replayed letters leave the queue
+            assert await collect(store, case.dlq) == []  # replayed letters leave the queue
         else:
             # A Kafka DLQ is a log: replaying again re-sends the same id, and the inbox
             # turns it into a counted duplicate, not a second effect.
@@ -196,10 +197,10 @@ async def test_malformed_messages_are_dead_lettered_and_later_ones_processed(
 
         async def handled() -> bool:
             done = await effect_count(engine, case.name) == (1, 1)
-            return done and len(await store.read(case.dlq)) == len(bad)
+            return done and len(await collect(store, case.dlq)) == len(bad)
 
         await eventually(handled, within=60, what="good message processed, bad ones dead")
-    letters = await store.read(case.dlq)
+    letters = await collect(store, case.dlq)
     reasons = sorted(d.reason for d in letters)
     assert reasons == sorted(["not-json", "not-json", "unknown-type", "bad-id", "schema"])
     assert sorted(d.body for d in letters) == sorted(r.body for r in bad)
@@ -214,11 +215,14 @@ async def test_breaker_pauses_consumption_while_dependency_fails_and_closes_afte
     switches = Switches()
     switches.dependency_up = False
     breaker = CircuitBreaker("payments", failure_threshold=3, reset_timeout=0.5)
+    # Enough attempts that the few half-open probes cannot exhaust any message.
+    patient = RetryPolicy(max_attempts=10, initial_delay=0.2, max_delay=1.0)
     app = make_app(
         case.name,
         switches=switches,
         breaker=breaker,
         concurrency=1,
+        retry=patient,
         **case.app_args(),  # type: ignore[arg-type]
     )
     messages = [event(f"k{i}", {"n": i, "dependency": True}) for i in range(20)]
@@ -239,10 +243,12 @@ async def test_breaker_pauses_consumption_while_dependency_fails_and_closes_afte
             return switches.calls >= calls_at_open + 2
 
         await eventually(probed_twice, within=60, what="two half-open probes")
-        # Paused: only probes (one at a time) reached the handler; no message used up
-        # an attempt or went to the DLQ meanwhile.
+        # Paused: only probes (one at a time) reached the handler, and each failed probe
+        # used up an attempt of its message (so a poison message cannot hold the
+        # breaker forever); nothing else was retried and nothing went to the DLQ.
         assert breaker.state is not BreakerState.CLOSED
-        assert stats["retried"] == retried_before
+        probes = switches.calls - calls_at_open
+        assert stats["retried"] - retried_before in (probes, probes - 1)  # one may be running
         assert stats["dead"] == 0
         assert await effect_count(engine, case.name) == (0, 0)
 
@@ -267,11 +273,11 @@ async def test_handler_slower_than_its_timeout_fails_each_attempt_and_is_dead_le
         await send(settings, broker, case.route, [event("k", {"n": 1, "sleep": 5})])
 
         async def dead_lettered() -> bool:
-            return len(await store.read(case.dlq)) == 1
+            return len(await collect(store, case.dlq)) == 1
 
         await eventually(dead_lettered, within=60, what="timed-out message dead-lettered")
         stats = worker.runners[0].processor.stats
-    (letter,) = await store.read(case.dlq)
+    (letter,) = await collect(store, case.dlq)
     assert letter.headers[h.EXCEPTION_TYPE] == "TimeoutError"
     assert letter.headers[h.ATTEMPTS] == "3"
     assert stats["retried"] == 2
@@ -321,3 +327,30 @@ async def test_inbox_retention_purge_drops_only_old_rows(engine: AsyncEngine) ->
             .all()
         )
     assert left == [recent]
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_poison_message_behind_an_open_breaker_reaches_the_dlq(
+    broker: str, settings: Settings, engine: AsyncEngine
+) -> None:
+    """A message that always fails opens the breaker; its half-open probes use up its
+    attempts, so it is dead-lettered, and the next message is applied."""
+    case = new_case(broker, "poison")
+    breaker = CircuitBreaker("dep", failure_threshold=1, reset_timeout=0.3)
+    app = make_app(case.name, breaker=breaker, concurrency=1, **case.app_args())  # type: ignore[arg-type]
+    poison = event("k", {"n": 1, "fail": "until-fixed"})
+    good = event("k", {"n": 2})
+    store = case.dead_letters(settings)
+    async with running(app, settings) as worker:
+        await send(settings, broker, case.route, [poison, good])
+
+        async def settled() -> bool:
+            letters = await collect(store, case.dlq)
+            return len(letters) == 1 and await effect_count(engine, case.name) == (1, 1)
+
+        await eventually(settled, within=90, what="poison dead-lettered, good applied")
+        (letter,) = await collect(store, case.dlq)
+        assert letter.id == poison.id
+        assert letter.reason == "max-attempts"
+        assert [r["n"] for r in await effects(engine, case.name)] == [2]
+        assert worker.runners[0].processor.stats["dead"] == 1

@@ -103,6 +103,7 @@ def make_app(
     concurrency: int = 16,
     timeout: float = 10.0,
     effects_engine: AsyncEngine | None = None,
+    **handler_options: object,
 ) -> ConsumerApp:
     app = ConsumerApp(f"test-{name}")
     func = recording_handler(name, switches or Switches(), work_seconds, effects_engine)
@@ -113,6 +114,7 @@ def make_app(
         "types": {TEST_TYPE},
         "concurrency": concurrency,
         "timeout": timeout,
+        **handler_options,
     }
     register: Callable[[HandlerFunc], HandlerFunc]
     if broker == "kafka":

@@ -10,8 +10,8 @@ import pytest
 
 from consumers import incoming as h
 from consumers.breaker import BreakerState, CircuitBreaker
-from consumers.deadletter import dead_letter_headers
-from consumers.incoming import InvalidMessage, decode
+from consumers.failure import FailurePath
+from consumers.incoming import InvalidMessage, WireLimits, decode
 from consumers.policy import RetryPolicy
 from consumers.worker import WorkerNotFound, load_app
 from tests.support.cli import run_cli
@@ -98,7 +98,7 @@ def test_breaker_failed_probe_reopens() -> None:
     [
         (b"not json", GOOD, "not-json"),
         (b'{"a": 1', GOOD, "not-json"),
-        (b"\xff\xfe", GOOD, "not-json"),
+        (b"\xff\xfe", GOOD, "not-utf8"),
         (b"{}", {"type": "x"}, "missing-id"),
         (b"{}", {"id": "nope", "type": "x"}, "bad-id"),
         (b"{}", {"id": GOOD["id"]}, "missing-type"),
@@ -112,12 +112,14 @@ def test_decode_refuses_with_a_reason(raw: bytes, headers: dict[str, str], reaso
     assert err.value.reason == reason
 
 
-def test_decode_counts_attempts_from_retry_headers() -> None:
-    message = decode(b'{"n": 1}', {**GOOD, h.ATTEMPTS: "2"}, key="k", source="t.retry.2")
+def test_decode_takes_the_attempt_from_the_caller_and_drops_reserved_headers() -> None:
+    forged = {**GOOD, h.ATTEMPTS: "99", h.ORIGINAL_TOPIC: "elsewhere", "x-relaybus-any": "1"}
+    message = decode(b'{"n": 1}', forged, key="k", source="t", attempt=3)
     assert message.attempt == 3
     assert message.payload == {"n": 1}
     assert message.id == uuid.UUID(GOOD["id"])
-    assert h.ATTEMPTS not in message.business_headers()
+    assert message.headers == GOOD
+    assert message.source == "t"
 
 
 def test_dead_letter_headers_are_exactly_the_design_set_plus_the_originals() -> None:
@@ -125,22 +127,26 @@ def test_dead_letter_headers_are_exactly_the_design_set_plus_the_originals() -> 
         raise ValueError("boom")
     except ValueError as err:
         error = err
-    headers = dead_letter_headers(
+    path = FailurePath("billing", "orders", tiers=2, limits=WireLimits())
+    message = decode(
+        b"{}",
         {**GOOD, h.RETRY_AT: "1", h.ATTEMPTS: "1"},
-        reason="max-attempts",
-        error=error,
-        attempts=3,
-        topic="orders",
+        key="k",
+        source="orders",
         partition=2,
         offset=41,
-        consumer="billing",
+        attempt=3,
     )
+    copy = path.dead(message, "max-attempts", error)
+    headers = copy.headers
+    assert copy.destination == "orders.dlq"
     assert set(headers) == set(GOOD) | set(h.DEAD_LETTER_HEADERS)
     assert headers[h.ATTEMPTS] == "3"
     assert headers[h.EXCEPTION_TYPE] == "ValueError"
     assert headers[h.EXCEPTION_MESSAGE] == "boom"
     assert "Traceback" in headers[h.STACKTRACE]
     assert (headers[h.ORIGINAL_PARTITION], headers[h.ORIGINAL_OFFSET]) == ("2", "41")
+    assert headers[h.ORIGINAL_TOPIC] == "orders"
     assert headers[h.FAILED_AT].endswith("Z")
     json.dumps(headers)
 
