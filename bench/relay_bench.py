@@ -27,6 +27,7 @@ from bench.report import Comparison, Series, write
 from outbox.metrics import RelayMetrics
 from outbox.relay import Relay, RelayConfig
 from outbox.routing import Router
+from outbox.store import PostgresOutboxStore
 from outbox.writer import Outbox
 from relaybus.brokers.kafka import KafkaPublisher
 from relaybus.brokers.kafka_admin import ensure_topic
@@ -88,7 +89,7 @@ async def relay_drain(
 ) -> float:
     """Seconds for an in-process relay to empty the outbox of ``agg``."""
     relay = Relay(
-        engine,
+        PostgresOutboxStore(engine, archive=True),
         PostgresLock(engine),
         publishers,
         Router([Route(pattern="*", brokers=[broker])]),  # type: ignore[list-item]
@@ -100,7 +101,6 @@ async def relay_drain(
             instance=f"bench-{uuid.uuid4().hex[:6]}",
         ),
         RelayMetrics(),
-        archive=True,
     )
     stop = asyncio.Event()
     started = time.monotonic()

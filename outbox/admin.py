@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from outbox.store import PURGE_ARCHIVE, OutboxStore
+from outbox.store import PURGE_ARCHIVE, PostgresOutboxStore
 from relaybus.audit import record
 
 _ARCHIVE_STATUS = text("SELECT outcome, count(*) AS n FROM outbox_archive GROUP BY outcome")
@@ -37,7 +37,7 @@ class OutboxAdmin:
 
     async def status(self) -> OutboxStatus:
         # The same backlog figures the relay exports as metrics.
-        backlog = await OutboxStore(self._engine).backlog()
+        backlog = await PostgresOutboxStore(self._engine).backlog()
         async with self._engine.connect() as conn:
             archived = {r.outcome: int(r.n) for r in await conn.execute(_ARCHIVE_STATUS)}
         return OutboxStatus(

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.metrics import RelayMetrics
 from outbox.routing import Router
@@ -24,10 +22,7 @@ from relaybus.message import Message
 
 log = logging.getLogger(__name__)
 
-_LIVE_MEMBERS = text(
-    "SELECT count(*) FROM distributed_locks "
-    "WHERE name LIKE 'relay-member:%' AND expires_at > clock_timestamp()"
-)
+MEMBER_PREFIX = "relay-member:"
 
 
 @dataclass(frozen=True)
@@ -44,6 +39,12 @@ class RelayConfig:
     instance: str = "relay"
     archive_retention_days: float = 7.0
     purge_interval: float = 60.0
+    # Payload bytes one process holds at most (split among its concurrent batches).
+    max_inflight_bytes: int = 64 * 1024 * 1024
+
+    @property
+    def batch_bytes(self) -> int:
+        return max(1, self.max_inflight_bytes // self.concurrent_batches)
 
 
 class PartitionDrainer:
@@ -52,8 +53,11 @@ class PartitionDrainer:
     Runs until asked to stop (``stopping``: after the current batch is settled),
     until cancelled, or until its lease is found lost (a settle that the fence
     rejects), then returns. Transient broker errors back off (exponential, jittered)
-    and retry the same rows; permanent errors mark the row failed, and the fetch query
-    then holds back later rows of that key while other keys flow.
+    and retry the same rows; permanent errors, and rows that cannot become messages,
+    mark the row failed, and the fetch query then holds back later rows of that key
+    while other keys flow. Any other error (the database, a bug) is logged with the
+    partition and the batch's first row, backed off, and the loop goes on: a
+    drainer never dies of one batch.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class PartitionDrainer:
         self.wake = asyncio.Event()
         self.idle = False
         self.lost = False
+        self.first_row: object = None  # the id of the batch's first row, for logs
         # Set when the coordinator hands the partition back: finish the batch in hand
         # (publish *and* settle), then stop, so the next owner republishes nothing.
         self.stopping = False
@@ -79,8 +84,18 @@ class PartitionDrainer:
             # Batches of all partitions share a few slots: on one event loop, a handful
             # of concurrent batches keeps the producer's batches full, while one per
             # partition (16+) mostly adds scheduling and smaller requests.
-            async with relay.batch_slots:
-                result = await self._drain_batch(backoff)
+            try:
+                async with relay.batch_slots:
+                    result = await self._drain_batch(backoff)
+            except Exception:
+                result = backoff.next_delay()
+                relay.metrics.failures.labels("error").inc()
+                log.exception(
+                    "partition %d: drain failed (first row %s); retrying in %.1fs",
+                    self.partition,
+                    self.first_row,
+                    result,
+                )
             if result == "idle":
                 self.wake.clear()
                 if await relay.want_notify():
@@ -95,7 +110,22 @@ class PartitionDrainer:
     async def _drain_batch(self, backoff: Backoff) -> str | float:
         """One fetch → publish → settle; 'idle', 'done', 'lost', or a delay to back off."""
         relay = self.relay
-        rows = await relay.store.fetch(self.partition, relay.config.batch_size)
+        fetched = await relay.store.fetch(
+            self.partition, relay.config.batch_size, relay.config.batch_bytes
+        )
+        rows = fetched.rows
+        self.first_row = rows[0].message.id if rows else None
+        if fetched.bad:
+            # Rows written around Outbox (psql, another language) that can never be
+            # published: fail them now; the next fetch holds back their keys.
+            for bad in fetched.bad:
+                log.error("partition %d: row %s: %s", self.partition, bad.id, bad.error)
+            failed_now = [(b.id, b.error) for b in fetched.bad]
+            if await relay.store.settle(self.lease, [], failed_now) is None:
+                self.lost = True
+                return "lost"
+            relay.metrics.failures.labels("permanent").inc(len(failed_now))
+            return "done"
         if not rows:
             return "idle"
         if self.lease.remaining() <= 0:
@@ -107,9 +137,14 @@ class PartitionDrainer:
             delay = backoff.next_delay()
             relay.metrics.failures.labels("transient").inc()
             log.warning("partition %d: %s; retrying in %.1fs", self.partition, err, delay)
-            with contextlib.suppress(Exception):
+            try:
                 ids = [r.message.id for r in rows]
                 await relay.store.note_transient(self.lease, ids, str(err), delay)
+            except Exception as note_err:
+                # Only bookkeeping for operators: the rows are retried either way.
+                log.warning(
+                    "partition %d: could not note the failure: %r", self.partition, note_err
+                )
             return delay
         backoff.reset()
         published = [r.message.id for r, o in zip(rows, outcomes, strict=True) if o.ok]
@@ -136,21 +171,19 @@ class Relay:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        store: OutboxStore,
         locks: LockBackend,
         publishers: Mapping[str, Publisher],
         router: Router,
         config: RelayConfig,
         metrics: RelayMetrics,
-        archive: bool = True,
     ) -> None:
-        self.engine = engine
         self.locks = locks
         self.publishers = dict(publishers)
         self.router = router
         self.config = config
         self.metrics = metrics
-        self.store = OutboxStore(engine, archive=archive)
+        self.store = store
         self._drainers: dict[int, tuple[PartitionDrainer, asyncio.Task[None]]] = {}
         self._member: Lease | None = None
         self._started: set[str] = set()
@@ -290,23 +323,26 @@ class Relay:
 
     async def _tick(self) -> None:
         ttl = self.config.lease_ttl
-        member = f"relay-member:{self.config.instance}"
+        member = f"{MEMBER_PREFIX}{self.config.instance}"
         if self._member is not None:
             self._member = await self.locks.extend(self._member, ttl)
         if self._member is None:
             self._member = await self.locks.try_acquire(member, ttl)
-        # Drop finished drainers (lease lost) and extend the rest.
+        # Drop drainers whose lease is lost, restart crashed ones on the lease they
+        # hold (not after it expires), and extend the rest.
         for p, (drainer, task) in list(self._drainers.items()):
-            if task.done() or drainer.lost:
+            if drainer.lost:
                 await self._stop_drainer(p, release=False)
                 continue
             lease = await self.locks.extend(drainer.lease, ttl)
             if lease is None:
                 await self._stop_drainer(p, release=False)
-            else:
-                drainer.lease = lease
-        async with self.engine.connect() as conn:
-            members = max(1, int((await conn.execute(_LIVE_MEMBERS)).scalar() or 1))
+                continue
+            drainer.lease = lease
+            if task.done():
+                self._drainers.pop(p)
+                self._start_drainer(p, lease)
+        members = max(1, await self.locks.held_count(MEMBER_PREFIX))
         share = math.ceil(self.config.partitions / members)
         # Give back extras so that newcomers find partitions free.
         for p in list(self._drainers)[share:]:
@@ -320,8 +356,7 @@ class Relay:
                 continue
             lease = await self.locks.try_acquire(f"outbox-partition-{p}", ttl)
             if lease is not None:
-                drainer = PartitionDrainer(self, p, lease)
-                self._drainers[p] = (drainer, asyncio.create_task(drainer.run()))
+                self._start_drainer(p, lease)
         self.metrics.partitions.set(len(self._drainers))
         await self._refresh_notify()
         backlog = await self.store.backlog()
@@ -333,6 +368,25 @@ class Relay:
             # Hot/cold separation: archived rows leave after the retention period.
             self._next_purge = now + self.config.purge_interval
             await self.store.purge_archive(self.config.archive_retention_days)
+
+    def _start_drainer(self, partition: int, lease: Lease) -> None:
+        drainer = PartitionDrainer(self, partition, lease)
+        task = asyncio.create_task(drainer.run())
+        task.add_done_callback(functools.partial(self._drainer_ended, partition, drainer))
+        self._drainers[partition] = (drainer, task)
+
+    def _drainer_ended(
+        self, partition: int, drainer: PartitionDrainer, task: asyncio.Task[None]
+    ) -> None:
+        """A drainer that ends by an exception crashed (``run`` catches every
+        ``Exception``, so this is rare): log it and restart it at once on the lease it
+        holds, rather than leaving the partition idle until the lease expires."""
+        if task.cancelled() or (err := task.exception()) is None:
+            return
+        log.error("partition %d: drainer crashed: %r; restarting", partition, err)
+        current = self._drainers.get(partition)
+        if current is not None and current[0] is drainer and not drainer.lost:
+            self._start_drainer(partition, drainer.lease)
 
     async def _stop_drainer(self, partition: int, *, release: bool) -> None:
         """Stop one drainer. Handing back (``release``) lets it settle its batch first,

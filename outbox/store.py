@@ -7,11 +7,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.writer import headers_problem, name_problem
 from relaybus.locks.base import Lease
 from relaybus.locks.postgres import FENCE_HOLDS_SQL
 from relaybus.message import Message
@@ -20,16 +22,28 @@ from relaybus.message import Message
 # key: per-key order means they wait until an operator retries or skips it.
 # Run on the raw asyncpg connection (the relay's hottest query; SQLAlchemy's row
 # processing cost more than the query), hence $n parameters and text columns.
+# The byte budget: rows are taken in sequence order while the payloads so far fit in
+# $3 bytes (the first row always, so one large row cannot wedge the partition).
 _FETCH = """
-    SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload::text AS payload,
-           o.timestamp, o.headers::text AS headers, o.sequence, o.attempts
-      FROM outbox o
-     WHERE o.partition = $1 AND o.status = 'pending'
-       AND NOT EXISTS (SELECT 1 FROM outbox f
-                        WHERE f.partition = o.partition AND f.aggregateid = o.aggregateid
-                          AND f.status = 'failed' AND f.sequence < o.sequence)
-     ORDER BY o.sequence
-     LIMIT $2
+    SELECT id, aggregatetype, aggregateid, type, payload, timestamp, headers, sequence, attempts
+      FROM (
+        SELECT r.*, sum(octet_length(r.payload)) OVER (ORDER BY r.sequence) AS running,
+               octet_length(r.payload) AS size
+          FROM (
+            SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload::text AS payload,
+                   o.timestamp, o.headers::text AS headers, o.sequence, o.attempts
+              FROM outbox o
+             WHERE o.partition = $1 AND o.status = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM outbox f
+                                WHERE f.partition = o.partition
+                                  AND f.aggregateid = o.aggregateid
+                                  AND f.status = 'failed' AND f.sequence < o.sequence)
+             ORDER BY o.sequence
+             LIMIT $2
+          ) r
+      ) w
+     WHERE running - size < $3
+     ORDER BY sequence
 """
 
 _ARCHIVE = text(
@@ -92,10 +106,51 @@ class PendingRow:
     message: Message
 
 
-def _to_message(row: Any) -> Message:
+@dataclass(frozen=True)
+class BadRow:
+    """A due row that cannot become a message (written around ``Outbox``, e.g. by psql
+    with non-text headers or an illegal type): the relay marks it failed."""
+
+    id: uuid.UUID
+    sequence: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One fetch: the rows to publish, in sequence order, and those that cannot be."""
+
+    rows: list[PendingRow]
+    bad: list[BadRow]
+
+
+@lru_cache(maxsize=1024)
+def _names_problem(aggregatetype: str, type_: str) -> str | None:
+    # Types and aggregate types are few: checked once each per process. (The column
+    # types already bound aggregateid: varchar(255), and PostgreSQL text has no NUL.)
+    return name_problem(aggregatetype, "-", type_)
+
+
+def row_problem(aggregatetype: str, type_: str, headers: Any) -> str | None:
+    """Why a stored row cannot be published as is, or None (the writer's own checks)."""
+    problem = _names_problem(aggregatetype, type_)
+    if problem is None and headers:
+        if not isinstance(headers, dict):
+            return "headers column is not a JSON object"
+        if not all(isinstance(v, str) for v in headers.values()):
+            return "headers must map strings to strings"
+        problem = headers_problem({k: v for k, v in headers.items() if k not in KNOWN_HEADERS})
+    return problem
+
+
+def to_message(row: Any) -> Message:
+    """A fetched row (``_FETCH`` column order) as a message; ``ValueError`` if it cannot
+    be one."""
     # Positional access: this runs once per published row (column order of _FETCH).
     raw_headers: str = row[6]
     headers: dict[str, str] = {} if raw_headers == "{}" else json.loads(raw_headers)
+    if (problem := row_problem(row[1], row[3], headers)) is not None:
+        raise ValueError(problem)
     ts: datetime = row[5]
     return Message(
         id=row[0],
@@ -119,20 +174,66 @@ class Backlog:
     oldest_pending_age: float
 
 
-class OutboxStore:
-    """Relay-side access to the outbox. Every write is fenced by the partition lease:
-    if the lease passed to another relay, the write changes nothing and returns 0."""
+class OutboxStore(Protocol):
+    """What the relay needs of the outbox table. Every write is fenced by the partition
+    lease: if the lease passed to another relay, it changes nothing.
+
+    ``PostgresOutboxStore`` is the real one; ``outbox.memory.InMemoryOutboxStore``
+    passes the same contract tests, for fast tests of the relay.
+    """
+
+    async def fetch(self, partition: int, limit: int, max_bytes: int) -> Fetched:
+        """Due rows of ``partition`` in sequence order: at most ``limit`` rows, and
+        payloads of at most ``max_bytes`` in all (but always the first due row). A
+        row behind a failed row of its key is not due (per-key order)."""
+        ...
+
+    async def settle(
+        self,
+        lease: Lease,
+        published: Sequence[uuid.UUID],
+        failed: Sequence[tuple[uuid.UUID, str]],
+    ) -> int | None:
+        """Archive (or delete) ``published`` and mark ``failed`` in one transaction;
+        the rows moved, or None if the lease no longer holds."""
+        ...
+
+    async def note_transient(
+        self, lease: Lease, ids: Sequence[uuid.UUID], error: str, delay: float
+    ) -> None: ...
+
+    async def backlog(self) -> Backlog: ...
+
+    async def purge_archive(self, older_than_days: float) -> int: ...
+
+    async def wait_for_notify(self, instance: str, ttl: float) -> None: ...
+
+    async def stop_waiting(self, instance: str) -> None: ...
+
+
+class PostgresOutboxStore:
+    """Relay-side access to the outbox in PostgreSQL. Every write is fenced by the
+    partition lease: if the lease passed to another relay, the write changes nothing
+    and returns 0."""
 
     def __init__(self, engine: AsyncEngine, archive: bool = True) -> None:
         self._engine = engine
         self._archive = archive
 
-    async def fetch(self, partition: int, limit: int) -> list[PendingRow]:
-        """Up to ``limit`` due rows of ``partition`` in sequence order (a plain read)."""
+    async def fetch(self, partition: int, limit: int, max_bytes: int = 2**62) -> Fetched:
+        """Up to ``limit`` due rows of ``partition`` in sequence order, within
+        ``max_bytes`` of payload (a plain read)."""
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            rows = await raw.driver_connection.fetch(_FETCH, partition, limit)  # type: ignore[union-attr]
-        return [PendingRow(r[7], r[8], _to_message(r)) for r in rows]
+            rows = await raw.driver_connection.fetch(_FETCH, partition, limit, max_bytes)  # type: ignore[union-attr]
+        good: list[PendingRow] = []
+        bad: list[BadRow] = []
+        for r in rows:
+            try:
+                good.append(PendingRow(r[7], r[8], to_message(r)))
+            except (ValueError, TypeError, AttributeError) as err:
+                bad.append(BadRow(r[0], r[7], f"cannot publish this row: {err}"))
+        return Fetched(good, bad)
 
     async def settle(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 import zlib
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from sqlalchemy import CTE, Delete, Insert, Result, TextClause, Update, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outbox.notify import CHANNEL
+from relaybus import headers as rh
 from relaybus.ids import uuid7
 
 # pg_advisory_xact_lock(class, key): the class keeps our keys apart from other users'.
@@ -62,6 +64,71 @@ class OutboxError(ValueError):
     """The event was refused before anything was written (bad payload, names, size)."""
 
 
+# Kafka topic names: legal characters and length (the relay's default topic is
+# ``outbox.event.<aggregatetype>``). AMQP short strings (type, routing key, header
+# names) are at most 255 *bytes*.
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+TOPIC_PREFIX = "outbox.event."
+MAX_TOPIC = 249
+MAX_SHORTSTR_BYTES = 255
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def name_problem(aggregate_type: str, aggregate_id: str, type: str) -> str | None:
+    """What is wrong with an event's names, or None. Checked before writing so the
+    relay never meets a row it cannot encode: every name 1..255 characters (the
+    columns); ``aggregate_type`` also legal in a Kafka topic name; ``type`` at most 255
+    UTF-8 bytes (the AMQP type and routing key)."""
+    for field, value in (
+        ("aggregate_type", aggregate_type),
+        ("aggregate_id", aggregate_id),
+        ("type", type),
+    ):
+        if not isinstance(value, str) or not value or len(value) > 255:
+            return f"{field} must be 1..255 characters, got {value!r:.80}"
+        if "\x00" in value:
+            return f"{field} must not contain NUL characters"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"{field} is not valid Unicode (a lone surrogate)"
+    if not _TOPIC_CHARS.fullmatch(aggregate_type) or aggregate_type in (".", ".."):
+        return (
+            f"aggregate_type {aggregate_type!r:.80} names a Kafka topic "
+            f"('{TOPIC_PREFIX}<aggregate_type>'): use only A-Z a-z 0-9 . _ -"
+        )
+    if len(TOPIC_PREFIX) + len(aggregate_type) > MAX_TOPIC:
+        return f"aggregate_type makes a topic name over {MAX_TOPIC} characters"
+    if len(type.encode()) > MAX_SHORTSTR_BYTES:
+        return f"type is {len(type.encode())} UTF-8 bytes; AMQP allows {MAX_SHORTSTR_BYTES}"
+    return None
+
+
+def headers_problem(headers: Mapping[str, str]) -> str | None:
+    """What is wrong with user headers, or None: text only, no reserved or envelope
+    names (relaybus writes those; ``schema_version`` may be set), AMQP-sized names,
+    at most 16 KiB in all."""
+    size = 0
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            return "headers must map strings to strings"
+        if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_SHORTSTR_BYTES:
+            return f"header name {name!r:.80} must be 1..255 UTF-8 bytes"
+        if rh.is_reserved(name):
+            return f"header {name!r} is in relaybus's reserved x- namespace"
+        if name in rh.ENVELOPE and name != "schema_version":
+            return f"header {name!r} is set by relaybus itself"
+        if "\x00" in value or "\x00" in name:
+            return f"header {name!r} contains a NUL character"
+        try:
+            size += len(name.encode()) + len(value.encode())
+        except UnicodeEncodeError:
+            return f"header {name!r} is not valid Unicode (a lone surrogate)"
+    if size > MAX_HEADER_BYTES:
+        return f"headers are {size} bytes; at most {MAX_HEADER_BYTES}"
+    return None
+
+
 def partition_for(aggregate_id: str, partitions: int) -> int:
     """The relay partition of a key: CRC-32 of its UTF-8 bytes modulo ``partitions``.
 
@@ -91,6 +158,8 @@ class Outbox:
             self._event_inserts[0].columns().cte("rb_outbox_event"),
             self._event_inserts[1].columns().cte("rb_outbox_event"),
         )
+        # Names already validated (event types and aggregate types are few).
+        self._valid_names: set[tuple[str, str]] = set()
         # Business statement -> combined statements (without, with headers). Reusing
         # one combined object lets SQLAlchemy memoize its cache key (computing it
         # walks the whole tree).
@@ -126,7 +195,9 @@ class Outbox:
         """Add one event to ``session``'s transaction; return its message id (UUIDv7).
 
         ``headers`` may carry ``traceparent``, ``correlation_id``, ``causation_id`` or
-        custom string headers. Raises ``OutboxError`` before writing on invalid input.
+        custom string headers; not relaybus's envelope names (``id``, ``type``, …) nor
+        its reserved ``x-`` namespace. Raises ``OutboxError`` before writing on
+        invalid input (see ``name_problem`` and ``headers_problem``).
         """
         params: dict[str, Any] = {}
         message_id = self._event(params, aggregate_type, aggregate_id, type, payload, headers, id)
@@ -197,18 +268,20 @@ class Outbox:
         Runs once per business transaction, with the caches cold: kept to the few
         operations it needs (each costs several times its ``timeit`` figure here).
         """
-        if not (
-            aggregate_type
-            and aggregate_id
-            and type
-            and len(aggregate_type) <= 255
+        if (aggregate_type, type) not in self._valid_names or not (
+            aggregate_id
             and len(aggregate_id) <= 255
-            and len(type) <= 255
+            and aggregate_id.isascii()
+            and "\x00" not in aggregate_id
         ):
-            raise OutboxError(_name_problem(aggregate_type, aggregate_id, type))
+            problem = name_problem(aggregate_type, aggregate_id, type)
+            if problem is not None:
+                raise OutboxError(problem)
+            if len(self._valid_names) < 4096:
+                self._valid_names.add((aggregate_type, type))
         if headers:
-            if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-                raise OutboxError("headers must map strings to strings")
+            if (problem := headers_problem(headers)) is not None:
+                raise OutboxError(problem)
             params["rb_headers"] = json.dumps(dict(headers))
         params["rb_payload"] = self.encode_payload(payload)
         message_id = id or uuid7()
@@ -218,15 +291,3 @@ class Outbox:
         params["rb_type"] = type
         params["rb_partition"] = partition_for(aggregate_id, self.partitions)
         return message_id
-
-
-def _name_problem(aggregate_type: str, aggregate_id: str, type: str) -> str:
-    """Which of an event's names is empty or too long, for ``OutboxError``."""
-    for field, value in (
-        ("aggregate_type", aggregate_type),
-        ("aggregate_id", aggregate_id),
-        ("type", type),
-    ):
-        if not value or len(value) > 255:
-            return f"{field} must be 1..255 characters, got {value!r}"
-    raise AssertionError("no problem found")  # pragma: no cover

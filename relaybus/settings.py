@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     relay_concurrent_batches: int = Field(
         4, ge=1, description="Batches in flight at once per relay process (all partitions)."
     )
+    relay_max_inflight_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Payload bytes a relay process holds in memory at most (all batches).",
+    )
     relay_lease_ttl: float = Field(10.0, gt=0, description="Partition lease TTL, seconds.")
     relay_poll_interval: float = Field(
         1.0, gt=0, description="Polling fallback when no NOTIFY arrives, seconds."

@@ -24,6 +24,7 @@ from outbox.metrics import RelayMetrics
 from outbox.notify import OutboxListener
 from outbox.relay import Relay, RelayConfig
 from outbox.routing import Router
+from outbox.store import PostgresOutboxStore
 from outbox.writer import Outbox
 from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
 from relaybus.brokers.publisher import PublishError
@@ -164,7 +165,7 @@ async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -
     await ensure_topic(settings.kafka_bootstrap, TOPIC, partitions=6)
     first_offsets = await _end_offsets(settings.kafka_bootstrap, TOPIC)  # this run follows
     relay = Relay(
-        engine,
+        PostgresOutboxStore(engine),
         PostgresLock(engine),
         build_publishers(settings, {"kafka", "rabbitmq"}),
         Router([Route(pattern="demo.*", brokers=["kafka", "rabbitmq"])]),

@@ -14,6 +14,7 @@ from outbox.metrics import RelayMetrics
 from outbox.notify import OutboxListener
 from outbox.relay import Relay, RelayConfig
 from outbox.routing import Router
+from outbox.store import PostgresOutboxStore
 from relaybus.brokers.kafka import KafkaPublisher
 from relaybus.brokers.publisher import Publisher
 from relaybus.brokers.rabbitmq import RabbitPublisher
@@ -51,15 +52,15 @@ async def run_relay(settings: Settings) -> None:
         poll_interval=settings.relay_poll_interval,
         instance=settings.relay_instance or f"{socket.gethostname()}-{os.getpid()}",
         archive_retention_days=settings.relay_archive_retention_days,
+        max_inflight_bytes=settings.relay_max_inflight_bytes,
     )
     relay = Relay(
-        engine,
+        PostgresOutboxStore(engine, archive=settings.relay_archive),
         PostgresLock(engine),
         build_publishers(settings, router.all_brokers()),
         router,
         config,
         metrics,
-        archive=settings.relay_archive,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -52,6 +52,14 @@ class LockBackend(Protocol):
 
     async def release(self, lease: Lease) -> bool: ...
 
+    async def held_count(self, prefix: str) -> int:
+        """How many locks whose name starts with ``prefix`` are held (unexpired) now.
+
+        A snapshot, for sizing shares among live members (the relay counts its
+        ``relay-member:`` locks); it may be stale by the time it is used.
+        """
+        ...
+
 
 async def acquire_within(backend: LockBackend, name: str, ttl: float, wait: float) -> Lease | None:
     """Retry ``try_acquire`` with jittered backoff for up to ``wait`` seconds."""

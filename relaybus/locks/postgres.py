@@ -53,6 +53,11 @@ _RELEASE = text(
     """
 )
 
+_HELD = text(
+    "SELECT count(*) FROM distributed_locks "
+    "WHERE starts_with(name, :prefix) AND owner IS NOT NULL AND expires_at > clock_timestamp()"
+)
+
 # For fenced writes: true only while ``fence`` is the live holder's token.
 FENCE_HOLDS_SQL = (
     "EXISTS (SELECT 1 FROM distributed_locks WHERE name = :lock_name "
@@ -88,3 +93,7 @@ class PostgresLock:
         async with self._engine.begin() as conn:
             result = await conn.execute(_RELEASE, {"name": lease.name, "owner": lease.owner})
         return bool(result.rowcount)
+
+    async def held_count(self, prefix: str) -> int:
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(_HELD, {"prefix": prefix})).scalar() or 0)

@@ -39,6 +39,17 @@ def fence_key(name: str) -> str:
     return f"relaybus:lock:{{{name}}}:fence"
 
 
+def held_names(prefix: str) -> str:
+    """A SCAN pattern for the lock keys of names starting with ``prefix`` (glob-escaped)."""
+    escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix)
+    return f"relaybus:lock:{{{escaped}*}}"
+
+
+async def count_held(client: Redis, prefix: str) -> set[bytes]:
+    """Lock keys (not fence counters) of names starting with ``prefix`` on one server."""
+    return {key async for key in client.scan_iter(match=held_names(prefix), count=1000)}
+
+
 def ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -74,3 +85,8 @@ class RedisLock:
 
     async def release(self, lease: Lease) -> bool:
         return bool(await self._release(keys=[lock_key(lease.name)], args=[lease.owner]))
+
+    async def held_count(self, prefix: str) -> int:
+        # Lock keys expire with their lease; fence counters end in ":fence" and never
+        # match the pattern (it ends at the closing brace).
+        return len(await count_held(self._client, prefix))

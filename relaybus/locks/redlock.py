@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relaybus.locks.base import Lease, new_owner
-from relaybus.locks.redis import EXTEND, RELEASE, fence_key, lock_key, ms
+from relaybus.locks.redis import EXTEND, RELEASE, count_held, fence_key, lock_key, ms
 
 # Take the lock on one server and report that server's fence counter.
 ACQUIRE = """
@@ -103,3 +104,9 @@ class Redlock:
             [s(keys=[lock_key(lease.name)], args=[lease.owner]) for s in self._release]
         )
         return any(bool(a) for a in answers)
+
+    async def held_count(self, prefix: str) -> int:
+        """Names held on a quorum of the servers that answered."""
+        per_server = await self._each([count_held(c, prefix) for c in self._clients])
+        seen = Counter(key for keys in per_server if keys for key in keys)
+        return sum(1 for n in seen.values() if n >= self._quorum)

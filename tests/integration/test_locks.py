@@ -12,13 +12,14 @@ from redis.asyncio import Redis
 from relaybus.db import create_engine
 from relaybus.ids import uuid7
 from relaybus.locks.base import LockBackend, acquire_within
+from relaybus.locks.memory import InMemoryLock
 from relaybus.locks.postgres import PostgresLock
 from relaybus.locks.redis import RedisLock
 from relaybus.locks.redlock import Redlock
 from relaybus.settings import Settings
 from tests.support.poll import eventually
 
-BACKENDS = ("postgres", "redis", "redlock")
+BACKENDS = ("postgres", "redis", "redlock", "memory")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,6 +28,8 @@ async def locks(request: pytest.FixtureRequest, settings: Settings) -> AsyncIter
         engine = create_engine(settings.database_url)
         yield PostgresLock(engine)
         await engine.dispose()
+    elif request.param == "memory":
+        yield InMemoryLock()
     elif request.param == "redis":
         client = Redis.from_url(settings.redis_url)
         yield RedisLock(client)
@@ -127,6 +130,25 @@ async def test_fences_strictly_increase_across_holders(locks: LockBackend) -> No
         fences.append(lease.fence)
         assert await locks.release(lease)
     assert fences == sorted(set(fences))
+
+
+async def test_held_count_sees_live_holders_of_a_prefix_only(locks: LockBackend) -> None:
+    prefix = f"{_name()}:member:"
+    a = await locks.try_acquire(prefix + "a", 5)
+    b = await locks.try_acquire(prefix + "b", 5)
+    await locks.try_acquire(_name(), 5)  # another prefix
+    assert a is not None
+    assert b is not None
+    assert await locks.held_count(prefix) == 2
+    assert await locks.release(a)
+    assert await locks.held_count(prefix) == 1
+    short = await locks.try_acquire(prefix + "c", 0.2)
+    assert short is not None
+
+    async def expired() -> bool:
+        return await locks.held_count(prefix) == 1
+
+    await eventually(expired, within=10, what="expired lease no longer counted")
 
 
 async def test_redlock_holds_with_a_minority_of_servers_down(settings: Settings) -> None:
