@@ -13,8 +13,10 @@ from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import AMQPError
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.errors import KafkaError
 
 from consumers.incoming import header_text
 from consumers.naming import DLQ_SUFFIX, source_of_dlq
@@ -22,6 +24,8 @@ from consumers.rabbit_worker import wire_pairs
 from relaybus import headers as h
 from relaybus.brokers.kafka_admin import topic_partitions
 
+# What a broker outage looks like to callers of this module (the CLI reports it).
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, AMQPError, OSError)
 PAGE = 500  # letters fetched per broker round trip; none is kept beyond its page
 
 

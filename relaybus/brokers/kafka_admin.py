@@ -1,9 +1,10 @@
-"""Kafka topic administration (create if missing)."""
+"""Kafka administration: topics (create if missing), offsets, group starts, plain produce."""
 
 from __future__ import annotations
 
 import asyncio
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -50,3 +51,44 @@ async def topic_partitions(bootstrap: str, topic: str, timeout: float = 15.0) ->
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end offset of each partition of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(parts)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def start_group_at(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
+    """Commit ``offsets`` (partition -> offset) for a new ``group``: it starts there."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        positions = {TopicPartition(topic, p): o for p, o in offsets.items()}
+        consumer.assign(list(positions))
+        await consumer.commit(positions)
+    finally:
+        await consumer.stop()
+
+
+async def produce_records(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, dict[str, str]]]
+) -> None:
+    """Produce (key, value, headers) records in order and wait for all acks."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send(
+                topic, value=value, key=key, headers=[(k, v.encode()) for k, v in headers.items()]
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()

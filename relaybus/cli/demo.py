@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import typer
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,7 +25,12 @@ from outbox.relay import Relay, RelayConfig
 from outbox.routing import Router
 from outbox.store import PostgresOutboxStore
 from outbox.writer import Outbox
-from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
+from relaybus.brokers.kafka_admin import (
+    end_offsets,
+    ensure_topic,
+    produce_records,
+    start_group_at,
+)
 from relaybus.brokers.publisher import PublishError
 from relaybus.brokers.taps import Received, kafka_tap, rabbit_tap
 from relaybus.cli.relay import build_publishers
@@ -86,31 +90,8 @@ class ConsumerReport:
     max_effects_per_message: int
 
 
-async def _end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
-        return dict(await consumer.end_offsets(parts))
-    finally:
-        await consumer.stop()
-
-
-async def _start_group_at(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
-    """Commit ``offsets`` for a new ``group``: it starts there, not at the topic's start."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
-
-
 async def _consume_twice(
-    settings: Settings, start: dict[TopicPartition, int], records: list[Received], timeout: float
+    settings: Settings, start: dict[int, int], records: list[Received], timeout: float
 ) -> ConsumerReport:
     """An inbox consumer reads this run's events (from ``start``); then every event is
     delivered again (as a replay would) and must be skipped as a duplicate."""
@@ -122,7 +103,7 @@ async def _consume_twice(
 
     name = f"demo-inbox-{uuid7().hex[-6:]}"  # a fresh group, started at this run's offsets
     app.kafka(TOPIC, group=name, name=name)(apply)
-    await _start_group_at(settings.kafka_bootstrap, name, start)
+    await start_group_at(settings.kafka_bootstrap, name, TOPIC, start)
     worker = Worker(app, settings)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
@@ -136,19 +117,11 @@ async def _consume_twice(
 
     try:
         await asyncio.wait_for(until(lambda: wanted <= set(effects)), timeout)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-        await producer.start()
-        try:
-            for r in records:
-                await producer.send(
-                    TOPIC,
-                    value=r.body,
-                    key=r.key.encode() if r.key else None,
-                    headers=[(k, v.encode()) for k, v in r.headers.items()],
-                )
-            await producer.flush()
-        finally:
-            await producer.stop()
+        await produce_records(
+            settings.kafka_bootstrap,
+            TOPIC,
+            [(r.key.encode() if r.key else None, r.body, r.headers) for r in records],
+        )
         await asyncio.wait_for(until(lambda: stats["duplicate"] >= len(records)), timeout)
     finally:
         stop.set()
@@ -163,7 +136,7 @@ async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -
     console = make_console()
     engine = create_engine(settings.database_url)
     await ensure_topic(settings.kafka_bootstrap, TOPIC, partitions=6)
-    first_offsets = await _end_offsets(settings.kafka_bootstrap, TOPIC)  # this run follows
+    first_offsets = await end_offsets(settings.kafka_bootstrap, TOPIC)  # this run follows
     relay = Relay(
         PostgresOutboxStore(engine),
         PostgresLock(engine),

@@ -10,10 +10,10 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import typer
-from aiokafka.errors import KafkaError
 from rich.table import Table
 
 from consumers.dlq_admin import (
+    BROKER_ERRORS,
     DeadLetter,
     DeadLetterError,
     DeadLetterStore,
@@ -59,7 +59,7 @@ def _run(broker: Broker, action: Callable[[DeadLetterStore], Coroutine[Any, Any,
     except DeadLetterError as err:
         make_console(stderr=True).print(plain(f"relaybus dlq: {err}"))
         raise typer.Exit(1) from None
-    except (OSError, KafkaError) as err:
+    except BROKER_ERRORS as err:
         make_console(stderr=True).print(plain(f"relaybus dlq: {broker} unreachable: {err}"))
         raise typer.Exit(1) from None
 

@@ -1,0 +1,173 @@
+"""The relay on in-memory fakes (store, lock, publisher): drain order, per-key deferral,
+rows it cannot publish, broker outages and store errors, without any service. The same
+behaviours run on PostgreSQL, Kafka and RabbitMQ in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from outbox.memory import InMemoryOutboxStore
+from outbox.metrics import RelayMetrics
+from outbox.relay import Relay, RelayConfig
+from outbox.routing import Router
+from outbox.store import Fetched
+from relaybus.brokers.memory import InMemoryPublisher
+from relaybus.locks.memory import InMemoryLock
+from relaybus.message import Message
+from relaybus.settings import Route
+from tests.support.poll import eventually
+
+CONFIG = RelayConfig(partitions=4, batch_size=50, lease_ttl=2.0, poll_interval=0.02)
+
+
+def message(key: str, n: int, type_: str = "order.created") -> Message:
+    return Message.from_data(type_, "order", key, {"n": n})
+
+
+@asynccontextmanager
+async def relay_on(
+    store: InMemoryOutboxStore, publisher: InMemoryPublisher, locks: InMemoryLock
+) -> AsyncIterator[Relay]:
+    relay = Relay(
+        store,
+        locks,
+        {"kafka": publisher},
+        Router([Route(pattern="*", brokers=["kafka"])]),
+        CONFIG,
+        RelayMetrics(),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield relay
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def fakes(
+    refuse: Callable[[Message], str | None] | None = None,
+) -> tuple[InMemoryOutboxStore, InMemoryPublisher, InMemoryLock]:
+    locks = InMemoryLock()
+    store = InMemoryOutboxStore(locks, CONFIG.partitions)
+    return store, InMemoryPublisher("kafka", refuse), locks
+
+
+async def test_drains_everything_in_per_key_order() -> None:
+    store, publisher, locks = fakes()
+    for n in range(30):
+        store.add(message(f"k{n % 5}", n))
+    async with relay_on(store, publisher, locks):
+
+        async def drained() -> bool:
+            return not store.rows
+
+        await eventually(drained, within=10, what="outbox drained")
+    per_key: dict[str, list[int]] = {}
+    for m in publisher.sent:
+        per_key.setdefault(m.aggregateid, []).append(json.loads(m.payload)["n"])
+    assert all(ns == sorted(ns) for ns in per_key.values())
+    assert sorted(n for ns in per_key.values() for n in ns) == list(range(30))
+    assert len(store.archived) == 30
+
+
+async def test_refused_row_fails_and_holds_back_its_key_only() -> None:
+    store, publisher, locks = fakes(
+        lambda m: "too large" if json.loads(m.payload)["n"] == 1 else None
+    )
+    for n in range(4):
+        store.add(message("held", n))
+    store.add(message("free", 9))
+    async with relay_on(store, publisher, locks):
+
+        async def settled() -> bool:
+            return sorted(json.loads(m.payload)["n"] for m in publisher.sent) == [0, 9]
+
+        await eventually(settled, within=10, what="key 'held' stops at its failed row")
+        failed = [r for r in store.rows if r.status == "failed"]
+        assert [json.loads(r.message.payload)["n"] for r in failed] == [1]
+        assert failed[0].last_error == "too large"
+        assert [r.status for r in store.rows if r.message.aggregateid == "held"] == [
+            "failed",
+            "pending",
+            "pending",
+        ]
+
+
+async def test_row_written_around_the_outbox_is_failed_and_the_partition_moves_on() -> None:
+    store, publisher, locks = fakes()
+    bad = store.add(message("k", 1), headers={"retries": 3})  # psql-style: not text
+    reserved = store.add(message("j", 1), headers={"x-attempts": "9"})
+    spaced = store.add(Message.from_data("t", "has space", "m", {"n": 1}))
+    store.add(message("other", 2))
+    async with relay_on(store, publisher, locks):
+
+        async def settled() -> bool:
+            return len(publisher.sent) == 1 and all(
+                r.status == "failed" for r in (bad, reserved, spaced)
+            )
+
+        await eventually(settled, within=10, what="bad rows failed, good row published")
+    assert "strings" in (bad.last_error or "")
+    assert "reserved" in (reserved.last_error or "")
+    assert "Kafka topic" in (spaced.last_error or "")
+
+
+async def test_broker_outage_backs_off_then_drains() -> None:
+    store, publisher, locks = fakes()
+    publisher.down = True
+    for n in range(5):
+        store.add(message("k", n))
+    async with relay_on(store, publisher, locks):
+
+        async def attempted() -> bool:
+            return all(r.attempts >= 1 for r in store.rows)
+
+        await eventually(attempted, within=10, what="failed attempts noted")
+        assert all(r.status == "pending" for r in store.rows)
+        publisher.down = False
+
+        async def drained() -> bool:
+            return not store.rows
+
+        await eventually(drained, within=20, what="drained after the outage")
+    assert [json.loads(m.payload)["n"] for m in publisher.sent] == list(range(5))
+
+
+class FlakyStore(InMemoryOutboxStore):
+    """Fails its first fetches like a database hiccup would."""
+
+    failures = 3
+
+    async def fetch(self, partition: int, limit: int, max_bytes: int = 2**62) -> Fetched:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("database went away")
+        return await super().fetch(partition, limit, max_bytes)
+
+
+async def test_a_drainer_survives_store_errors() -> None:
+    locks = InMemoryLock()
+    store = FlakyStore(locks, CONFIG.partitions)
+    publisher = InMemoryPublisher("kafka")
+    for n in range(10):
+        store.add(message(f"k{n}", n))
+    async with relay_on(store, publisher, locks) as relay:
+
+        async def drained() -> bool:
+            return not store.rows
+
+        await eventually(drained, within=20, what="drained despite fetch errors")
+        assert len(relay.held_partitions()) == CONFIG.partitions
+
+
+async def test_fetch_keeps_to_the_byte_budget_but_always_takes_one_row() -> None:
+    store, _, _ = fakes()
+    for n in range(10):
+        store.add(Message.from_data("t", "order", "k", {"pad": "x" * 100, "n": n}))
+    partition = store.rows[0].partition
+    assert len((await store.fetch(partition, 100, max_bytes=250)).rows) == 2
+    assert len((await store.fetch(partition, 100, max_bytes=1)).rows) == 1
