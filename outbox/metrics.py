@@ -31,6 +31,7 @@ class RelayMetrics:
             "relaybus_relay_partitions_held", "Partitions leased by this relay.", registry=r
         )
 
-    def serve(self, port: int) -> None:
-        """Expose ``/metrics`` on ``port`` (a daemon thread of prometheus_client)."""
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Expose ``/metrics`` on ``host:port`` (a daemon thread of prometheus_client);
+        loopback unless the operator names another address."""
+        start_http_server(port, addr=host, registry=self.registry)

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     )
     relay_archive_retention_days: float = Field(7.0, ge=0, description="Archive retention.")
     relay_metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port (0 = off).")
+    relay_metrics_host: str = Field(
+        "127.0.0.1", description="Address the metrics port binds (loopback by default)."
+    )
     relay_instance: str = Field("", description="Relay instance name (default: host-pid).")
     kafka_session_timeout_ms: int = Field(
         10_000, ge=1000, description="Consumer group session timeout (dead member detection)."

@@ -11,7 +11,16 @@ from pathlib import Path
 
 from stack.errors import StackError
 from stack.kafka_jars import LOG4J_CONFIG, kafka_libs
-from stack.procs import port_open, read_pid, require_free_port, run, spawn, stop_pids, tail
+from stack.procs import (
+    port_open,
+    private_dir,
+    read_pid,
+    require_free_port,
+    run,
+    spawn,
+    stop_pids,
+    tail,
+)
 from stack.service import ServiceStatus
 from stack.settings import StackSettings
 
@@ -136,7 +145,7 @@ class KafkaCluster:
     def _format(self) -> None:
         """Write each node's config and format its storage once (KRaft needs it)."""
         cluster_id_file = self.home / "cluster.id"
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_dir(self.home)
         if not cluster_id_file.exists():
             # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
             raw = uuid.uuid4().bytes
@@ -151,7 +160,7 @@ class KafkaCluster:
             quorum = f"controller.quorum.bootstrap.servers={n.host}:{n.controller_port}"
         replication, min_isr = (3, 2) if clustered else (1, 1)
         for node in self.nodes:
-            node.home.mkdir(parents=True, exist_ok=True)
+            private_dir(node.home)
             node.config.write_text(_properties(node, quorum, replication, min_isr))
             if (node.home / "data" / "meta.properties").exists():
                 continue

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from stack.errors import StackError
@@ -61,9 +61,9 @@ class Postgres:
         """
         if os.geteuid() != 0 or wanted.is_symlink() or _postgres_can_enter(wanted.parent):
             return wanted
-        digest = hashlib.sha1(str(wanted).encode()).hexdigest()[:12]
-        real = Path("/var/tmp") / f"relaybus-postgres-{digest}"
-        real.mkdir(parents=True, exist_ok=True)
+        # A fresh, unpredictable folder (mkdtemp: 0700, ours): nothing another user
+        # planted in /var/tmp can be followed by the chown that hands it to postgres.
+        real = Path(tempfile.mkdtemp(prefix="relaybus-postgres-", dir="/var/tmp"))
         wanted.parent.mkdir(parents=True, exist_ok=True)
         wanted.symlink_to(real)
         return wanted
@@ -101,8 +101,10 @@ class Postgres:
     def _init_cluster(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            shutil.chown(self.home, "postgres")
+            home = self.home.resolve()  # our own folder, or our own mkdtemp link target
+            shutil.chown(home, "postgres")
             shutil.chown(self.run_dir, "postgres")
+            os.chmod(home, 0o700)
         if (self.pgdata / "PG_VERSION").exists():
             return
         run(
@@ -130,7 +132,9 @@ class Postgres:
                 )
             )
 
-    def _psql(self, sql: str, db: str = "postgres") -> str:
+    def _psql(self, sql: str, db: str = "postgres", stdin: bool = False) -> str:
+        """Run ``sql``; with ``stdin`` it is piped in, not passed as an argument (for
+        statements that carry a password)."""
         return run(
             self._as_owner(
                 [
@@ -143,18 +147,19 @@ class Postgres:
                     "postgres",
                     "-d",
                     db,
-                    "-tAc",
-                    sql,
+                    "-tA",
+                    *(["-f", "-"] if stdin else ["-c", sql]),
                 ]
             ),
             "postgresql: psql",
+            stdin=sql if stdin else None,
         ).strip()
 
     def _ensure_database(self) -> None:
         user, db, pw = self.s.postgres_user, self.s.postgres_db, self.s.postgres_password
         if not self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'"):
             # CREATEDB: tests migrate throw-away databases; REPLICATION: Debezium.
-            self._psql(f"CREATE ROLE {user} LOGIN CREATEDB REPLICATION PASSWORD '{pw}'")
+            self._psql(f"CREATE ROLE {user} LOGIN CREATEDB REPLICATION PASSWORD '{pw}'", stdin=True)
         if not self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'"):
             self._psql(f"CREATE DATABASE {db} OWNER {user}")
 

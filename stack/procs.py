@@ -112,12 +112,28 @@ def spawn(
     return proc.pid
 
 
-def run(argv: Sequence[str], what: str, env: Mapping[str, str] | None = None) -> str:
-    """Run a command to completion; raise ``StackError`` with its output if it fails."""
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) and make it private to its owner (0700)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def run(
+    argv: Sequence[str],
+    what: str,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+) -> str:
+    """Run a command to completion; raise ``StackError`` with its output if it fails.
+
+    Secrets go in ``stdin``, never in ``argv`` (other users can read process arguments).
+    """
     proc = subprocess.run(
         list(argv),
         capture_output=True,
         text=True,
+        input=stdin,
         env={**os.environ, **(env or {})},
         check=False,
     )

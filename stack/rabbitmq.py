@@ -6,7 +6,16 @@ import os
 import subprocess
 
 from stack.errors import StackError
-from stack.procs import pid_alive, read_pid, require_free_port, spawn, stop_pid, tail, wait_until
+from stack.procs import (
+    pid_alive,
+    private_dir,
+    read_pid,
+    require_free_port,
+    spawn,
+    stop_pid,
+    tail,
+    wait_until,
+)
 from stack.service import ServiceStatus
 from stack.settings import StackSettings
 
@@ -41,9 +50,12 @@ class RabbitMQ:
             "RABBITMQ_PID_FILE": str(self.pid_file),
             "RABBITMQ_DIST_PORT": str(self.s.rabbitmq_dist_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            # The Erlang distribution listener (inter-node and CLI traffic) on loopback.
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
 
     def _write_config(self) -> None:
+        private_dir(self.home)
         for sub in ("home", "mnesia", "log"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         (self.home / "enabled_plugins").write_text("[rabbitmq_management].\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from functools import partial
 
-from stack.procs import read_pid, require_free_port, spawn, stop_pid, wait_until
+from stack.procs import private_dir, read_pid, require_free_port, spawn, stop_pid, wait_until
 from stack.service import ServiceStatus
 from stack.settings import StackSettings
 
@@ -38,7 +38,7 @@ class RedisInstances:
     def start(self) -> None:
         for port in self._ports():
             home = self.s.data_dir / f"redis-{port}"
-            home.mkdir(parents=True, exist_ok=True)
+            private_dir(home)
             pid_file, log = home / "pid", home / "redis.log"
             if read_pid(pid_file) is not None:
                 continue

@@ -43,7 +43,7 @@ async def run_relay(settings: Settings) -> None:
     router = Router(settings.routes)
     metrics = RelayMetrics()
     if settings.relay_metrics_port:
-        metrics.serve(settings.relay_metrics_port)
+        metrics.serve(settings.relay_metrics_port, settings.relay_metrics_host)
     config = RelayConfig(
         partitions=settings.outbox_partitions,
         batch_size=settings.relay_batch_size,

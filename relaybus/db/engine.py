@@ -18,8 +18,11 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     No ``pool_pre_ping``: with asyncpg it is three round trips on every checkout
     (``BEGIN``, an empty query, ``ROLLBACK``), as many as a one-statement transaction
     needs itself.
+
+    ``hide_parameters``: statement errors never carry the bound values (a handler's
+    failure text ends up in dead letters and logs; values may be personal or secret).
     """
-    return _create_async_engine(url, pool_size=pool_size)
+    return _create_async_engine(url, pool_size=pool_size, hide_parameters=True)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

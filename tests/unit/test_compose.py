@@ -7,12 +7,16 @@ under tests/data as a fallback) is the check, plus the project's own rules.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+
+from consumers.worker import load_app
+from tests.support.cli import run_cli
 
 INFRA = ("kafka", "rabbitmq", "postgres", "redis")
 
@@ -50,9 +54,48 @@ def test_postgres_has_logical_wal(compose: dict[str, Any]) -> None:
 
 def test_relaybus_services_wait_for_healthy_dependencies(compose: dict[str, Any]) -> None:
     apps = {n: s for n, s in compose["services"].items() if n not in INFRA}
-    assert {"migrate", "relay", "worker", "api"} <= set(apps)
+    assert {"migrate", "relay"} <= set(apps)
     for name, svc in apps.items():
         assert "build" in svc, name
         deps = svc["depends_on"]
         for infra in ("postgres",):
             assert deps[infra]["condition"] == "service_healthy", name
+
+
+def test_host_ports_bind_loopback_only(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_no_password_has_a_default_in_the_file(repo: Path) -> None:
+    text = (repo / "docker-compose.yml").read_text()
+    secrets = re.findall(r"\$\{(\w*PASSWORD\w*)(:?[?-])?", text)
+    assert secrets, "passwords come from the environment"
+    for name, mode in secrets:
+        assert mode == ":?", f"${{{name}}} must be required (:?), never defaulted"
+    assert "relaybus:relaybus@" not in text
+    example = (repo / ".env.example").read_text()
+    for name, _ in secrets:
+        assert f"{name}=" in example, name
+
+
+def test_the_application_uses_a_non_superuser_role(repo: Path, compose: dict[str, Any]) -> None:
+    url = compose["x-relaybus-env"]["RELAYBUS_DATABASE_URL"]
+    assert url.startswith("postgresql+asyncpg://relaybus_app:")
+    init = (repo / "stack" / "compose" / "postgres-init.sh").read_text()
+    assert "NOSUPERUSER" in init
+    redis = compose["services"]["redis"]
+    assert "--requirepass" in " ".join(redis["command"])
+
+
+def test_every_relaybus_command_names_something_that_exists(compose: dict[str, Any]) -> None:
+    apps = {n: s for n, s in compose["services"].items() if "build" in s}
+    for name, svc in apps.items():
+        program, *args = svc["command"]
+        assert program == "relaybus", name
+        if args[0] == "worker":
+            load_app(args[1])  # raises WorkerNotFound for an app that does not exist
+            continue
+        result = run_cli(*args, "--help")
+        assert result.returncode == 0, (name, args, result.stderr)
