@@ -17,6 +17,7 @@ from relaybus import headers as rh
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from tests.integration.test_consumers import BROKERS, Case, new_case
+from tests.support.cli import run_cli
 from tests.support.consumer_apps import TEST_TYPE, make_app
 from tests.support.consumerdata import effects, running
 from tests.support.foreign import Header, Hostile, kcat_produce, rabbit_foreign_send
@@ -25,6 +26,7 @@ from tests.support.poll import eventually
 pytestmark = pytest.mark.usefixtures("effects_table")
 
 MAX_BYTES = 64 * 1024  # the test handler's body cap, so "huge" stays under the brokers'
+MARKUP_TYPE = "[/x][link=http://evil]t\x1b[2J"  # a type an operator will see in `dlq show`
 
 
 def envelope(message_id: str | None = None, type_: str = TEST_TYPE) -> list[Header]:
@@ -84,6 +86,7 @@ def hostile_records() -> list[Hostile]:
         Hostile("missing-id", b'{"n": 1}', [(b"type", TEST_TYPE.encode())], "missing-id"),
         Hostile("bad-id", b'{"n": 1}', envelope("not-a-uuid"), "bad-id"),
         Hostile("unknown-type", b'{"n": 1}', envelope(type_="other.type"), "unknown-type"),
+        Hostile("markup-type", b'{"n": 1}', envelope(type_=MARKUP_TYPE), "unknown-type"),
         *(
             Hostile(f"{codec}", f'{{"n": {510 + i}}}'.encode(), envelope(), None, codec, True)
             for i, codec in enumerate(("gzip", "snappy", "lz4", "zstd"))
@@ -181,3 +184,12 @@ async def test_hostile_records_are_dead_lettered_with_their_reason_and_nothing_s
     attempts = {r["n"]: r["attempt"] for r in rows}
     assert attempts[502] == 1
     assert attempts[503] == 2
+
+    # Operators read these letters: values print as text, never markup or escapes.
+    shown = await asyncio.to_thread(
+        run_cli, "dlq", "show", case.dlq, "--broker", broker, "--limit", "100"
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "[/x][link=http://evil]t" in shown.stdout
+    assert "\x1b[2J" not in shown.stdout
+    assert "\\x1b[2J" in shown.stdout
