@@ -182,7 +182,7 @@ class OutboxStore(Protocol):
     passes the same contract tests, for fast tests of the relay.
     """
 
-    async def fetch(self, partition: int, limit: int, max_bytes: int) -> Fetched:
+    async def fetch(self, partition: int, limit: int, max_bytes: int = 2**62) -> Fetched:
         """Due rows of ``partition`` in sequence order: at most ``limit`` rows, and
         payloads of at most ``max_bytes`` in all (but always the first due row). A
         row behind a failed row of its key is not due (per-key order)."""

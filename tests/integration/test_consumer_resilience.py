@@ -233,6 +233,43 @@ async def test_redis_dedupe_skips_concurrent_duplicates(
 
 
 @pytest.mark.parametrize("broker", BROKERS)
+async def test_redis_claim_of_a_killed_worker_is_retried_later_not_skipped(
+    broker: str, settings: Settings, engine: AsyncEngine
+) -> None:
+    """A worker killed mid-handler leaves a live "processing" claim; the redelivery
+    waits for it to expire and applies the message, never counts it a duplicate."""
+    name, source, route = _names(broker, "redisclaim")
+    binding = {"binding": route} if broker == "rabbitmq" else {}
+    app = make_app(
+        name,
+        broker=broker,
+        topic_or_queue=source,
+        dedupe="redis",
+        effects_engine=engine,
+        **binding,  # type: ignore[arg-type]
+    )
+    message = event("k", {"n": 1})
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        # What the killed worker left behind: its claim, alive for another 1.5 s.
+        key = f"relaybus:dedupe:{name}:{message.headers['id']}"
+        await redis.set(key, b"processing", px=1500)
+        async with running(app, settings) as worker:
+            await send(settings, broker, route, [message])
+            stats = worker.runners[0].processor.stats
+
+            async def applied() -> bool:
+                return await effect_count(engine, name) == (1, 1)
+
+            await eventually(applied, within=60, what="applied once the claim expired")
+        assert stats["claim-wait"] >= 1
+        assert stats["duplicate"] == 0
+        assert await redis.get(key) == b"done"
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("broker", BROKERS)
 async def test_dlq_cli_lists_shows_and_purges_with_audit(
     broker: str, settings: Settings, engine: AsyncEngine
 ) -> None:

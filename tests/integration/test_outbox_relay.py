@@ -370,3 +370,61 @@ def _free_port() -> int:
 def _scrape(port: int) -> str:
     with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
         return str(response.read().decode())
+
+
+async def test_rows_written_around_the_outbox_are_failed_and_the_partition_moves_on(
+    settings: Settings, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Rows inserted by another client (here plain SQL, as psql would) that the relay
+    cannot encode are marked failed with the reason; their key waits, others flow."""
+    agg = _agg()
+    topic = await make_topic(settings.kafka_bootstrap, agg)
+    bad_key, good_key = f"{agg}-bad", f"{agg}-good"
+    rows = [
+        (bad_key, '{"retries": 3}', "strings"),  # a header value that is not text
+        (f"{agg}-reserved", '{"x-attempts": "9"}', "reserved"),
+        (bad_key, "{}", None),  # behind the failed row of its key: waits
+        (good_key, "{}", None),
+    ]
+    ids = []
+    async with engine.begin() as conn:
+        for key, headers, _ in rows:
+            ids.append(uuid7())
+            await conn.execute(
+                text(
+                    "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, "
+                    "headers, partition) VALUES (:id, :agg, :key, 'ok', '{\"n\": 1}', "
+                    "CAST(:headers AS jsonb), :p)"
+                ),
+                {
+                    "id": ids[-1],
+                    "agg": agg,
+                    "key": key,
+                    "headers": headers,
+                    "p": partition_for(key, settings.outbox_partitions),
+                },
+            )
+    with relay_fleet(tmp_path, KAFKA_ONLY) as fleet:
+        fleet.start("r1")
+
+        async def settled() -> bool:
+            return (
+                await pending(engine, agg) == 3
+                and len(await read_topic(settings.kafka_bootstrap, topic)) == 1
+            )
+
+        await eventually(settled, within=60, what="good row published, bad rows failed")
+    async with engine.connect() as conn:
+        state = {
+            r.id: (r.status, r.last_error or "")
+            for r in await conn.execute(
+                text("SELECT id, status, last_error FROM outbox WHERE aggregatetype = :a"),
+                {"a": agg},
+            )
+        }
+    for message_id, (_, _, reason) in zip(ids, rows, strict=True):
+        if reason is not None:
+            assert state[message_id][0] == "failed"
+            assert reason in state[message_id][1]
+    assert state[ids[2]] == ("pending", "")
+    assert ids[3] not in state  # published and archived

@@ -72,10 +72,12 @@ def management_publish(
     body: bytes,
     headers: dict[str, Any],
     properties: dict[str, Any] | None = None,
+    exchange: str = EXCHANGE,
 ) -> None:
-    """Publish through the management HTTP API (``POST …/exchanges/%2F/<x>/publish``)."""
+    """Publish through the management HTTP API (``POST …/exchanges/%2F/<x>/publish``);
+    ``exchange="amq.default"`` publishes straight to the queue named ``routing_key``."""
     parts = urllib.parse.urlsplit(management_url)
-    url = f"{parts.scheme}://{parts.hostname}:{parts.port}/api/exchanges/%2F/{EXCHANGE}/publish"
+    url = f"{parts.scheme}://{parts.hostname}:{parts.port}/api/exchanges/%2F/{exchange}/publish"
     document = {
         "properties": {"headers": headers, "delivery_mode": 2, **(properties or {})},
         "routing_key": routing_key,
