@@ -16,7 +16,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -129,6 +129,9 @@ def test_each_record_is_applied_once_or_dead_lettered_once(
     worker_thread: WorkerThread, body: bytes, headers: dict[str, str]
 ) -> None:
     w = worker_thread
+    # kcat sends nothing for an empty file; empty bodies are covered on RabbitMQ and in
+    # test_trust_boundary (truncated and not-JSON bodies).
+    assume(w.case.broker != "kafka" or body != b"")
     message_id = str(uuid7())
     pairs = [(b"id", message_id.encode()), (b"type", TEST_TYPE.encode())]
     pairs += [(k.encode(), v.encode()) for k, v in headers.items()]
@@ -141,7 +144,7 @@ def test_each_record_is_applied_once_or_dead_lettered_once(
                 w.settings.rabbitmq_url, w.settings.rabbitmq_management_url, w.case.route, record
             )
         )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 30
     while (fate := w.run(w.fate(message_id))) == (0, 0) and time.monotonic() < deadline:
         time.sleep(0.05)  # polling with a deadline: the fate is in another process
     assert fate in ((1, 0), (0, 1)), (fate, body[:80], headers)
