@@ -18,20 +18,6 @@ from typing import Any
 
 from relaybus import headers as rh
 
-# Re-exported: the header names a dead letter carries (see relaybus.headers).
-ATTEMPTS = rh.ATTEMPTS
-RETRY_AT = rh.RETRY_AT
-CONSUMER = rh.CONSUMER
-ORIGINAL_TOPIC = rh.ORIGINAL_TOPIC
-ORIGINAL_PARTITION = rh.ORIGINAL_PARTITION
-ORIGINAL_OFFSET = rh.ORIGINAL_OFFSET
-DLQ_REASON = rh.DLQ_REASON
-EXCEPTION_TYPE = rh.EXCEPTION_TYPE
-EXCEPTION_MESSAGE = rh.EXCEPTION_MESSAGE
-STACKTRACE = rh.STACKTRACE
-FAILED_AT = rh.FAILED_AT
-DEAD_LETTER_HEADERS = rh.DEAD_LETTER
-
 
 class InvalidMessage(ValueError):
     """The message can never be handled (undecodable, unknown type, fails its schema).

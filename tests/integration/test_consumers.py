@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers import incoming as h
 from consumers.breaker import BreakerState, CircuitBreaker
 from consumers.dlq_admin import DeadLetterStore, KafkaDeadLetters, RabbitDeadLetters, collect
 from consumers.inbox import Inbox
 from consumers.policy import RetryPolicy
+from relaybus import headers as h
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
@@ -125,7 +125,7 @@ async def test_always_failing_is_dead_lettered_then_replayed_once_fixed(
         await eventually(dead_lettered, within=60, what="dead letter")
         (letter,) = await collect(store, case.dlq)
         assert letter.body == sent.body  # byte-identical
-        for name in h.DEAD_LETTER_HEADERS:
+        for name in h.DEAD_LETTER:
             assert name in letter.headers, name
         assert letter.headers[h.DLQ_REASON] == "max-attempts"
         assert letter.headers[h.EXCEPTION_TYPE] == "RuntimeError"

@@ -8,12 +8,12 @@ import uuid
 
 import pytest
 
-from consumers import incoming as h
 from consumers.breaker import BreakerState, CircuitBreaker
 from consumers.failure import FailurePath
 from consumers.incoming import InvalidMessage, WireLimits, decode
 from consumers.policy import RetryPolicy
 from consumers.worker import WorkerNotFound, load_app
+from relaybus import headers as h
 from tests.support.cli import run_cli
 
 GOOD = {"id": str(uuid.uuid4()), "type": "order.created"}
@@ -140,7 +140,7 @@ def test_dead_letter_headers_are_exactly_the_design_set_plus_the_originals() -> 
     copy = path.dead(message, "max-attempts", error)
     headers = copy.headers
     assert copy.destination == "orders.dlq"
-    assert set(headers) == set(GOOD) | set(h.DEAD_LETTER_HEADERS)
+    assert set(headers) == set(GOOD) | set(h.DEAD_LETTER)
     assert headers[h.ATTEMPTS] == "3"
     assert headers[h.EXCEPTION_TYPE] == "ValueError"
     assert headers[h.EXCEPTION_MESSAGE] == "boom"
