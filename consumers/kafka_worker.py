@@ -231,6 +231,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                         exc_info=not isinstance(err, KafkaError | OSError),
                     )
                     for tp, records in batches.items():
+                        self._next[tp] = records[0].offset
                         with contextlib.suppress(IllegalStateError):
                             consumer.seek(tp, records[0].offset)
                     await asyncio.sleep(delay)
@@ -268,6 +269,8 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
     # -- rebalance -----------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Finish the batch in hand and commit it before the partitions move on."""
+        for tp in revoked:
+            self._next.pop(tp, None)  # whoever owns it next decides where it resumes
         task = self._inflight
         if task is not None:
             try:
