@@ -129,7 +129,7 @@ class FailurePath:
       tier beyond ``tiers``), with the business headers plus ``x-attempts`` = n,
       ``x-retry-at`` (epoch seconds), ``x-consumer``, ``x-original-*``.
     - Dead letter: to ``<source>.dlq`` with the original business headers (same
-      ``id``) plus every dead-letter header of DESIGN.md §3.
+      ``id``) plus every dead-letter header (docs/architecture.md, "Contracts").
     - A copy never exceeds ``copy_budget`` bytes: the stack trace is cut first, then
       the body is dropped for a stub that keeps the id, the reason and where the body
       is (``x-dlq-body-dropped``).

@@ -8,7 +8,7 @@ let a reserved header from the wire steer anything on a first delivery
 
 from __future__ import annotations
 
-# Written by the relay on every message (DESIGN.md §3, "Message").
+# Written by the relay on every message (docs/architecture.md, "Contracts").
 ENVELOPE = frozenset(
     ("id", "type", "aggregatetype", "aggregateid", "occurred_at", "content-type", "schema_version")
 )

@@ -32,7 +32,8 @@ def rfc3339(ts: datetime) -> str:
 
 @dataclass(frozen=True)
 class Message:
-    """One event: Debezium outbox fields plus the tracing headers of DESIGN.md §3.
+    """One event: Debezium outbox fields plus the tracing headers
+    (``docs/architecture.md``, "Contracts").
 
     ``payload`` is the exact JSON bytes sent as the Kafka value / AMQP body; adapters
     never re-encode it, so what a consumer reads is byte-identical to what was stored.
