@@ -9,11 +9,13 @@ import asyncio
 import json
 from collections import Counter
 
+import aio_pika
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers.dlq_admin import collect
+from consumers.rabbit_worker import QUORUM
 from relaybus import headers as rh
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
@@ -267,3 +269,34 @@ async def test_replay_sends_only_where_the_dlq_name_says(
     assert audited["target"] == case.source
     assert audited["ids"] == [honest]
     assert audited["refused"][0]["id"] == forged
+
+
+async def test_rabbitmq_unroutable_copy_is_an_error_not_a_silent_ack(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """With its DLQ deleted, a worker cannot place a dead letter: the delivery stays
+    in the work queue (not acked, not lost) until the DLQ exists again."""
+    case = new_case("rabbitmq", "unroutable")
+    app = make_app(case.name, **case.app_args())  # type: ignore[arg-type]
+    bad = Hostile("truncated", b'{"n": ', envelope(), "not-json")
+    connection = await aio_pika.connect(settings.rabbitmq_url)
+    try:
+        channel = await connection.channel()
+        async with running(app, settings) as worker:
+            await channel.queue_delete(case.dlq)
+            await send_foreign(settings, case, bad)
+            stats = worker.runners[0].processor.stats
+
+            async def refused() -> bool:
+                return stats["invalid"] >= 2  # tried, returned to the queue, tried again
+
+            await eventually(refused, within=60, what="copy refused and retried")
+            await channel.declare_queue(case.dlq, durable=True, arguments=QUORUM)
+            store = case.dead_letters(settings)
+
+            async def placed() -> bool:
+                return [d.reason for d in await collect(store, case.dlq)] == ["not-json"]
+
+            await eventually(placed, within=60, what="dead letter placed once the DLQ exists")
+    finally:
+        await connection.close()
