@@ -120,6 +120,7 @@ class ReplayPlan:
     select: Selector
     accepted: list[tuple[str, str]] = field(default_factory=list)
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # ref, id, origin
+    _refs: set[str] = field(default_factory=set, repr=False)
 
     def consider(self, letter: DeadLetter) -> None:
         if not self.select(letter):
@@ -128,18 +129,11 @@ class ReplayPlan:
             self.refused.append((letter.ref, letter.id, letter.original))
         else:
             self.accepted.append((letter.ref, letter.id))
+            self._refs.add(letter.ref)
 
     def admits(self, letter: DeadLetter) -> bool:
         """In the replay pass: is this letter one the plan accepted?"""
         return letter.ref in self._refs and self.select(letter)
-
-    @property
-    def _refs(self) -> set[str]:
-        cached: set[str] | None = self.__dict__.get("_ref_set")
-        if cached is None or len(cached) != len(self.accepted):
-            cached = {ref for ref, _ in self.accepted}
-            self.__dict__["_ref_set"] = cached
-        return cached
 
 
 async def plan_replay(

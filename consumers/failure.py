@@ -103,10 +103,12 @@ def salvage_headers(pairs: Iterable[tuple[Any, Any]], limits: WireLimits) -> dic
     out: dict[str, str] = {}
     size = 0
     # The envelope first, so the identity survives the count limit.
-    ordered = sorted(
-        pairs, key=lambda pair: pair[0] not in rh.ENVELOPE and pair[0] not in (b"id", b"type")
-    )
-    for name, value in ordered:
+
+    def outside_envelope(pair: tuple[Any, Any]) -> bool:
+        name = pair[0].decode(errors="replace") if isinstance(pair[0], bytes) else pair[0]
+        return name not in rh.ENVELOPE
+
+    for name, value in sorted(pairs, key=outside_envelope):
         if len(out) >= limits.max_headers:
             break
         try:

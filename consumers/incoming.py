@@ -11,7 +11,7 @@ import json
 import math
 import uuid
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -71,11 +71,10 @@ class Incoming:
     partition: int | None = None
     offset: int | None = None
     attempt: int = 1
-    wire_headers: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def business_headers(self) -> dict[str, str]:
-        """Headers minus relaybus's retry/dead-letter bookkeeping."""
-        return {k: v for k, v in self.headers.items() if not rh.is_reserved(k)}
+        """A copy of the headers (decoding already left relaybus's bookkeeping out)."""
+        return dict(self.headers)
 
 
 def read_headers(pairs: Iterable[tuple[Any, Any]], limits: WireLimits) -> dict[str, str]:
@@ -90,11 +89,9 @@ def read_headers(pairs: Iterable[tuple[Any, Any]], limits: WireLimits) -> dict[s
     for count, (name, value) in enumerate(pairs, start=1):
         if count > limits.max_headers:
             raise InvalidMessage("too-many-headers", f"more than {limits.max_headers} headers")
-        name_text = _text(name, "header name")
-        value_text = _text(value, f"header {name_text!r}")
-        size += len(name_text.encode("utf-8", "surrogatepass")) + len(
-            value_text.encode("utf-8", "surrogatepass")
-        )
+        name_text, name_bytes = _text(name, "header name")
+        value_text, value_bytes = _text(value, f"header {name_text!r}")
+        size += name_bytes + value_bytes
         if size > limits.max_header_bytes:
             raise InvalidMessage(
                 "headers-too-large", f"headers exceed {limits.max_header_bytes} bytes"
@@ -105,24 +102,28 @@ def read_headers(pairs: Iterable[tuple[Any, Any]], limits: WireLimits) -> dict[s
     return out
 
 
-def _text(value: Any, what: str) -> str:
+def _text(value: Any, what: str) -> tuple[str, int]:
+    """``value`` as text and its size in UTF-8 bytes (each encoded or decoded once)."""
     if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
         try:
-            return bytes(value).decode("utf-8")
+            return raw.decode("utf-8"), len(raw)
         except UnicodeDecodeError:
             raise InvalidMessage("bad-header", f"{what} is not UTF-8") from None
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidMessage("bad-header", f"{what} is not valid Unicode") from None
-        return value
-    if isinstance(value, bool | int | float | Decimal | datetime | date):
-        return str(value)
-    if value is None:
-        return ""
-    # AMQP field tables and arrays: text, but never interpreted.
-    return json.dumps(value, default=str, ensure_ascii=False)
+        text = value
+    elif isinstance(value, bool | int | float | Decimal | datetime | date):
+        text = str(value)
+    elif value is None:
+        text = ""
+    else:  # AMQP field tables and arrays: text, but never interpreted.
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    if text.isascii():
+        return text, len(text)
+    try:
+        return text, len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidMessage("bad-header", f"{what} is not valid Unicode") from None
 
 
 def strict_int(value: str | None, *, low: int, high: int) -> int | None:
@@ -268,7 +269,6 @@ def decode(
         partition=partition,
         offset=offset,
         attempt=attempt,
-        wire_headers=dict(headers),
     )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from outbox.store import Backlog, BadRow, Fetched, PendingRow, row_problem
+from outbox.store import Backlog, BadRow, Fetched, PendingRow, row_problem, unpublishable
 from outbox.writer import partition_for
 from relaybus.locks.base import Lease
 from relaybus.locks.memory import InMemoryLock
@@ -78,7 +78,7 @@ class InMemoryOutboxStore:
             m = r.message
             problem = row_problem(m.aggregatetype, m.type, r.headers)
             if problem is not None:
-                bad.append(BadRow(m.id, r.sequence, f"cannot publish this row: {problem}"))
+                bad.append(unpublishable(m.id, r.sequence, problem))
             else:
                 rows.append(PendingRow(r.sequence, r.attempts, m))
         return Fetched(rows, bad)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -50,8 +49,11 @@ class OutboxListener:
                 self._on_notify()  # rows may have arrived while we were not listening
                 await lost.wait()
             finally:
-                with contextlib.suppress(Exception):
+                try:
                     await conn.close()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                    # The connection is already gone; the loop reconnects.
+                    log.info("LISTEN connection close failed: %r", err)
 
     def _callback(self, *_args: Any) -> None:
         self._on_notify()

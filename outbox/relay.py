@@ -9,7 +9,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
 from outbox.metrics import RelayMetrics
@@ -45,6 +45,15 @@ class RelayConfig:
     @property
     def batch_bytes(self) -> int:
         return max(1, self.max_inflight_bytes // self.concurrent_batches)
+
+
+async def _best_effort(what: str, action: Awaitable[object]) -> None:
+    """Clean-up whose failure must not stop the caller (shutdown, hand-back): logged
+    with what it was, never raised."""
+    try:
+        await action
+    except Exception as err:
+        log.warning("relay: %s failed: %r", what, err)
 
 
 class PartitionDrainer:
@@ -238,8 +247,7 @@ class Relay:
             async with self._start_lock:
                 if broker in self._started:
                     self._started.discard(broker)
-                    with contextlib.suppress(Exception):
-                        await publisher.stop()
+                    await _best_effort(f"stopping the {broker} publisher", publisher.stop())
             raise
 
     async def _publisher(self, broker: str) -> Publisher:
@@ -328,20 +336,17 @@ class Relay:
             self._member = await self.locks.extend(self._member, ttl)
         if self._member is None:
             self._member = await self.locks.try_acquire(member, ttl)
-        # Drop drainers whose lease is lost, restart crashed ones on the lease they
-        # hold (not after it expires), and extend the rest.
+        # Drop drainers whose lease is lost and extend the rest. (A crashed drainer
+        # was restarted at once by _drainer_ended, on the lease it holds.)
         for p, (drainer, task) in list(self._drainers.items()):
-            if drainer.lost:
-                await self._stop_drainer(p, release=False)
+            if drainer.lost or task.done():
+                await self._stop_drainer(p, release=not drainer.lost)
                 continue
             lease = await self.locks.extend(drainer.lease, ttl)
             if lease is None:
                 await self._stop_drainer(p, release=False)
-                continue
-            drainer.lease = lease
-            if task.done():
-                self._drainers.pop(p)
-                self._start_drainer(p, lease)
+            else:
+                drainer.lease = lease
         members = max(1, await self.locks.held_count(MEMBER_PREFIX))
         share = math.ceil(self.config.partitions / members)
         # Give back extras so that newcomers find partitions free.
@@ -395,14 +400,14 @@ class Relay:
         if release:
             drainer.stopping = True
             drainer.wake.set()
-            with contextlib.suppress(TimeoutError, Exception):
-                await asyncio.wait_for(asyncio.shield(task), self.config.lease_ttl / 2)
+            await asyncio.wait({task}, timeout=self.config.lease_ttl / 2)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        # A crash was logged by _drainer_ended; cancellation is ours.
+        await asyncio.gather(task, return_exceptions=True)
         if release:
-            with contextlib.suppress(Exception):
-                await self.locks.release(drainer.lease)
+            await _best_effort(
+                f"releasing partition {partition}", self.locks.release(drainer.lease)
+            )
 
     def held_partitions(self) -> list[int]:
         return sorted(self._drainers)
@@ -414,12 +419,11 @@ class Relay:
         for p in list(self._drainers):
             await self._stop_drainer(p, release=True)
         if self._member is not None:
-            with contextlib.suppress(Exception):
-                await self.locks.release(self._member)
+            await _best_effort("releasing the member lock", self.locks.release(self._member))
         if self._notified:
-            with contextlib.suppress(Exception):
-                await self.store.stop_waiting(self.config.instance)
+            await _best_effort(
+                "unregistering from NOTIFY", self.store.stop_waiting(self.config.instance)
+            )
         for broker in list(self._started):
-            with contextlib.suppress(Exception):
-                await self.publishers[broker].stop()
+            await _best_effort(f"stopping the {broker} publisher", self.publishers[broker].stop())
         self._started.clear()

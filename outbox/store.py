@@ -7,13 +7,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.writer import headers_problem, name_problem
+from outbox.writer import headers_problem, type_names_problem
 from relaybus.locks.base import Lease
 from relaybus.locks.postgres import FENCE_HOLDS_SQL
 from relaybus.message import Message
@@ -116,6 +115,11 @@ class BadRow:
     error: str
 
 
+def unpublishable(row_id: uuid.UUID, sequence: int, problem: object) -> BadRow:
+    """The ``BadRow`` for a row that ``problem`` keeps from being published."""
+    return BadRow(row_id, sequence, f"cannot publish this row: {problem}")
+
+
 @dataclass(frozen=True)
 class Fetched:
     """One fetch: the rows to publish, in sequence order, and those that cannot be."""
@@ -124,16 +128,10 @@ class Fetched:
     bad: list[BadRow]
 
 
-@lru_cache(maxsize=1024)
-def _names_problem(aggregatetype: str, type_: str) -> str | None:
-    # Types and aggregate types are few: checked once each per process. (The column
-    # types already bound aggregateid: varchar(255), and PostgreSQL text has no NUL.)
-    return name_problem(aggregatetype, "-", type_)
-
-
 def row_problem(aggregatetype: str, type_: str, headers: Any) -> str | None:
-    """Why a stored row cannot be published as is, or None (the writer's own checks)."""
-    problem = _names_problem(aggregatetype, type_)
+    """Why a stored row cannot be published as is, or None (the writer's own checks;
+    the column types already bound aggregateid: varchar(255), and text has no NUL)."""
+    problem = type_names_problem(aggregatetype, type_)
     if problem is None and headers:
         if not isinstance(headers, dict):
             return "headers column is not a JSON object"
@@ -232,7 +230,7 @@ class PostgresOutboxStore:
             try:
                 good.append(PendingRow(r[7], r[8], to_message(r)))
             except (ValueError, TypeError, AttributeError) as err:
-                bad.append(BadRow(r[0], r[7], f"cannot publish this row: {err}"))
+                bad.append(unpublishable(r[0], r[7], err))
         return Fetched(good, bad)
 
     async def settle(

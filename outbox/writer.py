@@ -7,6 +7,7 @@ import re
 import uuid
 import zlib
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import CTE, Delete, Insert, Result, TextClause, Update, text
@@ -79,19 +80,18 @@ def name_problem(aggregate_type: str, aggregate_id: str, type: str) -> str | Non
     relay never meets a row it cannot encode: every name 1..255 characters (the
     columns); ``aggregate_type`` also legal in a Kafka topic name; ``type`` at most 255
     UTF-8 bytes (the AMQP type and routing key)."""
-    for field, value in (
-        ("aggregate_type", aggregate_type),
-        ("aggregate_id", aggregate_id),
-        ("type", type),
-    ):
-        if not isinstance(value, str) or not value or len(value) > 255:
-            return f"{field} must be 1..255 characters, got {value!r:.80}"
-        if "\x00" in value:
-            return f"{field} must not contain NUL characters"
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return f"{field} is not valid Unicode (a lone surrogate)"
+    if not isinstance(aggregate_type, str) or not isinstance(type, str):
+        return _text_problem("aggregate_type", aggregate_type) or _text_problem("type", type)
+    return _text_problem("aggregate_id", aggregate_id) or type_names_problem(aggregate_type, type)
+
+
+@lru_cache(maxsize=1024)
+def type_names_problem(aggregate_type: str, type: str) -> str | None:
+    """``name_problem`` for the two names that repeat (few distinct values in a
+    process): checked once per pair, by the writer and the relay alike."""
+    problem = _text_problem("aggregate_type", aggregate_type) or _text_problem("type", type)
+    if problem is not None:
+        return problem
     if not _TOPIC_CHARS.fullmatch(aggregate_type) or aggregate_type in (".", ".."):
         return (
             f"aggregate_type {aggregate_type!r:.80} names a Kafka topic "
@@ -101,6 +101,19 @@ def name_problem(aggregate_type: str, aggregate_id: str, type: str) -> str | Non
         return f"aggregate_type makes a topic name over {MAX_TOPIC} characters"
     if len(type.encode()) > MAX_SHORTSTR_BYTES:
         return f"type is {len(type.encode())} UTF-8 bytes; AMQP allows {MAX_SHORTSTR_BYTES}"
+    return None
+
+
+def _text_problem(field: str, value: object) -> str | None:
+    if not isinstance(value, str) or not value or len(value) > 255:
+        return f"{field} must be 1..255 characters, got {value!r:.80}"
+    if "\x00" in value:
+        return f"{field} must not contain NUL characters"
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"{field} is not valid Unicode (a lone surrogate)"
     return None
 
 
@@ -158,8 +171,6 @@ class Outbox:
             self._event_inserts[0].columns().cte("rb_outbox_event"),
             self._event_inserts[1].columns().cte("rb_outbox_event"),
         )
-        # Names already validated (event types and aggregate types are few).
-        self._valid_names: set[tuple[str, str]] = set()
         # Business statement -> combined statements (without, with headers). Reusing
         # one combined object lets SQLAlchemy memoize its cache key (computing it
         # walks the whole tree).
@@ -268,17 +279,8 @@ class Outbox:
         Runs once per business transaction, with the caches cold: kept to the few
         operations it needs (each costs several times its ``timeit`` figure here).
         """
-        if (aggregate_type, type) not in self._valid_names or not (
-            aggregate_id
-            and len(aggregate_id) <= 255
-            and aggregate_id.isascii()
-            and "\x00" not in aggregate_id
-        ):
-            problem = name_problem(aggregate_type, aggregate_id, type)
-            if problem is not None:
-                raise OutboxError(problem)
-            if len(self._valid_names) < 4096:
-                self._valid_names.add((aggregate_type, type))
+        if (problem := name_problem(aggregate_type, aggregate_id, type)) is not None:
+            raise OutboxError(problem)
         if headers:
             if (problem := headers_problem(headers)) is not None:
                 raise OutboxError(problem)
