@@ -164,7 +164,9 @@ class KafkaCluster:
             node.config.write_text(_properties(node, quorum, replication, min_isr))
             if (node.home / "data" / "meta.properties").exists():
                 continue
-            args = ["format", "-t", cluster_id, "-c", str(node.config)]
+            # "--cluster-id=<id>" in one argument: a URL-safe base64 id may start with
+            # "-" (1 in 32), which the tool's argument parser would take for an option.
+            args = ["format", f"--cluster-id={cluster_id}", "-c", str(node.config)]
             if not clustered:
                 args.append("--standalone")
             run(self._jvm("kafka.tools.StorageTool", *args), f"{self.name}: storage format")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from stack.errors import StackError
+from stack.kafka_broker import KafkaCluster
 from stack.redis import RedisInstances
 from stack.settings import StackSettings
 from stack.stack import Stack
@@ -91,3 +92,14 @@ def test_busy_port_raises_stack_error(tmp_path: Path, busy_port: int) -> None:
     settings = StackSettings(data_dir=tmp_path, redis_port=busy_port, redlock_ports=())
     with pytest.raises(StackError, match="is busy"):
         RedisInstances(settings).start()
+
+
+def test_kafka_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path: Path) -> None:
+    """URL-safe base64 ids start with "-" one time in 32; the format tool must not read
+    such an id as an option (it did, and failed a CI run)."""
+    cluster = KafkaCluster.single(StackSettings(data_dir=tmp_path))
+    cluster.home.mkdir(parents=True)
+    (cluster.home / "cluster.id").write_text("-kQikDzhR6OfB1v61NOeVg")
+    cluster._format()
+    meta = (cluster.nodes[0].home / "data" / "meta.properties").read_text()
+    assert "cluster.id=-kQikDzhR6OfB1v61NOeVg" in meta
