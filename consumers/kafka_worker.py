@@ -129,6 +129,9 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Transactional writers (the faust saga, exactly-once) may abort: read only
+            # what they committed. Non-transactional records are unaffected.
+            isolation_level="read_committed",
             max_poll_records=500,
             session_timeout_ms=worker.session_timeout_ms,
             heartbeat_interval_ms=max(100, worker.session_timeout_ms // 5),

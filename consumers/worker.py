@@ -20,7 +20,11 @@ from relaybus.settings import Settings
 log = logging.getLogger(__name__)
 
 # Workers known by a short name; anything else is given as ``module:attribute``.
-BUILTIN: dict[str, str] = {}
+BUILTIN: dict[str, str] = {
+    "orders": "producers.orders.worker:orders_app",
+    "inventory": "producers.inventory.worker:inventory_app",
+    "payments": "producers.payments.worker:payments_app",
+}
 
 
 class WorkerNotFound(LookupError):

@@ -34,6 +34,16 @@ async def ensure_topic(
         await admin.close()
 
 
+async def list_topics(bootstrap: str) -> set[str]:
+    """The names of every topic in the cluster."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 async def topic_partitions(bootstrap: str, topic: str, timeout: float = 15.0) -> list[int]:
     """Partition numbers of ``topic``, waiting up to ``timeout`` for a new topic to appear."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)

@@ -1,234 +1,203 @@
-"""``relaybus demo``: events through the outbox and relay to Kafka and RabbitMQ, with a report."""
+"""``relaybus demo``: the flash sale end to end, with a report (the README's main job)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import statistics
-import time
-from collections import Counter, defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+import uuid
+from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from consumers.app import ConsumerApp
-from consumers.incoming import Incoming
-from consumers.worker import Worker
-from outbox.admin import OutboxAdmin
-from outbox.metrics import RelayMetrics
-from outbox.notify import OutboxListener
-from outbox.relay import Relay, RelayConfig
-from outbox.routing import Router
-from outbox.store import PostgresOutboxStore
-from outbox.writer import Outbox
-from relaybus.brokers.kafka_admin import (
-    end_offsets,
-    ensure_topic,
-    produce_records,
-    start_group_at,
-)
-from relaybus.brokers.publisher import PublishError
-from relaybus.brokers.taps import Received, kafka_tap, rabbit_tap
-from relaybus.cli.relay import build_publishers
-from relaybus.db import create_engine, session_factory
-from relaybus.ids import uuid7
-from relaybus.locks.postgres import PostgresLock
-from relaybus.settings import Route, Settings
-from relaybus.terminal import make_console
-
-AGGREGATE = "demo"
-TOPIC = f"outbox.event.{AGGREGATE}"
+from producers.settings import ShopSettings
+from producers.topology import ensure_shop_topics
+from relaybus.cli.flashsale import Placed, Workload, place_orders, seed, wait_final
+from relaybus.cli.processes import ChildFailed, Shop
+from relaybus.cli.shop_report import ShopReport, collect, dead_letter_count
+from relaybus.db import create_engine
+from relaybus.settings import Settings
+from relaybus.terminal import make_console, plain
 
 
-@dataclass
-class BrokerReport:
-    broker: str
-    received: int
-    unique: int
-    in_key_order: bool
-    p50_ms: float
-    p99_ms: float
-
-
-def _report(broker: str, got: list[tuple[Received, float]]) -> BrokerReport:
-    by_key: dict[str, list[int]] = defaultdict(list)
-    latencies = []
-    for r, arrived in got:
-        by_key[r.headers["aggregateid"]].append(json.loads(r.body)["n"])
-        sent = datetime.fromisoformat(r.headers["occurred_at"].replace("Z", "+00:00"))
-        latencies.append((arrived - sent.timestamp()) * 1000)
-    latencies.sort()
-    return BrokerReport(
-        broker,
-        len(got),
-        len({r.headers["id"] for r, _ in got}),
-        all(ns == sorted(ns) for ns in by_key.values()),
-        statistics.median(latencies),
-        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-    )
-
-
-async def _collect(
-    queue: asyncio.Queue[Received], ids: set[str], out: list[tuple[Received, float]]
-) -> None:
-    seen: set[str] = set()
-    while not ids <= seen:
-        r = await queue.get()
-        if r.headers.get("id") in ids:
-            out.append((r, time.time()))
-            seen.add(r.headers["id"])
-
-
-@dataclass
-class ConsumerReport:
-    applied: int
-    duplicates: int
-    max_effects_per_message: int
-
-
-async def _consume_twice(
-    settings: Settings, start: dict[int, int], records: list[Received], timeout: float
-) -> ConsumerReport:
-    """An inbox consumer reads this run's events (from ``start``); then every event is
-    delivered again (as a replay would) and must be skipped as a duplicate."""
-    effects: Counter[str] = Counter()
-    app = ConsumerApp("demo")
-
-    async def apply(message: Incoming, session: AsyncSession | None) -> None:
-        effects[str(message.id)] += 1  # the effect; the inbox row shares its transaction
-
-    name = f"demo-inbox-{uuid7().hex[-6:]}"  # a fresh group, started at this run's offsets
-    app.kafka(TOPIC, group=name, name=name)(apply)
-    await start_group_at(settings.kafka_bootstrap, name, TOPIC, start)
-    worker = Worker(app, settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    stats = worker.runners[0].processor.stats
-    wanted = {r.headers["id"] for r in records}
-
-    async def until(condition: Callable[[], bool]) -> None:
-        # The worker's counters have no change notification: poll them.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(until(lambda: wanted <= set(effects)), timeout)
-        await produce_records(
-            settings.kafka_bootstrap,
-            TOPIC,
-            [(r.key.encode() if r.key else None, r.body, r.headers) for r in records],
-        )
-        await asyncio.wait_for(until(lambda: stats["duplicate"] >= len(records)), timeout)
-    finally:
-        stop.set()
-        await task
-    return ConsumerReport(
-        sum(1 for i in wanted if effects[i]), stats["duplicate"], max(effects.values())
-    )
-
-
-async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -> None:
-    """Write ``events`` through the outbox, relay them in-process, read both brokers back."""
-    console = make_console()
+async def run_flash_sale(
+    settings: Settings,
+    shop: ShopSettings,
+    workload: Workload,
+    processes: Shop | None,
+    wait: float,
+    console: Console | None,
+) -> tuple[Placed, ShopReport]:
+    """Seed, place every order, wait for every saga, and report. ``processes`` (if
+    given) are checked for liveness while waiting."""
     engine = create_engine(settings.database_url)
-    await ensure_topic(settings.kafka_bootstrap, TOPIC, partitions=6)
-    first_offsets = await end_offsets(settings.kafka_bootstrap, TOPIC)  # this run follows
-    relay = Relay(
-        PostgresOutboxStore(engine),
-        PostgresLock(engine),
-        build_publishers(settings, {"kafka", "rabbitmq"}),
-        Router([Route(pattern="demo.*", brokers=["kafka", "rabbitmq"])]),
-        RelayConfig(partitions=settings.outbox_partitions, instance=f"demo-{uuid7().hex[-6:]}"),
-        RelayMetrics(),
-    )
-    stop = asyncio.Event()
-    from_kafka: list[tuple[Received, float]] = []
-    from_rabbit: list[tuple[Received, float]] = []
     try:
-        async with (
-            kafka_tap(settings.kafka_bootstrap, TOPIC) as kq,
-            rabbit_tap(settings.rabbitmq_url, "demo.#") as rq,
-        ):
-            listener = asyncio.create_task(
-                OutboxListener(settings.database_url, relay.wake_all).run()
+        await ensure_shop_topics(settings.kafka_bootstrap, shop)
+        dead_before = await dead_letter_count(settings.kafka_bootstrap)
+        skus = await seed(engine, workload, uuid.uuid4().hex[:8])
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=console is None,
+        ) as progress:
+            placing = progress.add_task("orders placed", total=workload.orders)
+            placed = await place_orders(
+                shop.orders_api_url,
+                workload,
+                skus,
+                lambda n: progress.update(placing, completed=n),
             )
-            relay_task = asyncio.create_task(relay.run(stop))
-            outbox = Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
-            sessions = session_factory(engine)
-            ids: set[str] = set()
-            started = time.monotonic()
-            for start in range(0, events, 20):  # 20 events per business transaction
-                async with sessions() as session, session.begin():
-                    for n in range(start, min(events, start + 20)):
-                        message_id = await outbox.enqueue(
-                            session,
-                            aggregate_type=AGGREGATE,
-                            aggregate_id=f"order-{n % keys}",
-                            type="demo.order.placed",
-                            payload={"n": n, "sku": f"sku-{n % 7}", "qty": 1 + n % 3},
-                        )
-                        ids.add(str(message_id))
-            console.print(f"committed {events} events through the outbox over {keys} keys")
-            await asyncio.wait_for(
-                asyncio.gather(_collect(kq, ids, from_kafka), _collect(rq, ids, from_rabbit)),
-                timeout,
+            finishing = progress.add_task("orders finished", total=len(placed.order_ids))
+            await wait_final(
+                engine,
+                placed.order_ids,
+                wait,
+                lambda n: progress.update(finishing, completed=n),
+                processes.check if processes is not None else lambda: None,
             )
-            elapsed = time.monotonic() - started
-            stop.set()
-            await relay_task
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
-        status = await OutboxAdmin(engine).status()
-        consumed = await _consume_twice(
-            settings, first_offsets, [r for r, _ in from_kafka], timeout
-        )
+        dead = await dead_letter_count(settings.kafka_bootstrap) - dead_before
+        report = await collect(engine, shop.gateway_url, placed.order_ids, skus, dead)
     finally:
-        stop.set()
         await engine.dispose()
+    report.workload = {
+        "orders_requested": workload.orders,
+        "orders_accepted": len(placed.order_ids),
+        "http_statuses": {str(k): v for k, v in placed.statuses.items()},
+        "client_retries": placed.retries,
+        "retries_with_another_id": placed.retry_mismatches,
+        "seconds": round(placed.seconds, 2),
+        "orders_per_second": round(placed.rate, 1),
+        "post_latency_ms": _post_latency(placed),
+        "errors": placed.errors[:10],
+    }
+    if placed.retry_mismatches:
+        report.problems.append(f"{placed.retry_mismatches} retried requests got another order")
+    if placed.errors:
+        report.problems.append(f"{len(placed.errors)} requests failed: {placed.errors[0]}")
+    return placed, report
 
-    table = Table(title=f"relaybus demo: {events} events, {elapsed:.2f}s end to end")
-    for col in ("broker", "received", "unique ids", "per-key order", "p50 ms", "p99 ms"):
-        table.add_column(col, justify="right")
-    for rep in (_report("kafka", from_kafka), _report("rabbitmq", from_rabbit)):
-        table.add_row(
-            rep.broker,
-            str(rep.received),
-            str(rep.unique),
-            "kept" if rep.in_key_order else "[red]BROKEN[/red]",
-            f"{rep.p50_ms:.1f}",
-            f"{rep.p99_ms:.1f}",
+
+def _post_latency(placed: Placed) -> dict[str, float]:
+    values = sorted(placed.latency_ms)
+    if not values:
+        return {}
+    return {
+        "p50": round(values[len(values) // 2], 1),
+        "p99": round(values[min(len(values) - 1, int(0.99 * len(values)))], 1),
+        "max": round(values[-1], 1),
+    }
+
+
+def render(report: ShopReport, console: Console) -> None:
+    """The report as tables (every value printed as plain text)."""
+    summary = Table(title="flash sale", show_header=False)
+    w = report.workload
+    rows = [
+        (
+            "orders accepted",
+            f"{w.get('orders_accepted')} of {w.get('orders_requested')} "
+            f"in {w.get('seconds')} s ({w.get('orders_per_second')}/s)",
+        ),
+        ("POST /orders latency ms", json.dumps(w.get("post_latency_ms"))),
+        (
+            "client retries (same key)",
+            f"{w.get('client_retries')}, {w.get('retries_with_another_id')} got another order",
+        ),
+        ("confirmed", str(report.statuses.get("CONFIRMED", 0))),
+        ("cancelled", str(report.statuses.get("CANCELLED", 0))),
+        *(
+            (f"  cancelled: {kind}", str(n))
+            for kind, n in sorted(report.cancelled_by_reason.items())
+        ),
+        (
+            "unfinished",
+            str(
+                report.orders
+                - report.statuses.get("CONFIRMED", 0)
+                - report.statuses.get("CANCELLED", 0)
+            ),
+        ),
+        ("gateway charges by status", json.dumps(report.charges, sort_keys=True)),
+        ("dead letters", str(report.dead_letters)),
+        ("commit -> confirmed ms", json.dumps(report.latency_ms)),
+    ]
+    for name, value in rows:
+        summary.add_row(plain(name), plain(value))
+    console.print(summary)
+    products = Table(title="stock: initial = sold + available")
+    for column in ("product", "initial", "sold", "available", "conserved"):
+        products.add_column(column)
+    for line in report.products:
+        products.add_row(
+            plain(line.sku),
+            str(line.initial),
+            str(line.sold),
+            str(line.available),
+            "yes" if line.conserved else "NO",
         )
-    console.print(table)
-    console.print(
-        f"outbox now: {status.pending} pending, {status.failed} failed, archived {status.archived}"
-    )
-    console.print(
-        f"inbox consumer on {TOPIC}: {consumed.applied} applied; every event delivered again: "
-        f"{consumed.duplicates} duplicates skipped; at most "
-        f"{consumed.max_effects_per_message} effect per message"
-    )
+    console.print(products)
+    if report.ok:
+        console.print("invariants: all hold")
+    else:
+        console.print(f"invariants: {len(report.problems)} problems")
+        for problem in report.problems[:20]:
+            console.print(plain(f"  - {problem}"))
 
 
 def demo(
-    events: int = typer.Option(200, min=1, help="How many events to write."),
-    keys: int = typer.Option(10, min=1, help="Distinct aggregate ids (per-key order is checked)."),
-    timeout: float = typer.Option(60.0, help="Seconds to wait for every event to arrive."),
+    orders: int = typer.Option(2000, min=1, help="Orders to place."),
+    products: int = typer.Option(5, min=1, max=100, help="Products on sale."),
+    stock: int = typer.Option(100, min=0, help="Units of each product."),
+    users: int = typer.Option(500, min=1, help="Distinct customers."),
+    concurrency: int = typer.Option(16, min=1, max=512, help="Requests in flight."),
+    failure_rate: float = typer.Option(0.2, min=0, max=1, help="Share of charges declined."),
+    timeout_rate: float = typer.Option(0.05, min=0, max=1, help="Share of charges answered late."),
+    wait: float = typer.Option(300.0, min=1, help="Seconds to wait for every order to finish."),
+    use_running: bool = typer.Option(
+        False, help="Use shop processes already running (relaybus run) instead of starting them."
+    ),
+    logs: Path = typer.Option(Path(".demo"), help="Folder for the started processes' logs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Write events through the outbox, relay them to Kafka and RabbitMQ, report what
-    arrived; then consume them with an inbox consumer, deliver them all again, and show
-    that each was applied once.
+    """Run the flash sale: start the relay, the orders API, the inventory and payments
+    services, the payment gateway and the saga; place orders over HTTP; wait until
+    every order is CONFIRMED or CANCELLED; check the invariants; print a report; stop
+    what it started. Exit status 1 if an invariant does not hold.
 
-    Example: relaybus demo --events 500 --keys 20
+    Example: relaybus demo --orders 500 --failure-rate 0.3
     """
+    console = make_console(stderr=as_json)
+    shop = ShopSettings(gateway_failure_rate=failure_rate, gateway_timeout_rate=timeout_rate)
+    workload = Workload(orders, products, stock, users, concurrency)
+    processes = None
+    if not use_running:
+        env = {
+            "RELAYBUS_GATEWAY_FAILURE_RATE": str(failure_rate),
+            "RELAYBUS_GATEWAY_TIMEOUT_RATE": str(timeout_rate),
+        }
+        processes = Shop(logs, shop, env=env)
+        console.print(f"starting the shop's processes (logs in {plain(str(logs))}/)")
+        processes.start_all()
     try:
-        asyncio.run(run_demo(Settings(), events, keys, timeout))
-    except (PublishError, OSError, TimeoutError) as err:
-        make_console(stderr=True).print(
-            f"[red]demo failed: {err!r}[/red] (is the stack up and migrated? "
-            "relaybus stack up && relaybus db upgrade)"
+        if processes is not None:
+            processes.wait_http()
+        _, report = asyncio.run(
+            run_flash_sale(Settings(), shop, workload, processes, wait, console)
         )
+    except ChildFailed as err:
+        make_console(stderr=True).print(plain(f"demo failed: {err}"))
         raise typer.Exit(1) from None
+    finally:
+        if processes is not None:
+            processes.stop_all()
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2, sort_keys=True))
+    else:
+        render(report, console)
+    if not report.ok:
+        raise typer.Exit(1)

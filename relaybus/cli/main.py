@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from relaybus.cli import db, demo, dlq, outbox, publish, relay, worker
+from relaybus.cli import (
+    db,
+    demo,
+    dlq,
+    outbox,
+    publish,
+    relay,
+    relay_demo,
+    run,
+    serve,
+    stream,
+    worker,
+)
 from relaybus.terminal import run_app
 from stack.cli import app as stack_app
 
@@ -17,6 +29,10 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(db.app, name="db")
 app.add_typer(outbox.app, name="outbox")
 app.command(name="demo")(demo.demo)
+app.command(name="relay-demo")(relay_demo.relay_demo)
+app.command(name="run")(run.run)
+app.command(name="serve")(serve.serve)
+app.command(name="stream")(stream.stream)
 app.command(name="publish")(publish.publish)
 app.command(name="relay")(relay.relay)
 app.command(name="worker")(worker.worker)

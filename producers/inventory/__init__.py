@@ -1,0 +1,1 @@
+"""The inventory service: reserves and releases stock (schema ``inventory``)."""

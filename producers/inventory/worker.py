@@ -1,0 +1,65 @@
+"""``relaybus worker inventory``: the inventory service's command handler."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from consumers.app import ConsumerApp
+from consumers.incoming import Incoming
+from consumers.policy import RetryPolicy
+from outbox.writer import Outbox
+from producers.contract import (
+    INVENTORY_AGGREGATE,
+    INVENTORY_COMMANDS,
+    CommandType,
+    EventType,
+    StepCommand,
+    parse,
+    step_id,
+)
+from producers.inventory import stock
+
+
+def inventory_app(outbox: Outbox | None = None) -> ConsumerApp:
+    """Handles ``inventory.reserve`` and ``inventory.release`` from the saga.
+
+    Each command is applied once (inbox), and its reply event (``stock.reserved``,
+    ``stock.refused``, ``stock.released``) is written through the outbox in the same
+    transaction as the stock change. Commands of one order are handled in order
+    (``ordered``: a failing one is retried in place), so a release never overtakes
+    the reserve it compensates.
+    """
+    app = ConsumerApp("inventory")
+    writer = outbox or Outbox()
+
+    @app.kafka(
+        INVENTORY_COMMANDS,
+        group="inventory",
+        ordered=True,
+        types=[CommandType.RESERVE.value, CommandType.RELEASE.value],
+        require_object=True,
+        retry=RetryPolicy(max_attempts=5, initial_delay=0.2),
+        timeout=10.0,
+    )
+    async def inventory_command(message: Incoming, session: AsyncSession | None) -> None:
+        assert session is not None  # inbox handlers always get one
+        command = parse(StepCommand, message.payload)
+        body: dict[str, object] = {"order_id": command.order_id}
+        if message.type == CommandType.RESERVE:
+            outcome = await stock.reserve(session, command.order_id, command.items)
+            event = EventType.STOCK_RESERVED if outcome.reserved else EventType.STOCK_REFUSED
+            body["reason"] = outcome.reason
+        else:
+            body["units"] = await stock.release(session, command.order_id)
+            event = EventType.STOCK_RELEASED
+        await writer.enqueue(
+            session,
+            aggregate_type=INVENTORY_AGGREGATE,
+            aggregate_id=str(command.order_id),
+            type=event,
+            payload=body,
+            headers={"causation_id": str(message.id)},
+            id=step_id(command.order_id, f"{command.step}-reply"),
+        )
+
+    return app

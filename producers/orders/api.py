@@ -1,0 +1,186 @@
+"""The orders HTTP API (FastAPI): ``POST /orders``, ``GET /orders/{id}``, ``/healthz``.
+
+``relaybus serve orders-api`` runs it with uvicorn. Bad input is a 4xx whose body
+names the problem (FastAPI/pydantic's ``detail`` with the field's location); a body
+over ``RELAYBUS_ORDERS_API_MAX_BODY_BYTES`` is a 413 before it is read in full; an
+unexpected error is a plain 500 with no traceback (it is logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, HTTPException, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from outbox.writer import Outbox
+from producers.contract import Line
+from producers.orders.limits import BodyLimit
+from producers.orders.store import KeyReused, OrderStore, UnknownProducts
+from producers.settings import ShopSettings
+from relaybus.db import create_engine, session_factory
+from relaybus.locks.postgres import PostgresLock
+from relaybus.settings import Settings
+from relaybus.snowflake import WorkerIdLease
+
+log = logging.getLogger("relaybus.orders_api")
+_PING = text("SELECT 1")
+
+MAX_ID = (1 << 63) - 1
+
+
+class OrderRequest(BaseModel):
+    """``POST /orders`` body. Strict types: ``"2"`` is not a quantity."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    customer: str = Field(min_length=1, max_length=128)
+    items: list[Line] = Field(min_length=1, max_length=20)
+
+    @field_validator("items")
+    @classmethod
+    def _one_line_per_product(cls, items: list[Line]) -> list[Line]:
+        seen: set[str] = set()
+        for line in items:
+            if line.product in seen:
+                raise ValueError(f"product {line.product!r} appears twice; give one line each")
+            seen.add(line.product)
+        return items
+
+
+class OrderAccepted(BaseModel):
+    """The 202 answer: the order's id (a string: snowflake ids exceed 2^53) and status."""
+
+    id: str
+    status: str
+
+
+def _valid_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+        raise HTTPException(
+            400, "Idempotency-Key must be 1..255 printable ASCII characters (e.g. a UUID)"
+        )
+    return key
+
+
+class OrdersService:
+    """What a running API holds: engine, sessions, the id generator, the store."""
+
+    def __init__(self, settings: Settings, shop: ShopSettings) -> None:
+        self.settings = settings
+        self.shop = shop
+        self.engine: AsyncEngine = create_engine(
+            settings.database_url, pool_size=shop.orders_api_workers_pool
+        )
+        self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
+        self.store = OrderStore(
+            Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
+        )
+        self.ids = WorkerIdLease(PostgresLock(self.engine))
+
+    async def sweep(self, stop: asyncio.Event) -> None:
+        """Every ``saga_sweep_interval``: announce orders past the saga deadline."""
+        while not stop.is_set():
+            try:
+                async with self.sessions() as session, session.begin():
+                    expired = await self.store.expire_overdue(session, self.shop.saga_deadline)
+                if expired:
+                    log.warning("orders: %d orders passed the saga deadline", expired)
+            except Exception:  # the sweep is retried next interval; the API goes on
+                log.exception("orders: deadline sweep failed")
+            try:
+                await asyncio.wait_for(stop.wait(), self.shop.saga_sweep_interval)
+            except TimeoutError:
+                continue
+
+
+def create_app(settings: Settings, shop: ShopSettings) -> FastAPI:
+    """The orders API; its engine, id lease and deadline sweeper live with the app."""
+    service = OrdersService(settings, shop)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.ids.acquire()
+        stop = asyncio.Event()
+        sweeper = asyncio.create_task(service.sweep(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await sweeper
+            await service.ids.release()
+            await service.engine.dispose()
+
+    app = FastAPI(
+        title="relaybus flash-sale orders",
+        version="1",
+        lifespan=lifespan,
+        description="Orders are accepted (202) and finish CONFIRMED or CANCELLED by the saga.",
+    )
+    app.add_middleware(BodyLimit, max_bytes=shop.orders_api_max_body_bytes)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("orders: %s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; it was logged"}, status_code=500)
+
+    @app.post("/orders", status_code=202, response_model=OrderAccepted)
+    async def place_order(
+        body: OrderRequest,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        """Accept an order: it is written with ``order.created`` in one transaction.
+
+        With an ``Idempotency-Key`` header, a retried request gets the first answer
+        and never makes a second order; the same key with another body is a 422.
+        """
+        key = _valid_key(idempotency_key)
+        order_id = service.ids.next_id()
+        try:
+            async with service.sessions() as session, session.begin():
+                accepted = await service.store.place(
+                    session, order_id, body.customer, body.items, key
+                )
+        except UnknownProducts as err:
+            raise HTTPException(
+                422,
+                [
+                    {"loc": ["body", "items", "product"], "msg": f"unknown product {p!r}"}
+                    for p in err.products
+                ],
+            ) from None
+        except KeyReused as err:
+            raise HTTPException(
+                422, [{"loc": ["header", "Idempotency-Key"], "msg": str(err)}]
+            ) from None
+        headers = {"Idempotent-Replayed": "true"} if accepted.replayed else {}
+        return JSONResponse(
+            {"id": str(accepted.order_id), "status": "PENDING"}, status_code=202, headers=headers
+        )
+
+    @app.get("/orders/{order_id}")
+    async def get_order(order_id: Annotated[int, Path(gt=0, le=MAX_ID)]) -> Any:
+        """The order's status and the history of its transitions, with reasons."""
+        async with service.sessions() as session:
+            order = await service.store.get(session, order_id)
+        if order is None:
+            raise HTTPException(404, f"no order {order_id}")
+        return order
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """200 once the database answers."""
+        async with service.sessions() as session:
+            await session.execute(_PING)
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,263 @@
+"""The orders service's SQL: orders, their history and idempotency keys (schema ``orders``).
+
+Every write that others must hear about goes through the outbox in the same
+transaction (``Outbox.write``): an order exists if and only if its ``order.created``
+event will be published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, column, insert, table, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from outbox.writer import Outbox
+from producers.contract import (
+    ORDER_AGGREGATE,
+    EventType,
+    Line,
+    OrderStatus,
+    Transition,
+    step_id,
+)
+
+_orders = table(
+    "orders",
+    column("id"),
+    column("customer"),
+    column("items", JSONB),
+    column("amount_cents"),
+    column("status"),
+    schema="orders",
+)
+# Built once: ``Outbox.write`` combines a statement with the event INSERT once per
+# statement object and reuses it.
+_INSERT_ORDER = insert(_orders).values(
+    id=bindparam("id"),
+    customer=bindparam("customer"),
+    items=bindparam("items", type_=JSONB),
+    amount_cents=bindparam("amount_cents"),
+    status=OrderStatus.PENDING.value,
+)
+_FIRST_STEP = text(
+    "INSERT INTO orders.history (order_id, step, status, reason) "
+    "VALUES (:id, 0, 'PENDING', 'accepted')"
+)
+_CLAIM_KEY = text(
+    "INSERT INTO orders.idempotency_keys (key, request_hash, order_id) "
+    "VALUES (:key, :hash, :id) ON CONFLICT (key) DO NOTHING RETURNING order_id"
+)
+_READ_KEY = text("SELECT request_hash, order_id FROM orders.idempotency_keys WHERE key = :key")
+_PRICES = text("SELECT sku, price_cents FROM orders.products WHERE sku = ANY(:skus)")
+
+
+class UnknownProducts(LookupError):
+    """Some ordered products are not in the catalog (``products`` lists them)."""
+
+    def __init__(self, products: list[str]) -> None:
+        super().__init__(f"unknown products: {', '.join(products)}")
+        self.products = products
+
+
+class KeyReused(ValueError):
+    """An idempotency key came back with a different request body."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The answer to an order request; ``replayed`` when an earlier request with the same
+    idempotency key made the order."""
+
+    order_id: int
+    replayed: bool
+
+
+def request_hash(customer: str, items: list[Line]) -> str:
+    """A fingerprint of a request body, for "same key, different body" checks."""
+    canonical = json.dumps(
+        {"customer": customer, "items": [line.model_dump() for line in items]},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class OrderStore:
+    """Places and reads orders; applies transitions. Stateless; methods take a session
+    whose transaction the caller owns (and commits)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    async def place(
+        self,
+        session: AsyncSession,
+        order_id: int,
+        customer: str,
+        items: list[Line],
+        idempotency_key: str | None,
+    ) -> Accepted:
+        """Write the order (PENDING), its first history step and ``order.created``, or
+        find the order an earlier request with ``idempotency_key`` made.
+
+        Concurrent requests with one key: the key's row is inserted first, so the
+        second waits on the first's uncommitted row and then sees it (``ON CONFLICT``);
+        exactly one order is made. Raises ``UnknownProducts`` or ``KeyReused`` having
+        written nothing (the caller rolls back).
+        """
+        digest = request_hash(customer, items)
+        if idempotency_key is not None:
+            claimed = await session.scalar(
+                _CLAIM_KEY, {"key": idempotency_key, "hash": digest, "id": order_id}
+            )
+            if claimed is None:
+                row = (await session.execute(_READ_KEY, {"key": idempotency_key})).one()
+                if row.request_hash != digest:
+                    raise KeyReused(
+                        "this Idempotency-Key was used with a different request body; "
+                        "use a new key for a new order"
+                    )
+                return Accepted(int(row.order_id), replayed=True)
+        skus = sorted({line.product for line in items})
+        prices = dict((await session.execute(_PRICES, {"skus": skus})).tuples().all())
+        unknown = [sku for sku in skus if sku not in prices]
+        if unknown:
+            raise UnknownProducts(unknown)
+        lines = [line.model_dump() for line in items]
+        amount = sum(prices[line.product] * line.quantity for line in items)
+        await self.outbox.write(
+            session,
+            _INSERT_ORDER,
+            {"id": order_id, "customer": customer, "items": lines, "amount_cents": amount},
+            aggregate_type=ORDER_AGGREGATE,
+            aggregate_id=str(order_id),
+            type=EventType.ORDER_CREATED,
+            payload={
+                "order_id": order_id,
+                "customer": customer,
+                "items": lines,
+                "amount_cents": amount,
+            },
+            id=step_id(order_id, "created"),
+        )
+        await session.execute(_FIRST_STEP, {"id": order_id})
+        return Accepted(order_id, replayed=False)
+
+    async def get(self, session: AsyncSession, order_id: int) -> dict[str, Any] | None:
+        """The order with its history (oldest first), or None."""
+        order = (
+            await session.execute(
+                text(
+                    "SELECT id, customer, items, amount_cents, status, reason, created_at, "
+                    "updated_at FROM orders.orders WHERE id = :id"
+                ),
+                {"id": order_id},
+            )
+        ).one_or_none()
+        if order is None:
+            return None
+        history = await session.execute(
+            text(
+                "SELECT step, status, reason, at FROM orders.history "
+                "WHERE order_id = :id ORDER BY step"
+            ),
+            {"id": order_id},
+        )
+        return {
+            "id": str(order.id),
+            "customer": order.customer,
+            "items": order.items,
+            "amount_cents": order.amount_cents,
+            "status": order.status,
+            "reason": order.reason,
+            "created_at": order.created_at.isoformat(),
+            "updated_at": order.updated_at.isoformat(),
+            "history": [
+                {"step": h.step, "status": h.status, "reason": h.reason, "at": h.at.isoformat()}
+                for h in history
+            ],
+        }
+
+    async def apply(self, session: AsyncSession, transition: Transition) -> bool:
+        """Record ``transition`` in the order's history and move its status forward.
+
+        Idempotent and order-tolerant: a step already recorded is skipped, and the
+        status only moves to a later step (a late, older transition is kept in the
+        history but does not move the status back). False if the order is unknown.
+        """
+        exists = await session.scalar(
+            text("SELECT 1 FROM orders.orders WHERE id = :id FOR UPDATE"),
+            {"id": transition.order_id},
+        )
+        if exists is None:
+            return False
+        params = {
+            "id": transition.order_id,
+            "step": transition.step,
+            "status": transition.status.value,
+            "reason": transition.reason,
+        }
+        await session.execute(
+            text(
+                "INSERT INTO orders.history (order_id, step, status, reason) "
+                "VALUES (:id, :step, :status, :reason) ON CONFLICT DO NOTHING"
+            ),
+            params,
+        )
+        await session.execute(
+            text(
+                "UPDATE orders.orders SET status = :status, step = :step, reason = :reason, "
+                "updated_at = now() WHERE id = :id AND step < :step"
+            ),
+            params,
+        )
+        return True
+
+    async def expire_overdue(self, session: AsyncSession, deadline: float, limit: int = 500) -> int:
+        """Announce ``order.expired`` for unfinished orders older than ``deadline`` seconds
+        (once each): the saga compensates them. Returns how many."""
+        overdue = (
+            (
+                await session.execute(
+                    text(
+                        "SELECT id FROM orders.orders WHERE status NOT IN ('CONFIRMED', 'CANCELLED') "
+                        "AND expired_at IS NULL AND created_at < now() - make_interval(secs => :age) "
+                        "ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"age": deadline, "limit": limit},
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for order_id in overdue:
+            await self.outbox.enqueue(
+                session,
+                aggregate_type=ORDER_AGGREGATE,
+                aggregate_id=str(order_id),
+                type=EventType.ORDER_EXPIRED,
+                payload={"order_id": order_id, "reason": f"no outcome within {deadline:g} s"},
+                id=step_id(order_id, "expired"),
+            )
+        if overdue:
+            await session.execute(
+                text("UPDATE orders.orders SET expired_at = now() WHERE id = ANY(:ids)"),
+                {"ids": list(overdue)},
+            )
+        return len(overdue)
+
+
+async def add_products(session: AsyncSession, prices: dict[str, int]) -> None:
+    """Put products in the orders catalog (price in cents); an existing SKU keeps its price."""
+    await session.execute(
+        text(
+            "INSERT INTO orders.products (sku, price_cents) VALUES (:sku, :price) "
+            "ON CONFLICT (sku) DO NOTHING"
+        ),
+        [{"sku": sku, "price": price} for sku, price in prices.items()],
+    )

@@ -1,0 +1,1 @@
+"""The payments service: charges and refunds through a payment gateway (schema ``payments``)."""

@@ -1,0 +1,63 @@
+"""Typed settings of the shop's processes (environment prefix ``RELAYBUS_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ShopSettings(BaseSettings):
+    """The shop's knobs. Built once per process in its composition root.
+
+    Where the services are (database, brokers) comes from ``relaybus.settings.Settings``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RELAYBUS_", env_file=".env", extra="ignore")
+
+    shop_partitions: int = Field(
+        4, ge=1, le=256, description="Partitions of every shop topic (all equal: co-partitioned)."
+    )
+    shop_replication: int = Field(1, ge=1, description="Replication factor of shop topics.")
+    orders_api_host: str = Field("127.0.0.1", description="Address the orders API binds.")
+    orders_api_port: int = Field(8080, ge=1, le=65535, description="Orders API port.")
+    orders_api_max_body_bytes: int = Field(
+        64 * 1024, ge=256, description="Largest request body the orders API reads (else 413)."
+    )
+    orders_api_workers_pool: int = Field(20, ge=1, description="Database connections of the API.")
+    saga_deadline: float = Field(
+        120.0, gt=0, description="Seconds an order may stay unfinished before compensation."
+    )
+    saga_sweep_interval: float = Field(5.0, gt=0, description="How often the deadline is checked.")
+    saga_commit_interval: float = Field(
+        0.1, gt=0, description="faust commit (and transaction) interval of the saga, seconds."
+    )
+    saga_session_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Kafka session timeout of the saga (a killed agent's partitions "
+        "move after this).",
+    )
+    gateway_host: str = Field("127.0.0.1", description="Address the simulated gateway binds.")
+    gateway_port: int = Field(8090, ge=1, le=65535, description="Simulated payment gateway port.")
+    gateway_latency: float = Field(0.005, ge=0, description="Gateway latency per call, seconds.")
+    gateway_failure_rate: float = Field(
+        0.2, ge=0, le=1, description="Share of charges the gateway declines."
+    )
+    gateway_timeout_rate: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Share of charges whose answer comes after the client "
+        "timed out (the charge itself is decided and stored).",
+    )
+    gateway_seed: int | None = Field(None, description="Seed of the gateway's randomness.")
+    payment_timeout: float = Field(1.0, gt=0, description="Per-call timeout to the gateway.")
+    payment_retries: int = Field(3, ge=0, le=10, description="Retries per gateway call.")
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def orders_api_url(self) -> str:
+        return f"http://{self.orders_api_host}:{self.orders_api_port}"

@@ -1,0 +1,163 @@
+"""The flash-sale workload: seed products, place orders over HTTP, wait for every saga.
+
+Used by ``relaybus demo`` and by the shop's end-to-end tests (which add faults while
+it runs). Only the orders API's public HTTP interface is used to place orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from producers.inventory.stock import add_stock
+from producers.orders.store import add_products
+from relaybus.db import session_factory
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How many orders, over which products, by how many users, how fast.
+
+    Product ``0`` is the hot one (half the demand); a share of requests is sent again
+    with the same ``Idempotency-Key`` (a client retry) and must get the same order.
+    """
+
+    orders: int = 2000
+    products: int = 5
+    stock: int = 100
+    users: int = 500
+    concurrency: int = 16
+    two_line_share: float = 0.1
+    retry_share: float = 0.05
+    seed: int | None = None
+
+
+@dataclass
+class Placed:
+    """What the driver saw: the order ids accepted, and what went wrong."""
+
+    order_ids: list[int] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    retries: int = 0
+    retry_mismatches: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    latency_ms: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return len(self.order_ids) / self.seconds if self.seconds else 0.0
+
+
+async def seed(engine: AsyncEngine, workload: Workload, run: str) -> list[str]:
+    """Fresh products for this run (``flash-<run>-<n>``), ``workload.stock`` units each,
+    in the orders catalog and in inventory (each service's own table)."""
+    skus = [f"flash-{run}-{n}" for n in range(workload.products)]
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        await add_products(session, {sku: 500 + 250 * n for n, sku in enumerate(skus)})
+    async with sessions() as session, session.begin():
+        await add_stock(session, dict.fromkeys(skus, workload.stock))
+    return skus
+
+
+def _weights(products: int) -> list[float]:
+    if products == 1:
+        return [1.0]
+    rest = 0.5 / (products - 1)
+    return [0.5] + [rest] * (products - 1)
+
+
+async def place_orders(
+    api_url: str,
+    workload: Workload,
+    skus: list[str],
+    on_placed: Callable[[int], None] = lambda n: None,
+) -> Placed:
+    """POST ``workload.orders`` orders, ``concurrency`` at a time; retried requests reuse
+    their key and must get the same id back."""
+    rng = random.Random(workload.seed)
+    weights = _weights(len(skus))
+    placed = Placed()
+    queue: asyncio.Queue[tuple[str, dict[str, Any], bool]] = asyncio.Queue()
+    for _ in range(workload.orders):
+        chosen = rng.choices(skus, weights, k=2 if rng.random() < workload.two_line_share else 1)
+        items = [{"product": sku, "quantity": rng.randint(1, 2)} for sku in dict.fromkeys(chosen)]
+        body = {"customer": f"user-{rng.randrange(workload.users)}", "items": items}
+        queue.put_nowait((str(uuid.uuid4()), body, rng.random() < workload.retry_share))
+
+    async def post(client: httpx.AsyncClient, key: str, body: dict[str, Any]) -> str | None:
+        started = time.perf_counter()
+        try:
+            response = await client.post("/orders", json=body, headers={"Idempotency-Key": key})
+        except httpx.HTTPError as err:
+            placed.errors.append(f"POST /orders: {err!r}")
+            return None
+        placed.latency_ms.append((time.perf_counter() - started) * 1000)
+        placed.statuses[response.status_code] += 1
+        if response.status_code != 202:
+            placed.errors.append(
+                f"POST /orders answered {response.status_code}: {response.text:.200}"
+            )
+            return None
+        return str(response.json()["id"])
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            key, body, retry = queue.get_nowait()
+            order_id = await post(client, key, body)
+            if order_id is None:
+                continue
+            if retry:
+                placed.retries += 1
+                if await post(client, key, body) != order_id:
+                    placed.retry_mismatches += 1
+            placed.order_ids.append(int(order_id))
+            on_placed(len(placed.order_ids))
+
+    limits = httpx.Limits(max_connections=workload.concurrency)
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=api_url, timeout=30, limits=limits) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(workload.concurrency)))
+    placed.seconds = time.perf_counter() - started
+    return placed
+
+
+async def wait_final(
+    engine: AsyncEngine,
+    order_ids: list[int],
+    within: float,
+    on_progress: Callable[[int], None] = lambda n: None,
+    tick: Callable[[], None] = lambda: None,
+) -> int:
+    """Poll until every order is CONFIRMED or CANCELLED, or ``within`` seconds pass;
+    returns how many are final. ``tick`` runs on every poll (e.g. a liveness check)."""
+    deadline = time.monotonic() + within
+    final = 0
+    while True:
+        async with engine.connect() as conn:
+            final = int(
+                await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM orders.orders WHERE id = ANY(:ids) "
+                        "AND status IN ('CONFIRMED', 'CANCELLED')"
+                    ),
+                    {"ids": order_ids},
+                )
+                or 0
+            )
+        on_progress(final)
+        tick()
+        if final >= len(order_ids) or time.monotonic() > deadline:
+            return final
+        await asyncio.sleep(0.5)

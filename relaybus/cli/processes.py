@@ -1,0 +1,148 @@
+"""The shop's processes as children of one supervisor (``relaybus run``, ``relaybus demo``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from producers.settings import ShopSettings
+
+# name -> relaybus sub-command. One relay, the two HTTP services, the three workers
+# and the saga: every process of the reference shop.
+SHOP_PROCESSES: dict[str, list[str]] = {
+    "relay": ["relay"],
+    "gateway": ["serve", "gateway"],
+    "orders-api": ["serve", "orders-api"],
+    "orders": ["worker", "orders"],
+    "inventory": ["worker", "inventory"],
+    "payments": ["worker", "payments"],
+    "saga": ["stream", "saga"],
+}
+
+
+class ChildFailed(RuntimeError):
+    """A child process exited while it was expected to run (its log tail says why)."""
+
+
+@dataclass
+class Child:
+    """One ``relaybus`` child process, logging to ``log``; restartable after a kill."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relaybus.cli", *self.argv],
+                env={**os.environ, **self.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches the supervisor only
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: nothing is flushed, nothing is handed over."""
+        if self.proc is not None and self.running:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, grace: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        if self.proc is None:
+            return None
+        if self.running:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Shop:
+    """Starts the shop's processes, waits for them, restarts or stops them.
+
+    ``names`` selects a subset (default: all of ``SHOP_PROCESSES``). Children log to
+    ``log_dir/<name>.log``. ``stop_all`` stops in reverse start order.
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        shop: ShopSettings,
+        names: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.shop = shop
+        self.children = {
+            name: Child(name, SHOP_PROCESSES[name], log_dir / f"{name}.log", dict(env or {}))
+            for name in (names or list(SHOP_PROCESSES))
+        }
+
+    def start_all(self) -> None:
+        for child in self.children.values():
+            child.start()
+
+    def restart(self, name: str) -> None:
+        child = self.children[name]
+        child.stop()
+        child.restarts += 1
+        child.start()
+
+    def stop_all(self) -> None:
+        for child in reversed(list(self.children.values())):
+            child.stop()
+
+    def check(self) -> None:
+        """Raise ``ChildFailed`` if a child has exited."""
+        for child in self.children.values():
+            if child.proc is not None and not child.running:
+                raise ChildFailed(
+                    f"{child.name} exited with {child.proc.returncode}; its log "
+                    f"({child.log}) ends:\n{child.tail()}"
+                )
+
+    def wait_http(self, timeout: float = 90.0) -> None:
+        """Wait until the HTTP services that run answer ``/healthz`` (polled)."""
+        urls = {
+            "gateway": f"{self.shop.gateway_url}/healthz",
+            "orders-api": f"{self.shop.orders_api_url}/healthz",
+        }
+        pending = {name: url for name, url in urls.items() if name in self.children}
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while pending:
+                self.check()
+                for name, url in list(pending.items()):
+                    try:
+                        if client.get(url).status_code == 200:
+                            del pending[name]
+                    except httpx.TransportError:
+                        pass  # not listening yet
+                if time.monotonic() > deadline:
+                    raise ChildFailed(f"{', '.join(pending)} did not answer within {timeout:g} s")
+                time.sleep(0.2)

@@ -1,0 +1,57 @@
+"""``relaybus run``: every process of the reference shop, supervised, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from pathlib import Path
+
+import typer
+
+from producers.settings import ShopSettings
+from producers.topology import ensure_shop_topics
+from relaybus.cli.processes import SHOP_PROCESSES, Shop
+from relaybus.settings import Settings
+from relaybus.terminal import make_console, plain
+
+
+def run(
+    logs: Path = typer.Option(Path(".demo"), help="Folder for the processes' logs."),
+    only: list[str] = typer.Option(
+        [], help=f"Run only these (repeatable): {', '.join(SHOP_PROCESSES)}."
+    ),
+) -> None:
+    """Run the shop: relay, gateway, orders API, orders/inventory/payments workers and
+    the saga, each a child process; a child that exits is restarted. SIGINT/SIGTERM
+    stops them all (each finishes what it holds).
+
+    Example: relaybus run --only relay --only saga
+    """
+    unknown = [name for name in only if name not in SHOP_PROCESSES]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown process {', '.join(unknown)}: use {', '.join(SHOP_PROCESSES)}",
+            param_hint="--only",
+        )
+    console = make_console()
+    shop = ShopSettings()
+    asyncio.run(ensure_shop_topics(Settings().kafka_bootstrap, shop))
+    processes = Shop(logs, shop, names=only or None)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    processes.start_all()
+    console.print(
+        f"running {', '.join(processes.children)} (logs in {plain(str(logs))}/); Ctrl-C stops"
+    )
+    try:
+        while not stop.wait(1.0):
+            for child in processes.children.values():
+                if not child.running:
+                    console.print(
+                        plain(f"{child.name} exited; restarting. Log tail:\n{child.tail(5)}")
+                    )
+                    processes.restart(child.name)
+    finally:
+        processes.stop_all()

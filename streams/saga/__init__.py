@@ -1,0 +1,1 @@
+"""The order saga: a faust agent over the shop's events, compensation instead of 2PC."""

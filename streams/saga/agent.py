@@ -1,0 +1,223 @@
+"""The order saga as a faust-streaming app: one agent, one table, exactly-once.
+
+- **Input**: ``outbox.event.order``, ``outbox.event.inventory``,
+  ``outbox.event.payment`` (what the services' outboxes publish), all keyed by order
+  id and co-partitioned (equal partition counts), so an order's events meet in one
+  agent instance, in per-partition order.
+- **State**: the faust table ``order-sagas`` (key: order id), backed by its changelog
+  topic; a restarted or rebalanced agent recovers it from there and continues.
+- **Output**: commands to ``shop.inventory.commands`` / ``shop.payment.commands`` and
+  transitions to ``shop.order.transitions``, with relaybus's envelope headers, so the
+  services' ``ConsumerApp`` workers decode them like any relayed event.
+- **Guarantee**: ``processing_guarantee="exactly_once"``: each input's table update,
+  sends and offset commit are one Kafka transaction. (In at-least-once mode a table
+  double-applies inputs after a restart with input waiting: faust-streaming #596.)
+  Readers use ``isolation_level=read_committed``. Command ids are deterministic
+  (``step_id``), so even a resend outside a transaction is deduplicated by the inbox.
+- **Bad input**: an event that is not JSON, has no known type or does not fit its
+  schema is logged and skipped (the services' workers dead-letter what *they* read;
+  the saga's inputs are written only by the services' outboxes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from pydantic import BaseModel
+
+from producers.contract import (
+    INVENTORY_COMMANDS,
+    ORDER_TRANSITIONS,
+    PAYMENT_COMMANDS,
+    SAGA_INPUTS,
+    SAGA_OUTPUTS,
+    TRANSITION,
+    CommandType,
+    EventType,
+    OrderCreated,
+    Reply,
+    step_id,
+)
+from producers.settings import ShopSettings
+from relaybus.message import rfc3339
+from relaybus.settings import Settings
+from streams.saga.machine import Command, decide
+
+log = logging.getLogger("relaybus.saga")
+
+_SCHEMAS: dict[str, type[BaseModel]] = {
+    EventType.ORDER_CREATED.value: OrderCreated,
+    EventType.ORDER_EXPIRED.value: Reply,
+    EventType.STOCK_RESERVED.value: Reply,
+    EventType.STOCK_REFUSED.value: Reply,
+    EventType.STOCK_RELEASED.value: Reply,
+    EventType.PAYMENT_CHARGED.value: Reply,
+    EventType.PAYMENT_FAILED.value: Reply,
+    EventType.PAYMENT_REFUNDED.value: Reply,
+}
+_COMMAND_TOPIC = {
+    CommandType.RESERVE: INVENTORY_COMMANDS,
+    CommandType.RELEASE: INVENTORY_COMMANDS,
+    CommandType.CHARGE: PAYMENT_COMMANDS,
+    CommandType.REFUND: PAYMENT_COMMANDS,
+}
+MAX_INPUT_BYTES = 1_048_576
+
+
+def _header(headers: Any, name: str) -> str | None:
+    """A header's text value from faust's headers (a mapping or a list of pairs)."""
+    pairs = headers.items() if hasattr(headers, "items") else (headers or ())
+    for key, value in pairs:
+        if key == name and isinstance(value, bytes | bytearray):
+            try:
+                return bytes(value).decode()
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def read_input(headers: Any, value: bytes | None) -> tuple[str, dict[str, Any]] | None:
+    """An input event as ``(type, payload)``, or None (logged) if it is not one of the
+    saga's events or does not fit its schema."""
+    event_type = _header(headers, "type")
+    schema = _SCHEMAS.get(event_type or "")
+    if schema is None or event_type is None:
+        log.warning("saga: skipping an event of type %r", (event_type or "")[:80])
+        return None
+    if value is None or len(value) > MAX_INPUT_BYTES:
+        log.warning("saga: skipping a %s without a body or over the size cap", event_type)
+        return None
+    try:
+        payload = schema.model_validate(json.loads(value)).model_dump(mode="json")
+    except ValueError as err:  # JSON and pydantic errors
+        log.warning("saga: skipping a %s that does not fit its schema: %.300s", event_type, err)
+        return None
+    return event_type, payload
+
+
+def envelope(
+    message_type: str, order_id: str, message_id: str, causation: str | None
+) -> list[tuple[str, bytes]]:
+    """relaybus's envelope headers for a message the saga sends."""
+    headers = {
+        "id": message_id,
+        "type": message_type,
+        "aggregatetype": "saga",
+        "aggregateid": order_id,
+        "occurred_at": rfc3339(datetime.now(UTC)),
+        "content-type": "application/json",
+        "schema_version": "1",
+    }
+    if causation:
+        headers["causation_id"] = causation
+    return [(k, v.encode()) for k, v in headers.items()]
+
+
+def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
+    """The saga's faust app (nothing connects until its worker starts)."""
+    brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
+    app = faust.App(
+        "relaybus-saga",
+        broker=brokers,
+        store="memory://",
+        processing_guarantee="exactly_once",
+        topic_partitions=shop.shop_partitions,
+        topic_replication_factor=shop.shop_replication,
+        table_standby_replicas=0,
+        broker_commit_interval=shop.saga_commit_interval,
+        broker_session_timeout=shop.saga_session_timeout,
+        broker_heartbeat_interval=max(shop.saga_session_timeout / 5, 0.5),
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        autodiscover=False,
+        producer_acks=-1,
+    )
+    inputs = app.topic(*SAGA_INPUTS, key_serializer="raw", value_serializer="raw", allow_empty=True)
+    outputs = {
+        name: app.topic(
+            name,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=shop.shop_partitions,
+            replicas=shop.shop_replication,
+        )
+        for name in SAGA_OUTPUTS
+    }
+    sagas = app.Table("order-sagas", default=None, partitions=shop.shop_partitions, value_type=dict)
+
+    @app.task
+    async def declare_outputs() -> None:
+        # faust creates only its own internal topics: the ones it writes to are
+        # declared here, with the shop's partition count (else auto-created with 1).
+        for topic in outputs.values():
+            await topic.maybe_declare()
+
+    async def send(
+        topic: str,
+        message_type: str,
+        key: str,
+        message_id: str,
+        body: dict[str, Any],
+        causation: str | None,
+    ) -> None:
+        await outputs[topic].send(
+            key=key.encode(),
+            value=json.dumps(body, separators=(",", ":")).encode(),
+            headers=envelope(message_type, key, message_id, causation),
+        )
+
+    @app.agent(inputs)
+    async def order_saga(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            key = event.key.decode() if isinstance(event.key, bytes) else None
+            parsed = read_input(event.headers, event.value)
+            if key is None or parsed is None:
+                continue
+            event_type, payload = parsed
+            if str(payload.get("order_id")) != key:
+                log.warning(
+                    "saga: %s keyed %r is about order %r; skipped",
+                    event_type,
+                    key[:40],
+                    payload.get("order_id"),
+                )
+                continue
+            decision = decide(sagas.get(key), event_type, payload)
+            causation = _header(event.headers, "id")
+            order = (decision.state or {}).get("order", {})
+            for command in decision.commands:
+                await send(
+                    _COMMAND_TOPIC[command.type],
+                    command.type.value,
+                    key,
+                    str(step_id(key, command.step)),
+                    _command_body(command, order),
+                    causation,
+                )
+            if decision.transition is not None:
+                step = decision.transition["step"]
+                await send(
+                    ORDER_TRANSITIONS,
+                    TRANSITION,
+                    key,
+                    str(step_id(key, f"transition-{step}")),
+                    decision.transition,
+                    causation,
+                )
+            if decision.state is not None:
+                sagas[key] = decision.state
+
+    return app
+
+
+def _command_body(command: Command, order: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "order_id": order["order_id"],
+        "step": command.step,
+        "items": order.get("items", []),
+        "amount_cents": order.get("amount_cents", 0),
+    }
