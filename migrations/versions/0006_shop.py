@@ -37,7 +37,7 @@ CREATE TABLE orders.orders (
     expired_at timestamptz
 );
 CREATE INDEX ix_orders_unfinished ON orders.orders (created_at)
-    WHERE status NOT IN ('CONFIRMED', 'CANCELLED') AND expired_at IS NULL;
+    WHERE status NOT IN ('CONFIRMED', 'CANCELLED');
 CREATE TABLE orders.history (
     order_id bigint NOT NULL REFERENCES orders.orders (id),
     step integer NOT NULL,

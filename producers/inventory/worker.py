@@ -40,6 +40,10 @@ def inventory_app(outbox: Outbox | None = None) -> ConsumerApp:
         require_object=True,
         retry=RetryPolicy(max_attempts=5, initial_delay=0.2),
         timeout=10.0,
+        # One command per transaction: the hot product's row lock is held for one
+        # order only, and orders never lock rows in conflicting orders (a shared
+        # transaction of several orders deadlocked under load).
+        batch_size=1,
     )
     async def inventory_command(message: Incoming, session: AsyncSession | None) -> None:
         assert session is not None  # inbox handlers always get one

@@ -219,14 +219,19 @@ class OrderStore:
         return True
 
     async def expire_overdue(self, session: AsyncSession, deadline: float, limit: int = 500) -> int:
-        """Announce ``order.expired`` for unfinished orders older than ``deadline`` seconds
-        (once each): the saga compensates them. Returns how many."""
+        """Announce ``order.expired`` for unfinished orders older than ``deadline`` seconds:
+        the saga compensates them. Repeated every ``deadline`` while an order stays
+        unfinished (an announcement the saga missed is made again; the saga ignores
+        repeats). Returns how many were announced."""
         overdue = (
             (
                 await session.execute(
                     text(
-                        "SELECT id FROM orders.orders WHERE status NOT IN ('CONFIRMED', 'CANCELLED') "
-                        "AND expired_at IS NULL AND created_at < now() - make_interval(secs => :age) "
+                        "SELECT id FROM orders.orders "
+                        "WHERE status NOT IN ('CONFIRMED', 'CANCELLED') "
+                        "AND created_at < now() - make_interval(secs => :age) "
+                        "AND (expired_at IS NULL "
+                        "     OR expired_at < now() - make_interval(secs => :age)) "
                         "ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED"
                     ),
                     {"age": deadline, "limit": limit},
@@ -242,7 +247,6 @@ class OrderStore:
                 aggregate_id=str(order_id),
                 type=EventType.ORDER_EXPIRED,
                 payload={"order_id": order_id, "reason": f"no outcome within {deadline:g} s"},
-                id=step_id(order_id, "expired"),
             )
         if overdue:
             await session.execute(

@@ -135,6 +135,7 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
         web_enabled=False,
         autodiscover=False,
         producer_acks=-1,
+        producer_linger=0.005,
     )
     inputs = app.topic(*SAGA_INPUTS, key_serializer="raw", value_serializer="raw", allow_empty=True)
     outputs = {
@@ -147,7 +148,16 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
         )
         for name in SAGA_OUTPUTS
     }
-    sagas = app.Table("order-sagas", default=None, partitions=shop.shop_partitions, value_type=dict)
+    sagas = app.Table(
+        "order-sagas",
+        default=None,
+        partitions=shop.shop_partitions,
+        key_type=str,
+        # The state as JSON bytes, encoded here: with ``value_type=dict`` faust cannot
+        # read the changelog back (recovery fails with "type object 'dict' has no
+        # attribute 'from_data'", and a restarted agent would forget every saga).
+        value_type=bytes,
+    )
 
     @app.task
     async def declare_outputs() -> None:
@@ -186,7 +196,14 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
                     payload.get("order_id"),
                 )
                 continue
-            decision = decide(sagas.get(key), event_type, payload)
+            stored = sagas.get(key)
+            try:
+                decision = decide(json.loads(stored) if stored else None, event_type, payload)
+            except (KeyError, ValueError, TypeError):
+                # A state this code cannot read: that order only is skipped (its
+                # deadline compensates it); the agent goes on with the others.
+                log.exception("saga: cannot decide %s for order %s", event_type, key[:40])
+                continue
             causation = _header(event.headers, "id")
             order = (decision.state or {}).get("order", {})
             for command in decision.commands:
@@ -209,7 +226,7 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
                     causation,
                 )
             if decision.state is not None:
-                sagas[key] = decision.state
+                sagas[key] = json.dumps(decision.state, separators=(",", ":")).encode()
 
     return app
 

@@ -98,8 +98,19 @@ def decide(state: dict[str, Any] | None, event_type: str, payload: dict[str, Any
     """The saga's answer to one event of its order. ``state`` is the table's value (None
     before ``order.created``); ``payload`` the event's (already validated) body."""
     if state is None:
+        if event_type == EventType.ORDER_EXPIRED:
+            # ``order.created`` precedes this on the partition, so the saga lost it
+            # (never sent a command for it). Release anyway: a tombstone makes any
+            # late reserve fail, and the order ends CANCELLED rather than stuck.
+            saga = _Saga(OrderStatus.PENDING, 0, {"order_id": payload["order_id"]})
+            saga.awaiting = ["release"]
+            return saga.move(
+                OrderStatus.RELEASING,
+                f"deadline passed before the saga started: {payload.get('reason')}",
+                Command(CommandType.RELEASE, "release"),
+            )
         if event_type != EventType.ORDER_CREATED:
-            return NOTHING  # a reply or expiry for an order this saga never started
+            return NOTHING  # a reply for an order this saga never started
         saga = _Saga(OrderStatus.PENDING, 0, payload)
         return saga.move(
             OrderStatus.RESERVING, "reserving stock", Command(CommandType.RESERVE, "reserve")
