@@ -39,6 +39,10 @@ class ShopSettings(BaseSettings):
     )
     gateway_host: str = Field("127.0.0.1", description="Address the simulated gateway binds.")
     gateway_port: int = Field(8090, ge=1, le=65535, description="Simulated payment gateway port.")
+    gateway_url: str = Field(
+        "", description="Where the payments service reaches the gateway (default: "
+        "http://<gateway_host>:<gateway_port>; set it when the gateway binds 0.0.0.0)."
+    )
     gateway_latency: float = Field(0.005, ge=0, description="Gateway latency per call, seconds.")
     gateway_failure_rate: float = Field(
         0.2, ge=0, le=1, description="Share of charges the gateway declines."
@@ -55,8 +59,8 @@ class ShopSettings(BaseSettings):
     payment_retries: int = Field(3, ge=0, le=10, description="Retries per gateway call.")
 
     @property
-    def gateway_url(self) -> str:
-        return f"http://{self.gateway_host}:{self.gateway_port}"
+    def gateway_base_url(self) -> str:
+        return self.gateway_url or f"http://{self.gateway_host}:{self.gateway_port}"
 
     @property
     def orders_api_url(self) -> str:

@@ -34,27 +34,34 @@ class BodyLimit:
                     await self._refuse(send, 413, self._too_large())
                     return
         seen = 0
-        started = False
+        over = False
+        replaced = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    over = True
                     raise BodyTooLarge
             return message
 
-        async def tracking(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def answer(message: Message) -> None:
+            # Frameworks turn an exception from ``receive`` into their own error
+            # answer (FastAPI: 400): once the body was over the limit, whatever the
+            # app answers is replaced by the 413 that says why.
+            nonlocal replaced
+            if not over:
+                await send(message)
+            elif not replaced:
+                replaced = True
+                await self._refuse(send, 413, self._too_large())
 
         try:
-            await self.app(scope, limited, tracking)
+            await self.app(scope, limited, answer)
         except BodyTooLarge:
-            if not started:
+            if not replaced:
                 await self._refuse(send, 413, self._too_large())
 
     def _too_large(self) -> str:

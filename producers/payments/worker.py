@@ -56,7 +56,7 @@ def payments_app(settings: Settings | None = None, shop: ShopSettings | None = N
     app = ConsumerApp("payments")
     writer = Outbox((settings or Settings()).outbox_partitions)
     gateway = GatewayClient(
-        shop.gateway_url, timeout=shop.payment_timeout, retries=shop.payment_retries
+        shop.gateway_base_url, timeout=shop.payment_timeout, retries=shop.payment_retries
     )
     breaker = CircuitBreaker("payment-gateway", failure_threshold=5, reset_timeout=5.0)
 

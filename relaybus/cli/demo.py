@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -29,9 +30,11 @@ async def run_flash_sale(
     processes: Shop | None,
     wait: float,
     console: Console | None,
+    on_placed: Callable[[int], None] | None = None,
 ) -> tuple[Placed, ShopReport]:
     """Seed, place every order, wait for every saga, and report. ``processes`` (if
-    given) are checked for liveness while waiting."""
+    given) are checked for liveness while waiting; ``on_placed(n)`` runs after each
+    accepted order (a test injects faults there)."""
     engine = create_engine(settings.database_url)
     try:
         await ensure_shop_topics(settings.kafka_bootstrap, shop)
@@ -50,7 +53,7 @@ async def run_flash_sale(
                 shop.orders_api_url,
                 workload,
                 skus,
-                lambda n: progress.update(placing, completed=n),
+                lambda n: (progress.update(placing, completed=n), on_placed and on_placed(n)),
             )
             finishing = progress.add_task("orders finished", total=len(placed.order_ids))
             await wait_final(
@@ -61,7 +64,7 @@ async def run_flash_sale(
                 processes.check if processes is not None else lambda: None,
             )
         dead = await dead_letter_count(settings.kafka_bootstrap) - dead_before
-        report = await collect(engine, shop.gateway_url, placed.order_ids, skus, dead)
+        report = await collect(engine, shop.gateway_base_url, placed.order_ids, skus, dead)
     finally:
         await engine.dispose()
     report.workload = {

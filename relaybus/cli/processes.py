@@ -129,7 +129,7 @@ class Shop:
     def wait_http(self, timeout: float = 90.0) -> None:
         """Wait until the HTTP services that run answer ``/healthz`` (polled)."""
         urls = {
-            "gateway": f"{self.shop.gateway_url}/healthz",
+            "gateway": f"{self.shop.gateway_base_url}/healthz",
             "orders-api": f"{self.shop.orders_api_url}/healthz",
         }
         pending = {name: url for name, url in urls.items() if name in self.children}

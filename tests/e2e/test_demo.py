@@ -1,4 +1,4 @@
-"""The README's main job: `relaybus demo` writes through the outbox and reads both brokers."""
+"""`relaybus relay-demo` writes through the outbox and reads both brokers back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from tests.support.cli import run_cli
 
 
 def test_demo_reports_every_event_on_both_brokers_in_key_order_and_applied_once() -> None:
-    proc = run_cli("demo", "--events", "120", "--keys", "6", timeout=180)
+    proc = run_cli("relay-demo", "--events", "120", "--keys", "6", timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "committed 120 events through the outbox over 6 keys" in out

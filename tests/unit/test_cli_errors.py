@@ -28,7 +28,25 @@ def test_every_command_has_help_with_an_example() -> None:
         ("stack", "status"),
         ("db", "upgrade"),
         ("demo",),
+        ("relay-demo",),
+        ("run",),
+        ("serve",),
+        ("stream",),
+        ("worker",),
     ):
         proc = run_cli(*args, "--help")
         assert proc.returncode == 0, args
         assert "Example: relaybus" in proc.stdout, args
+
+
+def test_unknown_shop_process_names_are_one_line_errors() -> None:
+    for args, hint in (
+        (("serve", "nope"), "use one of orders-api, gateway"),
+        (("stream", "nope"), "use one of saga"),
+        (("worker", "nope"), "built-in name (inventory, orders, payments)"),
+        (("run", "--only", "nope"), "unknown process nope"),
+    ):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert hint in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr + proc.stdout, args

@@ -1,0 +1,88 @@
+"""The flash sale end to end on the real stack: every shop process a real child, orders
+over HTTP, and the invariants read from each service's own tables and the gateway.
+
+- 2 000 orders over 5 products of 100 units, 20 % declined payments, 5 % gateway
+  timeouts: stock conserved exactly, every order final, charges exactly for confirmed
+  orders, refunds only for cancelled ones, no dead letters.
+- The same with the saga agent SIGKILLed twice and an inventory worker SIGKILLed once
+  (each restarted): the same invariants.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from producers.settings import ShopSettings
+from relaybus.cli.demo import run_flash_sale
+from relaybus.cli.flashsale import Workload
+from relaybus.cli.processes import Shop
+from relaybus.settings import Settings
+from tests.support.cli import run_cli
+from tests.support.shop import env_of, running_shop, shop_settings
+
+
+def _shop(**overrides: object) -> ShopSettings:
+    return shop_settings(
+        gateway_failure_rate=0.2, gateway_timeout_rate=0.05, gateway_seed=11, **overrides
+    )
+
+
+def _explain(report_problems: list[str], logs: Path) -> str:
+    tails = "\n".join(
+        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-8:])
+        for log in sorted(logs.glob("*.log"))
+    )
+    return "\n".join(report_problems[:20]) + "\n" + tails
+
+
+async def test_flash_sale_keeps_every_invariant(tmp_path: Path, settings: Settings) -> None:
+    shop = _shop()
+    workload = Workload(orders=2000, products=5, stock=100, seed=1)
+    with running_shop(tmp_path, shop) as processes:
+        placed, report = await run_flash_sale(settings, shop, workload, processes, 600, None)
+    assert report.ok, _explain(report.problems, tmp_path)
+    assert len(placed.order_ids) == 2000
+    assert report.statuses["CONFIRMED"] + report.statuses["CANCELLED"] == 2000
+    assert sum(line.sold for line in report.products) > 0
+    # The workload exercised every path: refusals, declines and at least one timeout.
+    assert report.cancelled_by_reason.get("out of stock", 0) > 0
+    assert report.cancelled_by_reason.get("payment failed", 0) > 0
+    assert report.charges.get("charged", 0) == report.statuses["CONFIRMED"]
+
+
+async def test_flash_sale_survives_killed_saga_and_inventory_workers(
+    tmp_path: Path, settings: Settings
+) -> None:
+    shop = _shop()
+    workload = Workload(orders=1200, products=5, stock=100, seed=2)
+    kills = {300: "saga", 600: "inventory", 900: "saga"}
+    done: list[str] = []
+
+    def fault(processes: Shop, placed: int) -> None:
+        name = kills.get(placed)
+        if name is not None and name not in done[-1:]:
+            processes.children[name].kill()  # SIGKILL: no flush, no hand-over
+            processes.children[name].start()
+            done.append(name)
+
+    with running_shop(tmp_path, shop) as processes:
+        _, report = await run_flash_sale(
+            settings, shop, workload, processes, 600, None,
+            on_placed=lambda n: fault(processes, n),
+        )
+    assert done == ["saga", "inventory", "saga"]
+    assert report.ok, _explain(report.problems, tmp_path)
+    assert report.statuses["CONFIRMED"] + report.statuses["CANCELLED"] == 1200
+
+
+def test_demo_command_prints_the_report_as_json(tmp_path: Path) -> None:
+    proc = run_cli(
+        "demo", "--orders", "60", "--products", "2", "--stock", "20", "--json",
+        "--logs", str(tmp_path), timeout=400, env=env_of(shop_settings()),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True and report["orders"] == 60
+    assert report["statuses"]["CONFIRMED"] + report["statuses"]["CANCELLED"] == 60
+    assert all(p["conserved"] for p in report["products"])

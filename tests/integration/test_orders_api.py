@@ -1,0 +1,191 @@
+"""The orders API on the real database: idempotency keys, validation, nothing written on
+bad input, and the order with its history."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybus.cli.flashsale import Workload, seed
+from tests.support.shop import running_shop, shop_settings
+
+SHOP = shop_settings(orders_api_max_body_bytes=64 * 1024)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_shop(tmp_path_factory.mktemp("api"), SHOP, names=["orders-api"]):
+        yield SHOP.orders_api_url
+
+
+@pytest.fixture
+async def product(engine: AsyncEngine) -> str:
+    (sku,) = await seed(engine, Workload(products=1, stock=10), uuid.uuid4().hex[:8])
+    return sku
+
+
+async def written(engine: AsyncEngine) -> tuple[int, int]:
+    """(orders, order events in outbox + archive): what a refused request must not move."""
+    async with engine.connect() as conn:
+        orders = await conn.scalar(text("SELECT count(*) FROM orders.orders"))
+        events = await conn.scalar(
+            text(
+                "SELECT (SELECT count(*) FROM outbox WHERE aggregatetype = 'order') + "
+                "(SELECT count(*) FROM outbox_archive WHERE aggregatetype = 'order')"
+            )
+        )
+    return int(orders or 0), int(events or 0)
+
+
+async def test_same_key_five_times_concurrently_makes_one_order(
+    api: str, product: str, engine: AsyncEngine
+) -> None:
+    body = {"customer": "ann", "items": [{"product": product, "quantity": 2}]}
+    key = str(uuid.uuid4())
+    before = await written(engine)
+    async with httpx.AsyncClient(base_url=api) as client:
+        responses = await asyncio.gather(
+            *(client.post("/orders", json=body, headers={"Idempotency-Key": key}) for _ in range(5))
+        )
+    assert [r.status_code for r in responses] == [202] * 5
+    ids = {r.json()["id"] for r in responses}
+    assert len(ids) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 4
+    after = await written(engine)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+    async with engine.connect() as conn:
+        event = (
+            await conn.execute(
+                text(
+                    "SELECT type, payload FROM outbox WHERE aggregateid = :id AND aggregatetype = 'order' "
+                    "UNION ALL "
+                    "SELECT type, payload FROM outbox_archive WHERE aggregateid = :id "
+                    "AND aggregatetype = 'order'"
+                ),
+                {"id": ids.pop()},
+            )
+        ).one()
+    assert event.type == "order.created"
+    assert event.payload["items"] == [{"product": product, "quantity": 2}]
+
+
+async def test_same_key_with_another_body_is_a_422_naming_the_key(
+    api: str, product: str, engine: AsyncEngine
+) -> None:
+    key = str(uuid.uuid4())
+    async with httpx.AsyncClient(base_url=api) as client:
+        first = await client.post(
+            "/orders", json={"customer": "bo", "items": [{"product": product, "quantity": 1}]},
+            headers={"Idempotency-Key": key},
+        )
+        assert first.status_code == 202
+        before = await written(engine)
+        second = await client.post(
+            "/orders", json={"customer": "bo", "items": [{"product": product, "quantity": 3}]},
+            headers={"Idempotency-Key": key},
+        )
+    assert second.status_code == 422
+    assert second.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert "different request body" in second.json()["detail"][0]["msg"]
+    assert await written(engine) == before
+
+
+BAD_BODIES: list[tuple[str, Any, int, str]] = [
+    ("missing customer", {"items": [{"product": "P", "quantity": 1}]}, 422, "customer"),
+    ("missing items", {"customer": "c"}, 422, "items"),
+    ("empty items", {"customer": "c", "items": []}, 422, "items"),
+    ("zero quantity", {"customer": "c", "items": [{"product": "P", "quantity": 0}]}, 422,
+     "quantity"),
+    ("negative quantity", {"customer": "c", "items": [{"product": "P", "quantity": -2}]}, 422,
+     "quantity"),
+    ("string quantity", {"customer": "c", "items": [{"product": "P", "quantity": "2"}]}, 422,
+     "quantity"),
+    ("float quantity", {"customer": "c", "items": [{"product": "P", "quantity": 1.5}]}, 422,
+     "quantity"),
+    ("customer not a string", {"customer": 5, "items": [{"product": "P", "quantity": 1}]}, 422,
+     "customer"),
+    ("unknown field", {"customer": "c", "items": [], "coupon": "x"}, 422, "coupon"),
+    ("a list body", [1, 2], 422, "body"),
+    ("unknown product", {"customer": "c", "items": [{"product": "nope-sku", "quantity": 1}]},
+     422, "nope-sku"),
+    ("same product twice",
+     {"customer": "c", "items": [{"product": "P", "quantity": 1}, {"product": "P", "quantity": 1}]},
+     422, "appears twice"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "names"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+async def test_invalid_bodies_are_4xx_naming_the_problem_and_write_nothing(
+    api: str, product: str, engine: AsyncEngine, case: str, body: Any, status: int, names: str
+) -> None:
+    raw = repr(body).replace("'P'", repr(product)).replace("'", '"')
+    before = await written(engine)
+    async with httpx.AsyncClient(base_url=api) as client:
+        response = await client.post(
+            "/orders", content=raw.replace("True", "true"),
+            headers={"content-type": "application/json", "Idempotency-Key": str(uuid.uuid4())},
+        )
+    assert response.status_code == status, response.text
+    assert names in response.text, response.text
+    assert "Traceback" not in response.text
+    assert await written(engine) == before
+
+
+async def test_not_json_and_huge_bodies_are_refused_without_writing(
+    api: str, engine: AsyncEngine
+) -> None:
+    before = await written(engine)
+    async with httpx.AsyncClient(base_url=api, timeout=60) as client:
+        not_json = await client.post(
+            "/orders", content=b"{customer: <b>x</b>", headers={"content-type": "application/json"}
+        )
+        huge = await client.post(
+            "/orders", content=b'{"customer": "' + b"x" * 10_000_000 + b'"}',
+            headers={"content-type": "application/json"},
+        )
+
+        async def chunks() -> Any:
+            for _ in range(200):
+                yield b"x" * 65_536
+
+        streamed = await client.post(
+            "/orders", content=chunks(), headers={"content-type": "application/json"}
+        )
+        bad_key = await client.post(
+            "/orders", json={"customer": "c", "items": [{"product": "x", "quantity": 1}]},
+            headers={"Idempotency-Key": "\u00e9".encode() * 3},
+        )
+    assert not_json.status_code == 422 and "json" in not_json.text.lower()
+    assert huge.status_code == 413 and "over 65536 bytes" in huge.text
+    assert streamed.status_code == 413
+    assert bad_key.status_code == 400 and "Idempotency-Key" in bad_key.text
+    assert await written(engine) == before
+
+
+async def test_get_returns_status_and_history_and_bad_ids_are_4xx(
+    api: str, product: str
+) -> None:
+    async with httpx.AsyncClient(base_url=api) as client:
+        placed = await client.post(
+            "/orders", json={"customer": "cy", "items": [{"product": product, "quantity": 1}]}
+        )
+        order = (await client.get(f"/orders/{placed.json()['id']}")).json()
+        missing = await client.get("/orders/1")
+        not_an_id = await client.get("/orders/abc")
+        too_big = await client.get(f"/orders/{2**70}")
+        docs = await client.get("/openapi.json")
+    assert order["status"] == "PENDING"
+    assert order["history"][0] == {**order["history"][0], "step": 0, "status": "PENDING",
+                                   "reason": "accepted"}
+    assert missing.status_code == 404
+    assert not_an_id.status_code == 422 and "order_id" in not_an_id.text
+    assert too_big.status_code == 422
+    assert "/orders/{order_id}" in docs.json()["paths"]

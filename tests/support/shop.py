@@ -1,0 +1,42 @@
+"""The shop's processes for tests: real children of a ``Shop`` on test ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from producers.settings import ShopSettings
+from relaybus.cli.processes import Shop
+
+# Test ports, away from the defaults a developer's own ``relaybus run`` uses.
+TEST_PORTS = {"orders_api_port": 18080, "gateway_port": 18090}
+
+
+def shop_settings(**overrides: Any) -> ShopSettings:
+    """Shop settings on the test ports, with ``overrides``."""
+    return ShopSettings(**{**TEST_PORTS, "saga_session_timeout": 6.0, **overrides})
+
+
+def env_of(shop: ShopSettings) -> dict[str, str]:
+    """``shop`` as RELAYBUS_* environment for child processes."""
+    env = {}
+    for name, value in shop.model_dump().items():
+        if value is not None and value != "":
+            env[f"RELAYBUS_{name.upper()}"] = str(value)
+    return env
+
+
+@contextmanager
+def running_shop(
+    logs: Path, shop: ShopSettings, names: list[str] | None = None
+) -> Iterator[Shop]:
+    """Start ``names`` (default: every process), wait for the HTTP ones, stop all after."""
+    processes = Shop(logs, shop, names=names, env=env_of(shop))
+    processes.start_all()
+    try:
+        processes.wait_http()
+        yield processes
+    finally:
+        processes.stop_all()
