@@ -40,8 +40,9 @@ class ShopSettings(BaseSettings):
     gateway_host: str = Field("127.0.0.1", description="Address the simulated gateway binds.")
     gateway_port: int = Field(8090, ge=1, le=65535, description="Simulated payment gateway port.")
     gateway_url: str = Field(
-        "", description="Where the payments service reaches the gateway (default: "
-        "http://<gateway_host>:<gateway_port>; set it when the gateway binds 0.0.0.0)."
+        "",
+        description="Where the payments service reaches the gateway (default: "
+        "http://<gateway_host>:<gateway_port>; set it when the gateway binds 0.0.0.0).",
     )
     gateway_latency: float = Field(0.005, ge=0, description="Gateway latency per call, seconds.")
     gateway_failure_rate: float = Field(

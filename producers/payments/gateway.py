@@ -48,7 +48,7 @@ class Charge(BaseModel):
 
 
 def create_gateway(shop: ShopSettings, slow_seconds: float | None = None) -> FastAPI:
-    """The gateway app. ``slow_seconds`` (default ``3 × payment_timeout``) is how late a
+    """The gateway app. ``slow_seconds`` (default: three times ``payment_timeout``) is how late a
     timed-out answer comes."""
     rng = random.Random(shop.gateway_seed)
     charges: dict[str, Charge] = {}

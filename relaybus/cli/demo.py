@@ -49,11 +49,17 @@ async def run_flash_sale(
             disable=console is None,
         ) as progress:
             placing = progress.add_task("orders placed", total=workload.orders)
+
+            def placed_one(n: int) -> None:
+                progress.update(placing, completed=n)
+                if on_placed is not None:
+                    on_placed(n)
+
             placed = await place_orders(
                 shop.orders_api_url,
                 workload,
                 skus,
-                lambda n: (progress.update(placing, completed=n), on_placed and on_placed(n)),
+                placed_one,
             )
             finishing = progress.add_task("orders finished", total=len(placed.order_ids))
             await wait_final(

@@ -1,4 +1,4 @@
-"""``relaybus relay-demo``: events through the outbox and relay to Kafka and RabbitMQ, with a report."""
+"""``relaybus relay-demo``: events through the outbox and relay to both brokers, with a report."""
 
 from __future__ import annotations
 

@@ -159,7 +159,7 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
         value_type=bytes,
     )
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def declare_outputs() -> None:
         # faust creates only its own internal topics: the ones it writes to are
         # declared here, with the shop's partition count (else auto-created with 1).

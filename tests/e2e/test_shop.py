@@ -68,7 +68,12 @@ async def test_flash_sale_survives_killed_saga_and_inventory_workers(
 
     with running_shop(tmp_path, shop) as processes:
         _, report = await run_flash_sale(
-            settings, shop, workload, processes, 600, None,
+            settings,
+            shop,
+            workload,
+            processes,
+            600,
+            None,
             on_placed=lambda n: fault(processes, n),
         )
     assert done == ["saga", "inventory", "saga"]
@@ -78,11 +83,22 @@ async def test_flash_sale_survives_killed_saga_and_inventory_workers(
 
 def test_demo_command_prints_the_report_as_json(tmp_path: Path) -> None:
     proc = run_cli(
-        "demo", "--orders", "60", "--products", "2", "--stock", "20", "--json",
-        "--logs", str(tmp_path), timeout=400, env=env_of(shop_settings()),
+        "demo",
+        "--orders",
+        "60",
+        "--products",
+        "2",
+        "--stock",
+        "20",
+        "--json",
+        "--logs",
+        str(tmp_path),
+        timeout=400,
+        env=env_of(shop_settings()),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
-    assert report["ok"] is True and report["orders"] == 60
+    assert report["ok"] is True
+    assert report["orders"] == 60
     assert report["statuses"]["CONFIRMED"] + report["statuses"]["CANCELLED"] == 60
     assert all(p["conserved"] for p in report["products"])

@@ -13,8 +13,9 @@ import pytest
 from producers.payments.client import GatewayClient, GatewayUnavailable
 from tests.support.shop import running_shop, shop_settings
 
-SLOW = shop_settings(gateway_port=18091, gateway_failure_rate=0.0, gateway_timeout_rate=1.0,
-                     payment_timeout=0.3)
+SLOW = shop_settings(
+    gateway_port=18091, gateway_failure_rate=0.0, gateway_timeout_rate=1.0, payment_timeout=0.3
+)
 DECLINING = shop_settings(gateway_port=18092, gateway_failure_rate=1.0, gateway_timeout_rate=0.0)
 
 
@@ -42,7 +43,8 @@ async def test_a_timed_out_charge_is_resolved_by_asking_the_gateway(slow_gateway
         charge = await client.charge(key, 1234)
     finally:
         await client.aclose()
-    assert charge.status == "charged" and charge.amount_cents == 1234
+    assert charge.status == "charged"
+    assert charge.amount_cents == 1234
     assert len(await charges_for(slow_gateway, key)) == 1
 
 
@@ -55,7 +57,8 @@ async def test_the_same_key_charges_once(declining_gateway: str) -> None:
     finally:
         await client.aclose()
     assert first == second
-    assert first.status == "declined" and first.reason == "card declined"
+    assert first.status == "declined"
+    assert first.reason == "card declined"
     assert len(await charges_for(declining_gateway, key)) == 1
 
 
@@ -68,7 +71,8 @@ async def test_a_refund_before_the_charge_voids_the_key(slow_gateway: str) -> No
         again = await client.refund(key)
     finally:
         await client.aclose()
-    assert refund.status == "voided" and refund.refunded_cents == 0
+    assert refund.status == "voided"
+    assert refund.refunded_cents == 0
     assert late.status == "voided"
     assert again == refund
 

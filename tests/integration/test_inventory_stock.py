@@ -28,8 +28,11 @@ async def _product(engine: AsyncEngine, units: int) -> str:
 
 async def _available(engine: AsyncEngine, sku: str) -> int:
     async with engine.connect() as conn:
-        return int(await conn.scalar(text("SELECT available FROM inventory.stock WHERE sku = :s"),
-                                     {"s": sku}))
+        return int(
+            await conn.scalar(
+                text("SELECT available FROM inventory.stock WHERE sku = :s"), {"s": sku}
+            )
+        )
 
 
 async def test_concurrent_reservations_of_a_hot_product_never_oversell(settings: Settings) -> None:
@@ -44,7 +47,9 @@ async def test_concurrent_reservations_of_a_hot_product_never_oversell(settings:
 
         async def reserve(order_id: int, units: int) -> bool:
             async with gate, sessions() as session, session.begin():
-                outcome = await stock.reserve(session, order_id, [Line(product=sku, quantity=units)])
+                outcome = await stock.reserve(
+                    session, order_id, [Line(product=sku, quantity=units)]
+                )
                 return outcome.reserved
 
         results = await asyncio.gather(*(reserve(o, q) for o, q in wanted.items()))
@@ -65,7 +70,8 @@ async def test_an_order_gets_all_of_its_lines_or_none(engine: AsyncEngine) -> No
         outcome = await stock.reserve(
             session, order, [Line(product=plenty, quantity=2), Line(product=scarce, quantity=2)]
         )
-    assert not outcome.reserved and outcome.reason == f"{scarce} has too few units"
+    assert not outcome.reserved
+    assert outcome.reason == f"{scarce} has too few units"
     assert (await _available(engine, plenty), await _available(engine, scarce)) == (10, 1)
     async with sessions() as session, session.begin():  # asked again: the same answer
         again = await stock.reserve(session, order, [Line(product=plenty, quantity=1)])
@@ -109,5 +115,6 @@ async def test_a_release_before_the_reserve_leaves_a_tombstone(engine: AsyncEngi
         assert await stock.release(session, order) == 0
     async with sessions() as session, session.begin():
         late = await stock.reserve(session, order, [Line(product=sku, quantity=1)])
-    assert not late.reserved and late.reason == "released before any reservation"
+    assert not late.reserved
+    assert late.reason == "released before any reservation"
     assert await _available(engine, sku) == 5

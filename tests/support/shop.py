@@ -29,9 +29,7 @@ def env_of(shop: ShopSettings) -> dict[str, str]:
 
 
 @contextmanager
-def running_shop(
-    logs: Path, shop: ShopSettings, names: list[str] | None = None
-) -> Iterator[Shop]:
+def running_shop(logs: Path, shop: ShopSettings, names: list[str] | None = None) -> Iterator[Shop]:
     """Start ``names`` (default: every process), wait for the HTTP ones, stop all after."""
     processes = Shop(logs, shop, names=names, env=env_of(shop))
     processes.start_all()

@@ -7,8 +7,12 @@ from typing import Any
 from producers.contract import CommandType, EventType, OrderStatus
 from streams.saga.machine import Decision, decide
 
-ORDER = {"order_id": 7, "customer": "c", "items": [{"product": "p", "quantity": 1}],
-         "amount_cents": 500}
+ORDER = {
+    "order_id": 7,
+    "customer": "c",
+    "items": [{"product": "p", "quantity": 1}],
+    "amount_cents": 500,
+}
 
 
 def run(*events: tuple[str, dict[str, Any]]) -> tuple[dict[str, Any] | None, list[Decision]]:
@@ -42,7 +46,8 @@ def test_happy_path_reserves_charges_and_confirms() -> None:
     state, decisions = run(
         CREATED, reply(EventType.STOCK_RESERVED), reply(EventType.PAYMENT_CHARGED)
     )
-    assert state is not None and state["status"] == OrderStatus.CONFIRMED
+    assert state is not None
+    assert state["status"] == OrderStatus.CONFIRMED
     assert commands(decisions) == [CommandType.RESERVE, CommandType.CHARGE]
     assert statuses(decisions) == ["RESERVING", "CHARGING", "CONFIRMED"]
     steps = [d.transition["step"] for d in decisions if d.transition]
@@ -51,7 +56,8 @@ def test_happy_path_reserves_charges_and_confirms() -> None:
 
 def test_refused_stock_cancels_without_compensation() -> None:
     state, decisions = run(CREATED, reply(EventType.STOCK_REFUSED, "p has too few units"))
-    assert state is not None and state["status"] == OrderStatus.CANCELLED
+    assert state is not None
+    assert state["status"] == OrderStatus.CANCELLED
     assert state["reason"] == "out of stock: p has too few units"
     assert commands(decisions) == [CommandType.RESERVE]
 
@@ -63,7 +69,8 @@ def test_failed_payment_releases_stock_then_cancels() -> None:
         reply(EventType.PAYMENT_FAILED, "card declined"),
         reply(EventType.STOCK_RELEASED),
     )
-    assert state is not None and state["status"] == OrderStatus.CANCELLED
+    assert state is not None
+    assert state["status"] == OrderStatus.CANCELLED
     assert state["reason"] == "payment failed: card declined"
     assert commands(decisions) == [CommandType.RESERVE, CommandType.CHARGE, CommandType.RELEASE]
     assert statuses(decisions) == ["RESERVING", "CHARGING", "RELEASING", "CANCELLED"]
@@ -76,34 +83,48 @@ def test_deadline_while_charging_refunds_and_releases_and_waits_for_both() -> No
         reply(EventType.ORDER_EXPIRED, "no outcome within 120 s"),
         reply(EventType.PAYMENT_REFUNDED),
     )
-    assert state is not None and state["status"] == OrderStatus.RELEASING
+    assert state is not None
+    assert state["status"] == OrderStatus.RELEASING
     assert state["awaiting"] == ["release"]
     assert commands(decisions)[-2:] == [CommandType.REFUND, CommandType.RELEASE]
     final = decide(state, *reply(EventType.STOCK_RELEASED))
-    assert final.state is not None and final.state["status"] == OrderStatus.CANCELLED
-    assert final.transition is not None and final.transition["status"] == "CANCELLED"
+    assert final.state is not None
+    assert final.state["status"] == OrderStatus.CANCELLED
+    assert final.transition is not None
+    assert final.transition["status"] == "CANCELLED"
 
 
 def test_deadline_while_reserving_releases() -> None:
     state, decisions = run(CREATED, reply(EventType.ORDER_EXPIRED, "late"))
-    assert state is not None and state["status"] == OrderStatus.RELEASING
+    assert state is not None
+    assert state["status"] == OrderStatus.RELEASING
     assert commands(decisions) == [CommandType.RESERVE, CommandType.RELEASE]
 
 
 def test_deadline_for_an_order_the_saga_never_saw_releases_and_cancels() -> None:
     state, decisions = run(reply(EventType.ORDER_EXPIRED, "late"), reply(EventType.STOCK_RELEASED))
-    assert state is not None and state["status"] == OrderStatus.CANCELLED
+    assert state is not None
+    assert state["status"] == OrderStatus.CANCELLED
     assert commands(decisions) == [CommandType.RELEASE]
 
 
 def test_duplicates_and_late_replies_send_nothing_and_change_nothing() -> None:
     state, _ = run(CREATED, reply(EventType.STOCK_RESERVED))
-    for event in (CREATED, reply(EventType.STOCK_RESERVED), reply(EventType.STOCK_REFUSED),
-                  reply(EventType.STOCK_RELEASED), reply(EventType.PAYMENT_REFUNDED)):
+    for event in (
+        CREATED,
+        reply(EventType.STOCK_RESERVED),
+        reply(EventType.STOCK_REFUSED),
+        reply(EventType.STOCK_RELEASED),
+        reply(EventType.PAYMENT_REFUNDED),
+    ):
         assert decide(state, *event) == Decision(), event
     confirmed, _ = run(CREATED, reply(EventType.STOCK_RESERVED), reply(EventType.PAYMENT_CHARGED))
-    for event in (reply(EventType.PAYMENT_FAILED), reply(EventType.ORDER_EXPIRED),
-                  reply(EventType.PAYMENT_CHARGED), CREATED):
+    for event in (
+        reply(EventType.PAYMENT_FAILED),
+        reply(EventType.ORDER_EXPIRED),
+        reply(EventType.PAYMENT_CHARGED),
+        CREATED,
+    ):
         assert decide(confirmed, *event) == Decision(), event
 
 
