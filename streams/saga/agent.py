@@ -27,8 +27,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from consumers.incoming import InvalidMessage, parse_payload
 from producers.contract import (
     INVENTORY_COMMANDS,
     ORDER_TRANSITIONS,
@@ -92,8 +93,13 @@ def read_input(headers: Any, value: bytes | None) -> tuple[str, dict[str, Any]] 
         log.warning("saga: skipping a %s without a body or over the size cap", event_type)
         return None
     try:
-        payload = schema.model_validate(json.loads(value)).model_dump(mode="json")
-    except ValueError as err:  # JSON and pydantic errors
+        # The same bounded parser the workers use: no recursion, size or number bombs.
+        body = parse_payload(value, require_object=True)
+        payload = schema.model_validate(body).model_dump(mode="json")
+    except InvalidMessage as err:
+        log.warning("saga: skipping a %s that is not readable: %.300s", event_type, err)
+        return None
+    except ValidationError as err:
         log.warning("saga: skipping a %s that does not fit its schema: %.300s", event_type, err)
         return None
     return event_type, payload

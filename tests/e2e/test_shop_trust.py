@@ -1,0 +1,129 @@
+"""The shop's consumers and saga under records written by a client that is not relaybus
+(kcat): malformed commands and transitions are dead-lettered with a reason, forged
+reserved headers steer nothing, hostile saga input is skipped, and a real order placed
+afterwards still finishes."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+
+from consumers.naming import dlq_name
+from producers.contract import INVENTORY_COMMANDS, ORDER_EVENTS, ORDER_TRANSITIONS, PAYMENT_COMMANDS
+from relaybus.cli.flashsale import Workload, seed
+from relaybus.db import create_engine
+from relaybus.settings import Settings
+from tests.support.foreign import kcat_produce
+from tests.support.outboxdata import read_topic
+from tests.support.poll import eventually
+from tests.support.shop import running_shop, shop_settings
+
+Header = tuple[bytes, bytes]
+
+
+def envelope(type_: str, key: str, *extra: Header) -> list[Header]:
+    return [
+        (b"id", str(uuid.uuid4()).encode()),
+        (b"type", type_.encode()),
+        (b"aggregatetype", b"saga"),
+        (b"aggregateid", key.encode()),
+        *extra,
+    ]
+
+
+async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on(
+    tmp_path: Path, settings: Settings
+) -> None:
+    shop = shop_settings(gateway_failure_rate=0.0, gateway_timeout_rate=0.0)
+    marker = f"hostile-{uuid.uuid4().hex[:8]}"
+    bootstrap = settings.kafka_bootstrap
+    forged = (b"x-attempts", b"99"), (b"x-original-topic", b"shop.payment.commands"), (
+        b"x-consumer", b"payments"), (b"x-retry-at", b"nan")
+    cases = {
+        # topic: [(body, headers, expected dead-letter reason)]
+        INVENTORY_COMMANDS: [
+            (b"{not json", envelope("inventory.reserve", marker), "not-json"),
+            (b"[" * 60_000, envelope("inventory.reserve", marker), "too-deep"),
+            (b'{"order_id": "<b>1</b>", "step": "reserve"}',
+             envelope("inventory.reserve", marker), "bad-payload"),
+            (b'{"order_id": 1}', envelope("inventory.drop-table", marker), "unknown-type"),
+            (b'{"order_id": 1, "step": "x", "items": [{"product": "p", "quantity": 1e999}]}',
+             envelope("inventory.reserve", marker), "huge-number"),
+            (b'{"order_id": 1, "step": "x", "items": [{"product": "\\u0000", "quantity": 1}]}',
+             envelope("inventory.reserve", marker), "nul-in-string"),
+        ],
+        PAYMENT_COMMANDS: [
+            (b'"just a string"', envelope("payment.charge", marker), "not-object"),
+            (b'{"order_id": 1, "step": "charge"}',
+             [(b"type", b"payment.charge"), (b"aggregateid", marker.encode())], "missing-id"),
+            (b"\xff\xfe", envelope("payment.refund", marker), "not-utf8"),
+        ],
+        ORDER_TRANSITIONS: [
+            (b'{"order_id": 1, "step": 1, "status": "[red]PAID[/red]"}',
+             envelope("order.transition", marker, *forged), "bad-payload"),
+            (b'{"order_id": 1, "step": 3, "status": "CONFIRMED"}',
+             envelope("order.transition", marker, *forged), "unknown-order"),
+        ],
+    }
+    saga_garbage = [
+        (b"{not json", envelope("order.created", marker)),
+        (b"[" * 60_000, envelope("order.created", marker)),
+        (b'{"order_id": "x"}', envelope("order.created", marker)),
+        (b'{"order_id": 1}', envelope("order.exploded", marker)),
+        (b'{"order_id": 1}', [(b"type", b"\xff\xfe")]),
+        (b"x" * 500_000, envelope("order.created", marker)),
+    ]
+    engine = create_engine(settings.database_url)
+    try:
+        (sku,) = await seed(engine, Workload(products=1, stock=5), uuid.uuid4().hex[:8])
+        with running_shop(tmp_path, shop):
+            for topic, records in cases.items():
+                for body, headers, _ in records:
+                    kcat_produce(bootstrap, topic, marker.encode(), [body], headers)
+            for body, headers in saga_garbage:
+                kcat_produce(bootstrap, ORDER_EVENTS, marker.encode(), [body], headers,
+                             compression="zstd")
+
+            async def letters() -> dict[str, list[str]]:
+                out = {}
+                for topic in cases:
+                    try:
+                        records = await read_topic(bootstrap, dlq_name(topic))
+                    except LookupError:
+                        records = []
+                    out[topic] = [r.headers.get("x-dlq-reason", "") for r in records
+                                  if r.key == marker]
+                return out
+
+            async def all_dead_lettered() -> bool:
+                got = await letters()
+                return all(len(got[t]) == len(cases[t]) for t in cases)
+
+            await eventually(all_dead_lettered, within=120, what="every hostile record's DLQ copy")
+            got = await letters()
+            for topic, records in cases.items():
+                assert sorted(got[topic]) == sorted(r for _, _, r in records), topic
+
+            # The saga skipped its garbage and still runs a real order to the end.
+            async with httpx.AsyncClient(base_url=shop.orders_api_url) as client:
+                placed = await client.post(
+                    "/orders", json={"customer": "z", "items": [{"product": sku, "quantity": 1}]}
+                )
+                order_id = placed.json()["id"]
+
+                async def confirmed() -> bool:
+                    order = (await client.get(f"/orders/{order_id}")).json()
+                    return bool(order["status"] == "CONFIRMED")
+
+                await eventually(confirmed, within=120, what="the real order's confirmation")
+                order = (await client.get(f"/orders/{order_id}")).json()
+            assert [h["status"] for h in order["history"]] == [
+                "PENDING", "RESERVING", "CHARGING", "CONFIRMED"
+            ]
+            saga_log = (tmp_path / "saga.log").read_text(errors="replace")
+            assert "saga: skipping" in saga_log
+            assert "Traceback" not in saga_log
+    finally:
+        await engine.dispose()
