@@ -75,14 +75,16 @@ def _valid_key(key: str | None) -> str | None:
 class OrdersService:
     """What a running API holds: engine, sessions, the id generator, the store."""
 
-    def __init__(self, settings: Settings, shop: ShopSettings) -> None:
+    def __init__(
+        self, settings: Settings, shop: ShopSettings, store: OrderStore | None = None
+    ) -> None:
         self.settings = settings
         self.shop = shop
         self.engine: AsyncEngine = create_engine(
             settings.database_url, pool_size=shop.orders_api_workers_pool
         )
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
-        self.store = OrderStore(
+        self.store = store or OrderStore(
             Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
         )
         self.ids = WorkerIdLease(PostgresLock(self.engine))
@@ -103,9 +105,10 @@ class OrdersService:
                 continue
 
 
-def create_app(settings: Settings, shop: ShopSettings) -> FastAPI:
-    """The orders API; its engine, id lease and deadline sweeper live with the app."""
-    service = OrdersService(settings, shop)
+def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None = None) -> FastAPI:
+    """The orders API; its engine, id lease and deadline sweeper live with the app.
+    ``store`` replaces the SQL layer (the API benchmark's no-event baseline)."""
+    service = OrdersService(settings, shop, store)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
