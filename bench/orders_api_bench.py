@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from sqlalchemy import text
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,7 +47,16 @@ from relaybus.settings import Settings
 
 PORTS = {"outbox": 18181, "plain": 18182}
 SKU = "bench-api-sku"
-BODY = json.dumps({"customer": "bench", "items": [{"product": SKU, "quantity": 1}]})
+# One customer name per run: the clean-up removes exactly this run's orders.
+CUSTOMER = f"bench-{uuid.uuid4().hex[:8]}"
+BODY = json.dumps({"customer": CUSTOMER, "items": [{"product": SKU, "quantity": 1}]})
+CLEAN_UP = (
+    "DELETE FROM outbox WHERE aggregatetype = 'order' AND payload->>'customer' = :c",
+    "DELETE FROM outbox_archive WHERE aggregatetype = 'order' AND payload->>'customer' = :c",
+    "DELETE FROM orders.history WHERE order_id IN "
+    "(SELECT id FROM orders.orders WHERE customer = :c)",
+    "DELETE FROM orders.orders WHERE customer = :c",
+)
 
 
 class NoEvent(Outbox):
@@ -95,6 +105,16 @@ def load(url: str, path: str, seconds: float, concurrency: int) -> float:
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert rate is not None, out
     return float(rate.group(1))
+
+
+async def clean_up(settings: Settings) -> None:
+    """Remove this run's orders and their unpublished events (a shop running on the
+    same database must not process tens of thousands of benchmark orders)."""
+    engine = create_engine(settings.database_url)
+    async with engine.begin() as conn:
+        for statement in CLEAN_UP:
+            await conn.execute(text(statement), {"c": CUSTOMER})
+    await engine.dispose()
 
 
 async def prepare(settings: Settings) -> None:
@@ -154,6 +174,7 @@ async def main(seconds: float, rounds: int, concurrency: int) -> None:
         for proc in servers.values():
             proc.terminate()
             proc.wait(timeout=30)
+        await clean_up(settings)
     print(
         write(
             "orders_api",

@@ -67,6 +67,10 @@ _COMMAND_TOPIC = {
     CommandType.REFUND: PAYMENT_COMMANDS,
 }
 MAX_INPUT_BYTES = 1_048_576
+APP_ID = "relaybus-saga"
+TABLE = "order-sagas"
+# faust's name for the table's changelog topic.
+CHANGELOG = f"{APP_ID}-{TABLE}-changelog"
 
 
 def _header(headers: Any, name: str) -> str | None:
@@ -127,7 +131,7 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
     """The saga's faust app (nothing connects until its worker starts)."""
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
     app = faust.App(
-        "relaybus-saga",
+        APP_ID,
         broker=brokers,
         store="memory://",
         processing_guarantee="exactly_once",
@@ -155,7 +159,7 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
         for name in SAGA_OUTPUTS
     }
     sagas = app.Table(
-        "order-sagas",
+        TABLE,
         default=None,
         partitions=shop.shop_partitions,
         key_type=str,
