@@ -39,32 +39,54 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
     shop = shop_settings(gateway_failure_rate=0.0, gateway_timeout_rate=0.0)
     marker = f"hostile-{uuid.uuid4().hex[:8]}"
     bootstrap = settings.kafka_bootstrap
-    forged = (b"x-attempts", b"99"), (b"x-original-topic", b"shop.payment.commands"), (
-        b"x-consumer", b"payments"), (b"x-retry-at", b"nan")
+    forged = (
+        (b"x-attempts", b"99"),
+        (b"x-original-topic", b"shop.payment.commands"),
+        (b"x-consumer", b"payments"),
+        (b"x-retry-at", b"nan"),
+    )
     cases = {
         # topic: [(body, headers, expected dead-letter reason)]
         INVENTORY_COMMANDS: [
             (b"{not json", envelope("inventory.reserve", marker), "not-json"),
             (b"[" * 60_000, envelope("inventory.reserve", marker), "too-deep"),
-            (b'{"order_id": "<b>1</b>", "step": "reserve"}',
-             envelope("inventory.reserve", marker), "bad-payload"),
+            (
+                b'{"order_id": "<b>1</b>", "step": "reserve"}',
+                envelope("inventory.reserve", marker),
+                "bad-payload",
+            ),
             (b'{"order_id": 1}', envelope("inventory.drop-table", marker), "unknown-type"),
-            (b'{"order_id": 1, "step": "x", "items": [{"product": "p", "quantity": 1e999}]}',
-             envelope("inventory.reserve", marker), "huge-number"),
-            (b'{"order_id": 1, "step": "x", "items": [{"product": "\\u0000", "quantity": 1}]}',
-             envelope("inventory.reserve", marker), "nul-in-string"),
+            (
+                b'{"order_id": 1, "step": "x", "items": [{"product": "p", "quantity": 1e999}]}',
+                envelope("inventory.reserve", marker),
+                "huge-number",
+            ),
+            (
+                b'{"order_id": 1, "step": "x", "items": [{"product": "\\u0000", "quantity": 1}]}',
+                envelope("inventory.reserve", marker),
+                "nul-in-string",
+            ),
         ],
         PAYMENT_COMMANDS: [
             (b'"just a string"', envelope("payment.charge", marker), "not-object"),
-            (b'{"order_id": 1, "step": "charge"}',
-             [(b"type", b"payment.charge"), (b"aggregateid", marker.encode())], "missing-id"),
+            (
+                b'{"order_id": 1, "step": "charge"}',
+                [(b"type", b"payment.charge"), (b"aggregateid", marker.encode())],
+                "missing-id",
+            ),
             (b"\xff\xfe", envelope("payment.refund", marker), "not-utf8"),
         ],
         ORDER_TRANSITIONS: [
-            (b'{"order_id": 1, "step": 1, "status": "[red]PAID[/red]"}',
-             envelope("order.transition", marker, *forged), "bad-payload"),
-            (b'{"order_id": 1, "step": 3, "status": "CONFIRMED"}',
-             envelope("order.transition", marker, *forged), "unknown-order"),
+            (
+                b'{"order_id": 1, "step": 1, "status": "[red]PAID[/red]"}',
+                envelope("order.transition", marker, *forged),
+                "bad-payload",
+            ),
+            (
+                b'{"order_id": 1, "step": 3, "status": "CONFIRMED"}',
+                envelope("order.transition", marker, *forged),
+                "unknown-order",
+            ),
         ],
     }
     saga_garbage = [
@@ -83,8 +105,9 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
                 for body, headers, _ in records:
                     kcat_produce(bootstrap, topic, marker.encode(), [body], headers)
             for body, headers in saga_garbage:
-                kcat_produce(bootstrap, ORDER_EVENTS, marker.encode(), [body], headers,
-                             compression="zstd")
+                kcat_produce(
+                    bootstrap, ORDER_EVENTS, marker.encode(), [body], headers, compression="zstd"
+                )
 
             async def letters() -> dict[str, list[str]]:
                 out = {}
@@ -93,8 +116,9 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
                         records = await read_topic(bootstrap, dlq_name(topic))
                     except LookupError:
                         records = []
-                    out[topic] = [r.headers.get("x-dlq-reason", "") for r in records
-                                  if r.key == marker]
+                    out[topic] = [
+                        r.headers.get("x-dlq-reason", "") for r in records if r.key == marker
+                    ]
                 return out
 
             async def all_dead_lettered() -> bool:
@@ -120,7 +144,10 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
                 await eventually(confirmed, within=120, what="the real order's confirmation")
                 order = (await client.get(f"/orders/{order_id}")).json()
             assert [h["status"] for h in order["history"]] == [
-                "PENDING", "RESERVING", "CHARGING", "CONFIRMED"
+                "PENDING",
+                "RESERVING",
+                "CHARGING",
+                "CONFIRMED",
             ]
             saga_log = (tmp_path / "saga.log").read_text(errors="replace")
             assert "saga: skipping" in saga_log
