@@ -18,9 +18,10 @@ from producers.contract import (
     step_id,
 )
 from producers.inventory import stock
+from relaybus.settings import Settings
 
 
-def inventory_app(outbox: Outbox | None = None) -> ConsumerApp:
+def inventory_app(settings: Settings | None = None) -> ConsumerApp:
     """Handles ``inventory.reserve`` and ``inventory.release`` from the saga.
 
     Each command is applied once (inbox), and its reply event (``stock.reserved``,
@@ -29,8 +30,11 @@ def inventory_app(outbox: Outbox | None = None) -> ConsumerApp:
     (``ordered``: a failing one is retried in place), so a release never overtakes
     the reserve it compensates.
     """
+    settings = settings or Settings()
     app = ConsumerApp("inventory")
-    writer = outbox or Outbox()
+    # The relay's partition count: a row written for another count lands in a
+    # partition no relay drains.
+    writer = Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
 
     @app.kafka(
         INVENTORY_COMMANDS,

@@ -19,7 +19,7 @@ def orders_app() -> ConsumerApp:
     unknown order or a payload that does not fit is dead-lettered.
     """
     app = ConsumerApp("orders")
-    store = OrderStore(Outbox())
+    store = OrderStore(Outbox())  # applying transitions writes no event
 
     @app.kafka(
         ORDER_TRANSITIONS,

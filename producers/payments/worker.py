@@ -52,9 +52,11 @@ def payments_app(settings: Settings | None = None, shop: ShopSettings | None = N
     answer fails the message (retried in place; ``ordered``); five failures in a row
     open the breaker and consumption pauses until a probe gets through.
     """
-    shop = shop or ShopSettings()
+    settings, shop = settings or Settings(), shop or ShopSettings()
     app = ConsumerApp("payments")
-    writer = Outbox((settings or Settings()).outbox_partitions)
+    # The relay's partition count: a row written for another count lands in a
+    # partition no relay drains.
+    writer = Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
     gateway = GatewayClient(
         shop.gateway_base_url, timeout=shop.payment_timeout, retries=shop.payment_retries
     )

@@ -8,11 +8,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
+from consumers.dlq_admin import BROKER_ERRORS
 from producers.settings import ShopSettings
 from producers.topology import ensure_shop_topics
 from relaybus.cli.flashsale import Placed, Workload, place_orders, seed, wait_final
@@ -158,6 +161,15 @@ def render(report: ShopReport, console: Console) -> None:
             console.print(plain(f"  - {problem}"))
 
 
+# What the stack being down or unmigrated looks like from here: a one-line error.
+DEMO_ERRORS: tuple[type[BaseException], ...] = (
+    *BROKER_ERRORS,
+    SQLAlchemyError,
+    httpx.HTTPError,
+    TimeoutError,
+)
+
+
 def demo(
     orders: int = typer.Option(2000, min=1, help="Orders to place."),
     products: int = typer.Option(5, min=1, max=100, help="Products on sale."),
@@ -200,6 +212,14 @@ def demo(
         )
     except ChildFailed as err:
         make_console(stderr=True).print(plain(f"demo failed: {err}"))
+        raise typer.Exit(1) from None
+    except DEMO_ERRORS as err:
+        make_console(stderr=True).print(
+            plain(
+                f"demo failed: {err!r} (is the stack up and migrated? "
+                "relaybus stack up && relaybus db upgrade)"
+            )
+        )
         raise typer.Exit(1) from None
     finally:
         if processes is not None:
