@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from consumers.dlq_admin import BROKER_ERRORS
 from producers.settings import ShopSettings
 from producers.topology import ensure_shop_topics
-from relaybus.cli.flashsale import Placed, Workload, place_orders, seed, wait_final
+from relaybus.cli.flashsale import Placed, Workload, place_orders, seed, wait_final, warm_up
 from relaybus.cli.processes import ChildFailed, Shop
 from relaybus.cli.shop_report import ShopReport, collect, dead_letter_count
 from relaybus.db import create_engine
@@ -41,8 +41,12 @@ async def run_flash_sale(
     engine = create_engine(settings.database_url)
     try:
         await ensure_shop_topics(settings.kafka_bootstrap, shop)
+        run = uuid.uuid4().hex[:8]
+        if console is not None:
+            console.print("waiting for one order to go through every process (warm-up)")
+        warm = await warm_up(engine, shop.orders_api_url, run, wait)
         dead_before = await dead_letter_count(settings.kafka_bootstrap)
-        skus = await seed(engine, workload, uuid.uuid4().hex[:8])
+        skus = await seed(engine, workload, run)
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -77,6 +81,7 @@ async def run_flash_sale(
     finally:
         await engine.dispose()
     report.workload = {
+        "warm_up_seconds": round(warm, 2),
         "orders_requested": workload.orders,
         "orders_accepted": len(placed.order_ids),
         "http_statuses": {str(k): v for k, v in placed.statuses.items()},
@@ -110,6 +115,7 @@ def render(report: ShopReport, console: Console) -> None:
     summary = Table(title="flash sale", show_header=False)
     w = report.workload
     rows = [
+        ("warm-up: first order through every process", f"{w.get('warm_up_seconds')} s"),
         (
             "orders accepted",
             f"{w.get('orders_accepted')} of {w.get('orders_requested')} "

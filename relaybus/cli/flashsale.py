@@ -133,6 +133,23 @@ async def place_orders(
     return placed
 
 
+async def warm_up(engine: AsyncEngine, api_url: str, run: str, within: float) -> float:
+    """Place one order for a product of its own and wait until it is final: every
+    process is then up, joined and recovered, so the measured workload does not
+    include start-up. Returns the seconds it took; raises ``TimeoutError``."""
+    skus = await seed(engine, Workload(products=1, stock=1), f"{run}-warmup")
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
+        response = await client.post(
+            "/orders", json={"customer": "warm-up", "items": [{"product": skus[0], "quantity": 1}]}
+        )
+        response.raise_for_status()
+    order_id = int(response.json()["id"])
+    if await wait_final(engine, [order_id], within) < 1:
+        raise TimeoutError(f"the warm-up order {order_id} did not finish within {within:g} s")
+    return time.perf_counter() - started
+
+
 async def wait_final(
     engine: AsyncEngine,
     order_ids: list[int],
