@@ -210,9 +210,9 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
             try:
                 decision = decide(json.loads(stored) if stored else None, event_type, payload)
             except (KeyError, ValueError, TypeError):
-                # A state this code cannot read: that order only is skipped (its
-                # deadline compensates it); the agent goes on with the others.
-                log.exception("saga: cannot decide %s for order %s", event_type, key[:40])
+                # A state this code cannot read: that order's event is skipped and
+                # logged for an operator; the agent goes on with the other orders.
+                log.exception("saga: cannot decide %s for order %r", event_type, key[:40])
                 continue
             causation = _header(event.headers, "id")
             order = (decision.state or {}).get("order", {})
