@@ -15,7 +15,6 @@ from producers.contract import (
     EventType,
     StepCommand,
     parse,
-    step_id,
 )
 from producers.inventory import stock
 from relaybus.settings import Settings
@@ -24,9 +23,11 @@ from relaybus.settings import Settings
 def inventory_app(settings: Settings | None = None) -> ConsumerApp:
     """Handles ``inventory.reserve`` and ``inventory.release`` from the saga.
 
-    Each command is applied once (inbox), and its reply event (``stock.reserved``,
-    ``stock.refused``, ``stock.released``) is written through the outbox in the same
-    transaction as the stock change. Commands of one order are handled in order
+    A command is applied at most once by the order's own rows (one reservation per
+    order, released once), not by message id: a repeated command is answered again
+    with the first outcome. Its reply event (``stock.reserved``, ``stock.refused``,
+    ``stock.released``) is written through the outbox in the same transaction as the
+    stock change. Commands of one order are handled in order
     (``ordered``: a failing one is retried in place), so a release never overtakes
     the reserve it compensates.
     """
@@ -40,6 +41,10 @@ def inventory_app(settings: Settings | None = None) -> ConsumerApp:
         INVENTORY_COMMANDS,
         group="inventory",
         ordered=True,
+        # Idempotent by the order's own rows, not by message id: a command sent again
+        # (the saga may resend one after a restart or a deadline) is answered again.
+        dedupe="none",
+        sql=True,
         types=[CommandType.RESERVE.value, CommandType.RELEASE.value],
         require_object=True,
         retry=RetryPolicy(max_attempts=5, initial_delay=0.2),
@@ -67,7 +72,6 @@ def inventory_app(settings: Settings | None = None) -> ConsumerApp:
             type=event,
             payload=body,
             headers={"causation_id": str(message.id)},
-            id=step_id(command.order_id, f"{command.step}-reply"),
         )
 
     return app

@@ -184,18 +184,27 @@ class OrderStore:
         }
 
     async def apply(self, session: AsyncSession, transition: Transition) -> bool:
-        """Record ``transition`` in the order's history and move its status forward.
+        """Move the order's status by ``transition`` and record it in the history.
 
-        Idempotent and order-tolerant: a step already recorded is skipped, and the
-        status only moves to a later step (a late, older transition is kept in the
-        history but does not move the status back). False if the order is unknown.
+        Order-tolerant: a transition moves the status only if it is a later saga step
+        than the one applied, or if it is final (CONFIRMED/CANCELLED) and the order is
+        not: a saga that lost its state and started over numbers its steps from 1
+        again, and its outcome must still land. Nothing moves a final order. The
+        history gets one row per applied transition, numbered by this service. False
+        if the order is unknown.
         """
-        exists = await session.scalar(
-            text("SELECT 1 FROM orders.orders WHERE id = :id FOR UPDATE"),
-            {"id": transition.order_id},
-        )
-        if exists is None:
+        order = (
+            await session.execute(
+                text("SELECT status, step FROM orders.orders WHERE id = :id FOR UPDATE"),
+                {"id": transition.order_id},
+            )
+        ).one_or_none()
+        if order is None:
             return False
+        if OrderStatus(order.status).final:
+            return True
+        if transition.step <= order.step and not transition.status.final:
+            return True  # late or repeated: the status already moved past it
         params = {
             "id": transition.order_id,
             "step": transition.step,
@@ -205,14 +214,15 @@ class OrderStore:
         await session.execute(
             text(
                 "INSERT INTO orders.history (order_id, step, status, reason) "
-                "VALUES (:id, :step, :status, :reason) ON CONFLICT DO NOTHING"
+                "SELECT :id, coalesce(max(step), -1) + 1, :status, :reason "
+                "FROM orders.history WHERE order_id = :id"
             ),
             params,
         )
         await session.execute(
             text(
-                "UPDATE orders.orders SET status = :status, step = :step, reason = :reason, "
-                "updated_at = now() WHERE id = :id AND step < :step"
+                "UPDATE orders.orders SET status = :status, step = greatest(step, :step), "
+                "reason = :reason, updated_at = now() WHERE id = :id"
             ),
             params,
         )

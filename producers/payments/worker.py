@@ -17,7 +17,6 @@ from producers.contract import (
     EventType,
     StepCommand,
     parse,
-    step_id,
 )
 from producers.payments.client import GatewayCharge, GatewayClient
 from producers.settings import ShopSettings
@@ -44,7 +43,9 @@ def charge_key(order_id: int) -> str:
 def payments_app(settings: Settings | None = None, shop: ShopSettings | None = None) -> ConsumerApp:
     """Handles ``payment.charge`` and ``payment.refund`` from the saga.
 
-    The gateway call happens inside the handler's transaction; its result, the
+    One charge per order (the ``payments.charges`` row and the gateway key): a repeated
+    command is answered again from that row, never charged twice. The gateway call
+    happens inside the handler's transaction; its result, the
     ``payments.charges`` row and the reply event (``payment.charged`` /
     ``payment.failed`` / ``payment.refunded``) commit together. If the transaction is
     lost after the gateway charged, the redelivered command charges with the same key
@@ -66,6 +67,10 @@ def payments_app(settings: Settings | None = None, shop: ShopSettings | None = N
         PAYMENT_COMMANDS,
         group="payments",
         ordered=True,
+        # Idempotent by the order's own rows, not by message id: a command sent again
+        # (the saga may resend one after a restart or a deadline) is answered again.
+        dedupe="none",
+        sql=True,
         types=[CommandType.CHARGE.value, CommandType.REFUND.value],
         require_object=True,
         retry=RetryPolicy(max_attempts=8, initial_delay=0.5, max_delay=10.0),
@@ -105,7 +110,6 @@ def payments_app(settings: Settings | None = None, shop: ShopSettings | None = N
             type=event,
             payload=body,
             headers={"causation_id": str(message.id)},
-            id=step_id(order_id, f"{command.step}-reply"),
         )
 
     return app

@@ -63,12 +63,17 @@ class Child:
             self.proc.kill()
             self.proc.wait()
 
+    def terminate(self) -> None:
+        """SIGTERM: finish what is in hand and exit (``stop`` waits for it)."""
+        if self.proc is not None and self.running:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, grace: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after ``grace`` seconds."""
         if self.proc is None:
             return None
         if self.running:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 return self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -113,9 +118,14 @@ class Shop:
         child.restarts += 1
         child.start()
 
-    def stop_all(self) -> None:
-        for child in reversed(list(self.children.values())):
-            child.stop()
+    def stop_all(self, grace: float = 30.0) -> None:
+        """SIGTERM to every child at once, then wait for each (SIGKILL past ``grace``)."""
+        children = list(reversed(self.children.values()))
+        for child in children:
+            child.terminate()
+        deadline = time.monotonic() + grace
+        for child in children:
+            child.stop(grace=max(deadline - time.monotonic(), 0.1))
 
     def check(self) -> None:
         """Raise ``ChildFailed`` if a child has exited."""

@@ -231,7 +231,10 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
                     ORDER_TRANSITIONS,
                     TRANSITION,
                     key,
-                    str(step_id(key, f"transition-{step}")),
+                    # Step *and* status: a saga that lost its state numbers steps
+                    # from 1 again, and its transitions must not share an id (and be
+                    # skipped as duplicates) with the first run's.
+                    str(step_id(key, f"transition-{step}-{decision.transition['status']}")),
                     decision.transition,
                     causation,
                 )

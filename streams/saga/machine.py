@@ -9,15 +9,17 @@ order.created ─► RESERVING ──stock.reserved──► CHARGING ──paym
 ```
 
 ``order.expired`` (the orders service saw the deadline pass) compensates whatever
-may have happened: from RESERVING it releases (a release before the reservation
-leaves a tombstone, so a late reserve is refused); from CHARGING it refunds (a refund
-before the charge voids the charge key at the gateway) and releases. The saga waits
-for every compensation's reply before CANCELLED.
+may have happened, from any unfinished state: it refunds (a refund before the charge
+voids the charge key at the gateway, so a late charge is refused) and releases (a
+release before the reservation leaves a tombstone, so a late reserve is refused),
+then waits for both replies before CANCELLED; while it waits, each further expiry
+sends the missing compensations again.
 
 Every input is checked against the state: a duplicate or replayed event, or a reply
 that comes after the saga moved on, changes nothing and sends nothing. Commands carry
-the saga's order id and step name, and their message id is ``step_id(order, step)``:
-the same on every resend, so the services' inboxes apply each step at most once.
+the order id and step name, and their message id is ``step_id(order, step)``. The
+services are idempotent by the order's own state (one reservation, one charge per
+order), so a command sent again is answered again and never applied twice.
 """
 
 from __future__ import annotations
@@ -94,21 +96,35 @@ class _Saga:
         return Decision(self.dump(), commands, transition)
 
 
+_COMMANDS = {
+    "refund": Command(CommandType.REFUND, "refund"),
+    "release": Command(CommandType.RELEASE, "release"),
+}
+
+
+def _expire(saga: _Saga, where: str, payload: dict[str, Any]) -> Decision:
+    """The deadline passed: refund *and* release, whatever the state says. The state
+    may be behind what the services did (a charge made, a reservation taken), and
+    both compensations are safe when their step never happened: a refund voids the
+    charge key at the gateway, a release leaves a tombstone."""
+    saga.awaiting = ["refund", "release"]
+    return saga.move(
+        OrderStatus.RELEASING,
+        f"deadline passed {where}: {payload.get('reason')}",
+        _COMMANDS["refund"],
+        _COMMANDS["release"],
+    )
+
+
 def decide(state: dict[str, Any] | None, event_type: str, payload: dict[str, Any]) -> Decision:
     """The saga's answer to one event of its order. ``state`` is the table's value (None
     before ``order.created``); ``payload`` the event's (already validated) body."""
     if state is None:
         if event_type == EventType.ORDER_EXPIRED:
-            # ``order.created`` precedes this on the partition, so the saga lost it
-            # (never sent a command for it). Release anyway: a tombstone makes any
-            # late reserve fail, and the order ends CANCELLED rather than stuck.
+            # ``order.created`` precedes this on the partition, so this saga's state
+            # for the order was lost. Compensate everything anyway (see ``_expire``).
             saga = _Saga(OrderStatus.PENDING, 0, {"order_id": payload["order_id"]})
-            saga.awaiting = ["release"]
-            return saga.move(
-                OrderStatus.RELEASING,
-                f"deadline passed before the saga started: {payload.get('reason')}",
-                Command(CommandType.RELEASE, "release"),
-            )
+            return _expire(saga, "before the saga started", payload)
         if event_type != EventType.ORDER_CREATED:
             return NOTHING  # a reply for an order this saga never started
         saga = _Saga(OrderStatus.PENDING, 0, payload)
@@ -130,12 +146,7 @@ def decide(state: dict[str, Any] | None, event_type: str, payload: dict[str, Any
         if event_type == EventType.STOCK_REFUSED:
             return saga.move(OrderStatus.CANCELLED, f"out of stock: {reason}")
         if event_type == EventType.ORDER_EXPIRED:
-            saga.awaiting = ["release"]
-            return saga.move(
-                OrderStatus.RELEASING,
-                f"deadline passed while reserving: {reason}",
-                Command(CommandType.RELEASE, "release"),
-            )
+            return _expire(saga, "while reserving", payload)
         return NOTHING
     if status is OrderStatus.CHARGING:
         if event_type == EventType.PAYMENT_CHARGED:
@@ -148,15 +159,13 @@ def decide(state: dict[str, Any] | None, event_type: str, payload: dict[str, Any
                 Command(CommandType.RELEASE, "release"),
             )
         if event_type == EventType.ORDER_EXPIRED:
-            saga.awaiting = ["refund", "release"]
-            return saga.move(
-                OrderStatus.RELEASING,
-                f"deadline passed while charging: {reason}",
-                Command(CommandType.REFUND, "refund"),
-                Command(CommandType.RELEASE, "release"),
-            )
+            return _expire(saga, "while charging", payload)
         return NOTHING
     # RELEASING: wait for every compensation's reply.
+    if event_type == EventType.ORDER_EXPIRED:
+        # Still waiting a deadline later: send the compensations again (the services
+        # answer a repeated command with a fresh reply).
+        return Decision(saga.dump(), tuple(_COMMANDS[name] for name in saga.awaiting))
     done = _COMPENSATIONS.get(event_type)
     if done is None or done not in saga.awaiting:
         return NOTHING

@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from producers.settings import ShopSettings
 from relaybus.cli.demo import run_flash_sale
 from relaybus.cli.flashsale import Workload
 from relaybus.cli.processes import Shop
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
-from tests.support.shop import env_of, running_shop, shop_settings
+from tests.support.shop import ShopStarter, env_of, shop_settings
 
 
 def _shop(**overrides: object) -> ShopSettings:
@@ -36,11 +38,14 @@ def _explain(report_problems: list[str], logs: Path) -> str:
     return "\n".join(report_problems[:20]) + "\n" + tails
 
 
-async def test_flash_sale_keeps_every_invariant(tmp_path: Path, settings: Settings) -> None:
+@pytest.mark.timeout(900)
+async def test_flash_sale_keeps_every_invariant(
+    tmp_path: Path, settings: Settings, start_shop: ShopStarter
+) -> None:
     shop = _shop()
     workload = Workload(orders=2000, products=5, stock=100, seed=1)
-    with running_shop(tmp_path, shop) as processes:
-        placed, report = await run_flash_sale(settings, shop, workload, processes, 600, None)
+    processes = start_shop(shop)
+    placed, report = await run_flash_sale(settings, shop, workload, processes, 600, None)
     assert report.ok, _explain(report.problems, tmp_path)
     assert len(placed.order_ids) == 2000
     assert report.statuses["CONFIRMED"] + report.statuses["CANCELLED"] == 2000
@@ -51,8 +56,9 @@ async def test_flash_sale_keeps_every_invariant(tmp_path: Path, settings: Settin
     assert report.charges.get("charged", 0) == report.statuses["CONFIRMED"]
 
 
+@pytest.mark.timeout(900)
 async def test_flash_sale_survives_killed_saga_and_inventory_workers(
-    tmp_path: Path, settings: Settings
+    tmp_path: Path, settings: Settings, start_shop: ShopStarter
 ) -> None:
     shop = _shop()
     workload = Workload(orders=1200, products=5, stock=100, seed=2)
@@ -66,21 +72,16 @@ async def test_flash_sale_survives_killed_saga_and_inventory_workers(
             processes.children[name].start()
             done.append(name)
 
-    with running_shop(tmp_path, shop) as processes:
-        _, report = await run_flash_sale(
-            settings,
-            shop,
-            workload,
-            processes,
-            600,
-            None,
-            on_placed=lambda n: fault(processes, n),
-        )
+    processes = start_shop(shop)
+    _, report = await run_flash_sale(
+        settings, shop, workload, processes, 600, None, on_placed=lambda n: fault(processes, n)
+    )
     assert done == ["saga", "inventory", "saga"]
     assert report.ok, _explain(report.problems, tmp_path)
     assert report.statuses["CONFIRMED"] + report.statuses["CANCELLED"] == 1200
 
 
+@pytest.mark.timeout(600)
 def test_demo_command_prints_the_report_as_json(tmp_path: Path) -> None:
     proc = run_cli(
         "demo",

@@ -18,7 +18,7 @@ from relaybus.settings import Settings
 from tests.support.foreign import kcat_produce
 from tests.support.outboxdata import read_topic
 from tests.support.poll import eventually
-from tests.support.shop import running_shop, shop_settings
+from tests.support.shop import ShopStarter, shop_settings
 
 Header = tuple[bytes, bytes]
 
@@ -34,7 +34,7 @@ def envelope(type_: str, key: str, *extra: Header) -> list[Header]:
 
 
 async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on(
-    tmp_path: Path, settings: Settings
+    tmp_path: Path, settings: Settings, start_shop: ShopStarter
 ) -> None:
     shop = shop_settings(gateway_failure_rate=0.0, gateway_timeout_rate=0.0)
     marker = f"hostile-{uuid.uuid4().hex[:8]}"
@@ -100,57 +100,55 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
     engine = create_engine(settings.database_url)
     try:
         (sku,) = await seed(engine, Workload(products=1, stock=5), uuid.uuid4().hex[:8])
-        with running_shop(tmp_path, shop):
-            for topic, records in cases.items():
-                for body, headers, _ in records:
-                    kcat_produce(bootstrap, topic, marker.encode(), [body], headers)
-            for body, headers in saga_garbage:
-                kcat_produce(
-                    bootstrap, ORDER_EVENTS, marker.encode(), [body], headers, compression="zstd"
-                )
+        start_shop(shop)
+        for topic, records in cases.items():
+            for body, headers, _ in records:
+                kcat_produce(bootstrap, topic, marker.encode(), [body], headers)
+        for body, headers in saga_garbage:
+            kcat_produce(
+                bootstrap, ORDER_EVENTS, marker.encode(), [body], headers, compression="zstd"
+            )
 
-            async def letters() -> dict[str, list[str]]:
-                out = {}
-                for topic in cases:
-                    try:
-                        records = await read_topic(bootstrap, dlq_name(topic))
-                    except LookupError:
-                        records = []
-                    out[topic] = [
-                        r.headers.get("x-dlq-reason", "") for r in records if r.key == marker
-                    ]
-                return out
+        async def letters() -> dict[str, list[str]]:
+            out = {}
+            for topic in cases:
+                try:
+                    records = await read_topic(bootstrap, dlq_name(topic))
+                except LookupError:
+                    records = []
+                out[topic] = [r.headers.get("x-dlq-reason", "") for r in records if r.key == marker]
+            return out
 
-            async def all_dead_lettered() -> bool:
-                got = await letters()
-                return all(len(got[t]) == len(cases[t]) for t in cases)
-
-            await eventually(all_dead_lettered, within=120, what="every hostile record's DLQ copy")
+        async def all_dead_lettered() -> bool:
             got = await letters()
-            for topic, records in cases.items():
-                assert sorted(got[topic]) == sorted(r for _, _, r in records), topic
+            return all(len(got[t]) == len(cases[t]) for t in cases)
 
-            # The saga skipped its garbage and still runs a real order to the end.
-            async with httpx.AsyncClient(base_url=shop.orders_api_url) as client:
-                placed = await client.post(
-                    "/orders", json={"customer": "z", "items": [{"product": sku, "quantity": 1}]}
-                )
-                order_id = placed.json()["id"]
+        await eventually(all_dead_lettered, within=120, what="every hostile record's DLQ copy")
+        got = await letters()
+        for topic, records in cases.items():
+            assert sorted(got[topic]) == sorted(r for _, _, r in records), topic
 
-                async def confirmed() -> bool:
-                    order = (await client.get(f"/orders/{order_id}")).json()
-                    return bool(order["status"] == "CONFIRMED")
+        # The saga skipped its garbage and still runs a real order to the end.
+        async with httpx.AsyncClient(base_url=shop.orders_api_url) as client:
+            placed = await client.post(
+                "/orders", json={"customer": "z", "items": [{"product": sku, "quantity": 1}]}
+            )
+            order_id = placed.json()["id"]
 
-                await eventually(confirmed, within=120, what="the real order's confirmation")
+            async def confirmed() -> bool:
                 order = (await client.get(f"/orders/{order_id}")).json()
-            assert [h["status"] for h in order["history"]] == [
-                "PENDING",
-                "RESERVING",
-                "CHARGING",
-                "CONFIRMED",
-            ]
-            saga_log = (tmp_path / "saga.log").read_text(errors="replace")
-            assert "saga: skipping" in saga_log
-            assert "Traceback" not in saga_log
+                return bool(order["status"] == "CONFIRMED")
+
+            await eventually(confirmed, within=120, what="the real order's confirmation")
+            order = (await client.get(f"/orders/{order_id}")).json()
+        assert [h["status"] for h in order["history"]] == [
+            "PENDING",
+            "RESERVING",
+            "CHARGING",
+            "CONFIRMED",
+        ]
+        saga_log = (tmp_path / "saga.log").read_text(errors="replace")
+        assert "saga: skipping" in saga_log
+        assert "Traceback" not in saga_log
     finally:
         await engine.dispose()

@@ -38,3 +38,24 @@ def running_shop(logs: Path, shop: ShopSettings, names: list[str] | None = None)
         yield processes
     finally:
         processes.stop_all()
+
+
+class ShopStarter:
+    """Starts shops for one test and stops every one of them afterwards, from a sync
+    fixture finaliser: that runs even when a timeout abandons the async test body
+    (whose own ``finally`` would then never run, leaking the children)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[Shop] = []
+
+    def __call__(self, shop: ShopSettings, names: list[str] | None = None) -> Shop:
+        processes = Shop(self.logs, shop, names=names, env=env_of(shop))
+        self.started.append(processes)
+        processes.start_all()
+        processes.wait_http()
+        return processes
+
+    def stop_all(self) -> None:
+        for processes in self.started:
+            processes.stop_all()

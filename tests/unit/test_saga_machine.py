@@ -94,18 +94,36 @@ def test_deadline_while_charging_refunds_and_releases_and_waits_for_both() -> No
     assert final.transition["status"] == "CANCELLED"
 
 
-def test_deadline_while_reserving_releases() -> None:
+def test_deadline_while_reserving_refunds_and_releases() -> None:
+    # The state may be behind what happened: compensate both steps, each is safe
+    # when its step never ran.
     state, decisions = run(CREATED, reply(EventType.ORDER_EXPIRED, "late"))
     assert state is not None
     assert state["status"] == OrderStatus.RELEASING
-    assert commands(decisions) == [CommandType.RESERVE, CommandType.RELEASE]
+    assert commands(decisions) == [CommandType.RESERVE, CommandType.REFUND, CommandType.RELEASE]
 
 
-def test_deadline_for_an_order_the_saga_never_saw_releases_and_cancels() -> None:
-    state, decisions = run(reply(EventType.ORDER_EXPIRED, "late"), reply(EventType.STOCK_RELEASED))
+def test_a_deadline_while_compensating_sends_the_missing_compensations_again() -> None:
+    state, _ = run(
+        CREATED,
+        reply(EventType.STOCK_RESERVED),
+        reply(EventType.ORDER_EXPIRED),
+        reply(EventType.PAYMENT_REFUNDED),
+    )
+    again = decide(state, *reply(EventType.ORDER_EXPIRED))
+    assert [c.type for c in again.commands] == [CommandType.RELEASE]
+    assert again.transition is None
+
+
+def test_deadline_for_an_order_the_saga_never_saw_compensates_and_cancels() -> None:
+    state, decisions = run(
+        reply(EventType.ORDER_EXPIRED, "late"),
+        reply(EventType.STOCK_RELEASED),
+        reply(EventType.PAYMENT_REFUNDED),
+    )
     assert state is not None
     assert state["status"] == OrderStatus.CANCELLED
-    assert commands(decisions) == [CommandType.RELEASE]
+    assert commands(decisions) == [CommandType.REFUND, CommandType.RELEASE]
 
 
 def test_duplicates_and_late_replies_send_nothing_and_change_nothing() -> None:

@@ -1,0 +1,20 @@
+"""Fixtures of the end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.shop import ShopStarter
+
+
+@pytest.fixture
+def start_shop(tmp_path: Path) -> Iterator[ShopStarter]:
+    """``start_shop(settings, names)`` starts shop processes; all stop after the test."""
+    starter = ShopStarter(tmp_path)
+    try:
+        yield starter
+    finally:
+        starter.stop_all()
