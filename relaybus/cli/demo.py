@@ -74,7 +74,8 @@ async def run_flash_sale(
                 placed.order_ids,
                 wait,
                 lambda n: progress.update(finishing, completed=n),
-                processes.check if processes is not None else lambda: None,
+                # Supervised like ``relaybus run``: a child that exits is restarted.
+                (lambda: None) if processes is None else processes.supervise,
             )
         dead = await dead_letter_count(settings.kafka_bootstrap) - dead_before
         report = await collect(engine, shop.gateway_base_url, placed.order_ids, skus, dead)
@@ -91,6 +92,11 @@ async def run_flash_sale(
         "orders_per_second": round(placed.rate, 1),
         "post_latency_ms": _post_latency(placed),
         "errors": placed.errors[:10],
+        "process_restarts": {
+            name: child.restarts
+            for name, child in (processes.children.items() if processes is not None else ())
+            if child.restarts
+        },
     }
     if placed.retry_mismatches:
         report.problems.append(f"{placed.retry_mismatches} retried requests got another order")

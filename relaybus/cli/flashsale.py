@@ -155,7 +155,7 @@ async def wait_final(
     order_ids: list[int],
     within: float,
     on_progress: Callable[[int], None] = lambda n: None,
-    tick: Callable[[], None] = lambda: None,
+    tick: Callable[[], object] = lambda: None,
 ) -> int:
     """Poll until every order is CONFIRMED or CANCELLED, or ``within`` seconds pass;
     returns how many are final. ``tick`` runs on every poll (e.g. a liveness check)."""

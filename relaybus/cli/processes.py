@@ -127,6 +127,19 @@ class Shop:
         for child in children:
             child.stop(grace=max(deadline - time.monotonic(), 0.1))
 
+    def supervise(self) -> list[str]:
+        """Restart every child that has exited (as ``relaybus run`` and a container
+        restart policy do); returns their names. A crashed process of the shop is
+        expected to come back: the saga, for one, exits when Kafka fences its
+        transactional producer after a long stall."""
+        restarted = []
+        for child in self.children.values():
+            if child.proc is not None and not child.running:
+                child.restarts += 1
+                child.start()
+                restarted.append(child.name)
+        return restarted
+
     def check(self) -> None:
         """Raise ``ChildFailed`` if a child has exited."""
         for child in self.children.values():

@@ -47,11 +47,7 @@ def run(
     )
     try:
         while not stop.wait(1.0):
-            for child in processes.children.values():
-                if not child.running:
-                    console.print(
-                        plain(f"{child.name} exited; restarting. Log tail:\n{child.tail(5)}")
-                    )
-                    processes.restart(child.name)
+            for name in processes.supervise():
+                console.print(plain(f"{name} exited and was restarted (log: {logs}/{name}.log)"))
     finally:
         processes.stop_all()
