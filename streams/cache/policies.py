@@ -40,46 +40,19 @@ class FIFOCache(_Bounded[K, V]):
         super().__init__(capacity)
         self._data: OrderedDict[K, V] = OrderedDict()
 
-    def get(self, key: K) -> V | None:
-        return self._data.get(key)
-
-    def put(self, key: K, value: V) -> K | None:
-        if key in self._data:
-            self._data[key] = value  # an update keeps the insertion position
-            return None
-        victim = None
-        if len(self._data) >= self.capacity:
-            victim, _ = self._data.popitem(last=False)
-        self._data[key] = value
-        return victim
-
-    def pop(self, key: K) -> V | None:
-        return self._data.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-
-class LRUCache(_Bounded[K, V]):
-    """Least recently used."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__(capacity)
-        self._data: OrderedDict[K, V] = OrderedDict()
+    def _used(self, key: K) -> None:
+        """A read or an update of ``key``: FIFO's order does not change."""
 
     def get(self, key: K) -> V | None:
         if key not in self._data:
             return None
-        self._data.move_to_end(key)
+        self._used(key)
         return self._data[key]
 
     def put(self, key: K, value: V) -> K | None:
         if key in self._data:
             self._data[key] = value
-            self._data.move_to_end(key)
+            self._used(key)
             return None
         victim = None
         if len(self._data) >= self.capacity:
@@ -95,6 +68,13 @@ class LRUCache(_Bounded[K, V]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._data
+
+
+class LRUCache(FIFOCache[K, V]):
+    """Least recently used: FIFO whose reads and updates move a key to the back."""
+
+    def _used(self, key: K) -> None:
+        self._data.move_to_end(key)
 
 
 class LFUCache(_Bounded[K, V]):
