@@ -26,6 +26,7 @@ from consumers.incoming import (
 )
 from consumers.naming import dlq_name, retry_name
 from consumers.processor import Processor
+from consumers.unreadable import skip_unreadable
 from relaybus import headers as rh
 from relaybus.backoff import Backoff
 from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
@@ -142,58 +143,16 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._next: dict[TopicPartition, int] = {}
 
     async def _skip_unreadable(self, err: Exception) -> None:
-        """Get past a record the client library cannot parse (e.g. a header name that
-        is not UTF-8): every fetch of its partition would raise forever otherwise.
+        """Get past a record the client cannot parse (``skip_unreadable``); on the main
+        topic it gets a stub dead letter, in a retry tier it is only skipped."""
+        worker = self.worker
 
-        The failed fetch may have consumed records of other partitions that never
-        reached us: every partition is first sought back to where we are. Then each
-        is fetched alone, one record at a time; the one that raises gets a stub dead
-        letter (its position, the error) and the consumer moves one offset past it.
-        """
-        consumer, worker = self.consumer, self.worker
-        log.warning("%s: a fetch failed to parse: %r; locating the record", self.topic, err)
-        assigned = sorted(consumer.assignment())
-        for tp in assigned:
-            if tp in self._next:
-                consumer.seek(tp, self._next[tp])
-            else:
-                committed = await consumer.committed(tp)
-                if committed is not None:
-                    consumer.seek(tp, committed)
-                else:
-                    await consumer.seek_to_beginning(tp)
-        consumer.pause(*assigned)
-        try:
-            for tp in assigned:
-                consumer.resume(tp)
-                try:
-                    position = await consumer.position(tp)
-                    try:
-                        found = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
-                    except KafkaError:
-                        raise
-                    except Exception as bad:
-                        if self.tier == 0:
-                            copy = worker.failures.unreadable(tp.partition, position, bad)
-                            await worker.send(copy, None)
-                            worker.processor.stats["invalid"] += 1
-                        log.warning(
-                            "%s: skipped unreadable record %d/%d: %r",
-                            self.topic,
-                            tp.partition,
-                            position,
-                            bad,
-                        )
-                        consumer.seek(tp, position + 1)
-                        self._next[tp] = position + 1
-                        self._done[tp] = position + 1
-                    else:
-                        for record in found.get(tp, [])[:1]:
-                            consumer.seek(tp, record.offset)  # not handled yet: read again
-                finally:
-                    consumer.pause(tp)
-        finally:
-            consumer.resume(*assigned)
+        async def dead_letter(tp: TopicPartition, position: int, bad: Exception) -> None:
+            if self.tier == 0:
+                await worker.send(worker.failures.unreadable(tp.partition, position, bad), None)
+                worker.processor.stats["invalid"] += 1
+
+        self._done.update(await skip_unreadable(self.consumer, err, self._next, dead_letter))
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self.consumer

@@ -19,11 +19,21 @@ from consumers.incoming import InvalidMessage
 
 # Outbox aggregate types (the relay publishes them to ``outbox.event.<aggregatetype>``).
 ORDER_AGGREGATE = "order"
+ORDER_REQUEST_AGGREGATE = "order-request"
+ORDER_STATUS_AGGREGATE = "order-status"
 INVENTORY_AGGREGATE = "inventory"
 PAYMENT_AGGREGATE = "payment"
 ORDER_EVENTS = "outbox.event.order"
 INVENTORY_EVENTS = "outbox.event.inventory"
 PAYMENT_EVENTS = "outbox.event.payment"
+# ``order.requested``: read by the admission processor only.
+ORDER_REQUESTS = "outbox.event.order-request"
+# ``order.status``: every status an order takes, with its version (read model, caches).
+ORDER_STATUS_EVENTS = "outbox.event.order-status"
+
+# Written by the admission processor, read by the orders service.
+ORDERS_ADMITTED = "shop.order.admitted"
+ORDERS_THROTTLED = "shop.order.throttled"
 
 # Written by the saga (faust, transactional sends), read by the services' workers.
 INVENTORY_COMMANDS = "shop.inventory.commands"
@@ -32,13 +42,16 @@ ORDER_TRANSITIONS = "shop.order.transitions"
 
 SAGA_INPUTS = (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS)
 SAGA_OUTPUTS = (INVENTORY_COMMANDS, PAYMENT_COMMANDS, ORDER_TRANSITIONS)
-ALL_TOPICS = SAGA_INPUTS + SAGA_OUTPUTS
+ADMISSION_TOPICS = (ORDER_REQUESTS, ORDERS_ADMITTED, ORDERS_THROTTLED)
+ALL_TOPICS = SAGA_INPUTS + SAGA_OUTPUTS + ADMISSION_TOPICS + (ORDER_STATUS_EVENTS,)
 
 
 class EventType(StrEnum):
     """Events the services write through their outbox (facts about their own data)."""
 
+    ORDER_REQUESTED = "order.requested"  # the API took a request; admission decides
     ORDER_CREATED = "order.created"
+    ORDER_STATUS = "order.status"  # the order's status moved (version = history step)
     ORDER_EXPIRED = "order.expired"  # the orders service saw a saga miss its deadline
     STOCK_RESERVED = "stock.reserved"
     STOCK_REFUSED = "stock.refused"
@@ -58,11 +71,19 @@ class CommandType(StrEnum):
 
 
 TRANSITION = "order.transition"
+ADMITTED = "order.admitted"
+THROTTLED = "order.throttled"
 
 
 class OrderStatus(StrEnum):
-    """An order's status; the saga's states are these too. Final: CONFIRMED, CANCELLED."""
+    """An order's status; the saga's states are these too (from PENDING on).
 
+    REQUESTED until admission decides; REJECTED (final) if a rate limit refused it.
+    Final: CONFIRMED, CANCELLED, REJECTED.
+    """
+
+    REQUESTED = "REQUESTED"
+    REJECTED = "REJECTED"
     PENDING = "PENDING"
     RESERVING = "RESERVING"
     CHARGING = "CHARGING"
@@ -72,7 +93,7 @@ class OrderStatus(StrEnum):
 
     @property
     def final(self) -> bool:
-        return self in (OrderStatus.CONFIRMED, OrderStatus.CANCELLED)
+        return self in (OrderStatus.CONFIRMED, OrderStatus.CANCELLED, OrderStatus.REJECTED)
 
 
 _NAMESPACE = uuid.UUID("6f2d0c54-4c39-4e53-9a44-2b1f3e7d1a10")
@@ -105,6 +126,25 @@ class OrderCreated(BaseModel):
     customer: str
     items: list[Line]
     amount_cents: int
+
+
+class OrderRequested(BaseModel):
+    """``order.requested``: who asked, from where; admission reads only these fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    order_id: int
+    customer: str = Field(min_length=1, max_length=128)
+    client_ip: str = Field(max_length=64)
+
+
+class Decision(BaseModel):
+    """``order.admitted`` / ``order.throttled``: admission's answer for one request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    order_id: int
+    reason: str = Field(max_length=500)
 
 
 class StepCommand(BaseModel):

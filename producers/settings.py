@@ -59,6 +59,32 @@ class ShopSettings(BaseSettings):
     payment_timeout: float = Field(1.0, gt=0, description="Per-call timeout to the gateway.")
     payment_retries: int = Field(3, ge=0, le=10, description="Retries per gateway call.")
 
+    admission_user_rate: float = Field(
+        5.0, ge=0, description="Order requests per second each customer may make (refill)."
+    )
+    admission_user_burst: int = Field(
+        20, ge=0, description="Requests a customer may make at once (bucket size)."
+    )
+    admission_ip_rate: float = Field(
+        1000.0, ge=0, description="Order requests per second from one client address."
+    )
+    admission_ip_burst: int = Field(2000, ge=0, description="Burst per client address.")
+    admission_global_rate: float = Field(
+        5000.0, ge=0, description="Order requests per second the shop admits in all."
+    )
+    admission_global_burst: int = Field(5000, ge=0, description="Burst of the global limit.")
+    admission_vip: set[str] = Field(
+        default_factory=set,
+        description="Customers exempt from every admission limit (JSON list in the "
+        "environment, e.g. '[\"alice\"]').",
+    )
+    admission_decision_ttl: int = Field(
+        86_400,
+        ge=60,
+        description="Seconds admission remembers its decision per order (a redelivered "
+        "request gets the same answer and takes no token again).",
+    )
+
     @property
     def gateway_base_url(self) -> str:
         return self.gateway_url or f"http://{self.gateway_host}:{self.gateway_port}"

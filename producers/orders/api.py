@@ -56,10 +56,12 @@ class OrderRequest(BaseModel):
 
 
 class OrderAccepted(BaseModel):
-    """The 202 answer: the order's id (a string: snowflake ids exceed 2^53) and status."""
+    """The 202 answer: the order's id (a string: snowflake ids exceed 2^53), its status
+    (REQUESTED) and version (0): pass ``min_version`` to ``GET`` to read your write."""
 
     id: str
     status: str
+    version: int
 
 
 def _valid_key(key: str | None) -> str | None:
@@ -139,19 +141,29 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
     @app.post("/orders", status_code=202, response_model=OrderAccepted)
     async def place_order(
         body: OrderRequest,
+        request: Request,
         idempotency_key: Annotated[str | None, Header()] = None,
     ) -> Any:
-        """Accept an order: it is written with ``order.created`` in one transaction.
+        """Accept an order request: it is written REQUESTED with ``order.requested`` in
+        one transaction; the admission processor then admits it (it becomes PENDING and
+        the saga runs) or rejects it (REJECTED, with the limit that refused it).
 
         With an ``Idempotency-Key`` header, a retried request gets the first answer
         and never makes a second order; the same key with another body is a 422.
+        The client address limited per IP is the connection's peer (a proxy's
+        ``X-Forwarded-For`` is not trusted).
         """
         key = _valid_key(idempotency_key)
         order_id = service.ids.next_id()
         try:
             async with service.sessions() as session, session.begin():
                 accepted = await service.store.place(
-                    session, order_id, body.customer, body.items, key
+                    session,
+                    order_id,
+                    body.customer,
+                    body.items,
+                    key,
+                    request.client.host if request.client else "",
                 )
         except UnknownProducts as err:
             raise HTTPException(
@@ -167,7 +179,9 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
             ) from None
         headers = {"Idempotent-Replayed": "true"} if accepted.replayed else {}
         return JSONResponse(
-            {"id": str(accepted.order_id), "status": "PENDING"}, status_code=202, headers=headers
+            {"id": str(accepted.order_id), "status": "REQUESTED", "version": 0},
+            status_code=202,
+            headers=headers,
         )
 
     @app.get("/orders/{order_id}")

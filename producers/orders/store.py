@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from outbox.writer import Outbox
 from producers.contract import (
     ORDER_AGGREGATE,
+    ORDER_REQUEST_AGGREGATE,
+    ORDER_STATUS_AGGREGATE,
     EventType,
     Line,
     OrderStatus,
@@ -42,11 +44,24 @@ _INSERT_ORDER = insert(_orders).values(
     customer=bindparam("customer"),
     items=bindparam("items", type_=JSONB),
     amount_cents=bindparam("amount_cents"),
-    status=OrderStatus.PENDING.value,
+    status=OrderStatus.REQUESTED.value,
 )
 _FIRST_STEP = text(
     "INSERT INTO orders.history (order_id, step, status, reason) "
-    "VALUES (:id, 0, 'PENDING', 'accepted')"
+    "VALUES (:id, 0, 'REQUESTED', 'received')"
+)
+_NEXT_STEP = text(
+    "INSERT INTO orders.history (order_id, step, status, reason) "
+    "SELECT :id, coalesce(max(step), -1) + 1, :status, :reason "
+    "FROM orders.history WHERE order_id = :id RETURNING step"
+)
+_SET_STATUS = text(
+    "UPDATE orders.orders SET status = :status, step = greatest(step, :saga_step), "
+    "reason = :reason, updated_at = now() WHERE id = :id"
+)
+_LOCK_ORDER = text(
+    "SELECT status, step, customer, items, amount_cents FROM orders.orders "
+    "WHERE id = :id FOR UPDATE"
 )
 _CLAIM_KEY = text(
     "INSERT INTO orders.idempotency_keys (key, request_hash, order_id) "
@@ -101,9 +116,12 @@ class OrderStore:
         customer: str,
         items: list[Line],
         idempotency_key: str | None,
+        client_ip: str = "",
     ) -> Accepted:
-        """Write the order (PENDING), its first history step and ``order.created``, or
-        find the order an earlier request with ``idempotency_key`` made.
+        """Write the order (REQUESTED), its first history step, ``order.requested`` (for
+        admission) and ``order.status`` version 0, or find the order an earlier request
+        with ``idempotency_key`` made. ``client_ip`` is the peer address admission
+        limits by.
 
         Concurrent requests with one key: the key's row is inserted first, so the
         second waits on the first's uncommitted row and then sees it (``ON CONFLICT``);
@@ -134,19 +152,98 @@ class OrderStore:
             session,
             _INSERT_ORDER,
             {"id": order_id, "customer": customer, "items": lines, "amount_cents": amount},
+            aggregate_type=ORDER_REQUEST_AGGREGATE,
+            aggregate_id=str(order_id),
+            type=EventType.ORDER_REQUESTED,
+            payload={"order_id": order_id, "customer": customer, "client_ip": client_ip},
+            id=step_id(order_id, "requested"),
+        )
+        await session.execute(_FIRST_STEP, {"id": order_id})
+        await self._announce(
+            session,
+            order_id,
+            0,
+            OrderStatus.REQUESTED,
+            "received",
+            {"customer": customer, "items": lines, "amount_cents": amount},
+        )
+        return Accepted(order_id, replayed=False)
+
+    async def admit(self, session: AsyncSession, order_id: int) -> bool:
+        """Admission let the request in: REQUESTED becomes PENDING and ``order.created``
+        is written (the saga starts from it), in this transaction. An order no longer
+        REQUESTED (already decided, or rejected by the deadline) is left as it is.
+        False if the order is unknown."""
+        order = (await session.execute(_LOCK_ORDER, {"id": order_id})).one_or_none()
+        if order is None:
+            return False
+        if order.status != OrderStatus.REQUESTED:
+            return True
+        await self.outbox.enqueue(
+            session,
             aggregate_type=ORDER_AGGREGATE,
             aggregate_id=str(order_id),
             type=EventType.ORDER_CREATED,
             payload={
                 "order_id": order_id,
-                "customer": customer,
-                "items": lines,
-                "amount_cents": amount,
+                "customer": order.customer,
+                "items": order.items,
+                "amount_cents": order.amount_cents,
             },
             id=step_id(order_id, "created"),
         )
-        await session.execute(_FIRST_STEP, {"id": order_id})
-        return Accepted(order_id, replayed=False)
+        await self._record(session, order_id, OrderStatus.PENDING, "admitted", 0)
+        return True
+
+    async def reject(self, session: AsyncSession, order_id: int, reason: str) -> bool:
+        """Admission refused the request: REQUESTED becomes REJECTED (final) with
+        ``reason``. An order no longer REQUESTED is left as it is. False if unknown."""
+        order = (await session.execute(_LOCK_ORDER, {"id": order_id})).one_or_none()
+        if order is None:
+            return False
+        if order.status == OrderStatus.REQUESTED:
+            await self._record(session, order_id, OrderStatus.REJECTED, reason, 0)
+        return True
+
+    async def _record(
+        self,
+        session: AsyncSession,
+        order_id: int,
+        status: OrderStatus,
+        reason: str | None,
+        saga_step: int,
+    ) -> int:
+        """Move the (locked) order to ``status``: a history row, the order row and
+        ``order.status`` with the history step as its version. Returns the version."""
+        params = {"id": order_id, "status": status.value, "reason": reason}
+        version = int(await session.scalar(_NEXT_STEP, params) or 0)
+        await session.execute(_SET_STATUS, {**params, "saga_step": saga_step})
+        await self._announce(session, order_id, version, status, reason, {})
+        return version
+
+    async def _announce(
+        self,
+        session: AsyncSession,
+        order_id: int,
+        version: int,
+        status: OrderStatus,
+        reason: str | None,
+        extra: dict[str, Any],
+    ) -> None:
+        await self.outbox.enqueue(
+            session,
+            aggregate_type=ORDER_STATUS_AGGREGATE,
+            aggregate_id=str(order_id),
+            type=EventType.ORDER_STATUS,
+            payload={
+                "order_id": order_id,
+                "version": version,
+                "status": status.value,
+                "reason": reason,
+                **extra,
+            },
+            id=step_id(order_id, f"status-{version}"),
+        )
 
     async def get(self, session: AsyncSession, order_id: int) -> dict[str, Any] | None:
         """The order with its history (oldest first), or None."""
@@ -168,6 +265,7 @@ class OrderStore:
             ),
             {"id": order_id},
         )
+        steps = {h.step: h for h in history}
         return {
             "id": str(order.id),
             "customer": order.customer,
@@ -175,11 +273,12 @@ class OrderStore:
             "amount_cents": order.amount_cents,
             "status": order.status,
             "reason": order.reason,
+            "version": max(steps, default=0),
             "created_at": order.created_at.isoformat(),
             "updated_at": order.updated_at.isoformat(),
             "history": [
                 {"step": h.step, "status": h.status, "reason": h.reason, "at": h.at.isoformat()}
-                for h in history
+                for h in steps.values()
             ],
         }
 
@@ -193,38 +292,15 @@ class OrderStore:
         history gets one row per applied transition, numbered by this service. False
         if the order is unknown.
         """
-        order = (
-            await session.execute(
-                text("SELECT status, step FROM orders.orders WHERE id = :id FOR UPDATE"),
-                {"id": transition.order_id},
-            )
-        ).one_or_none()
+        order = (await session.execute(_LOCK_ORDER, {"id": transition.order_id})).one_or_none()
         if order is None:
             return False
         if OrderStatus(order.status).final:
             return True
         if transition.step <= order.step and not transition.status.final:
             return True  # late or repeated: the status already moved past it
-        params = {
-            "id": transition.order_id,
-            "step": transition.step,
-            "status": transition.status.value,
-            "reason": transition.reason,
-        }
-        await session.execute(
-            text(
-                "INSERT INTO orders.history (order_id, step, status, reason) "
-                "SELECT :id, coalesce(max(step), -1) + 1, :status, :reason "
-                "FROM orders.history WHERE order_id = :id"
-            ),
-            params,
-        )
-        await session.execute(
-            text(
-                "UPDATE orders.orders SET status = :status, step = greatest(step, :step), "
-                "reason = :reason, updated_at = now() WHERE id = :id"
-            ),
-            params,
+        await self._record(
+            session, transition.order_id, transition.status, transition.reason, transition.step
         )
         return True
 
@@ -232,13 +308,14 @@ class OrderStore:
         """Announce ``order.expired`` for unfinished orders older than ``deadline`` seconds:
         the saga compensates them. Repeated every ``deadline`` while an order stays
         unfinished (an announcement the saga missed is made again; the saga ignores
-        repeats). Returns how many were announced."""
+        repeats). A request admission never decided is REJECTED here instead (no saga
+        ran for it). Returns how many orders were announced or rejected."""
         overdue = (
             (
                 await session.execute(
                     text(
-                        "SELECT id FROM orders.orders "
-                        "WHERE status NOT IN ('CONFIRMED', 'CANCELLED') "
+                        "SELECT id, status FROM orders.orders "
+                        "WHERE status NOT IN ('CONFIRMED', 'CANCELLED', 'REJECTED') "
                         "AND created_at < now() - make_interval(secs => :age) "
                         "AND (expired_at IS NULL "
                         "     OR expired_at < now() - make_interval(secs => :age)) "
@@ -247,10 +324,14 @@ class OrderStore:
                     {"age": deadline, "limit": limit},
                 )
             )
-            .scalars()
+            .tuples()
             .all()
         )
-        for order_id in overdue:
+        for order_id, status in overdue:
+            if status == OrderStatus.REQUESTED:
+                reason = f"admission did not decide within {deadline:g} s"
+                await self._record(session, order_id, OrderStatus.REJECTED, reason, 0)
+                continue
             await self.outbox.enqueue(
                 session,
                 aggregate_type=ORDER_AGGREGATE,
@@ -261,7 +342,7 @@ class OrderStore:
         if overdue:
             await session.execute(
                 text("UPDATE orders.orders SET expired_at = now() WHERE id = ANY(:ids)"),
-                {"ids": list(overdue)},
+                {"ids": [order_id for order_id, _ in overdue]},
             )
         return len(overdue)
 

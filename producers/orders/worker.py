@@ -8,18 +8,59 @@ from consumers.app import ConsumerApp
 from consumers.incoming import Incoming, InvalidMessage
 from consumers.policy import RetryPolicy
 from outbox.writer import Outbox
-from producers.contract import ORDER_TRANSITIONS, TRANSITION, Transition, parse
+from producers.contract import (
+    ADMITTED,
+    ORDER_TRANSITIONS,
+    ORDERS_ADMITTED,
+    ORDERS_THROTTLED,
+    THROTTLED,
+    TRANSITION,
+    Decision,
+    Transition,
+    parse,
+)
 from producers.orders.store import OrderStore
+from relaybus.settings import Settings
 
 
-def orders_app() -> ConsumerApp:
-    """The orders service's consumer: one handler on ``shop.order.transitions``.
+def orders_app(settings: Settings | None = None) -> ConsumerApp:
+    """The orders service's consumer: admission's decisions and the saga's transitions.
 
-    Each transition is applied once (inbox) in the transaction that records it; an
+    Each message is applied once (inbox) in the transaction that records it, with the
+    ``order.status`` (and for an admitted request ``order.created``) it causes; an
     unknown order or a payload that does not fit is dead-lettered.
     """
+    settings = settings or Settings()
     app = ConsumerApp("orders")
-    store = OrderStore(Outbox())  # applying transitions writes no event
+    store = OrderStore(Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes))
+
+    @app.kafka(
+        ORDERS_ADMITTED,
+        group="orders-admitted",
+        types=[ADMITTED],
+        require_object=True,
+        retry=RetryPolicy(max_attempts=5, initial_delay=0.5),
+        timeout=10.0,
+    )
+    async def admit(message: Incoming, session: AsyncSession | None) -> None:
+        assert session is not None  # inbox handlers always get one
+        decision = parse(Decision, message.payload)
+        if not await store.admit(session, decision.order_id):
+            raise InvalidMessage("unknown-order", f"no order {decision.order_id}")
+
+    @app.kafka(
+        ORDERS_THROTTLED,
+        group="orders-throttled",
+        types=[THROTTLED],
+        require_object=True,
+        retry=RetryPolicy(max_attempts=5, initial_delay=0.5),
+        timeout=10.0,
+    )
+    async def reject(message: Incoming, session: AsyncSession | None) -> None:
+        assert session is not None
+        decision = parse(Decision, message.payload)
+        if not await store.reject(session, decision.order_id, decision.reason):
+            raise InvalidMessage("unknown-order", f"no order {decision.order_id}")
 
     @app.kafka(
         ORDER_TRANSITIONS,

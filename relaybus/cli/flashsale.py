@@ -157,7 +157,8 @@ async def wait_final(
     on_progress: Callable[[int], None] = lambda n: None,
     tick: Callable[[], object] = lambda: None,
 ) -> int:
-    """Poll until every order is CONFIRMED or CANCELLED, or ``within`` seconds pass;
+    """Poll until every order is final (CONFIRMED, CANCELLED or REJECTED by admission),
+    or ``within`` seconds pass;
     returns how many are final. ``tick`` runs on every poll (e.g. a liveness check)."""
     deadline = time.monotonic() + within
     final = 0
@@ -167,7 +168,7 @@ async def wait_final(
                 await conn.scalar(
                     text(
                         "SELECT count(*) FROM orders.orders WHERE id = ANY(:ids) "
-                        "AND status IN ('CONFIRMED', 'CANCELLED')"
+                        "AND status IN ('CONFIRMED', 'CANCELLED', 'REJECTED')"
                     ),
                     {"ids": order_ids},
                 )

@@ -24,6 +24,7 @@ SHOP_PROCESSES: dict[str, list[str]] = {
     "inventory": ["worker", "inventory"],
     "payments": ["worker", "payments"],
     "saga": ["stream", "saga"],
+    "admission": ["stream", "admission"],
 }
 
 

@@ -111,7 +111,7 @@ async def collect(
                 text(
                     "SELECT o.id, o.status, o.reason, o.created_at, "
                     "(SELECT max(h.at) FROM orders.history h WHERE h.order_id = o.id "
-                    " AND h.status IN ('CONFIRMED', 'CANCELLED')) AS finished_at "
+                    " AND h.status IN ('CONFIRMED', 'CANCELLED', 'REJECTED')) AS finished_at "
                     "FROM orders.orders o WHERE o.id = ANY(:ids)"
                 ),
                 {"ids": order_ids},
@@ -154,11 +154,17 @@ async def collect(
     if len(orders) != len(order_ids):
         problems.append(f"{len(order_ids) - len(orders)} accepted orders are missing")
     statuses = Counter(o.status for o in orders)
-    unfinished = [o.id for o in orders if o.status not in ("CONFIRMED", "CANCELLED")]
+    unfinished = [o.id for o in orders if o.status not in ("CONFIRMED", "CANCELLED", "REJECTED")]
     if unfinished:
         problems.append(f"{len(unfinished)} orders unfinished (e.g. {unfinished[:3]})")
     confirmed = {o.id for o in orders if o.status == "CONFIRMED"}
     cancelled = {o.id for o in orders if o.status == "CANCELLED"}
+    rejected = {o.id for o in orders if o.status == "REJECTED"}
+    for order_id in rejected & set(reservations):
+        problems.append(f"order {order_id} was rejected by admission but has a reservation")
+    for order in orders:
+        if order.status == "REJECTED" and not order.reason:
+            problems.append(f"rejected order {order.id} has no reason")
 
     sold: Counter[str] = Counter()
     held: Counter[str] = Counter()
@@ -191,6 +197,8 @@ async def collect(
             problems.append(f"confirmed order {order_id} has gateway charge status {status}")
         if status == "charged" and order_id not in confirmed:
             problems.append(f"order {order_id} was charged but is not confirmed")
+        if status != "none" and order_id in rejected:
+            problems.append(f"order {order_id} was rejected by admission but charged ({status})")
         if status == "refunded" and order_id not in cancelled:
             problems.append(f"order {order_id} was refunded but is not cancelled")
         ours = payments.get(order_id)

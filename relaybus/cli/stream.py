@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import typer
 
 from producers.settings import ShopSettings
 from relaybus.settings import Settings
+from streams.admission.run import run_admission
 from streams.saga.run import run_saga
 
-PROCESSORS = ("saga",)
+PROCESSORS = ("saga", "admission")
 
 
 def stream(
@@ -19,11 +23,20 @@ def stream(
     saga: the order saga (faust agent, exactly-once, state in the table
     ``order-sagas`` backed by its changelog topic).
 
+    admission: rate limits in front of the orders (per customer, per client address,
+    global; VIPs exempt), token buckets in Redis; stateless, at-least-once.
+
     Example: relaybus stream saga
     """
-    if name != "saga":
+    if name not in PROCESSORS:
         raise typer.BadParameter(
             f"unknown stream processor {name!r}: use one of {', '.join(PROCESSORS)}",
             param_hint="NAME",
         )
-    run_saga(Settings(), ShopSettings())
+    if name == "saga":
+        run_saga(Settings(), ShopSettings())
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+        asyncio.run(run_admission(Settings(), ShopSettings()))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -44,8 +43,8 @@ from producers.contract import (
     step_id,
 )
 from producers.settings import ShopSettings
-from relaybus.message import rfc3339
 from relaybus.settings import Settings
+from streams.envelope import envelope, header
 from streams.saga.machine import Command, decide
 
 log = logging.getLogger("relaybus.saga")
@@ -73,22 +72,10 @@ TABLE = "order-sagas"
 CHANGELOG = f"{APP_ID}-{TABLE}-changelog"
 
 
-def _header(headers: Any, name: str) -> str | None:
-    """A header's text value from faust's headers (a mapping or a list of pairs)."""
-    pairs = headers.items() if hasattr(headers, "items") else (headers or ())
-    for key, value in pairs:
-        if key == name and isinstance(value, bytes | bytearray):
-            try:
-                return bytes(value).decode()
-            except UnicodeDecodeError:
-                return None
-    return None
-
-
 def read_input(headers: Any, value: bytes | None) -> tuple[str, dict[str, Any]] | None:
     """An input event as ``(type, payload)``, or None (logged) if it is not one of the
     saga's events or does not fit its schema."""
-    event_type = _header(headers, "type")
+    event_type = header(headers, "type")
     schema = _SCHEMAS.get(event_type or "")
     if schema is None or event_type is None:
         log.warning("saga: skipping an event of type %r", (event_type or "")[:80])
@@ -107,24 +94,6 @@ def read_input(headers: Any, value: bytes | None) -> tuple[str, dict[str, Any]] 
         log.warning("saga: skipping a %s that does not fit its schema: %.300s", event_type, err)
         return None
     return event_type, payload
-
-
-def envelope(
-    message_type: str, order_id: str, message_id: str, causation: str | None
-) -> list[tuple[str, bytes]]:
-    """relaybus's envelope headers for a message the saga sends."""
-    headers = {
-        "id": message_id,
-        "type": message_type,
-        "aggregatetype": "saga",
-        "aggregateid": order_id,
-        "occurred_at": rfc3339(datetime.now(UTC)),
-        "content-type": "application/json",
-        "schema_version": "1",
-    }
-    if causation:
-        headers["causation_id"] = causation
-    return [(k, v.encode()) for k, v in headers.items()]
 
 
 def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
@@ -214,7 +183,7 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
                 # logged for an operator; the agent goes on with the other orders.
                 log.exception("saga: cannot decide %s for order %r", event_type, key[:40])
                 continue
-            causation = _header(event.headers, "id")
+            causation = header(event.headers, "id")
             order = (decision.state or {}).get("order", {})
             for command in decision.commands:
                 await send(

@@ -1,7 +1,7 @@
-"""The shop's consumers and saga under records written by a client that is not relaybus
-(kcat): malformed commands and transitions are dead-lettered with a reason, forged
-reserved headers steer nothing, hostile saga input is skipped, and a real order placed
-afterwards still finishes."""
+"""The shop's consumers, admission and saga under records written by a client that is
+not relaybus (kcat): malformed requests, commands and transitions are dead-lettered
+with a reason, forged reserved headers steer nothing, hostile saga input is skipped,
+and a real order placed afterwards still finishes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from pathlib import Path
 import httpx
 
 from consumers.naming import dlq_name
-from producers.contract import INVENTORY_COMMANDS, ORDER_EVENTS, ORDER_TRANSITIONS, PAYMENT_COMMANDS
+from producers.contract import (
+    INVENTORY_COMMANDS,
+    ORDER_EVENTS,
+    ORDER_REQUESTS,
+    ORDER_TRANSITIONS,
+    PAYMENT_COMMANDS,
+)
 from relaybus.cli.flashsale import Workload, seed
 from relaybus.db import create_engine
 from relaybus.settings import Settings
@@ -75,6 +81,18 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
                 "missing-id",
             ),
             (b"\xff\xfe", envelope("payment.refund", marker), "not-utf8"),
+        ],
+        ORDER_REQUESTS: [  # the admission processor's input
+            (b"{not json", envelope("order.requested", marker, *forged), "not-json"),
+            (b'{"order_id": "x"}', envelope("order.requested", marker), "bad-payload"),
+            (
+                b'{"order_id": 1, "customer": "<script>alert(1)</script>", "client_ip": "::1"}',
+                envelope("order.requested", marker, *forged),
+                "key-mismatch",  # keyed by the marker, about order 1
+            ),
+            (b'{"order_id": 1}', envelope("order.admitted", marker), "unknown-type"),
+            (b'{"customer": "\xff"}', envelope("order.requested", marker), "not-utf8"),
+            (b"[" * 60_000, envelope("order.requested", marker), "too-deep"),
         ],
         ORDER_TRANSITIONS: [
             (
@@ -142,6 +160,7 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
             await eventually(confirmed, within=120, what="the real order's confirmation")
             order = (await client.get(f"/orders/{order_id}")).json()
         assert [h["status"] for h in order["history"]] == [
+            "REQUESTED",
             "PENDING",
             "RESERVING",
             "CHARGING",

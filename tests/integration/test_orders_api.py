@@ -33,13 +33,13 @@ async def product(engine: AsyncEngine) -> str:
 
 
 async def written(engine: AsyncEngine) -> tuple[int, int]:
-    """(orders, order events in outbox + archive): what a refused request must not move."""
+    """(orders, order requests in outbox + archive): what a refused request must not move."""
     async with engine.connect() as conn:
         orders = await conn.scalar(text("SELECT count(*) FROM orders.orders"))
         events = await conn.scalar(
             text(
-                "SELECT (SELECT count(*) FROM outbox WHERE aggregatetype = 'order') + "
-                "(SELECT count(*) FROM outbox_archive WHERE aggregatetype = 'order')"
+                "SELECT (SELECT count(*) FROM outbox WHERE aggregatetype = 'order-request') + "
+                "(SELECT count(*) FROM outbox_archive WHERE aggregatetype = 'order-request')"
             )
         )
     return int(orders or 0), int(events or 0)
@@ -66,15 +66,19 @@ async def test_same_key_five_times_concurrently_makes_one_order(
             await conn.execute(
                 text(
                     "SELECT type, payload FROM outbox WHERE aggregateid = :id "
-                    "AND aggregatetype = 'order' UNION ALL "
+                    "AND aggregatetype = 'order-request' UNION ALL "
                     "SELECT type, payload FROM outbox_archive WHERE aggregateid = :id "
-                    "AND aggregatetype = 'order'"
+                    "AND aggregatetype = 'order-request'"
                 ),
                 {"id": ids.pop()},
             )
         ).one()
-    assert event.type == "order.created"
-    assert event.payload["items"] == [{"product": product, "quantity": 2}]
+    assert event.type == "order.requested"
+    assert event.payload == {
+        "order_id": int(event.payload["order_id"]),
+        "customer": "ann",
+        "client_ip": "127.0.0.1",
+    }
 
 
 async def test_same_key_with_another_body_is_a_422_naming_the_key(
@@ -221,12 +225,13 @@ async def test_get_returns_status_and_history_and_bad_ids_are_4xx(api: str, prod
         not_an_id = await client.get("/orders/abc")
         too_big = await client.get(f"/orders/{2**70}")
         docs = await client.get("/openapi.json")
-    assert order["status"] == "PENDING"
+    assert order["status"] == "REQUESTED"
+    assert order["version"] == 0
     assert order["history"][0] == {
         **order["history"][0],
         "step": 0,
-        "status": "PENDING",
-        "reason": "accepted",
+        "status": "REQUESTED",
+        "reason": "received",
     }
     assert missing.status_code == 404
     assert not_an_id.status_code == 422

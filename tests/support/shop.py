@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,12 @@ def env_of(shop: ShopSettings) -> dict[str, str]:
     """``shop`` as RELAYBUS_* environment for child processes."""
     env = {}
     for name, value in shop.model_dump().items():
-        if value is not None and value != "":
+        if isinstance(value, set | list | dict):
+            # pydantic-settings reads complex values as JSON.
+            env[f"RELAYBUS_{name.upper()}"] = json.dumps(
+                sorted(value) if isinstance(value, set) else value
+            )
+        elif value is not None and value != "":
             env[f"RELAYBUS_{name.upper()}"] = str(value)
     return env
 

@@ -1,0 +1,1 @@
+"""Admission: the rate-limiting processor in front of the orders (``order.requested``)."""

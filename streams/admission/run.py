@@ -1,0 +1,35 @@
+"""``relaybus stream admission``: the composition root of one admission process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from redis.asyncio import Redis
+
+from producers.settings import ShopSettings
+from producers.topology import ensure_shop_topics
+from relaybus.settings import Settings
+from streams.admission.limits import RedisAdmission
+from streams.admission.processor import AdmissionProcessor
+from streams.runtime.kafka_loop import KafkaStreamRunner
+
+log = logging.getLogger("relaybus.admission")
+
+
+async def run_admission(settings: Settings, shop: ShopSettings) -> None:
+    """Run until SIGTERM/SIGINT: the batch in hand is sent and committed first."""
+    await ensure_shop_topics(settings.kafka_bootstrap, shop)
+    client = Redis.from_url(settings.redis_url)
+    processor = AdmissionProcessor(RedisAdmission(client, shop.admission_decision_ttl), shop)
+    runner = KafkaStreamRunner(processor, settings.kafka_bootstrap)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("admission: limits %s, %s, %s", processor.user, processor.ip, processor.all)
+    try:
+        await runner.run(stop)
+    finally:
+        await client.aclose()
