@@ -85,6 +85,25 @@ class ShopSettings(BaseSettings):
         "request gets the same answer and takes no token again).",
     )
 
+    inventory_shards: list[int] = Field(
+        [0, 1],
+        description="Inventory shards the shop starts with (JSON list); `relaybus shards "
+        "set` changes the set at run time.",
+    )
+    inventory_vnodes: int = Field(160, ge=1, description="Virtual nodes per shard on the ring.")
+    inventory_ring_probes: int = Field(
+        4, ge=1, le=64, description="Lookups per key on the ring (1: the classic ring)."
+    )
+    inventory_shard: int | None = Field(
+        None,
+        ge=0,
+        description="Which shard an inventory worker serves (unset: it reads the "
+        "unsharded command topic, for a shop run without the router).",
+    )
+    router_lease_ttl: float = Field(
+        10.0, gt=1, description="Seconds of the router's Redlock lease (renewed at 1/3)."
+    )
+
     @property
     def gateway_base_url(self) -> str:
         return self.gateway_url or f"http://{self.gateway_host}:{self.gateway_port}"

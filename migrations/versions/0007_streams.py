@@ -26,6 +26,7 @@ CREATE TABLE inventory.shard_epochs (
     shards integer[] NOT NULL CHECK (cardinality(shards) > 0),
     vnodes integer NOT NULL CHECK (vnodes > 0),
     created_at timestamptz NOT NULL DEFAULT now(),
+    activated_at timestamptz,
     note text
 );
 
@@ -35,6 +36,7 @@ CREATE TABLE inventory.command_log (
     route_seq bigint NOT NULL,
     epoch integer NOT NULL,
     shard integer NOT NULL,
+    router_fence bigint NOT NULL,
     order_id bigint NOT NULL,
     command text NOT NULL,
     at timestamptz NOT NULL DEFAULT clock_timestamp()

@@ -102,3 +102,19 @@ async def produce_records(
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The offsets ``group`` has committed on ``topic`` (partition -> next offset to
+    read); a partition with no commit is left out."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {
+        tp.partition: meta.offset
+        for tp, meta in committed.items()
+        if tp.topic == topic and meta.offset >= 0
+    }

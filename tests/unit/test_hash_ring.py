@@ -1,5 +1,5 @@
-"""The consistent-hash ring: balance with virtual nodes, and minimal movement when a
-node is added or removed (1 M keys, 10 nodes x 160 vnodes)."""
+"""The consistent-hash ring: balance with virtual nodes and multi-probe lookups, and
+minimal movement when a node is added or removed (1 M keys, 10 nodes x 160 vnodes)."""
 
 from __future__ import annotations
 
@@ -31,14 +31,12 @@ def arc_imbalance(ring: HashRing) -> float:
     return max(share.values()) / statistics.mean(share.values())
 
 
-def test_virtual_nodes_even_out_the_load() -> None:
+def test_virtual_nodes_even_out_the_classic_ring() -> None:
     # A node's share is the sum of its vnodes' arcs: relative spread about 1/sqrt(v).
     # Over 50 sets of 10 node names the median max/mean stays within 2/sqrt(v).
-    # (Observed: 1.13 at 160 vnodes; the issue's 1.10 needs a placement with less
-    # variance than independent points: left for the sharding work of issue 13.)
     def median_imbalance(vnodes: int) -> float:
         return statistics.median(
-            arc_imbalance(HashRing([f"n{t}-{i}" for i in range(10)], vnodes=vnodes))
+            arc_imbalance(HashRing([f"n{t}-{i}" for i in range(10)], vnodes=vnodes, probes=1))
             for t in range(50)
         )
 
@@ -46,12 +44,24 @@ def test_virtual_nodes_even_out_the_load() -> None:
     assert median_imbalance(1) > 1.5
 
 
-def test_keys_follow_the_arcs(placed: tuple[HashRing, list[str]]) -> None:
+def test_classic_ring_keys_follow_the_arcs() -> None:
+    ring = HashRing(SHARDS, vnodes=160, probes=1)
+    load = Counter(ring.node_for(key) for key in KEYS[:300_000])
+    keyed = max(load.values()) / statistics.mean(load.values())
+    assert keyed == pytest.approx(arc_imbalance(ring), abs=0.03)
+
+
+def test_ten_shards_160_vnodes_multi_probe_within_ten_percent(
+    placed: tuple[HashRing, list[str]],
+) -> None:
     ring, owners = placed
+    assert ring.probes == 4  # the default
     load = Counter(owners)
     assert set(load) == set(SHARDS)
-    keyed = max(load.values()) / statistics.mean(load.values())
-    assert keyed == pytest.approx(arc_imbalance(ring), abs=0.02)
+    assert max(load.values()) / statistics.mean(load.values()) <= 1.10
+    # The classic lookup on the same points is worse for these names (about 1.25).
+    classic = HashRing(SHARDS, vnodes=160, probes=1)
+    assert arc_imbalance(classic) > max(load.values()) / statistics.mean(load.values())
 
 
 def test_adding_an_eleventh_shard_moves_only_keys_it_takes(
@@ -78,6 +88,8 @@ def test_removing_a_shard_moves_only_its_keys(placed: tuple[HashRing, list[str]]
 
 def test_the_hash_function_is_configurable() -> None:
     crc = HashRing(SHARDS, vnodes=160, hash_fn=zlib.crc32)
+    with pytest.raises(ValueError, match="at least 1"):
+        HashRing(SHARDS, probes=0)
     assert {crc.node_for(k) for k in KEYS[:20_000]} == set(SHARDS)
 
 

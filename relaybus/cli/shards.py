@@ -1,0 +1,121 @@
+"""``relaybus shards show|set``: the inventory shard set the router routes by."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import typer
+from rich.table import Table
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from producers.settings import ShopSettings
+from relaybus.audit import record
+from relaybus.db import create_engine, session_factory
+from relaybus.settings import Settings
+from relaybus.terminal import make_console, plain
+from streams.sharding.directory import ShardDirectory
+
+app = typer.Typer(
+    help="The inventory shards: show the epochs, change the set (audited).",
+    no_args_is_help=True,
+)
+T = TypeVar("T")
+
+
+def _run(action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    async def main() -> T:
+        engine = create_engine(Settings().database_url, pool_size=2)
+        try:
+            return await action(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except OSError as err:
+        make_console(stderr=True).print(f"relaybus shards: database unreachable: {err}")
+        raise typer.Exit(2) from None
+
+
+@app.command("show")
+def show(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The shard epochs, newest first: shards, vnodes, when published and activated.
+
+    Example: relaybus shards show
+    """
+
+    async def epochs(engine: AsyncEngine) -> list[dict[str, object]]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT epoch, shards, vnodes, created_at, activated_at, note "
+                    "FROM inventory.shard_epochs ORDER BY epoch DESC LIMIT 20"
+                )
+            )
+            return [
+                {
+                    "epoch": r.epoch,
+                    "shards": list(r.shards),
+                    "vnodes": r.vnodes,
+                    "published": r.created_at.isoformat(),
+                    "activated": r.activated_at.isoformat() if r.activated_at else None,
+                    "note": r.note,
+                }
+                for r in rows
+            ]
+
+    found = _run(epochs)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    table = Table("epoch", "shards", "vnodes", "published", "activated", "note")
+    for e in found:
+        table.add_row(
+            str(e["epoch"]),
+            " ".join(str(s) for s in e["shards"]),  # type: ignore[attr-defined]
+            str(e["vnodes"]),
+            str(e["published"]),
+            str(e["activated"] or "not yet"),
+            plain(e["note"] or ""),  # an operator's text: never markup
+        )
+    make_console().print(table)
+
+
+@app.command("set")
+def set_shards(
+    shards: list[int] = typer.Argument(..., help="Shard numbers, e.g. 0 1 2."),
+    vnodes: int | None = typer.Option(None, "--vnodes", min=1, help="Virtual nodes per shard."),
+    note: str = typer.Option("", "--note", help="Why (kept with the epoch and the audit row)."),
+) -> None:
+    """Publish a new shard set (a new epoch). The router drains every shard, then routes
+    by it; only the products the ring moves change shard. Start a worker for each new
+    shard (``RELAYBUS_INVENTORY_SHARD=N relaybus worker inventory``) and keep a removed
+    shard's worker until the router logs the switch.
+
+    Example: relaybus shards set 0 1 2 --note "more capacity for the sale"
+    """
+    if any(shard < 0 for shard in shards):
+        raise typer.BadParameter("shard numbers start at 0", param_hint="SHARDS")
+    if len(shards) > 256:
+        raise typer.BadParameter("at most 256 shards", param_hint="SHARDS")
+    ring_vnodes = vnodes or ShopSettings().inventory_vnodes
+
+    async def publish(engine: AsyncEngine) -> int:
+        async with session_factory(engine)() as session, session.begin():
+            epoch = await ShardDirectory().publish(
+                session, shards, ring_vnodes, note or "relaybus shards set"
+            )
+            await record(
+                session,
+                "shards.set",
+                f"epoch {epoch.epoch}",
+                {"shards": list(epoch.shards), "vnodes": ring_vnodes, "note": note},
+            )
+            return epoch.epoch
+
+    epoch = _run(publish)
+    make_console().print(f"epoch {epoch}: shards {sorted(set(shards))}, {ring_vnodes} vnodes")
