@@ -40,6 +40,9 @@ INVENTORY_COMMANDS = "shop.inventory.commands"
 PAYMENT_COMMANDS = "shop.payment.commands"
 ORDER_TRANSITIONS = "shop.order.transitions"
 
+# The inventory router's output: one topic per shard (``<prefix><n>``).
+INVENTORY_SHARD_PREFIX = "shop.inventory.commands.shard."
+
 SAGA_INPUTS = (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS)
 SAGA_OUTPUTS = (INVENTORY_COMMANDS, PAYMENT_COMMANDS, ORDER_TRANSITIONS)
 ADMISSION_TOPICS = (ORDER_REQUESTS, ORDERS_ADMITTED, ORDERS_THROTTLED)

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.app import ConsumerApp
-from consumers.incoming import Incoming
+from consumers.incoming import Incoming, strict_int
 from consumers.policy import RetryPolicy
 from outbox.writer import Outbox
 from producers.contract import (
     INVENTORY_AGGREGATE,
     INVENTORY_COMMANDS,
+    INVENTORY_SHARD_PREFIX,
     CommandType,
     EventType,
     StepCommand,
     parse,
 )
 from producers.inventory import stock
+from producers.settings import ShopSettings
 from relaybus.settings import Settings
 
+_LOG = text(
+    "INSERT INTO inventory.command_log "
+    "(product, route_seq, epoch, shard, router_fence, order_id, command) "
+    "VALUES (:product, :seq, :epoch, :shard, :fence, :order_id, :command)"
+)
 
-def inventory_app(settings: Settings | None = None) -> ConsumerApp:
+
+def inventory_app(
+    settings: Settings | None = None, shop: ShopSettings | None = None
+) -> ConsumerApp:
     """Handles ``inventory.reserve`` and ``inventory.release`` from the saga.
 
     A command is applied at most once by the order's own rows (one reservation per
@@ -30,16 +41,27 @@ def inventory_app(settings: Settings | None = None) -> ConsumerApp:
     stock change. Commands of one order are handled in order
     (``ordered``: a failing one is retried in place), so a release never overtakes
     the reserve it compensates.
+
+    With ``RELAYBUS_INVENTORY_SHARD=N`` it serves shard N: it reads
+    ``shop.inventory.commands.shard.N`` (group ``inventory-shard-N``), where the router
+    sends the commands of the products shard N owns, and logs each applied command
+    with its routing headers in ``inventory.command_log`` (same transaction): the
+    record of per-product order across shard changes. Without it, it reads the
+    unsharded ``shop.inventory.commands`` (a shop run without the router).
     """
     settings = settings or Settings()
-    app = ConsumerApp("inventory")
+    shop = shop or ShopSettings()
+    shard = shop.inventory_shard
+    topic = INVENTORY_COMMANDS if shard is None else f"{INVENTORY_SHARD_PREFIX}{shard}"
+    group = "inventory" if shard is None else f"inventory-shard-{shard}"
+    app = ConsumerApp("inventory" if shard is None else group)
     # The relay's partition count: a row written for another count lands in a
     # partition no relay drains.
     writer = Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
 
     @app.kafka(
-        INVENTORY_COMMANDS,
-        group="inventory",
+        topic,
+        group=group,
         ordered=True,
         # Idempotent by the order's own rows, not by message id: a command sent again
         # (the saga may resend one after a restart or a deadline) is answered again.
@@ -73,5 +95,26 @@ def inventory_app(settings: Settings | None = None) -> ConsumerApp:
             payload=body,
             headers={"causation_id": str(message.id)},
         )
+        if shard is not None:
+            await _log_routing(session, message, shard, command.order_id)
 
     return app
+
+
+async def _log_routing(session: AsyncSession, message: Incoming, shard: int, order_id: int) -> None:
+    """Record the router's headers of an applied command (audit data only: nothing
+    here decides what is applied). A header that is missing or not a number is
+    logged as -1, so a record written by another client still shows up."""
+    headers = message.headers
+    await session.execute(
+        _LOG,
+        {
+            "product": headers.get("route_product", "")[:128],
+            "seq": strict_int(headers.get("route_seq"), low=0, high=2**63 - 1) or -1,
+            "epoch": strict_int(headers.get("route_epoch"), low=0, high=2**31 - 1) or -1,
+            "shard": shard,
+            "fence": strict_int(headers.get("route_fence"), low=0, high=2**63 - 1) or -1,
+            "order_id": order_id,
+            "command": message.type,
+        },
+    )

@@ -14,6 +14,7 @@ from relaybus.cli import (
     relay_demo,
     run,
     serve,
+    shards,
     stream,
     worker,
 )
@@ -37,6 +38,7 @@ app.command(name="publish")(publish.publish)
 app.command(name="relay")(relay.relay)
 app.command(name="worker")(worker.worker)
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(shards.app, name="shards")
 
 
 def main() -> None:

@@ -14,18 +14,40 @@ import httpx
 
 from producers.settings import ShopSettings
 
-# name -> relaybus sub-command. One relay, the two HTTP services, the three workers
-# and the saga: every process of the reference shop.
+# name -> relaybus sub-command. One relay, the two HTTP services, the workers, the
+# saga and the stream processors; plus one inventory worker per shard
+# (``inventory-shard-<n>``, see ``command_of``): every process of the reference shop.
 SHOP_PROCESSES: dict[str, list[str]] = {
     "relay": ["relay"],
     "gateway": ["serve", "gateway"],
     "orders-api": ["serve", "orders-api"],
     "orders": ["worker", "orders"],
-    "inventory": ["worker", "inventory"],
     "payments": ["worker", "payments"],
     "saga": ["stream", "saga"],
     "admission": ["stream", "admission"],
+    "router": ["stream", "router"],
 }
+# Not started by default: the inventory worker on the unsharded topic (no router).
+OPTIONAL_PROCESSES: dict[str, list[str]] = {"inventory": ["worker", "inventory"]}
+SHARD_PROCESS = "inventory-shard-"
+
+
+def default_names(shop: ShopSettings) -> list[str]:
+    """Every process of the shop: the fixed ones and a worker per configured shard."""
+    return [*SHOP_PROCESSES, *(f"{SHARD_PROCESS}{n}" for n in sorted(set(shop.inventory_shards)))]
+
+
+def command_of(name: str) -> tuple[list[str], dict[str, str]]:
+    """The ``relaybus`` argv and extra environment of the process ``name``; raises
+    ``KeyError`` for a name that is not a shop process."""
+    if name in SHOP_PROCESSES:
+        return SHOP_PROCESSES[name], {}
+    if name in OPTIONAL_PROCESSES:
+        return OPTIONAL_PROCESSES[name], {}
+    shard = name.removeprefix(SHARD_PROCESS)
+    if name.startswith(SHARD_PROCESS) and shard.isdigit() and int(shard) < 4096:
+        return ["worker", "inventory"], {"RELAYBUS_INVENTORY_SHARD": str(int(shard))}
+    raise KeyError(name)
 
 
 class ChildFailed(RuntimeError):
@@ -104,12 +126,33 @@ class Shop:
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.shop = shop
-        self.children = {
-            name: Child(name, SHOP_PROCESSES[name], log_dir / f"{name}.log", dict(env or {}))
-            for name in (names or list(SHOP_PROCESSES))
-        }
+        self.env = dict(env or {})
+        self.children = {}
+        for name in names or default_names(shop):
+            argv, extra = command_of(name)
+            self.children[name] = Child(name, argv, log_dir / f"{name}.log", {**self.env, **extra})
 
     def start_all(self) -> None:
+        """Start every child. With the router among them, first make the configured
+        shard set current (``relaybus shards set``; unchanged if it already is)."""
+        if "router" in self.children:
+            shards = [str(n) for n in sorted(set(self.shop.inventory_shards))]
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "relaybus.cli",
+                    "shards",
+                    "set",
+                    *shards,
+                    "--note",
+                    "shop start",
+                ],
+                env={**os.environ, **self.env},
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
         for child in self.children.values():
             child.start()
 

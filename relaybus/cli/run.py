@@ -11,7 +11,7 @@ import typer
 
 from producers.settings import ShopSettings
 from producers.topology import ensure_shop_topics
-from relaybus.cli.processes import SHOP_PROCESSES, Shop
+from relaybus.cli.processes import OPTIONAL_PROCESSES, SHOP_PROCESSES, Shop, command_of
 from relaybus.settings import Settings
 from relaybus.terminal import make_console, plain
 
@@ -19,19 +19,29 @@ from relaybus.terminal import make_console, plain
 def run(
     logs: Path = typer.Option(Path(".demo"), help="Folder for the processes' logs."),
     only: list[str] = typer.Option(
-        [], help=f"Run only these (repeatable): {', '.join(SHOP_PROCESSES)}."
+        [],
+        help=f"Run only these (repeatable): {', '.join(SHOP_PROCESSES)}, "
+        f"inventory-shard-N, {', '.join(OPTIONAL_PROCESSES)}.",
     ),
 ) -> None:
-    """Run the shop: relay, gateway, orders API, orders/inventory/payments workers and
-    the saga, each a child process; a child that exits is restarted. SIGINT/SIGTERM
-    stops them all (each finishes what it holds).
+    """Run the shop: relay, gateway, orders API, the orders and payments workers, an
+    inventory worker per shard, the saga, admission and the inventory router, each a
+    child process; a child that exits is restarted. SIGINT/SIGTERM stops them all
+    (each finishes what it holds). The configured shard set
+    (``RELAYBUS_INVENTORY_SHARDS``) is made current first.
 
     Example: relaybus run --only relay --only saga
     """
-    unknown = [name for name in only if name not in SHOP_PROCESSES]
+    unknown = []
+    for name in only:
+        try:
+            command_of(name)
+        except KeyError:
+            unknown.append(name)
     if unknown:
         raise typer.BadParameter(
-            f"unknown process {', '.join(unknown)}: use {', '.join(SHOP_PROCESSES)}",
+            f"unknown process {', '.join(unknown)}: use {', '.join(SHOP_PROCESSES)}, "
+            "inventory-shard-N or inventory",
             param_hint="--only",
         )
     console = make_console()

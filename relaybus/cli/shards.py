@@ -91,7 +91,8 @@ def set_shards(
     vnodes: int | None = typer.Option(None, "--vnodes", min=1, help="Virtual nodes per shard."),
     note: str = typer.Option("", "--note", help="Why (kept with the epoch and the audit row)."),
 ) -> None:
-    """Publish a new shard set (a new epoch). The router drains every shard, then routes
+    """Publish a new shard set (a new epoch; nothing happens if it is the current set).
+    The router drains every shard, then routes
     by it; only the products the ring moves change shard. Start a worker for each new
     shard (``RELAYBUS_INVENTORY_SHARD=N relaybus worker inventory``) and keep a removed
     shard's worker until the router logs the switch.
@@ -104,18 +105,25 @@ def set_shards(
         raise typer.BadParameter("at most 256 shards", param_hint="SHARDS")
     ring_vnodes = vnodes or ShopSettings().inventory_vnodes
 
-    async def publish(engine: AsyncEngine) -> int:
+    async def publish(engine: AsyncEngine) -> tuple[int, bool]:
         async with session_factory(engine)() as session, session.begin():
-            epoch = await ShardDirectory().publish(
+            directory = ShardDirectory()
+            before = await directory.latest(session)
+            epoch = await directory.ensure(
                 session, shards, ring_vnodes, note or "relaybus shards set"
             )
+            if before is not None and before.epoch == epoch.epoch:
+                return epoch.epoch, False
             await record(
                 session,
                 "shards.set",
                 f"epoch {epoch.epoch}",
                 {"shards": list(epoch.shards), "vnodes": ring_vnodes, "note": note},
             )
-            return epoch.epoch
+            return epoch.epoch, True
 
-    epoch = _run(publish)
-    make_console().print(f"epoch {epoch}: shards {sorted(set(shards))}, {ring_vnodes} vnodes")
+    epoch, changed = _run(publish)
+    what = "published" if changed else "unchanged (already current)"
+    make_console().print(
+        f"epoch {epoch} {what}: shards {sorted(set(shards))}, {ring_vnodes} vnodes"
+    )

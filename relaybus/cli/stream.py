@@ -11,8 +11,9 @@ from producers.settings import ShopSettings
 from relaybus.settings import Settings
 from streams.admission.run import run_admission
 from streams.saga.run import run_saga
+from streams.sharding.run import run_router
 
-PROCESSORS = ("saga", "admission")
+PROCESSORS = ("saga", "admission", "router")
 
 
 def stream(
@@ -26,6 +27,10 @@ def stream(
     admission: rate limits in front of the orders (per customer, per client address,
     global; VIPs exempt), token buckets in Redis; stateless, at-least-once.
 
+    router: inventory commands to the shard owning the product (consistent-hash ring
+    over the current shard epoch; drain-then-switch on a change); one at a time
+    (Redlock lease).
+
     Example: relaybus stream saga
     """
     if name not in PROCESSORS:
@@ -35,8 +40,7 @@ def stream(
         )
     if name == "saga":
         run_saga(Settings(), ShopSettings())
-    else:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
-        asyncio.run(run_admission(Settings(), ShopSettings()))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    runner = run_admission if name == "admission" else run_router
+    asyncio.run(runner(Settings(), ShopSettings()))

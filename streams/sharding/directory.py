@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-SHARD_TOPIC_PREFIX = "shop.inventory.commands.shard."
+from producers.contract import INVENTORY_SHARD_PREFIX
 
 
 def shard_topic(shard: int) -> str:
     """The command topic of inventory shard ``shard``."""
-    return f"{SHARD_TOPIC_PREFIX}{shard}"
+    return f"{INVENTORY_SHARD_PREFIX}{shard}"
 
 
 def shard_group(shard: int) -> str:

@@ -4,7 +4,7 @@ over HTTP, and the invariants read from each service's own tables and the gatewa
 - 2 000 orders over 5 products of 100 units, 20 % declined payments, 5 % gateway
   timeouts: stock conserved exactly, every order final, charges exactly for confirmed
   orders, refunds only for cancelled ones, no dead letters.
-- The same with the saga agent SIGKILLed twice and an inventory worker SIGKILLed once
+- The same with the saga agent SIGKILLed twice and an inventory shard's worker SIGKILLed once
   (each restarted): the same invariants.
 """
 
@@ -62,7 +62,7 @@ async def test_flash_sale_survives_killed_saga_and_inventory_workers(
 ) -> None:
     shop = _shop()
     workload = Workload(orders=1200, products=5, stock=100, seed=2)
-    kills = {300: "saga", 600: "inventory", 900: "saga"}
+    kills = {300: "saga", 600: "inventory-shard-0", 900: "saga"}
     done: list[str] = []
 
     def fault(processes: Shop, placed: int) -> None:
@@ -76,7 +76,7 @@ async def test_flash_sale_survives_killed_saga_and_inventory_workers(
     _, report = await run_flash_sale(
         settings, shop, workload, processes, 600, None, on_placed=lambda n: fault(processes, n)
     )
-    assert done == ["saga", "inventory", "saga"]
+    assert done == ["saga", "inventory-shard-0", "saga"]
     assert report.ok, _explain(report.problems, tmp_path)
     assert report.statuses["CONFIRMED"] + report.statuses["CANCELLED"] == 1200
 
