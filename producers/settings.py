@@ -104,6 +104,24 @@ class ShopSettings(BaseSettings):
         10.0, gt=1, description="Seconds of the router's Redlock lease (renewed at 1/3)."
     )
 
+    read_model_host: str = Field("127.0.0.1", description="Address the read model serves on.")
+    read_model_port: int = Field(
+        8095, ge=1, le=65535, description="Port of the order-status read model (faust web)."
+    )
+    orders_cache_policy: str = Field(
+        "lru", pattern="^(lru|lfu|fifo)$", description="The orders API's front cache policy."
+    )
+    orders_cache_size: int = Field(
+        10_000, ge=0, description="Order views the API's front cache holds (0: no cache)."
+    )
+    read_model_timeout: float = Field(
+        0.5, gt=0, description="Seconds the API waits for the read model before the database."
+    )
+
+    @property
+    def read_model_url(self) -> str:
+        return f"http://{self.read_model_host}:{self.read_model_port}"
+
     @property
     def gateway_base_url(self) -> str:
         return self.gateway_url or f"http://{self.gateway_host}:{self.gateway_port}"

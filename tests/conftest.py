@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from producers.settings import ShopSettings
+from producers.topology import ensure_shop_topics
 from relaybus.db import create_engine
 from relaybus.settings import Settings
 from tests.support.consumerdata import prepare_effects
@@ -24,6 +27,14 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def shop_topics(settings: Settings) -> None:
+    """The shop's topics with their partition count, before any test's relay runs:
+    a relay that publishes a shop event first would auto-create its topic with the
+    broker's default of one partition (as ``relaybus run`` and the demo also do)."""
+    asyncio.run(ensure_shop_topics(settings.kafka_bootstrap, ShopSettings()))
 
 
 @pytest.fixture

@@ -14,21 +14,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException, Path, Request
+from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from consumers.tail import KafkaTail, TailUnavailable
 from outbox.writer import Outbox
-from producers.contract import Line
+from producers.contract import ORDER_STATUS_EVENTS, Line
 from producers.orders.limits import BodyLimit
 from producers.orders.store import KeyReused, OrderStore, UnknownProducts
+from producers.orders.views import HttpReadModel, OrderViews, ViewCache
 from producers.settings import ShopSettings
+from relaybus.brokers.kafka import key_partition
+from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.db import create_engine, session_factory
 from relaybus.locks.postgres import PostgresLock
 from relaybus.settings import Settings
 from relaybus.snowflake import WorkerIdLease
+from streams.cache import FIFOCache, LFUCache, LRUCache
 
 log = logging.getLogger("relaybus.orders_api")
 _PING = text("SELECT 1")
@@ -90,6 +95,37 @@ class OrdersService:
             Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
         )
         self.ids = WorkerIdLease(PostgresLock(self.engine))
+        self.tail = KafkaTail(settings.kafka_bootstrap, ORDER_STATUS_EVENTS)
+        self.read_model = HttpReadModel(shop.read_model_url, shop.read_model_timeout)
+        self.views = OrderViews(None, None, self.from_database, self.partition_of)
+
+    async def from_database(self, order_id: int) -> dict[str, Any] | None:
+        async with self.sessions() as session:
+            return await self.store.get(session, order_id)
+
+    def partition_of(self, order_id: int) -> int:
+        return key_partition(str(order_id).encode(), max(self.tail.partitions, 1))
+
+    async def follow_statuses(self, stop: asyncio.Event) -> None:
+        """Tail ``order.status``; only once the tail runs do the read model and the
+        front cache serve (without invalidation they could serve a stale view). If
+        Kafka cannot be reached at start, the database answers every read."""
+        try:
+            await ensure_topic(
+                self.settings.kafka_bootstrap,
+                ORDER_STATUS_EVENTS,
+                self.shop.shop_partitions,
+                self.shop.shop_replication,
+            )
+            await self.tail.start()
+        except (OSError, TailUnavailable) as err:
+            log.warning(
+                "orders: cannot tail %s (%r); reads go to the database", ORDER_STATUS_EVENTS, err
+            )
+            return
+        self.views.cache = make_cache(self.shop)
+        self.views.read_model = self.read_model
+        await self.tail.run(stop, self.views.on_record)
 
     async def sweep(self, stop: asyncio.Event) -> None:
         """Every ``saga_sweep_interval``: announce orders past the saga deadline."""
@@ -107,6 +143,18 @@ class OrdersService:
                 continue
 
 
+def make_cache(shop: ShopSettings) -> ViewCache | None:
+    """The front cache the settings ask for (None when its size is 0)."""
+    if shop.orders_cache_size == 0:
+        return None
+    size = shop.orders_cache_size
+    if shop.orders_cache_policy == "lfu":
+        return LFUCache[int, dict[str, Any]](size)
+    if shop.orders_cache_policy == "fifo":
+        return FIFOCache[int, dict[str, Any]](size)
+    return LRUCache[int, dict[str, Any]](size)
+
+
 def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None = None) -> FastAPI:
     """The orders API; its engine, id lease and deadline sweeper live with the app.
     ``store`` replaces the SQL layer (the API benchmark's no-event baseline)."""
@@ -117,11 +165,14 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
         await service.ids.acquire()
         stop = asyncio.Event()
         sweeper = asyncio.create_task(service.sweep(stop))
+        follower = asyncio.create_task(service.follow_statuses(stop))
         try:
             yield
         finally:
             stop.set()
             await sweeper
+            await follower
+            await service.read_model.aclose()
             await service.ids.release()
             await service.engine.dispose()
 
@@ -185,13 +236,19 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
         )
 
     @app.get("/orders/{order_id}")
-    async def get_order(order_id: Annotated[int, Path(gt=0, le=MAX_ID)]) -> Any:
-        """The order's status and the history of its transitions, with reasons."""
-        async with service.sessions() as session:
-            order = await service.store.get(session, order_id)
+    async def get_order(
+        order_id: Annotated[int, Path(gt=0, le=MAX_ID)],
+        min_version: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> Any:
+        """The order's status and the history of its transitions, with reasons, and
+        its ``version``. Served from the front cache, the order-status read model or
+        the database (header ``X-Served-By``), never older than a status event this
+        process has seen; pass the ``version`` you last saw as ``min_version`` to
+        never go back in time (read-your-writes)."""
+        order, source = await service.views.get(order_id, min_version)
         if order is None:
             raise HTTPException(404, f"no order {order_id}")
-        return order
+        return JSONResponse(order, headers={"X-Served-By": source})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from relaybus.brokers.publisher import DEFERRED, PUBLISHED, Outcome, PublishError
@@ -120,3 +121,9 @@ class KafkaPublisher:
         except KafkaError as err:
             raise PublishError(f"kafka publish failed: {err!r}") from err
         return outcomes
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition aiokafka's default partitioner (Kafka's: murmur2) puts ``key`` in,
+    among ``partitions``: where the relay's record for that key lands."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions

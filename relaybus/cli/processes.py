@@ -26,6 +26,7 @@ SHOP_PROCESSES: dict[str, list[str]] = {
     "saga": ["stream", "saga"],
     "admission": ["stream", "admission"],
     "router": ["stream", "router"],
+    "order-status": ["stream", "order-status"],
 }
 # Not started by default: the inventory worker on the unsharded topic (no router).
 OPTIONAL_PROCESSES: dict[str, list[str]] = {"inventory": ["worker", "inventory"]}

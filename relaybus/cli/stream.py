@@ -10,10 +10,11 @@ import typer
 from producers.settings import ShopSettings
 from relaybus.settings import Settings
 from streams.admission.run import run_admission
+from streams.readmodel.run import run_read_model
 from streams.saga.run import run_saga
 from streams.sharding.run import run_router
 
-PROCESSORS = ("saga", "admission", "router")
+PROCESSORS = ("saga", "admission", "router", "order-status")
 
 
 def stream(
@@ -31,6 +32,9 @@ def stream(
     over the current shard epoch; drain-then-switch on a change); one at a time
     (Redlock lease).
 
+    order-status: the order-status read model (faust table, exactly-once), served on
+    RELAYBUS_READ_MODEL_PORT for the orders API's GET /orders/{id}.
+
     Example: relaybus stream saga
     """
     if name not in PROCESSORS:
@@ -40,6 +44,9 @@ def stream(
         )
     if name == "saga":
         run_saga(Settings(), ShopSettings())
+        return
+    if name == "order-status":
+        run_read_model(Settings(), ShopSettings())
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     runner = run_admission if name == "admission" else run_router

@@ -63,6 +63,10 @@ class FIFOCache(_Bounded[K, V]):
     def pop(self, key: K) -> V | None:
         return self._data.pop(key, None)
 
+    def peek(self, key: K) -> V | None:
+        """The value of ``key`` without counting as a use (no reordering)."""
+        return self._data.get(key)
+
     def __len__(self) -> int:
         return len(self._data)
 
@@ -134,6 +138,10 @@ class LFUCache(_Bounded[K, V]):
             if self._min == f:
                 self._min = min(self._buckets, default=0)  # O(distinct frequencies), rare
         return self._values.pop(key)
+
+    def peek(self, key: K) -> V | None:
+        """The value of ``key`` without counting as a use (its frequency stays)."""
+        return self._values.get(key)
 
     def __len__(self) -> int:
         return len(self._values)

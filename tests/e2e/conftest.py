@@ -10,6 +10,11 @@ import pytest
 from tests.support.shop import ShopStarter
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shop_topics_first(shop_topics: None) -> None:
+    """The shop's topics exist before any test's relay runs."""
+
+
 @pytest.fixture
 def start_shop(tmp_path: Path) -> Iterator[ShopStarter]:
     """``start_shop(settings, names)`` starts shop processes; all stop after the test."""

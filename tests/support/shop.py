@@ -12,7 +12,7 @@ from producers.settings import ShopSettings
 from relaybus.cli.processes import Shop
 
 # Test ports, away from the defaults a developer's own ``relaybus run`` uses.
-TEST_PORTS = {"orders_api_port": 18080, "gateway_port": 18090}
+TEST_PORTS = {"orders_api_port": 18080, "gateway_port": 18090, "read_model_port": 18095}
 
 
 def shop_settings(**overrides: Any) -> ShopSettings:

@@ -1,0 +1,1 @@
+"""The order-status read model: a faust table folded from ``order.status`` events."""
