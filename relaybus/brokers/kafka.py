@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.partitioner import murmur2
 
 from relaybus.brokers.publisher import DEFERRED, PUBLISHED, Outcome, PublishError
 from relaybus.message import Message
