@@ -118,9 +118,15 @@ class ShopSettings(BaseSettings):
         0.5, gt=0, description="Seconds the API waits for the read model before the database."
     )
 
+    read_model_url: str = Field(
+        "",
+        description="Where the orders API reaches the read model (default: "
+        "http://<read_model_host>:<read_model_port>; set it when the read model binds 0.0.0.0).",
+    )
+
     @property
-    def read_model_url(self) -> str:
-        return f"http://{self.read_model_host}:{self.read_model_port}"
+    def read_model_base_url(self) -> str:
+        return self.read_model_url or f"http://{self.read_model_host}:{self.read_model_port}"
 
     @property
     def gateway_base_url(self) -> str:

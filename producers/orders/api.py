@@ -96,7 +96,7 @@ class OrdersService:
         )
         self.ids = WorkerIdLease(PostgresLock(self.engine))
         self.tail = KafkaTail(settings.kafka_bootstrap, ORDER_STATUS_EVENTS)
-        self.read_model = HttpReadModel(shop.read_model_url, shop.read_model_timeout)
+        self.read_model = HttpReadModel(shop.read_model_base_url, shop.read_model_timeout)
         self.views = OrderViews(None, None, self.from_database, self.partition_of)
 
     async def from_database(self, order_id: int) -> dict[str, Any] | None:

@@ -43,8 +43,16 @@ class AdmissionProcessor:
     inputs: tuple[str, ...] = (ORDER_REQUESTS,)
     accepted_types: frozenset[str] = frozenset({EventType.ORDER_REQUESTED.value})
 
-    def __init__(self, limiter: RedisAdmission, shop: ShopSettings) -> None:
+    def __init__(
+        self,
+        limiter: RedisAdmission,
+        shop: ShopSettings,
+        admitted_topic: str = ORDERS_ADMITTED,
+        throttled_topic: str = ORDERS_THROTTLED,
+    ) -> None:
         self.limiter = limiter
+        self.admitted_topic = admitted_topic
+        self.throttled_topic = throttled_topic
         self.vip = frozenset(shop.admission_vip)
         self.user = Limit("per-user", shop.admission_user_rate, shop.admission_user_burst)
         self.ip = Limit("per-ip", shop.admission_ip_rate, shop.admission_ip_burst)
@@ -52,7 +60,7 @@ class AdmissionProcessor:
         self.prefix = limiter.prefix
 
     def output_topics(self) -> list[str]:
-        return [ORDERS_ADMITTED, ORDERS_THROTTLED]
+        return [self.admitted_topic, self.throttled_topic]
 
     async def process(self, batch: Sequence[Incoming]) -> list[Result]:
         requests: list[OrderRequested | InvalidMessage] = []
@@ -69,7 +77,9 @@ class AdmissionProcessor:
                 continue
             requests.append(request)
             if request.customer not in self.vip:
-                asks.append(Ask(str(request.order_id), self._buckets(request)))
+                asks.append(
+                    self._buckets_for(request.customer, request.client_ip, str(request.order_id))
+                )
         decisions = iter(await self.limiter.decide(asks))
         results: list[Result] = []
         for message, outcome in zip(batch, requests, strict=True):
@@ -80,21 +90,26 @@ class AdmissionProcessor:
             results.append([self._decision(message, outcome, refused)])
         return results
 
-    def _buckets(self, request: OrderRequested) -> list[tuple[str, Limit]]:
-        return [
-            (f"{self.prefix}:user:{request.customer}", self.user),
-            (f"{self.prefix}:ip:{request.client_ip}", self.ip),
-            (f"{self.prefix}:global", self.all),
-        ]
+    def _buckets_for(self, customer: str, client_ip: str, request_id: str) -> Ask:
+        """The question for one request: its customer's, its address's and the global
+        bucket, all or nothing."""
+        return Ask(
+            request_id,
+            [
+                (f"{self.prefix}:user:{customer}", self.user),
+                (f"{self.prefix}:ip:{client_ip}", self.ip),
+                (f"{self.prefix}:global", self.all),
+            ],
+        )
 
     def _decision(self, message: Incoming, request: OrderRequested, refused: Limit | None) -> Emit:
         order = str(request.order_id)
         if refused is None:
             reason = "vip" if request.customer in self.vip else "within limits"
-            topic, kind, step = ORDERS_ADMITTED, ADMITTED, "admitted"
+            topic, kind, step = self.admitted_topic, ADMITTED, "admitted"
         else:
             reason = f"{refused.describe()} exceeded"
-            topic, kind, step = ORDERS_THROTTLED, THROTTLED, "throttled"
+            topic, kind, step = self.throttled_topic, THROTTLED, "throttled"
         body = {"order_id": request.order_id, "reason": reason}
         return Emit(
             topic,

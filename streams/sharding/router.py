@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -71,6 +71,7 @@ class InventoryRouter:
         fence: int = 0,
         check_interval: float = 1.0,
         probes: int = 4,
+        topic_of: Callable[[int], str] = shard_topic,
     ) -> None:
         self.sessions = sessions
         self.bootstrap = bootstrap
@@ -79,6 +80,7 @@ class InventoryRouter:
         self.fence = fence
         self.check_interval = check_interval
         self.probes = probes
+        self.topic_of = topic_of
         self.directory = ShardDirectory()
         self.epoch: ShardEpoch | None = None
         self.ring: HashRing | None = None
@@ -116,7 +118,7 @@ class InventoryRouter:
                 ("route_product", key.encode()),
                 ("route_fence", str(self.fence).encode()),
             ]
-            results.append([Emit(shard_topic(shard), key.encode(), message.raw, headers)])
+            results.append([Emit(self.topic_of(shard), key.encode(), message.raw, headers)])
         return results
 
     def _next_seq(self) -> int:

@@ -65,7 +65,7 @@ async def test_the_read_model_equals_a_fold_of_the_topic_after_a_kill(
             expected[record.key] = fold(expected.get(record.key), event)
     assert set(expected) == ours
 
-    async with httpx.AsyncClient(base_url=shop.read_model_url, timeout=10) as model:
+    async with httpx.AsyncClient(base_url=shop.read_model_base_url, timeout=10) as model:
 
         async def table() -> dict[str, Any]:
             views = {}
