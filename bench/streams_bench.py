@@ -53,6 +53,7 @@ from streams.envelope import envelope
 from streams.ratelimit import TokenBucket
 from streams.ratelimit.redis_bucket import RedisTokenBucket
 from streams.runtime.kafka_loop import KafkaStreamRunner
+from streams.runtime.processor import Emit
 from streams.sharding import HashRing
 from streams.sharding.directory import ShardEpoch
 from streams.sharding.router import InventoryRouter
@@ -325,7 +326,9 @@ async def raw_loop(bootstrap: str, topic: str, output: str, records: int) -> flo
             acks = []
             for records_of in batches.values():
                 for r in records_of:
-                    acks.append(await producer.send(output, r.value, key=r.key, headers=r.headers))
+                    acks.append(
+                        await producer.send(output, r.value, key=r.key, headers=list(r.headers))
+                    )
             await asyncio.gather(*acks)
             if batches:
                 await consumer.commit()
@@ -334,6 +337,23 @@ async def raw_loop(bootstrap: str, topic: str, output: str, records: int) -> flo
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+class PassThrough:
+    """The stream runtime's own cost: decode each record, send its body on unchanged."""
+
+    name = "pass-through"
+    accepted_types = frozenset({EventType.ORDER_REQUESTED.value})
+
+    def __init__(self, topic: str, sink: str) -> None:
+        self.inputs = (topic,)
+        self.sink = sink
+
+    def output_topics(self) -> list[str]:
+        return [self.sink]
+
+    async def process(self, batch: list[Incoming]) -> list[Any]:
+        return [[Emit(self.sink, m.key.encode(), m.raw, [])] for m in batch]
 
 
 class Counting:
@@ -381,12 +401,16 @@ async def processor_rounds(rounds: int, records: int, settings: Settings) -> lis
     engine = create_engine(settings.database_url)
     shop = ShopSettings()
     raw_a = Series("raw aiokafka consume→produce", "records/s")
+    runtime = Series("relaybus stream runtime, pass-through", "records/s")
     admission = Series("admission processor (Redis, 3 buckets)", "records/s")
     raw_r = Series("raw aiokafka consume→produce", "records/s")
     routed = Series("inventory router", "records/s")
     try:
         for n in range(rounds):
             raw_a.values.append(await raw_loop(bootstrap, requests, sink, records))
+            runtime.values.append(
+                await runner_rate(PassThrough(requests, sink), bootstrap, records)
+            )
             processor = AdmissionProcessor(
                 RedisAdmission(client, 600, prefix=f"bench:{run}:{n}"), shop, sink, sink
             )
@@ -403,7 +427,8 @@ async def processor_rounds(rounds: int, records: int, settings: Settings) -> lis
             router._next_check = float("inf")
             routed.values.append(await runner_rate(router, bootstrap, records))
             print(
-                f"round {n + 1}: raw {raw_a.values[-1]:,.0f}/s, admission "
+                f"round {n + 1}: raw {raw_a.values[-1]:,.0f}/s, runtime "
+                f"{runtime.values[-1]:,.0f}/s, admission "
                 f"{admission.values[-1]:,.0f}/s, router {routed.values[-1]:,.0f}/s",
                 flush=True,
             )
@@ -412,6 +437,7 @@ async def processor_rounds(rounds: int, records: int, settings: Settings) -> lis
         await engine.dispose()
     return [
         Comparison("admission processor / raw aiokafka loop", admission, raw_a, 0.5),
+        Comparison("stream runtime alone (decode, DLQ checks) / raw loop", runtime, raw_a, None),
         Comparison("inventory router / raw aiokafka loop", routed, raw_r, None),
     ]
 

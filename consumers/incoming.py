@@ -89,8 +89,19 @@ def read_headers(pairs: Iterable[tuple[Any, Any]], limits: WireLimits) -> dict[s
     for count, (name, value) in enumerate(pairs, start=1):
         if count > limits.max_headers:
             raise InvalidMessage("too-many-headers", f"more than {limits.max_headers} headers")
-        name_text, name_bytes = _text(name, "header name")
-        value_text, value_bytes = _text(value, f"header {name_text!r}")
+        # Fast paths for what Kafka clients hand over (ASCII str names, bytes values);
+        # the same checks as ``_text``, without building the error text up front.
+        if type(name) is str and name.isascii():
+            name_text, name_bytes = name, len(name)
+        else:
+            name_text, name_bytes = _text(name, "header name")
+        if type(value) is bytes:
+            try:
+                value_text, value_bytes = value.decode("utf-8"), len(value)
+            except UnicodeDecodeError:
+                raise InvalidMessage("bad-header", f"header {name_text!r} is not UTF-8") from None
+        else:
+            value_text, value_bytes = _text(value, f"header {name_text!r}")
         size += name_bytes + value_bytes
         if size > limits.max_header_bytes:
             raise InvalidMessage(

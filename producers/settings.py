@@ -20,6 +20,18 @@ class ShopSettings(BaseSettings):
     shop_replication: int = Field(1, ge=1, description="Replication factor of shop topics.")
     orders_api_host: str = Field("127.0.0.1", description="Address the orders API binds.")
     orders_api_port: int = Field(8080, ge=1, le=65535, description="Orders API port.")
+    orders_api_replicas: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Orders API processes `relaybus run` and the demo start (ports "
+        "orders_api_port, +1, ...); the flash-sale client balances over them.",
+    )
+    orders_api_balancer: str = Field(
+        "least-connections",
+        description="How the flash-sale client picks an API replica: random, round-robin, "
+        "weighted-round-robin, least-connections, power-of-two, hash, consistent-hash.",
+    )
     orders_api_max_body_bytes: int = Field(
         64 * 1024, ge=256, description="Largest request body the orders API reads (else 413)."
     )
@@ -135,3 +147,11 @@ class ShopSettings(BaseSettings):
     @property
     def orders_api_url(self) -> str:
         return f"http://{self.orders_api_host}:{self.orders_api_port}"
+
+    @property
+    def orders_api_urls(self) -> list[str]:
+        """Every replica's URL (replica n listens on ``orders_api_port + n``)."""
+        return [
+            f"http://{self.orders_api_host}:{self.orders_api_port + n}"
+            for n in range(self.orders_api_replicas)
+        ]

@@ -62,5 +62,7 @@ RESERVED_PREFIXES = (
 
 def is_reserved(name: str) -> bool:
     """True for a header name in relaybus's reserved ``x-…`` namespace (case-insensitive)."""
+    if name[:1] not in ("x", "X"):  # every reserved name starts with "x-": the common case
+        return False
     lowered = name.lower()
     return lowered in RESERVED_NAMES or lowered.startswith(RESERVED_PREFIXES)

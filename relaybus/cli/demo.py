@@ -24,6 +24,7 @@ from relaybus.cli.shop_report import ShopReport, collect, dead_letter_count
 from relaybus.db import create_engine
 from relaybus.settings import Settings
 from relaybus.terminal import make_console, plain
+from streams.sharding.balancing import make_balancer
 
 
 async def run_flash_sale(
@@ -63,10 +64,11 @@ async def run_flash_sale(
                     on_placed(n)
 
             placed = await place_orders(
-                shop.orders_api_url,
+                shop.orders_api_urls,
                 workload,
                 skus,
                 placed_one,
+                make_balancer(shop.orders_api_balancer, shop.orders_api_urls),
             )
             finishing = progress.add_task("orders finished", total=len(placed.order_ids))
             await wait_final(
@@ -92,6 +94,10 @@ async def run_flash_sale(
         "orders_per_second": round(placed.rate, 1),
         "post_latency_ms": _post_latency(placed),
         "errors": placed.errors[:10],
+        "api_replicas": {
+            "balancer": shop.orders_api_balancer,
+            "requests": dict(sorted(placed.replicas.items())),
+        },
         "process_restarts": {
             name: child.restarts
             for name, child in (processes.children.items() if processes is not None else ())
@@ -132,6 +138,8 @@ def render(report: ShopReport, console: Console) -> None:
             "client retries (same key)",
             f"{w.get('client_retries')}, {w.get('retries_with_another_id')} got another order",
         ),
+        ("requests per API replica", json.dumps(w.get("api_replicas"))),
+        ("rejected by admission", str(report.statuses.get("REJECTED", 0))),
         ("confirmed", str(report.statuses.get("CONFIRMED", 0))),
         ("cancelled", str(report.statuses.get("CANCELLED", 0))),
         *(
@@ -144,6 +152,7 @@ def render(report: ShopReport, console: Console) -> None:
                 report.orders
                 - report.statuses.get("CONFIRMED", 0)
                 - report.statuses.get("CANCELLED", 0)
+                - report.statuses.get("REJECTED", 0)
             ),
         ),
         ("gateway charges by status", json.dumps(report.charges, sort_keys=True)),

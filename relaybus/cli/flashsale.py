@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from producers.inventory.stock import add_stock
 from producers.orders.store import add_products
 from relaybus.db import session_factory
+from streams.sharding.balancing import Balancer, RoundRobin
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Placed:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     latency_ms: list[float] = field(default_factory=list)
+    replicas: Counter[str] = field(default_factory=Counter)  # requests per API replica
 
     @property
     def rate(self) -> float:
@@ -79,13 +81,16 @@ def _weights(products: int) -> list[float]:
 
 
 async def place_orders(
-    api_url: str,
+    api_urls: list[str],
     workload: Workload,
     skus: list[str],
     on_placed: Callable[[int], None] = lambda n: None,
+    balancer: Balancer | None = None,
 ) -> Placed:
-    """POST ``workload.orders`` orders, ``concurrency`` at a time; retried requests reuse
-    their key and must get the same id back."""
+    """POST ``workload.orders`` orders, ``concurrency`` at a time, each to the API
+    replica ``balancer`` picks (by customer for the hash strategies; default
+    round-robin); retried requests reuse their key (on whichever replica) and must get
+    the same id back."""
     rng = random.Random(workload.seed)
     weights = _weights(len(skus))
     placed = Placed()
@@ -96,13 +101,21 @@ async def place_orders(
         body = {"customer": f"user-{rng.randrange(workload.users)}", "items": items}
         queue.put_nowait((str(uuid.uuid4()), body, rng.random() < workload.retry_share))
 
+    chooser = balancer or RoundRobin(api_urls)
+
     async def post(client: httpx.AsyncClient, key: str, body: dict[str, Any]) -> str | None:
         started = time.perf_counter()
+        replica = chooser.pick(body["customer"])
+        placed.replicas[replica] += 1
         try:
-            response = await client.post("/orders", json=body, headers={"Idempotency-Key": key})
+            response = await client.post(
+                f"{replica}/orders", json=body, headers={"Idempotency-Key": key}
+            )
         except httpx.HTTPError as err:
             placed.errors.append(f"POST /orders: {err!r}")
             return None
+        finally:
+            chooser.done(replica)
         placed.latency_ms.append((time.perf_counter() - started) * 1000)
         placed.statuses[response.status_code] += 1
         if response.status_code != 202:
@@ -125,9 +138,9 @@ async def place_orders(
             placed.order_ids.append(int(order_id))
             on_placed(len(placed.order_ids))
 
-    limits = httpx.Limits(max_connections=workload.concurrency)
+    limits = httpx.Limits(max_connections=workload.concurrency * len(api_urls))
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=api_url, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(workload.concurrency)))
     placed.seconds = time.perf_counter() - started
     return placed

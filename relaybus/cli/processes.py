@@ -33,12 +33,20 @@ OPTIONAL_PROCESSES: dict[str, list[str]] = {"inventory": ["worker", "inventory"]
 SHARD_PROCESS = "inventory-shard-"
 
 
+API_REPLICA = "orders-api-"
+
+
 def default_names(shop: ShopSettings) -> list[str]:
-    """Every process of the shop: the fixed ones and a worker per configured shard."""
-    return [*SHOP_PROCESSES, *(f"{SHARD_PROCESS}{n}" for n in sorted(set(shop.inventory_shards)))]
+    """Every process of the shop: the fixed ones, the orders API's further replicas
+    and a worker per configured shard."""
+    return [
+        *SHOP_PROCESSES,
+        *(f"{API_REPLICA}{n}" for n in range(1, shop.orders_api_replicas)),
+        *(f"{SHARD_PROCESS}{n}" for n in sorted(set(shop.inventory_shards))),
+    ]
 
 
-def command_of(name: str) -> tuple[list[str], dict[str, str]]:
+def command_of(name: str, shop: ShopSettings) -> tuple[list[str], dict[str, str]]:
     """The ``relaybus`` argv and extra environment of the process ``name``; raises
     ``KeyError`` for a name that is not a shop process."""
     if name in SHOP_PROCESSES:
@@ -48,6 +56,11 @@ def command_of(name: str) -> tuple[list[str], dict[str, str]]:
     shard = name.removeprefix(SHARD_PROCESS)
     if name.startswith(SHARD_PROCESS) and shard.isdigit() and int(shard) < 4096:
         return ["worker", "inventory"], {"RELAYBUS_INVENTORY_SHARD": str(int(shard))}
+    replica = name.removeprefix(API_REPLICA)
+    if name.startswith(API_REPLICA) and replica.isdigit() and 0 < int(replica) < 16:
+        # Replica n listens on orders_api_port + n; the rest of its settings are the shop's.
+        port = str(shop.orders_api_port + int(replica))
+        return ["serve", "orders-api", "--port", port], {}
     raise KeyError(name)
 
 
@@ -130,7 +143,7 @@ class Shop:
         self.env = dict(env or {})
         self.children = {}
         for name in names or default_names(shop):
-            argv, extra = command_of(name)
+            argv, extra = command_of(name, shop)
             self.children[name] = Child(name, argv, log_dir / f"{name}.log", {**self.env, **extra})
 
     def start_all(self) -> None:
@@ -200,6 +213,8 @@ class Shop:
             "gateway": f"{self.shop.gateway_base_url}/healthz",
             "orders-api": f"{self.shop.orders_api_url}/healthz",
         }
+        for n, url in enumerate(self.shop.orders_api_urls[1:], start=1):
+            urls[f"{API_REPLICA}{n}"] = f"{url}/healthz"
         pending = {name: url for name, url in urls.items() if name in self.children}
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2.0) as client:

@@ -21,7 +21,7 @@ def run(
     only: list[str] = typer.Option(
         [],
         help=f"Run only these (repeatable): {', '.join(SHOP_PROCESSES)}, "
-        f"inventory-shard-N, {', '.join(OPTIONAL_PROCESSES)}.",
+        f"orders-api-N, inventory-shard-N, {', '.join(OPTIONAL_PROCESSES)}.",
     ),
 ) -> None:
     """Run the shop: relay, gateway, orders API, the orders and payments workers, an
@@ -35,7 +35,7 @@ def run(
     unknown = []
     for name in only:
         try:
-            command_of(name)
+            command_of(name, ShopSettings())
         except KeyError:
             unknown.append(name)
     if unknown:

@@ -2,57 +2,96 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-# KEYS[1] = the decision's key; KEYS[2..n+1] = the buckets.
-# ARGV[1] = decision TTL (s); ARGV[2i], ARGV[2i+1] = rate (tokens/s) and burst of bucket i.
-# Returns the decision: "0" admitted, "i" refused by bucket i (the first that is empty).
+# One call decides a whole batch of requests, in order, atomically.
 #
-# All-or-nothing: a token is taken from every bucket only if every bucket has one, so
-# a request refused by the global limit does not use up its customer's budget. The
-# decision is remembered under KEYS[1]: a request offered again (a redelivery after a
-# crash) gets the same answer and takes nothing. Server time only (TIME), as in
-# ``redis_bucket.TAKE``. All keys in one script: a single Redis (or one hash slot).
+# KEYS[1..3] = the decision hashes of time slices k+1, k, k-1 (k = client time / TTL;
+#              decisions are written to slice k and looked up in all three, so clients
+#              whose clocks differ by less than the TTL find each other's decisions);
+# KEYS[4..]  = the distinct buckets the batch touches.
+# ARGV[1]    = TTL (s); ARGV[2] = JSON {"limits": [[rate, burst], …] (one per bucket),
+#              "ids": [request id, …], "asks": [[bucket number, …], …] (one per request)}
+#              (one argument: encoding many small ones cost more than the decisions).
+# Returns, per request, "0" (admitted) or "j": refused by its j-th bucket.
+#
+# All-or-nothing per request: tokens are taken from every bucket of a request only if
+# each has one, so a request the global limit refuses does not use up its customer's
+# budget. A request decided before (same id, within the TTL) gets its first answer
+# again and takes nothing: a redelivery after a crash is harmless. Each bucket is read
+# once (MGET) and written once (SET … PX) per batch, as "tokens:microseconds"; the
+# server's clock (TIME) is the only clock. All keys in one script: a single Redis (or
+# one hash slot).
 ADMIT = """
-local prior = redis.call('GET', KEYS[1])
-if prior then return prior end
+local ttl = tonumber(ARGV[1])
+local batch = cjson.decode(ARGV[2])
+local ids, asks = batch.ids, batch.asks
+local n = #ids
+local u = #batch.limits
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS - 1
-local tokens = {}
-local refused = 0
-for i = 1, n do
-  local rate = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local state = redis.call('HMGET', KEYS[i + 1], 'tokens', 'at')
-  local tk = tonumber(state[1])
-  local at = tonumber(state[2])
-  if tk == nil then
-    tk = burst
-    at = now
-  end
-  if now > at then
-    tk = math.min(burst, tk + (now - at) * rate / 1000000)
-  end
-  tokens[i] = tk
-  if refused == 0 and tk < 1 then refused = i end
+local rate, burst, tokens, dirty = {}, {}, {}, {}
+for b = 1, u do
+  rate[b] = tonumber(batch.limits[b][1])
+  burst[b] = tonumber(batch.limits[b][2])
 end
-if refused == 0 then
-  for i = 1, n do
-    local rate = tonumber(ARGV[2 * i])
-    local burst = tonumber(ARGV[2 * i + 1])
-    local left = tokens[i] - 1
-    redis.call('HSET', KEYS[i + 1], 'tokens', tostring(left), 'at', tostring(now))
-    if rate > 0 then
-      redis.call('PEXPIRE', KEYS[i + 1], math.ceil((burst - left) / rate * 1000) + 1000)
+local states = redis.call('MGET', unpack(KEYS, 4, 3 + u))
+for b = 1, u do
+  local tk = burst[b]
+  local state = states[b]
+  if state then
+    local sep = string.find(state, ':', 1, true)
+    local at = tonumber(string.sub(state, sep + 1))
+    tk = tonumber(string.sub(state, 1, sep - 1))
+    if now > at then
+      tk = math.min(burst[b], tk + (now - at) * rate[b] / 1000000)
     end
   end
+  tokens[b] = tk
 end
-redis.call('SET', KEYS[1], tostring(refused), 'EX', tonumber(ARGV[1]))
-return tostring(refused)
+local seen = {}
+for s = 1, 3 do seen[s] = redis.call('HMGET', KEYS[s], unpack(ids)) end
+local out, written, mine = {}, {}, {}
+for r = 1, n do
+  local prior = mine[ids[r]] or seen[2][r] or seen[1][r] or seen[3][r]
+  if prior then
+    out[r] = prior
+  else
+    local refused = 0
+    for j, b in ipairs(asks[r]) do
+      if tokens[b] < 1 then refused = j break end
+    end
+    if refused == 0 then
+      for _, b in ipairs(asks[r]) do
+        tokens[b] = tokens[b] - 1
+        dirty[b] = true
+      end
+    end
+    out[r] = tostring(refused)
+    mine[ids[r]] = out[r]
+    written[#written + 1] = ids[r]
+    written[#written + 1] = out[r]
+  end
+end
+for b, _ in pairs(dirty) do
+  local value = tostring(tokens[b]) .. ':' .. tostring(now)
+  if rate[b] > 0 then
+    local full_in = math.ceil((burst[b] - tokens[b]) / rate[b] * 1000) + 1000
+    redis.call('SET', KEYS[3 + b], value, 'PX', full_in)
+  else
+    redis.call('SET', KEYS[3 + b], value)
+  end
+end
+if #written > 0 then
+  redis.call('HSET', KEYS[2], unpack(written))
+  redis.call('EXPIRE', KEYS[2], 2 * ttl + 60)
+end
+return out
 """
 
 
@@ -80,36 +119,52 @@ class Ask:
 class RedisAdmission:
     """Decides requests against token buckets shared by every admission process.
 
-    ``decide`` sends one ``EVALSHA`` per request, all in one pipeline (one round trip
-    per batch). Each answer is ``None`` (admitted) or the ``Limit`` that refused it.
-    A request decided before (same id, within ``decision_ttl``) gets its first answer
-    again. If Redis fails, the error propagates and nothing is decided: the caller
-    offers the batch again later (admission fails closed, not open).
+    ``decide`` sends the whole batch in one ``EVALSHA`` (up to ``chunk`` requests per
+    call): one round trip, each bucket read and written once. Each answer is ``None``
+    (admitted) or the ``Limit`` that refused it. Within a call, requests are decided
+    in the order given. A request decided before (same id, within ``decision_ttl``)
+    gets its first answer again. If Redis fails, the error propagates and nothing is
+    decided: the caller offers the batch again later (admission fails closed).
     """
 
-    def __init__(self, client: Redis, decision_ttl: int, prefix: str = "admission") -> None:
+    def __init__(
+        self, client: Redis, decision_ttl: int, prefix: str = "admission", chunk: int = 1000
+    ) -> None:
         self.client = client
         self.decision_ttl = decision_ttl
         self.prefix = prefix
+        self.chunk = chunk
         self._admit = client.register_script(ADMIT)
 
     async def decide(self, asks: Sequence[Ask]) -> list[Limit | None]:
+        decided: list[Limit | None] = []
+        for start in range(0, len(asks), self.chunk):
+            decided += await self._decide(asks[start : start + self.chunk])
+        return decided
+
+    async def _decide(self, asks: Sequence[Ask]) -> list[Limit | None]:
         if not asks:
             return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for ask in asks:
-                args: list[float | int] = [self.decision_ttl]
-                for _, limit in ask.buckets:
-                    args += [limit.rate, limit.burst]
-                await self._admit(
-                    keys=[f"{self.prefix}:decision:{ask.request_id}"]
-                    + [key for key, _ in ask.buckets],
-                    args=args,
-                    client=pipe,
-                )
-            answers = await pipe.execute()
-        decided: list[Limit | None] = []
-        for ask, answer in zip(asks, answers, strict=True):
-            index = int(answer)
-            decided.append(None if index == 0 else ask.buckets[index - 1][1])
-        return decided
+        numbers: dict[str, int] = {}
+        limits: list[tuple[float, int]] = []
+        per_request: list[list[int]] = []
+        for ask in asks:
+            own = []
+            for key, limit in ask.buckets:
+                number = numbers.get(key)
+                if number is None:
+                    number = numbers[key] = len(numbers) + 1
+                    limits.append((limit.rate, limit.burst))
+                own.append(number)
+            per_request.append(own)
+        batch = json.dumps(
+            {"limits": limits, "ids": [ask.request_id for ask in asks], "asks": per_request},
+            separators=(",", ":"),
+        )
+        slice_ = int(time.time()) // self.decision_ttl
+        decisions = [f"{self.prefix}:decisions:{slice_ + d}" for d in (1, 0, -1)]
+        answers = await self._admit(keys=decisions + list(numbers), args=[self.decision_ttl, batch])
+        return [
+            None if int(answer) == 0 else ask.buckets[int(answer) - 1][1]
+            for ask, answer in zip(asks, answers, strict=True)
+        ]

@@ -188,3 +188,13 @@ def test_wire_values_print_as_text_not_markup() -> None:
     assert "[/x] [link=http://evil]click[/link]" in printed
     assert "\\x1b[31mred" in printed
     assert "\x1b]8;" not in printed  # no hyperlink escape was rendered
+
+
+def test_every_reserved_header_starts_with_x_dash() -> None:
+    # ``is_reserved`` answers False at once for names not starting with "x": that is
+    # only right while every reserved name and prefix starts with "x-".
+    from relaybus.headers import RESERVED_NAMES, RESERVED_PREFIXES, is_reserved
+
+    assert all(name.startswith("x-") for name in (*RESERVED_NAMES, *RESERVED_PREFIXES))
+    assert is_reserved("X-DLQ-Reason")
+    assert not is_reserved("type")
