@@ -159,6 +159,22 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
             headers=envelope(message_type, key, message_id, causation),
         )
 
+    async def keep_state(key: str, state: bytes, partition: int) -> None:
+        """Write the saga's state to the local store and its changelog record straight
+        to the event partition's transactional producer, before the next event (when
+        faust may commit this one's offset). ``sagas[key] = state`` would go through
+        faust's send buffer, which its exactly-once commit does not flush: the record
+        could land in the next transaction and be lost with a crash while the offset
+        stayed committed (``streams.readmodel.agent`` has the account)."""
+        sagas.data[key] = state
+        await sagas.changelog_topic.send(
+            key=key,
+            value=state,
+            partition=partition,  # the changelog is co-partitioned with the inputs
+            key_serializer=sagas.key_serializer,  # type: ignore[attr-defined]
+            value_serializer=sagas.value_serializer,  # type: ignore[attr-defined]
+        )
+
     @app.agent(inputs)
     async def order_saga(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -208,7 +224,11 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
                     causation,
                 )
             if decision.state is not None:
-                sagas[key] = json.dumps(decision.state, separators=(",", ":")).encode()
+                await keep_state(
+                    key,
+                    json.dumps(decision.state, separators=(",", ":")).encode(),
+                    event.message.partition,
+                )
 
     return app
 
