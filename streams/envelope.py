@@ -14,15 +14,17 @@ def envelope(
     message_id: str,
     causation: str | None,
     aggregate_type: str = "saga",
+    occurred_at: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """The envelope headers (DESIGN §2) of a record a processor sends: the services'
-    ``ConsumerApp`` workers decode it like any relayed event."""
+    ``ConsumerApp`` workers decode it like any relayed event. ``occurred_at``
+    (RFC 3339) defaults to now; a batch processor passes one for the whole batch."""
     headers = {
         "id": message_id,
         "type": message_type,
         "aggregatetype": aggregate_type,
         "aggregateid": key,
-        "occurred_at": rfc3339(datetime.now(UTC)),
+        "occurred_at": occurred_at or rfc3339(datetime.now(UTC)),
         "content-type": "application/json",
         "schema_version": "1",
     }

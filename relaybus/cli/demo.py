@@ -89,6 +89,7 @@ async def run_flash_sale(
         "orders_accepted": len(placed.order_ids),
         "http_statuses": {str(k): v for k, v in placed.statuses.items()},
         "client_retries": placed.retries,
+        "connection_retries": placed.transport_retries,
         "retries_with_another_id": placed.retry_mismatches,
         "seconds": round(placed.seconds, 2),
         "orders_per_second": round(placed.rate, 1),

@@ -24,6 +24,9 @@ from producers.orders.store import add_products
 from relaybus.db import session_factory
 from streams.sharding.balancing import Balancer, RoundRobin
 
+# Tries per request on a connection error (same Idempotency-Key each time).
+TRANSPORT_ATTEMPTS = 3
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -55,6 +58,7 @@ class Placed:
     seconds: float = 0.0
     latency_ms: list[float] = field(default_factory=list)
     replicas: Counter[str] = field(default_factory=Counter)  # requests per API replica
+    transport_retries: int = 0  # requests sent again (same key) after a connection error
 
     @property
     def rate(self) -> float:
@@ -105,17 +109,28 @@ async def place_orders(
 
     async def post(client: httpx.AsyncClient, key: str, body: dict[str, Any]) -> str | None:
         started = time.perf_counter()
-        replica = chooser.pick(body["customer"])
-        placed.replicas[replica] += 1
-        try:
-            response = await client.post(
-                f"{replica}/orders", json=body, headers={"Idempotency-Key": key}
-            )
-        except httpx.HTTPError as err:
-            placed.errors.append(f"POST /orders: {err!r}")
-            return None
-        finally:
-            chooser.done(replica)
+        response = None
+        for attempt in range(1, TRANSPORT_ATTEMPTS + 1):
+            replica = chooser.pick(body["customer"])
+            placed.replicas[replica] += 1
+            try:
+                response = await client.post(
+                    f"{replica}/orders", json=body, headers={"Idempotency-Key": key}
+                )
+                break
+            except httpx.TransportError as err:
+                # A pooled connection the server had just closed, a replica that is
+                # restarting: sent again with the same key, so never a second order.
+                placed.transport_retries += 1
+                if attempt == TRANSPORT_ATTEMPTS:
+                    placed.errors.append(f"POST /orders: {err!r}")
+                    return None
+            except httpx.HTTPError as err:
+                placed.errors.append(f"POST /orders: {err!r}")
+                return None
+            finally:
+                chooser.done(replica)
+        assert response is not None
         placed.latency_ms.append((time.perf_counter() - started) * 1000)
         placed.statuses[response.status_code] += 1
         if response.status_code != 202:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from consumers.incoming import Incoming, InvalidMessage
 from producers.contract import (
@@ -18,6 +19,7 @@ from producers.contract import (
     step_id,
 )
 from producers.settings import ShopSettings
+from relaybus.message import rfc3339
 from streams.admission.limits import Ask, Limit, RedisAdmission
 from streams.envelope import envelope
 from streams.runtime.processor import Emit, Result
@@ -81,13 +83,14 @@ class AdmissionProcessor:
                     self._buckets_for(request.customer, request.client_ip, str(request.order_id))
                 )
         decisions = iter(await self.limiter.decide(asks))
+        now = rfc3339(datetime.now(UTC))
         results: list[Result] = []
         for message, outcome in zip(batch, requests, strict=True):
             if isinstance(outcome, InvalidMessage):
                 results.append(outcome)
                 continue
             refused = None if outcome.customer in self.vip else next(decisions)
-            results.append([self._decision(message, outcome, refused)])
+            results.append([self._decision(message, outcome, refused, now)])
         return results
 
     def _buckets_for(self, customer: str, client_ip: str, request_id: str) -> Ask:
@@ -102,7 +105,9 @@ class AdmissionProcessor:
             ],
         )
 
-    def _decision(self, message: Incoming, request: OrderRequested, refused: Limit | None) -> Emit:
+    def _decision(
+        self, message: Incoming, request: OrderRequested, refused: Limit | None, now: str
+    ) -> Emit:
         order = str(request.order_id)
         if refused is None:
             reason = "vip" if request.customer in self.vip else "within limits"
@@ -115,5 +120,5 @@ class AdmissionProcessor:
             topic,
             order.encode(),
             json.dumps(body, separators=(",", ":")).encode(),
-            envelope(kind, order, str(step_id(order, step)), str(message.id), "admission"),
+            envelope(kind, order, str(step_id(order, step)), str(message.id), "admission", now),
         )

@@ -5,6 +5,7 @@ only the products the ring moves change shard, all to the new one."""
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -32,10 +33,16 @@ async def test_a_shard_added_during_the_sale_loses_nothing_and_keeps_per_product
     workload = Workload(orders=900, products=12, stock=60, seed=5, users=5000)
     resharded: list[int] = []
 
+    outcome: list[int] = []
+
+    def publish() -> None:
+        proc = run_cli("shards", "set", "0", "1", "2", "--note", "test", env=env_of(shop))
+        outcome.append(proc.returncode)
+
     def add_a_shard(placed: int) -> None:
+        # From a thread: the sale's event loop keeps going while the CLI runs.
         if placed == 300 and not resharded:
-            proc = run_cli("shards", "set", "0", "1", "2", "--note", "test", env=env_of(shop))
-            assert proc.returncode == 0, proc.stderr[-2000:]
+            threading.Thread(target=publish).start()
             resharded.append(placed)
 
     # The new shard's worker runs from the start; it gets commands once the router
@@ -45,6 +52,7 @@ async def test_a_shard_added_during_the_sale_loses_nothing_and_keeps_per_product
         settings, shop, workload, processes, 600, None, on_placed=add_a_shard
     )
     assert resharded == [300]
+    assert outcome == [0]
     assert report.ok, report.problems[:20]
     assert len(placed.order_ids) == workload.orders
     skus = [line.sku for line in report.products]
