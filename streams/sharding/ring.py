@@ -7,11 +7,13 @@ nodes x 160 vnodes give max/mean about 1.13 (median over node names; 1.26 for th
 names ``shard-0..9``).
 
 With ``probes=p`` (multi-probe consistent hashing, Appleton & O'Reilly 2015) the key
-is looked up at ``p`` positions ``hash(key) + j·φ·2^64`` and belongs to the point
-*closest* clockwise from any of them. A node with a long arc no longer wins
-proportionally more keys: at 160 vnodes, 4 probes give max/mean about 1.05. The
-consistency argument is unchanged: adding a node only adds points, so a key moves
-only if a new point becomes its closest (it moves *to* the new node); removing a node
+is looked up at ``p`` independent positions (``hash(key)``, ``hash(key + suffix_j)``)
+and belongs to the point *closest* clockwise from any of them. A node with a long
+arc no longer wins proportionally more keys: at 160 vnodes, 4 probes give max/mean
+1.06 (1 M keys, for each of three sets of 10 names; the classic lookup gave 1.08 to
+1.25), at about a quarter of the classic lookup's speed. The consistency argument is
+unchanged: adding a node only adds points, so a key moves only if a new point becomes
+its closest (it moves *to* the new node); removing a node
 only removes its points, so only its own keys move.
 """
 
@@ -27,16 +29,15 @@ def blake2b64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-# The 64-bit golden-ratio increment: probe positions spread evenly around the ring.
-_PROBE_STEP = 0x9E3779B97F4A7C15
 _RING = 1 << 64
+_PROBE_SUFFIX = [f"\x00probe{j}".encode() for j in range(64)]
 
 
 class HashRing:
     """Maps keys to nodes. ``vnodes`` points per node, ``hash_fn`` over bytes (to 64
     bits), ``probes`` lookups per key (1: the classic ring).
 
-    Lookups are O(probes·log(N·vnodes)) (binary search; one hash per key); adding or
+    Lookups are O(probes·log(N·vnodes)) (a hash and a binary search per probe); adding or
     removing a node rebuilds the sorted point list, O(N·vnodes·log). Deterministic:
     every process with the same nodes, vnodes, probes and hash function maps every
     key the same way.
@@ -50,8 +51,8 @@ class HashRing:
         probes: int = 4,
         hash_fn: Callable[[bytes], int] = blake2b64,
     ) -> None:
-        if vnodes < 1 or probes < 1:
-            raise ValueError("vnodes and probes must be at least 1")
+        if vnodes < 1 or not 1 <= probes <= len(_PROBE_SUFFIX):
+            raise ValueError(f"vnodes must be at least 1 and probes 1..{len(_PROBE_SUFFIX)}")
         self.vnodes = vnodes
         self.probes = probes
         self._hash = hash_fn
@@ -98,8 +99,10 @@ class HashRing:
         if self.probes == 1:
             return self._owners[best_index]
         best = (points[best_index] - position) % _RING
-        for _ in range(1, self.probes):
-            position = (position + _PROBE_STEP) % _RING
+        for probe in range(1, self.probes):
+            # Independent positions (not fixed offsets from the first: points placed
+            # once would then weigh the same way for every key).
+            position = self._hash(data + _PROBE_SUFFIX[probe]) % _RING
             index = bisect.bisect_right(points, position) % count
             distance = (points[index] - position) % _RING
             if distance < best:
