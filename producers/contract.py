@@ -195,3 +195,14 @@ def parse(model: type[M], payload: object) -> M:
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()
         )
         raise InvalidMessage("bad-payload", problems[:1000]) from None
+
+
+def parse_keyed(model: type[M], payload: object, key: str) -> M:
+    """``parse`` a shop message that must be about the order it is keyed by; one keyed
+    otherwise is ``InvalidMessage`` (``key-mismatch``): a key picks a partition, and a
+    message on another order's partition would break that order's ordering."""
+    message = parse(model, payload)
+    order_id = getattr(message, "order_id", None)
+    if str(order_id) != key:
+        raise InvalidMessage("key-mismatch", f"keyed {key[:40]!r}, about {order_id}")
+    return message

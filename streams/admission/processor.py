@@ -15,7 +15,7 @@ from producers.contract import (
     THROTTLED,
     EventType,
     OrderRequested,
-    parse,
+    parse_keyed,
     step_id,
 )
 from producers.settings import ShopSettings
@@ -69,11 +69,7 @@ class AdmissionProcessor:
         asks: list[Ask] = []
         for message in batch:
             try:
-                request = parse(OrderRequested, message.payload)
-                if str(request.order_id) != message.key:
-                    raise InvalidMessage(
-                        "key-mismatch", f"keyed {message.key[:40]!r}, about {request.order_id}"
-                    )
+                request = parse_keyed(OrderRequested, message.payload, message.key)
             except InvalidMessage as err:
                 requests.append(err)
                 continue

@@ -7,15 +7,9 @@
   event's table update and its offset commit are one Kafka transaction, so after a
   crash the table equals a fold of the topic (faust-streaming's at-least-once mode
   double-applies after a restart, #596; the fold is also idempotent by version).
-- **A faust gap closed here**: in ``exactly_once`` mode faust-streaming 0.15.3 commits
-  the transaction without first flushing the buffer that table writes go through
-  (``send_soon``; only its at-least-once path flushes). A changelog record still in
-  the buffer then lands in the *next* transaction, after the offsets of its event
-  were committed: a crash or a stop loses it (seen: a kill lost the last ~15 updates
-  of a partition). So the agent writes the local store and sends the changelog
-  record itself (``changelog_topic.send``: straight to the transactional producer of
-  the event's partition) before it takes the next event, which is when faust may
-  commit the event's offset.
+- **Table writes** go through ``streams.faustapp.write_through``: faust-streaming
+  0.15.3's exactly-once commit does not flush the buffer ``table[key] = value`` uses,
+  and a crash lost the last updates of a partition (the function says how).
 - **Served** over faust's web server (loopback by default): ``GET /orders/{id}/`` →
   ``{"view": …|null, "applied": {"<partition>": offset}}`` where ``offset`` is the
   last event of that partition this process applied (absent: none since it
@@ -38,6 +32,7 @@ from producers.contract import ORDER_STATUS_EVENTS, EventType
 from producers.settings import ShopSettings
 from relaybus.settings import Settings
 from streams.envelope import header
+from streams.faustapp import exactly_once_app, write_through
 from streams.readmodel.view import StatusEvent, fold
 
 log = logging.getLogger("relaybus.readmodel")
@@ -66,25 +61,15 @@ def read_event(headers: Any, value: bytes | None) -> StatusEvent | None:
 def create_read_model_app(settings: Settings, shop: ShopSettings, partitions: int) -> faust.App:
     """The read model's faust app (nothing connects until its worker starts);
     ``partitions``: the input topic's partition count (the table's too)."""
-    brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
-    app = faust.App(
+    app = exactly_once_app(
         APP_ID,
-        broker=brokers,
-        store="memory://",
-        processing_guarantee="exactly_once",
-        topic_partitions=partitions,
-        topic_replication_factor=shop.shop_replication,
-        table_standby_replicas=0,
-        broker_commit_interval=shop.saga_commit_interval,
-        broker_session_timeout=shop.saga_session_timeout,
-        broker_heartbeat_interval=max(shop.saga_session_timeout / 5, 0.5),
-        consumer_auto_offset_reset="earliest",
+        settings,
+        shop,
+        partitions,
         web_enabled=True,
         web_bind=shop.read_model_host,
         web_host=shop.read_model_host,
         web_port=shop.read_model_port,
-        autodiscover=False,
-        producer_acks=-1,
     )
     events = app.topic(
         ORDER_STATUS_EVENTS, key_serializer="raw", value_serializer="raw", allow_empty=True
@@ -107,22 +92,9 @@ def create_read_model_app(settings: Settings, shop: ShopSettings, partitions: in
             applied[event.message.partition] = event.message.offset
 
     async def store(key: str, event: StatusEvent, partition: int) -> None:
-        """The table update of one event, written so that its changelog record is in
-        the open transaction before this event's offset can be committed (the
-        module docstring says why not ``views[key] = value``)."""
         stored = views.get(key)
-        value = json.dumps(
-            fold(json.loads(stored) if stored else None, event), separators=(",", ":")
-        )
-        encoded = value.encode()
-        views.data[key] = encoded  # the local store; the changelog record follows
-        await views.changelog_topic.send(
-            key=key,
-            value=encoded,
-            partition=partition,  # co-partitioned with the input
-            key_serializer=views.key_serializer,  # type: ignore[attr-defined]
-            value_serializer=views.value_serializer,  # type: ignore[attr-defined]
-        )
+        view = fold(json.loads(stored) if stored else None, event)
+        await write_through(views, key, json.dumps(view, separators=(",", ":")).encode(), partition)
 
     @app.page("/orders/{order_id}/")
     async def order_view(web: Any, request: Any, order_id: str) -> Any:

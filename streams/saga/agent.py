@@ -45,6 +45,7 @@ from producers.contract import (
 from producers.settings import ShopSettings
 from relaybus.settings import Settings
 from streams.envelope import envelope, header
+from streams.faustapp import exactly_once_app, write_through
 from streams.saga.machine import Command, decide
 
 log = logging.getLogger("relaybus.saga")
@@ -98,24 +99,7 @@ def read_input(headers: Any, value: bytes | None) -> tuple[str, dict[str, Any]] 
 
 def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
     """The saga's faust app (nothing connects until its worker starts)."""
-    brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
-    app = faust.App(
-        APP_ID,
-        broker=brokers,
-        store="memory://",
-        processing_guarantee="exactly_once",
-        topic_partitions=shop.shop_partitions,
-        topic_replication_factor=shop.shop_replication,
-        table_standby_replicas=0,
-        broker_commit_interval=shop.saga_commit_interval,
-        broker_session_timeout=shop.saga_session_timeout,
-        broker_heartbeat_interval=max(shop.saga_session_timeout / 5, 0.5),
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-        autodiscover=False,
-        producer_acks=-1,
-        producer_linger=0.005,
-    )
+    app = exactly_once_app(APP_ID, settings, shop, shop.shop_partitions, producer_linger=0.005)
     inputs = app.topic(*SAGA_INPUTS, key_serializer="raw", value_serializer="raw", allow_empty=True)
     outputs = {
         name: app.topic(
@@ -157,22 +141,6 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
             key=key.encode(),
             value=json.dumps(body, separators=(",", ":")).encode(),
             headers=envelope(message_type, key, message_id, causation),
-        )
-
-    async def keep_state(key: str, state: bytes, partition: int) -> None:
-        """Write the saga's state to the local store and its changelog record straight
-        to the event partition's transactional producer, before the next event (when
-        faust may commit this one's offset). ``sagas[key] = state`` would go through
-        faust's send buffer, which its exactly-once commit does not flush: the record
-        could land in the next transaction and be lost with a crash while the offset
-        stayed committed (``streams.readmodel.agent`` has the account)."""
-        sagas.data[key] = state
-        await sagas.changelog_topic.send(
-            key=key,
-            value=state,
-            partition=partition,  # the changelog is co-partitioned with the inputs
-            key_serializer=sagas.key_serializer,  # type: ignore[attr-defined]
-            value_serializer=sagas.value_serializer,  # type: ignore[attr-defined]
         )
 
     @app.agent(inputs)
@@ -224,10 +192,12 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
                     causation,
                 )
             if decision.state is not None:
-                await keep_state(
+                # Not ``sagas[key] = …``: see ``write_through``.
+                await write_through(
+                    sagas,
                     key,
                     json.dumps(decision.state, separators=(",", ":")).encode(),
-                    event.message.partition,
+                    event.message.partition,  # the changelog is co-partitioned
                 )
 
     return app

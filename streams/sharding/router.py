@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.incoming import Incoming, InvalidMessage
-from producers.contract import INVENTORY_COMMANDS, CommandType, StepCommand, parse
+from producers.contract import INVENTORY_COMMANDS, CommandType, StepCommand, parse_keyed
 from relaybus.brokers.kafka_admin import end_offsets, ensure_topic, group_offsets
 from streams.runtime.processor import Emit, Result
 from streams.sharding.directory import ShardDirectory, ShardEpoch, shard_group, shard_topic
@@ -97,11 +97,7 @@ class InventoryRouter:
         results: list[Result] = []
         for message in batch:
             try:
-                command = parse(StepCommand, message.payload)
-                if str(command.order_id) != message.key:
-                    raise InvalidMessage(
-                        "key-mismatch", f"keyed {message.key[:40]!r}, about {command.order_id}"
-                    )
+                command = parse_keyed(StepCommand, message.payload, message.key)
             except InvalidMessage as err:
                 results.append(err)
                 continue

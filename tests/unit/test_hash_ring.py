@@ -88,7 +88,7 @@ def test_removing_a_shard_moves_only_its_keys(placed: tuple[HashRing, list[str]]
 
 def test_the_hash_function_is_configurable() -> None:
     crc = HashRing(SHARDS, vnodes=160, hash_fn=zlib.crc32)
-    with pytest.raises(ValueError, match="probes 1..64"):
+    with pytest.raises(ValueError, match=r"probes 1\.\.64"):
         HashRing(SHARDS, probes=0)
     assert {crc.node_for(k) for k in KEYS[:20_000]} == set(SHARDS)
 
