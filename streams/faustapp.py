@@ -10,12 +10,13 @@ from producers.settings import ShopSettings
 from relaybus.settings import Settings
 
 
-def exactly_once_app(
+def shop_faust_app(
     app_id: str, settings: Settings, shop: ShopSettings, partitions: int, **extra: Any
 ) -> faust.App:
-    """A faust app in ``exactly_once`` mode on relaybus's Kafka, memory store (the
-    changelog is the durable copy), the shop's commit interval and session timeout,
-    reading from the earliest offset; ``extra`` adds or overrides faust settings."""
+    """A faust app in ``exactly_once`` mode (unless ``extra`` says otherwise) on
+    relaybus's Kafka, memory store (the changelog is the durable copy), the shop's
+    commit interval and session timeout, reading from the earliest offset; ``extra``
+    adds or overrides faust settings."""
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
     options: dict[str, Any] = {
         "broker": brokers,
@@ -45,10 +46,9 @@ async def write_through(table: Any, key: str, value: bytes, partition: int) -> N
     A record still buffered lands in the *next* transaction, after its event's offset
     was committed, and a crash or a stop loses it (seen: a kill lost the last ~15
     updates of a partition of the read model; the saga lost state the same way).
-    Here the local store is written and the record is sent straight to the
-    transactional producer of ``partition`` (the table is co-partitioned with its
-    input, so that is the event's partition); faust commits an event's offset only
-    once the agent has moved on to the next event.
+    Here the local store is written and the record is sent with ``Topic.send``, which
+    faust attaches to the current event and publishes, and waits for, before it
+    commits that event's offset (in either processing guarantee).
     """
     table.data[key] = value
     await table.changelog_topic.send(

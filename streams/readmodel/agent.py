@@ -1,15 +1,24 @@
-"""The order-status read model as a faust app: one agent, one table, exactly-once.
+"""The order-status read model as a faust app: one agent, one table, exactly-once state.
 
 - **Input**: ``outbox.event.order-status`` (the orders service announces every status
   an order takes, with its version), keyed by order id.
 - **State**: the table ``order-status`` (order id → the order's view as JSON), backed
-  by its changelog topic: the stream's materialised view. ``exactly_once``: each
-  event's table update and its offset commit are one Kafka transaction, so after a
-  crash the table equals a fold of the topic (faust-streaming's at-least-once mode
-  double-applies after a restart, #596; the fold is also idempotent by version).
-- **Table writes** go through ``streams.faustapp.write_through``: faust-streaming
-  0.15.3's exactly-once commit does not flush the buffer ``table[key] = value`` uses,
-  and a crash lost the last updates of a partition (the function says how).
+  by its changelog topic: the stream's materialised view.
+- **Guarantee: the table equals a fold of the topic** (exactly-once *state*), also
+  after a crash. The fold is idempotent and order-tolerant (keyed by version), so an
+  event applied twice changes nothing; what must never happen is an event whose
+  offset is committed while its table update is not durable. The app therefore runs
+  faust's **at-least-once** mode, where each changelog record is published and
+  acknowledged before the offset of its event is committed (``write_through``).
+  faust's ``exactly_once`` mode was tried first and lost updates: in CI an input
+  offset (partition 1, offset 49) was committed while the changelog record of its
+  update (offset 55) sat in a transaction that was aborted, so the restarted worker
+  never applied it. faust-streaming's at-least-once double application after a
+  restart (#596) is harmless here. Every start also replays the input from its
+  beginning (``streams.readmodel.run.replay_from_start``), which repairs anything a
+  crash lost. The saga, whose decisions are not an idempotent
+  fold, stays ``exactly_once`` (``docs/saga.md`` says what it does not rely on).
+- **Table writes** go through ``streams.faustapp.write_through`` (see there).
 - **Served** over faust's web server (loopback by default): ``GET /orders/{id}/`` →
   ``{"view": …|null, "applied": {"<partition>": offset}}`` where ``offset`` is the
   last event of that partition this process applied (absent: none since it
@@ -32,7 +41,7 @@ from producers.contract import ORDER_STATUS_EVENTS, EventType
 from producers.settings import ShopSettings
 from relaybus.settings import Settings
 from streams.envelope import header
-from streams.faustapp import exactly_once_app, write_through
+from streams.faustapp import shop_faust_app, write_through
 from streams.readmodel.view import StatusEvent, fold
 
 log = logging.getLogger("relaybus.readmodel")
@@ -61,11 +70,13 @@ def read_event(headers: Any, value: bytes | None) -> StatusEvent | None:
 def create_read_model_app(settings: Settings, shop: ShopSettings, partitions: int) -> faust.App:
     """The read model's faust app (nothing connects until its worker starts);
     ``partitions``: the input topic's partition count (the table's too)."""
-    app = exactly_once_app(
+    app = shop_faust_app(
         APP_ID,
         settings,
         shop,
         partitions,
+        # An idempotent fold: at-least-once gives exactly-once state (module docstring).
+        processing_guarantee="at_least_once",
         web_enabled=True,
         web_bind=shop.read_model_host,
         web_host=shop.read_model_host,

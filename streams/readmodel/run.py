@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 import faust
+from aiokafka.errors import KafkaError
 
 from producers.contract import ORDER_STATUS_EVENTS
 from producers.settings import ShopSettings
 from producers.topology import ensure_shop_topics
-from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
+from relaybus.brokers.kafka_admin import ensure_topic, start_group_at, topic_partitions
 from relaybus.settings import Settings
 from streams.readmodel.agent import APP_ID, CHANGELOG, create_read_model_app
+
+log = logging.getLogger("relaybus.readmodel")
 
 
 class PartitionsMismatch(RuntimeError):
@@ -42,9 +47,33 @@ async def ensure_read_model_topics(bootstrap: str, shop: ShopSettings) -> int:
     return partitions
 
 
+async def replay_from_start(bootstrap: str, within: float = 120.0) -> None:
+    """Point the read model's group at the beginning of its input, so the worker
+    re-applies every event on top of the table it recovers from the changelog.
+
+    The fold is idempotent, so this only repairs: an update whose changelog record
+    was lost while its offset was committed (faust's transactional commit was seen
+    doing that, see ``streams.readmodel.agent``) is applied again. The commit is
+    refused while a crashed worker is still a group member (until its session times
+    out), so it is retried until ``within`` seconds pass."""
+    numbers = await topic_partitions(bootstrap, ORDER_STATUS_EVENTS)
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await start_group_at(bootstrap, APP_ID, ORDER_STATUS_EVENTS, dict.fromkeys(numbers, 0))
+            return
+        except KafkaError as err:
+            if time.monotonic() > deadline:
+                raise
+            log.info("read model: group still has members (%r); retrying the rewind", err)
+            await asyncio.sleep(1.0)
+
+
 def run_read_model(settings: Settings, shop: ShopSettings, loglevel: str = "INFO") -> None:
-    """Run until SIGTERM/SIGINT (faust commits the open transaction first)."""
+    """Rewind to the start of the input (``replay_from_start``), then run until
+    SIGTERM/SIGINT."""
     partitions = asyncio.run(ensure_read_model_topics(settings.kafka_bootstrap, shop))
+    asyncio.run(replay_from_start(settings.kafka_bootstrap))
     app = create_read_model_app(settings, shop, partitions)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -45,7 +45,7 @@ from producers.contract import (
 from producers.settings import ShopSettings
 from relaybus.settings import Settings
 from streams.envelope import envelope, header
-from streams.faustapp import exactly_once_app, write_through
+from streams.faustapp import shop_faust_app, write_through
 from streams.saga.machine import Command, decide
 
 log = logging.getLogger("relaybus.saga")
@@ -99,7 +99,7 @@ def read_input(headers: Any, value: bytes | None) -> tuple[str, dict[str, Any]] 
 
 def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
     """The saga's faust app (nothing connects until its worker starts)."""
-    app = exactly_once_app(APP_ID, settings, shop, shop.shop_partitions, producer_linger=0.005)
+    app = shop_faust_app(APP_ID, settings, shop, shop.shop_partitions, producer_linger=0.005)
     inputs = app.topic(*SAGA_INPUTS, key_serializer="raw", value_serializer="raw", allow_empty=True)
     outputs = {
         name: app.topic(
