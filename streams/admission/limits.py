@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from redis.asyncio import Redis
 
@@ -15,44 +16,53 @@ from redis.asyncio import Redis
 #              decisions are written to slice k and looked up in all three, so clients
 #              whose clocks differ by less than the TTL find each other's decisions);
 # KEYS[4..]  = the distinct buckets the batch touches.
-# ARGV[1]    = TTL (s); ARGV[2] = JSON {"limits": [[rate, burst], …] (one per bucket),
-#              "ids": [request id, …], "asks": [[bucket number, …], …] (one per request)}
-#              (one argument: encoding many small ones cost more than the decisions).
-# Returns, per request, "0" (admitted) or "j": refused by its j-th bucket.
+# ARGV[1]    = TTL (s); ARGV[2] = JSON {"ids": [request id, …], "keys": [[bucket key,
+#              …], …] (one list per request), "kinds": [kind number, …] (one per
+#              request), "limits": [[[rate, burst], …], …] (one list per kind, one
+#              pair per bucket of a request of that kind)}. (One argument, and keys
+#              named rather than numbered: the client's per-key work cost more than
+#              the decisions.)
+# Returns one string, the answers in request order joined by ",": per request "0"
+# (admitted) or "j", refused by its j-th bucket. (One bulk string, not an array: the
+# client parses an array reply element by element, which cost more than the script.)
 #
 # All-or-nothing per request: tokens are taken from every bucket of a request only if
 # each has one, so a request the global limit refuses does not use up its customer's
 # budget. A request decided before (same id, within the TTL) gets its first answer
 # again and takes nothing: a redelivery after a crash is harmless. Each bucket is read
-# once (MGET) and written once (SET … PX) per batch, as "tokens:microseconds"; the
-# server's clock (TIME) is the only clock. All keys in one script: a single Redis (or
-# one hash slot).
+# once (MGET) and written once (SET … PX) per batch, as "tokens:microseconds", with the
+# rate and burst of the first request that names it; the server's clock (TIME) is the
+# only clock. All keys in one script: a single Redis (or one hash slot).
 ADMIT = """
 local ttl = tonumber(ARGV[1])
 local batch = cjson.decode(ARGV[2])
-local ids, asks = batch.ids, batch.asks
+local ids, names, kinds, limits = batch.ids, batch.keys, batch.kinds, batch.limits
 local n = #ids
-local u = #batch.limits
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local index = {}
+for b = 4, #KEYS do index[KEYS[b]] = b - 3 end
+local states = {}
+if #KEYS > 3 then states = redis.call('MGET', unpack(KEYS, 4, #KEYS)) end
 local rate, burst, tokens, dirty = {}, {}, {}, {}
-for b = 1, u do
-  rate[b] = tonumber(batch.limits[b][1])
-  burst[b] = tonumber(batch.limits[b][2])
-end
-local states = redis.call('MGET', unpack(KEYS, 4, 3 + u))
-for b = 1, u do
-  local tk = burst[b]
-  local state = states[b]
-  if state then
-    local sep = string.find(state, ':', 1, true)
-    local at = tonumber(string.sub(state, sep + 1))
-    tk = tonumber(string.sub(state, 1, sep - 1))
-    if now > at then
-      tk = math.min(burst[b], tk + (now - at) * rate[b] / 1000000)
+local function bucket(name, limit)
+  local b = index[name]
+  if tokens[b] == nil then
+    rate[b] = tonumber(limit[1])
+    burst[b] = tonumber(limit[2])
+    local tk = burst[b]
+    local state = states[b]
+    if state then
+      local sep = string.find(state, ':', 1, true)
+      local at = tonumber(string.sub(state, sep + 1))
+      tk = tonumber(string.sub(state, 1, sep - 1))
+      if now > at then
+        tk = math.min(burst[b], tk + (now - at) * rate[b] / 1000000)
+      end
     end
+    tokens[b] = tk
   end
-  tokens[b] = tk
+  return b
 end
 local seen = {}
 for s = 1, 3 do seen[s] = redis.call('HMGET', KEYS[s], unpack(ids)) end
@@ -62,12 +72,15 @@ for r = 1, n do
   if prior then
     out[r] = prior
   else
+    local own = {}
+    local kind = limits[kinds[r]]
+    for j, name in ipairs(names[r]) do own[j] = bucket(name, kind[j]) end
     local refused = 0
-    for j, b in ipairs(asks[r]) do
+    for j, b in ipairs(own) do
       if tokens[b] < 1 then refused = j break end
     end
     if refused == 0 then
-      for _, b in ipairs(asks[r]) do
+      for _, b in ipairs(own) do
         tokens[b] = tokens[b] - 1
         dirty[b] = true
       end
@@ -91,7 +104,7 @@ if #written > 0 then
   redis.call('HSET', KEYS[2], unpack(written))
   redis.call('EXPIRE', KEYS[2], 2 * ttl + 60)
 end
-return out
+return table.concat(out, ',')
 """
 
 
@@ -110,10 +123,13 @@ class Limit:
 
 @dataclass(frozen=True)
 class Ask:
-    """One request to decide: its id (the decision's key) and its buckets."""
+    """One request to decide: its id (the decision's key), its buckets' Redis keys and
+    their limits (``limits[j]`` is the bucket ``keys[j]``'s). Asks of one kind should
+    share one ``limits`` tuple: the script is told each distinct tuple once."""
 
     request_id: str
-    buckets: Sequence[tuple[str, Limit]]  # (redis key, limit)
+    keys: tuple[str, ...]
+    limits: tuple[Limit, ...]
 
 
 class RedisAdmission:
@@ -145,26 +161,32 @@ class RedisAdmission:
     async def _decide(self, asks: Sequence[Ask]) -> list[Limit | None]:
         if not asks:
             return []
-        numbers: dict[str, int] = {}
-        limits: list[tuple[float, int]] = []
-        per_request: list[list[int]] = []
+        # A few distinct tuples, told apart by identity (hashing each ask's Limits
+        # would cost more than the rest of the batch's encoding).
+        kinds: dict[int, int] = {}
+        shapes: list[list[list[float]]] = []
         for ask in asks:
-            own = []
-            for key, limit in ask.buckets:
-                number = numbers.get(key)
-                if number is None:
-                    number = numbers[key] = len(numbers) + 1
-                    limits.append((limit.rate, limit.burst))
-                own.append(number)
-            per_request.append(own)
+            if id(ask.limits) not in kinds:
+                kinds[id(ask.limits)] = len(shapes) + 1
+                shapes.append([[lim.rate, lim.burst] for lim in ask.limits])
         batch = json.dumps(
-            {"limits": limits, "ids": [ask.request_id for ask in asks], "asks": per_request},
+            {
+                "ids": [ask.request_id for ask in asks],
+                "keys": [ask.keys for ask in asks],
+                "kinds": [kinds[id(ask.limits)] for ask in asks],
+                "limits": shapes,
+            },
             separators=(",", ":"),
         )
+        buckets = list(dict.fromkeys(chain.from_iterable(ask.keys for ask in asks)))
         slice_ = int(time.time()) // self.decision_ttl
         decisions = [f"{self.prefix}:decisions:{slice_ + d}" for d in (1, 0, -1)]
-        answers = await self._admit(keys=decisions + list(numbers), args=[self.decision_ttl, batch])
+        reply = await self._admit(keys=decisions + buckets, args=[self.decision_ttl, batch])
+        text = reply.decode() if isinstance(reply, bytes) else str(reply)
+        answers = text.split(",")
+        if len(answers) != len(asks):
+            raise RuntimeError(f"admission script answered {len(answers)} of {len(asks)} requests")
         return [
-            None if int(answer) == 0 else ask.buckets[int(answer) - 1][1]
+            None if answer == "0" else ask.limits[int(answer) - 1]
             for ask, answer in zip(asks, answers, strict=True)
         ]

@@ -16,12 +16,12 @@ from producers.contract import (
     EventType,
     OrderRequested,
     parse_keyed,
-    step_id,
+    step_id_text,
 )
 from producers.settings import ShopSettings
 from relaybus.message import rfc3339
 from streams.admission.limits import Ask, Limit, RedisAdmission
-from streams.envelope import envelope
+from streams.envelope import EnvelopeTemplate
 from streams.runtime.processor import Emit, Result
 
 
@@ -60,6 +60,16 @@ class AdmissionProcessor:
         self.ip = Limit("per-ip", shop.admission_ip_rate, shop.admission_ip_burst)
         self.all = Limit("global", shop.admission_global_rate, shop.admission_global_burst)
         self.prefix = limiter.prefix
+        self._global = f"{self.prefix}:global"
+        self._limits = (self.user, self.ip, self.all)  # one tuple shared by every Ask
+        # Decision bodies differ only in the order id: each reason is JSON-encoded once.
+        self._reasons = {
+            refused: json.dumps(
+                "within limits" if refused is None else f"{refused.describe()} exceeded"
+            ).encode()
+            for refused in (None, self.user, self.ip, self.all)
+        }
+        self._vip_reason = json.dumps("vip").encode()
 
     def output_topics(self) -> list[str]:
         return [self.admitted_topic, self.throttled_topic]
@@ -80,13 +90,31 @@ class AdmissionProcessor:
                 )
         decisions = iter(await self.limiter.decide(asks))
         now = rfc3339(datetime.now(UTC))
+        admitted = EnvelopeTemplate(ADMITTED, occurred_at=now)
+        throttled = EnvelopeTemplate(THROTTLED, occurred_at=now)
         results: list[Result] = []
         for message, outcome in zip(batch, requests, strict=True):
             if isinstance(outcome, InvalidMessage):
                 results.append(outcome)
                 continue
-            refused = None if outcome.customer in self.vip else next(decisions)
-            results.append([self._decision(message, outcome, refused, now)])
+            order = str(outcome.order_id)
+            if outcome.customer in self.vip:
+                topic, template, step, reason = (
+                    self.admitted_topic,
+                    admitted,
+                    "admitted",
+                    self._vip_reason,
+                )
+            else:
+                refused = next(decisions)
+                reason = self._reasons[refused]
+                if refused is None:
+                    topic, template, step = self.admitted_topic, admitted, "admitted"
+                else:
+                    topic, template, step = self.throttled_topic, throttled, "throttled"
+            body = b'{"order_id":%d,"reason":%s}' % (outcome.order_id, reason)
+            headers = template.headers(order, step_id_text(order, step), str(message.id))
+            results.append([Emit(topic, order.encode(), body, headers)])
         return results
 
     def _buckets_for(self, customer: str, client_ip: str, request_id: str) -> Ask:
@@ -94,27 +122,6 @@ class AdmissionProcessor:
         bucket, all or nothing."""
         return Ask(
             request_id,
-            [
-                (f"{self.prefix}:user:{customer}", self.user),
-                (f"{self.prefix}:ip:{client_ip}", self.ip),
-                (f"{self.prefix}:global", self.all),
-            ],
-        )
-
-    def _decision(
-        self, message: Incoming, request: OrderRequested, refused: Limit | None, now: str
-    ) -> Emit:
-        order = str(request.order_id)
-        if refused is None:
-            reason = "vip" if request.customer in self.vip else "within limits"
-            topic, kind, step = self.admitted_topic, ADMITTED, "admitted"
-        else:
-            reason = f"{refused.describe()} exceeded"
-            topic, kind, step = self.throttled_topic, THROTTLED, "throttled"
-        body = {"order_id": request.order_id, "reason": reason}
-        return Emit(
-            topic,
-            order.encode(),
-            json.dumps(body, separators=(",", ":")).encode(),
-            envelope(kind, order, str(step_id(order, step)), str(message.id), "admission", now),
+            (f"{self.prefix}:user:{customer}", f"{self.prefix}:ip:{client_ip}", self._global),
+            self._limits,
         )

@@ -35,7 +35,7 @@ async def test_a_customer_gets_its_burst_and_a_refusal_takes_nothing(settings: S
     try:
 
         def ask(n: int, glob: Limit = HUGE, gkey: str = "g1") -> Ask:
-            return Ask(f"r{n}", [(f"{prefix}:user:ann", USER), (f"{prefix}:{gkey}", glob)])
+            return Ask(f"r{n}", (f"{prefix}:user:ann", f"{prefix}:{gkey}"), (USER, glob))
 
         # Five requests of one customer in one batch: three admitted, in order.
         first = await admission.decide([ask(n) for n in range(5)])
@@ -43,18 +43,18 @@ async def test_a_customer_gets_its_burst_and_a_refusal_takes_nothing(settings: S
         # The same requests again (a redelivery): the same answers, no token taken.
         assert await admission.decide([ask(n) for n in range(5)]) == first
         # A duplicate inside one batch gets one decision and takes one token.
-        cy = [(f"{prefix}:user:cy", USER)]
+        cy = (f"{prefix}:user:cy",)
         ids = ["x", "x", "y", "z", "w"]
-        again = await admission.decide([Ask(f"cy-{i}", cy) for i in ids])
+        again = await admission.decide([Ask(f"cy-{i}", cy, (USER,)) for i in ids])
         assert again == [None, None, None, None, USER]
         # All or nothing: bob's requests refused by the global bucket leave his own.
-        bob = [(f"{prefix}:user:bob", USER)]
+        bob = f"{prefix}:user:bob"
         refused = await admission.decide(
-            [Ask(f"b{n}", [*bob, (f"{prefix}:g3", tight_global)]) for n in range(4)]
+            [Ask(f"b{n}", (bob, f"{prefix}:g3"), (USER, tight_global)) for n in range(4)]
         )
         assert refused == [None, None, tight_global, tight_global]
         later = await admission.decide(
-            [Ask(f"c{n}", [*bob, (f"{prefix}:g4", HUGE)]) for n in range(2)]
+            [Ask(f"c{n}", (bob, f"{prefix}:g4"), (USER, HUGE)) for n in range(2)]
         )
         assert later == [None, USER]  # one token left of three, not zero
     finally:
@@ -73,7 +73,7 @@ async def main(url, prefix, who):
     budget = Limit("global", 0.001, 150)
     admitted = refused = 0
     for batch in range(20):
-        asks = [Ask(f"{who}-{batch}-{n}", [(prefix + ":global", budget)]) for n in range(25)]
+        asks = [Ask(f"{who}-{batch}-{n}", (prefix + ":global",), (budget,)) for n in range(25)]
         for answer in await admission.decide(asks):
             if answer is None:
                 admitted += 1
