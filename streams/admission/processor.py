@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 
 from consumers.incoming import Incoming, InvalidMessage
@@ -59,8 +60,6 @@ class AdmissionProcessor:
         self.user = Limit("per-user", shop.admission_user_rate, shop.admission_user_burst)
         self.ip = Limit("per-ip", shop.admission_ip_rate, shop.admission_ip_burst)
         self.all = Limit("global", shop.admission_global_rate, shop.admission_global_burst)
-        self.prefix = limiter.prefix
-        self._global = f"{self.prefix}:global"
         self._limits = (self.user, self.ip, self.all)  # one tuple shared by every Ask
         # Decision bodies differ only in the order id: each reason is JSON-encoded once.
         self._reasons = {
@@ -88,11 +87,32 @@ class AdmissionProcessor:
                 asks.append(
                     self._buckets_for(request.customer, request.client_ip, str(request.order_id))
                 )
-        decisions = iter(await self.limiter.decide(asks))
+        # Two script calls, the second running in Redis while the first half's
+        # decisions are built here (the calls are in order: the second is sent
+        # after the first has answered, so requests are still decided in order).
+        half = len(asks) // 2
+        decided = await self.limiter.decide(asks[:half])
+        rest = asyncio.ensure_future(self.limiter.decide(asks[half:]))
+        try:
+            return await self._results(batch, requests, decided, rest)
+        finally:
+            if not rest.done():  # building failed: do not leave the call behind
+                rest.cancel()
+
+    async def _results(
+        self,
+        batch: Sequence[Incoming],
+        requests: list[OrderRequested | InvalidMessage],
+        decided: list[Limit | None],
+        rest: Awaitable[list[Limit | None]],
+    ) -> list[Result]:
+        """One result per request: its decision record, or its refusal; the second
+        half's decisions are awaited when the first half's are used up."""
         now = rfc3339(datetime.now(UTC))
         admitted = EnvelopeTemplate(ADMITTED, occurred_at=now)
         throttled = EnvelopeTemplate(THROTTLED, occurred_at=now)
         results: list[Result] = []
+        used = 0
         for message, outcome in zip(batch, requests, strict=True):
             if isinstance(outcome, InvalidMessage):
                 results.append(outcome)
@@ -106,7 +126,10 @@ class AdmissionProcessor:
                     self._vip_reason,
                 )
             else:
-                refused = next(decisions)
+                if used == len(decided):
+                    decided = decided + await rest
+                refused = decided[used]
+                used += 1
                 reason = self._reasons[refused]
                 if refused is None:
                     topic, template, step = self.admitted_topic, admitted, "admitted"
@@ -115,6 +138,7 @@ class AdmissionProcessor:
             body = b'{"order_id":%d,"reason":%s}' % (outcome.order_id, reason)
             headers = template.headers(order, step_id_text(order, step), str(message.id))
             results.append([Emit(topic, order.encode(), body, headers)])
+        await rest  # settled (a no-op when the loop used it): no call left behind
         return results
 
     def _buckets_for(self, customer: str, client_ip: str, request_id: str) -> Ask:
@@ -122,6 +146,6 @@ class AdmissionProcessor:
         bucket, all or nothing."""
         return Ask(
             request_id,
-            (f"{self.prefix}:user:{customer}", f"{self.prefix}:ip:{client_ip}", self._global),
+            (f"user:{customer}", f"ip:{client_ip}", "global"),
             self._limits,
         )

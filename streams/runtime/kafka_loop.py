@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -24,6 +25,28 @@ from streams.runtime.processor import Emit, StreamProcessor
 
 log = logging.getLogger(__name__)
 Record: TypeAlias = ConsumerRecord[Any, Any]
+
+
+@contextlib.contextmanager
+def fewer_collections(threshold: int = 50_000) -> Iterator[None]:
+    """Run the block with the cyclic garbage collector mostly out of the way: the
+    objects that exist now are frozen (never scanned again) and a young collection
+    waits for ``threshold`` allocations instead of 700; restored afterwards.
+
+    Why: each batch allocates about ten short-lived containers per record, all freed
+    by reference counting, none in a cycle. With the default threshold the collector
+    ran every ~70 records and scanned the surviving objects each time: a third of
+    admission's processing time (measured in isolation: 50 → 27 to 35 µs per
+    record). Process-wide: one runner per process, as ``relaybus stream NAME`` runs it.
+    """
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(threshold, before[1], before[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 @dataclass
@@ -113,6 +136,12 @@ class KafkaStreamRunner:
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(100, self.session_timeout_ms // 5),
         )
+        with fewer_collections():
+            await self._loop(producer, consumer, stop)
+
+    async def _loop(
+        self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, stop: asyncio.Event
+    ) -> None:
         await producer.start()
         await consumer.start()
         backoff = Backoff(initial=0.2, maximum=10.0)

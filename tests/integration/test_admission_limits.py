@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from relaybus.settings import Settings
@@ -30,12 +32,14 @@ async def _cleanup(client: Redis, prefix: str) -> None:
 async def test_a_customer_gets_its_burst_and_a_refusal_takes_nothing(settings: Settings) -> None:
     client = Redis.from_url(settings.redis_url)
     prefix = f"test-admission-{uuid.uuid4().hex[:8]}"
-    admission = RedisAdmission(client, 600, prefix=prefix)
+    # Limits that refill in 1000+ s (nothing refills during the test) need a decision
+    # TTL at least that long: a bucket is kept for its slice of the TTL.
+    admission = RedisAdmission(client, 200_000, prefix=prefix)
     tight_global = Limit("global", 0.001, 2)
     try:
 
         def ask(n: int, glob: Limit = HUGE, gkey: str = "g1") -> Ask:
-            return Ask(f"r{n}", (f"{prefix}:user:ann", f"{prefix}:{gkey}"), (USER, glob))
+            return Ask(f"r{n}", ("user:ann", gkey), (USER, glob))
 
         # Five requests of one customer in one batch: three admitted, in order.
         first = await admission.decide([ask(n) for n in range(5)])
@@ -43,37 +47,69 @@ async def test_a_customer_gets_its_burst_and_a_refusal_takes_nothing(settings: S
         # The same requests again (a redelivery): the same answers, no token taken.
         assert await admission.decide([ask(n) for n in range(5)]) == first
         # A duplicate inside one batch gets one decision and takes one token.
-        cy = (f"{prefix}:user:cy",)
+        cy = ("user:cy",)
         ids = ["x", "x", "y", "z", "w"]
         again = await admission.decide([Ask(f"cy-{i}", cy, (USER,)) for i in ids])
         assert again == [None, None, None, None, USER]
         # All or nothing: bob's requests refused by the global bucket leave his own.
-        bob = f"{prefix}:user:bob"
+        bob = "user:bob"
         refused = await admission.decide(
-            [Ask(f"b{n}", (bob, f"{prefix}:g3"), (USER, tight_global)) for n in range(4)]
+            [Ask(f"b{n}", (bob, "g3"), (USER, tight_global)) for n in range(4)]
         )
         assert refused == [None, None, tight_global, tight_global]
-        later = await admission.decide(
-            [Ask(f"c{n}", (bob, f"{prefix}:g4"), (USER, HUGE)) for n in range(2)]
-        )
+        later = await admission.decide([Ask(f"c{n}", (bob, "g4"), (USER, HUGE)) for n in range(2)])
         assert later == [None, USER]  # one token left of three, not zero
     finally:
         await _cleanup(client, prefix)
         await client.aclose()
 
 
+async def test_clients_with_skewed_clocks_share_buckets_and_decisions(
+    settings: Settings,
+) -> None:
+    client = Redis.from_url(settings.redis_url)
+    prefix = f"test-admission-{uuid.uuid4().hex[:8]}"
+    ttl = 10_000
+    # B's clock is 0.6 of a slice ahead of A's: often in the next slice, never two on.
+    a = RedisAdmission(client, ttl, prefix=prefix)
+    b = RedisAdmission(client, ttl, prefix=prefix, clock=lambda: time.time() + 0.6 * ttl)
+    try:
+
+        def ask(n: int) -> Ask:
+            return Ask(f"r{n}", ("user:dee",), (USER,))
+
+        assert await a.decide([ask(0), ask(1)]) == [None, None]
+        # B sees the two tokens A took and A's decisions (a redelivery through B).
+        assert await b.decide([ask(0), ask(2), ask(3)]) == [None, None, USER]
+        assert await a.decide([ask(3), ask(4)]) == [USER, USER]
+    finally:
+        await _cleanup(client, prefix)
+        await client.aclose()
+
+
+async def test_a_limit_slower_to_refill_than_the_ttl_is_refused(settings: Settings) -> None:
+    client = Redis.from_url(settings.redis_url)
+    try:
+        admission = RedisAdmission(client, 600, prefix=f"test-admission-{uuid.uuid4().hex[:8]}")
+        with pytest.raises(ValueError, match="longer to refill than the decision TTL"):
+            await admission.decide([Ask("r", ("user:eve",), (USER,))])  # 3 / 0.001 s
+    finally:
+        await client.aclose()
+
+
 HAMMER = """
 import asyncio, json, sys
+import pytest
 from redis.asyncio import Redis
 from streams.admission.limits import Ask, Limit, RedisAdmission
 
 async def main(url, prefix, who):
     client = Redis.from_url(url)
-    admission = RedisAdmission(client, 600, prefix=prefix)
+    admission = RedisAdmission(client, 200_000, prefix=prefix)
     budget = Limit("global", 0.001, 150)
     admitted = refused = 0
     for batch in range(20):
-        asks = [Ask(f"{who}-{batch}-{n}", (prefix + ":global",), (budget,)) for n in range(25)]
+        asks = [Ask(f"{who}-{batch}-{n}", ("global",), (budget,)) for n in range(25)]
         for answer in await admission.decide(asks):
             if answer is None:
                 admitted += 1

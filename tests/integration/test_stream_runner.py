@@ -47,6 +47,16 @@ class Forward:
         return [[Emit(self.sink, m.key.encode(), m.raw, [])] for m in batch]
 
 
+async def _fresh_topics(bootstrap: str) -> tuple[str, str]:
+    """A new input topic holding ``RECORDS`` records and an empty output topic."""
+    run = uuid.uuid4().hex[:8]
+    source, sink = f"t.runner.{run}.in", f"t.runner.{run}.out"
+    for topic in (source, sink):
+        await ensure_topic(bootstrap, topic, PARTITIONS)
+    await _produce(bootstrap, source)
+    return source, sink
+
+
 async def _produce(bootstrap: str, topic: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
     await producer.start()
@@ -81,25 +91,28 @@ async def _read_all(bootstrap: str, topic: str, at_least: int) -> list[dict[str,
     return out
 
 
+async def _run_until_read(
+    runner: KafkaStreamRunner, bootstrap: str, sink: str
+) -> list[dict[str, object]]:
+    """Run ``runner`` until ``RECORDS`` records are on ``sink``; stop it; those records."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        return await _read_all(bootstrap, sink, RECORDS)
+    finally:
+        stop.set()
+        await task
+
+
 async def test_failed_batches_are_offered_again_and_every_key_keeps_its_order(
     settings: Settings,
 ) -> None:
-    run = uuid.uuid4().hex[:8]
-    source, sink = f"t.runner.{run}.in", f"t.runner.{run}.out"
-    for topic in (source, sink):
-        await ensure_topic(settings.kafka_bootstrap, topic, PARTITIONS)
-    await _produce(settings.kafka_bootstrap, source)
+    source, sink = await _fresh_topics(settings.kafka_bootstrap)
     # Calls 2 and 3 fail: the first batch is then in flight (sent, acks pending)
     # when the second is processed and refused.
     processor = Forward(source, sink, failing_calls={2, 3})
     runner = KafkaStreamRunner(processor, settings.kafka_bootstrap, batch_size=250)  # type: ignore[arg-type]
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        out = await _read_all(settings.kafka_bootstrap, sink, RECORDS)
-    finally:
-        stop.set()
-        await task
+    out = await _run_until_read(runner, settings.kafka_bootstrap, sink)
     assert runner.stats["batch-retries"] == 2
     assert runner.stats["processed"] == RECORDS
     # Exactly once here: the failures happened before anything of those batches was
@@ -114,11 +127,7 @@ async def test_failed_batches_are_offered_again_and_every_key_keeps_its_order(
 async def test_a_stopped_runner_commits_what_it_sent_and_a_new_one_goes_on(
     settings: Settings,
 ) -> None:
-    run = uuid.uuid4().hex[:8]
-    source, sink = f"t.runner.{run}.in", f"t.runner.{run}.out"
-    for topic in (source, sink):
-        await ensure_topic(settings.kafka_bootstrap, topic, PARTITIONS)
-    await _produce(settings.kafka_bootstrap, source)
+    source, sink = await _fresh_topics(settings.kafka_bootstrap)
     first = Forward(source, sink, failing_calls=set())
     runner = KafkaStreamRunner(first, settings.kafka_bootstrap, batch_size=100)  # type: ignore[arg-type]
     stop = asyncio.Event()
@@ -133,13 +142,7 @@ async def test_a_stopped_runner_commits_what_it_sent_and_a_new_one_goes_on(
     second = Forward(source, sink, failing_calls=set())
     second.name = first.name  # the same group: it starts at the committed offsets
     runner = KafkaStreamRunner(second, settings.kafka_bootstrap, batch_size=100)  # type: ignore[arg-type]
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        out = await _read_all(settings.kafka_bootstrap, sink, RECORDS)
-    finally:
-        stop.set()
-        await task
+    out = await _run_until_read(runner, settings.kafka_bootstrap, sink)
     # The first runner's last batch was acknowledged and committed on stop: the
     # second one neither skips nor repeats anything.
     assert first.seen + second.seen == RECORDS
