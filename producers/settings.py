@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -96,6 +96,22 @@ class ShopSettings(BaseSettings):
         description="Seconds admission remembers its decision per order (a redelivered "
         "request gets the same answer and takes no token again).",
     )
+
+    @model_validator(mode="after")
+    def _limits_refill_within_the_decision_ttl(self) -> ShopSettings:
+        """Admission keeps a bucket for a slice of the decision TTL and reads one it
+        no longer has as full: right only for a limit that refills within it."""
+        ttl = self.admission_decision_ttl
+        for scope in ("user", "ip", "global"):
+            rate = getattr(self, f"admission_{scope}_rate")
+            burst = getattr(self, f"admission_{scope}_burst")
+            if (rate == 0 and burst > 0) or (rate > 0 and burst / rate > ttl):
+                raise ValueError(
+                    f"RELAYBUS_ADMISSION_{scope.upper()}_BURST / _RATE ({burst} / {rate:g}) "
+                    f"must refill within RELAYBUS_ADMISSION_DECISION_TTL ({ttl} s): raise "
+                    "the rate or the TTL (a limit that never refills needs burst 0)"
+                )
+        return self
 
     inventory_shards: list[int] = Field(
         [0, 1],

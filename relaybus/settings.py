@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 
 class Route(BaseModel):
@@ -36,6 +38,19 @@ class Settings(BaseSettings):
         "amqp://guest:guest@127.0.0.1:5672/", description="AMQP URL of RabbitMQ."
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_parses(cls, value: str) -> str:
+        # Checked here so a bad URL is a one-line settings error at start, not a
+        # traceback at first use; the message never repeats the URL (it may hold a
+        # password).
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            raise ValueError("not a database URL (postgresql+asyncpg://user@host/db)") from None
+        return value
+
     redlock_urls: list[str] = Field(
         [
             "redis://127.0.0.1:6380/0",

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
@@ -35,6 +36,17 @@ def plain(value: object) -> Text:
     return Text(safe_text(value))
 
 
+def settings_problem(err: ValidationError) -> str:
+    """What is wrong with the settings, one line, naming the environment variables;
+    never the values (one may be a secret)."""
+    problems = []
+    for e in err.errors():
+        field = "_".join(str(part) for part in e["loc"])
+        where = f"RELAYBUS_{field.upper()}: " if field else ""
+        problems.append(f"{where}{e['msg'].removeprefix('Value error, ')}")
+    return "invalid settings: " + "; ".join(problems)
+
+
 def _mro_names(err: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(err).__mro__}
 
@@ -48,6 +60,11 @@ def run_app(app: typer.Typer, prog: str) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(prog_name=prog, standalone_mode=False)
+    except ValidationError as err:
+        if not err.title.endswith("Settings"):
+            raise
+        print(f"{prog}: error: {settings_problem(err)}", file=sys.stderr)
+        sys.exit(2)
     except typer.Exit as err:
         sys.exit(err.exit_code)
     except typer.Abort:

@@ -50,3 +50,29 @@ def test_unknown_shop_process_names_are_one_line_errors() -> None:
         assert proc.returncode == 2, (args, proc.stderr)
         assert hint in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr + proc.stdout, args
+
+
+def test_bad_settings_are_one_line_errors_that_name_the_variable_not_the_value() -> None:
+    secret = "s3cr3t-pw"
+    for env, args, expected in (
+        ({"RELAYBUS_ADMISSION_USER_RATE": "-1"}, ("stream", "admission"), "USER_RATE"),
+        (
+            # 20 tokens at 0.0001/s take 200 000 s to refill: over the 86 400 s TTL.
+            {"RELAYBUS_ADMISSION_USER_RATE": "0.0001"},
+            ("stream", "admission"),
+            "must refill within RELAYBUS_ADMISSION_DECISION_TTL",
+        ),
+        (
+            {"RELAYBUS_DATABASE_URL": f"postgresql+asyncpg://u:{secret}@host:notaport/db"},
+            ("outbox", "status"),
+            "RELAYBUS_DATABASE_URL: not a database URL",
+        ),
+    ):
+        proc = run_cli(*args, env=env, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith("relaybus: error: invalid settings: ")
+        assert expected in lines[0]
+        assert secret not in proc.stderr + proc.stdout
+        assert "Traceback" not in proc.stderr + proc.stdout
