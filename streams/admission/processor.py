@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from consumers.incoming import Incoming, InvalidMessage
@@ -98,13 +98,15 @@ class AdmissionProcessor:
         finally:
             if not rest.done():  # building failed: do not leave the call behind
                 rest.cancel()
+            elif not rest.cancelled():
+                rest.exception()  # retrieved: the batch's error is the one raised here
 
     async def _results(
         self,
         batch: Sequence[Incoming],
         requests: list[OrderRequested | InvalidMessage],
         decided: list[Limit | None],
-        rest: Awaitable[list[Limit | None]],
+        rest: asyncio.Future[list[Limit | None]],
     ) -> list[Result]:
         """One result per request: its decision record, or its refusal; the second
         half's decisions are awaited when the first half's are used up."""
@@ -138,7 +140,7 @@ class AdmissionProcessor:
             body = b'{"order_id":%d,"reason":%s}' % (outcome.order_id, reason)
             headers = template.headers(order, step_id_text(order, step), str(message.id))
             results.append([Emit(topic, order.encode(), body, headers)])
-        await rest  # settled (a no-op when the loop used it): no call left behind
+        await rest  # a future: awaiting it again is a no-op; no call is left behind
         return results
 
     def _buckets_for(self, customer: str, client_ip: str, request_id: str) -> Ask:
