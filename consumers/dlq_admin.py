@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +20,7 @@ from consumers.naming import DLQ_SUFFIX, source_of_dlq
 from consumers.rabbit_worker import wire_pairs
 from relaybus import headers as h
 from relaybus.brokers.kafka_admin import topic_partitions
+from relaybus.brokers.rabbit_management import management_get
 
 # What a broker outage looks like to callers of this module (the CLI reports it).
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, AMQPError, OSError)
@@ -292,15 +290,7 @@ class RabbitDeadLetters:
         )
 
     def _management(self, path: str) -> Any:
-        parts = urllib.parse.urlsplit(self.management_url)
-        base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}"
-        request = urllib.request.Request(base + path)
-        token = base64.b64encode(
-            f"{parts.username or 'guest'}:{parts.password or 'guest'}".encode()
-        ).decode()
-        request.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
+        return management_get(self.management_url, path)
 
     async def letters(self, name: str) -> AsyncIterator[DeadLetter]:
         """Every letter, by ``basic.get`` without ack; all go back to the queue when the

@@ -27,6 +27,31 @@ class OutboxStatus:
     archived: dict[str, int]
 
 
+@dataclass(frozen=True)
+class PartitionBacklog:
+    """One outbox partition's waiting rows: pending, failed, and the age of its
+    oldest pending row (seconds; 0 with none pending)."""
+
+    partition: int
+    pending: int
+    failed: int
+    oldest_pending_age_s: float
+
+
+_BACKLOG_BY_PARTITION = text(
+    """
+    SELECT partition,
+           count(*) FILTER (WHERE status = 'pending') AS pending,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           EXTRACT(EPOCH FROM (now() AT TIME ZONE 'utc')
+                   - min(timestamp) FILTER (WHERE status = 'pending')) AS oldest_age
+      FROM outbox
+     GROUP BY partition
+     ORDER BY partition
+    """
+)
+
+
 class OutboxAdmin:
     """Reads and operator changes; every change writes an ``audit_log`` row in the same
     transaction, so an action and its audit record commit together."""
@@ -46,6 +71,17 @@ class OutboxAdmin:
             oldest_pending_age_s=backlog.oldest_pending_age,
             archived=archived,
         )
+
+    async def backlog_by_partition(self) -> list[PartitionBacklog]:
+        """The partitions that hold rows, with their pending and failed counts."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(_BACKLOG_BY_PARTITION)
+            return [
+                PartitionBacklog(
+                    int(r.partition), int(r.pending), int(r.failed), float(r.oldest_age or 0.0)
+                )
+                for r in rows
+            ]
 
     async def rows(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         where = "WHERE status = :status" if status else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -118,3 +119,59 @@ async def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int
         for tp, meta in committed.items()
         if tp.topic == topic and meta.offset >= 0
     }
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """Where one group stands on one partition: its committed offset (the next
+    record it will read), the partition's end offset (high watermark) and the
+    difference, the records waiting for it."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - self.committed)
+
+
+async def consumer_lag(bootstrap: str, group: str | None = None) -> list[PartitionLag]:
+    """Every committed offset of ``group`` (or of every consumer group), next to its
+    partition's end offset; sorted by group, topic, partition. A partition the group
+    has never committed on is not listed (as ``kafka-consumer-groups`` leaves its
+    offset unknown). Raises ``LookupError`` for a ``group`` that has no offsets."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if group is None:
+            groups = sorted(str(g[0]) for g in await admin.list_consumer_groups())
+        else:
+            groups = [group]
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for name in groups:
+            offsets = await admin.list_consumer_group_offsets(name)
+            committed[name] = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    finally:
+        await admin.close()
+    if group is not None and not committed[group]:
+        raise LookupError(f"consumer group {group!r} has no committed offsets")
+    partitions = {tp for offsets in committed.values() for tp in offsets}
+    if not partitions:
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(list(partitions))
+    finally:
+        await consumer.stop()
+    return sorted(
+        (
+            PartitionLag(name, tp.topic, tp.partition, offset, ends[tp])
+            for name, offsets in committed.items()
+            for tp, offset in offsets.items()
+        ),
+        key=lambda row: (row.group, row.topic, row.partition),
+    )

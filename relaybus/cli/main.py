@@ -8,6 +8,7 @@ from relaybus.cli import (
     db,
     demo,
     dlq,
+    lag,
     outbox,
     publish,
     relay,
@@ -39,6 +40,7 @@ app.command(name="relay")(relay.relay)
 app.command(name="worker")(worker.worker)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(shards.app, name="shards")
+app.command(name="lag")(lag.lag)
 
 
 def main() -> None:
