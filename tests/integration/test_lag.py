@@ -17,7 +17,6 @@ from stack.settings import StackSettings
 from tests.support.cli import run_cli
 from tests.support.poll import eventually
 
-
 Describe = dict[tuple[str, int], tuple[int, int, int]]
 
 
