@@ -33,6 +33,7 @@ def test_every_command_has_help_with_an_example() -> None:
         ("serve",),
         ("stream",),
         ("worker",),
+        ("lag",),
     ):
         proc = run_cli(*args, "--help")
         assert proc.returncode == 0, args
