@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 
 async def ensure_topic(
@@ -142,7 +142,15 @@ async def consumer_lag(bootstrap: str, group: str | None = None) -> list[Partiti
     """Every committed offset of ``group`` (or of every consumer group), next to its
     partition's end offset; sorted by group, topic, partition. A partition the group
     has never committed on is not listed (as ``kafka-consumer-groups`` leaves its
-    offset unknown). Raises ``LookupError`` for a ``group`` that has no offsets."""
+    offset unknown). Raises ``LookupError`` for a ``group`` that has no offsets, and
+    ``ConnectionError`` when Kafka cannot be asked."""
+    try:
+        return await _consumer_lag(bootstrap, group)
+    except KafkaError as err:
+        raise ConnectionError(f"Kafka at {bootstrap}: {err!r}") from err
+
+
+async def _consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

@@ -8,7 +8,6 @@ from dataclasses import asdict
 from typing import Any
 
 import typer
-from aiokafka.errors import KafkaError
 from rich.table import Table
 
 from outbox.admin import OutboxAdmin
@@ -49,7 +48,7 @@ async def _gather(settings: Settings, group: str | None) -> tuple[dict[str, Any]
     for name, result in zip(sources, results, strict=True):
         if isinstance(result, LookupError):
             raise result  # the group named does not exist: a usage error
-        if isinstance(result, KafkaError | OSError | TimeoutError):
+        if isinstance(result, OSError | TimeoutError):  # ConnectionError is an OSError
             errors[name] = f"unreachable ({type(result).__name__}: {result})"
         elif isinstance(result, BaseException):
             raise result
