@@ -183,3 +183,80 @@ async def _consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]
         ),
         key=lambda row: (row.group, row.topic, row.partition),
     )
+
+
+@dataclass(frozen=True)
+class PartitionWindow:
+    """The records of one partition whose timestamps fall in a window: offsets
+    ``start`` (first in the window) to ``end`` (first after it, exclusive), and the
+    first and last record's timestamps (epoch ms; None when the window is empty).
+    ``count`` is ``end - start``: exact for a plain topic; a transactional topic's
+    commit markers take offsets too, so there it is an upper bound."""
+
+    partition: int
+    start: int
+    end: int
+    first_timestamp: int | None
+    last_timestamp: int | None
+
+    @property
+    def count(self) -> int:
+        return self.end - self.start
+
+
+async def time_window(
+    bootstrap: str, topic: str, since_ms: int, until_ms: int | None = None
+) -> list[PartitionWindow]:
+    """Per partition of ``topic``, the offsets of the records with ``since_ms <=
+    timestamp < until_ms`` (``until_ms`` None: up to the end), found with
+    ``offsets_for_times`` (the broker's time index), and the timestamps of the first
+    and last of them. Raises ``LookupError`` if the topic does not exist."""
+    partitions = await topic_partitions(bootstrap, topic, timeout=3.0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+        stops = (
+            await consumer.offsets_for_times(dict.fromkeys(tps, until_ms))
+            if until_ms is not None
+            else {}
+        )
+        windows = []
+        for tp in tps:
+            found = starts.get(tp)
+            start = found.offset if found is not None else ends[tp]
+            stop = stops.get(tp)
+            end = stop.offset if stop is not None else ends[tp]
+            end = max(start, end)
+            first = found.timestamp if found is not None and start < end else None
+            last = await _timestamp_before(consumer, tp, start, end) if start < end else None
+            windows.append(PartitionWindow(tp.partition, start, end, first, last))
+        return windows
+    finally:
+        await consumer.stop()
+
+
+async def _timestamp_before(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
+) -> int | None:
+    """The timestamp of the last record in ``[start, end)`` of ``tp`` (reads back
+    from ``end`` a little at a time: a transactional topic's last offsets can be
+    markers, which are not records)."""
+    consumer.assign([tp])
+    step = 1
+    while True:
+        begin = max(start, end - step)
+        consumer.seek(tp, begin)
+        last: int | None = None
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            records = [r for r in batch.get(tp, []) if r.offset < end]
+            if records:
+                last = records[-1].timestamp
+            if not batch.get(tp) or batch[tp][-1].offset >= end - 1:
+                break
+        if last is not None or begin == start:
+            return last
+        step *= 16

@@ -13,6 +13,7 @@ from relaybus.cli import (
     publish,
     relay,
     relay_demo,
+    replay,
     run,
     serve,
     shards,
@@ -41,6 +42,7 @@ app.command(name="worker")(worker.worker)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(shards.app, name="shards")
 app.command(name="lag")(lag.lag)
+app.command(name="replay")(replay.replay)
 
 
 def main() -> None:

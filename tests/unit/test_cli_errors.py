@@ -34,6 +34,7 @@ def test_every_command_has_help_with_an_example() -> None:
         ("stream",),
         ("worker",),
         ("lag",),
+        ("replay",),
     ):
         proc = run_cli(*args, "--help")
         assert proc.returncode == 0, args
