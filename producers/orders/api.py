@@ -123,8 +123,7 @@ class OrdersService:
                 "orders: cannot tail %s (%r); reads go to the database", ORDER_STATUS_EVENTS, err
             )
             return
-        self.views.cache = make_cache(self.shop)
-        self.views.read_model = self.read_model
+        self.views.follow(make_cache(self.shop), self.read_model, self.tail.position)
         await self.tail.run(stop, self.views.on_record)
 
     async def sweep(self, stop: asyncio.Event) -> None:

@@ -89,11 +89,26 @@ class OrderViews:
                 )
         self.invalidate(partition, offset, order_id, version)
 
+    def follow(
+        self, cache: ViewCache | None, read_model: ReadModel | None, start: dict[int, int]
+    ) -> None:
+        """The tail runs from ``start`` (partition -> last offset already in the
+        topic): from now on the cache and the read model may serve. ``seen`` starts
+        there, so a read-model answer must have applied at least what was in the
+        topic when the tail started."""
+        self.seen = dict(start)
+        self.cache = cache
+        self.read_model = read_model
+
     async def get(self, order_id: int, min_version: int = 0) -> tuple[View | None, str]:
         """The order's view and where it came from (``cache``, ``read-model``,
         ``database``); None if no such order."""
-        if self.cache is not None:
-            cached = self.cache.get(order_id)
+        # The cache as it was when this read began: a database read that started
+        # before ``follow`` enabled the cache may predate the tail's first event, and
+        # the tail would never evict it; it is not cached.
+        cache = self.cache
+        if cache is not None:
+            cached = cache.get(order_id)
             if cached is not None and int(cached["version"]) >= min_version:
                 return self._served(cached, "cache")
         partition = self.partition_of(order_id)
@@ -103,20 +118,21 @@ class OrderViews:
                 view, applied = answer
                 fresh = applied.get(partition, -1) >= self.seen.get(partition, -1)
                 if view is not None and fresh and int(view["version"]) >= min_version:
-                    self._keep(order_id, view)
+                    self._keep(cache, order_id, view)
                     return self._served(view, "read-model")
         before = self.seen.get(partition, -1)
         view = await self.database(order_id)
         if view is not None and self.seen.get(partition, -1) == before:
-            self._keep(order_id, view)
+            self._keep(cache, order_id, view)
         return self._served(view, "database")
 
-    def _keep(self, order_id: int, view: View) -> None:
-        if self.cache is None:
+    @staticmethod
+    def _keep(cache: ViewCache | None, order_id: int, view: View) -> None:
+        if cache is None:
             return
-        cached = self.cache.peek(order_id)
+        cached = cache.peek(order_id)
         if cached is None or int(cached["version"]) <= int(view["version"]):
-            self.cache.put(order_id, view)
+            cache.put(order_id, view)
 
     def _served(self, view: View | None, source: str) -> tuple[View | None, str]:
         self.served[source] += 1

@@ -126,3 +126,33 @@ def test_sources_are_counted_and_an_unknown_order_is_none() -> None:
 
     asyncio.run(run())
     assert views.served == {"cache": 1, "read-model": 0, "database": 3}
+
+
+def test_a_database_read_that_began_before_the_tail_started_is_not_cached() -> None:
+    """Found by CI: a read that started while the cache was still off came back
+    after the tail had started past the event that made it stale; cached, it was
+    served forever (no event left to evict it)."""
+    release = asyncio.Event()
+    rows = {1: {"id": "1", "version": 0}}
+
+    async def database(order: int) -> dict[str, Any] | None:
+        view = dict(rows[order])
+        await release.wait()
+        return view
+
+    views = OrderViews(None, None, database, lambda order: 0)
+
+    async def run() -> None:
+        early = asyncio.create_task(views.get(1))
+        await asyncio.sleep(0)  # the read has begun (cache off), and waits
+        rows[1] = {"id": "1", "version": 1}  # the order moves on; its event is published
+        views.follow(LRUCache[int, Any](4), None, {0: 7})  # the tail starts past it
+        release.set()
+        assert (await early)[0] == {"id": "1", "version": 0}  # answered, not kept
+        assert views.cache is not None
+        assert views.cache.peek(1) is None
+        assert views.seen == {0: 7}
+        got, source = await views.get(1)  # a read after the start sees the new version
+        assert (source, got) == ("database", {"id": "1", "version": 1})
+
+    asyncio.run(run())
