@@ -211,6 +211,9 @@ async def time_window(
     timestamp < until_ms`` (``until_ms`` None: up to the end), found with
     ``offsets_for_times`` (the broker's time index), and the timestamps of the first
     and last of them. Raises ``LookupError`` if the topic does not exist."""
+    # Listed first: describing a missing topic can make the broker create it.
+    if topic not in await list_topics(bootstrap):
+        raise LookupError(f"kafka topic {topic!r} does not exist")
     partitions = await topic_partitions(bootstrap, topic, timeout=3.0)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
