@@ -210,7 +210,17 @@ async def time_window(
     """Per partition of ``topic``, the offsets of the records with ``since_ms <=
     timestamp < until_ms`` (``until_ms`` None: up to the end), found with
     ``offsets_for_times`` (the broker's time index), and the timestamps of the first
-    and last of them. Raises ``LookupError`` if the topic does not exist."""
+    and last of them. Raises ``LookupError`` if the topic does not exist and
+    ``ConnectionError`` when Kafka cannot be asked."""
+    try:
+        return await _time_window(bootstrap, topic, since_ms, until_ms)
+    except KafkaError as err:
+        raise ConnectionError(f"Kafka at {bootstrap}: {err!r}") from err
+
+
+async def _time_window(
+    bootstrap: str, topic: str, since_ms: int, until_ms: int | None
+) -> list[PartitionWindow]:
     # Listed first: describing a missing topic can make the broker create it.
     if topic not in await list_topics(bootstrap):
         raise LookupError(f"kafka topic {topic!r} does not exist")
