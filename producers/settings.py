@@ -6,6 +6,15 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def refills_within(rate: float, burst: int, ttl: float) -> bool:
+    """Whether a token bucket of ``rate`` and ``burst`` refills within ``ttl``
+    seconds (admission reads a bucket it no longer keeps as full). A bucket that
+    never refills (rate 0) passes only with burst 0: it refuses everything."""
+    if rate == 0:
+        return burst == 0
+    return rate > 0 and burst / rate <= ttl
+
+
 class ShopSettings(BaseSettings):
     """The shop's knobs. Built once per process in its composition root.
 
@@ -105,7 +114,7 @@ class ShopSettings(BaseSettings):
         for scope in ("user", "ip", "global"):
             rate = getattr(self, f"admission_{scope}_rate")
             burst = getattr(self, f"admission_{scope}_burst")
-            if (rate == 0 and burst > 0) or (rate > 0 and burst / rate > ttl):
+            if not refills_within(rate, burst, ttl):
                 raise ValueError(
                     f"RELAYBUS_ADMISSION_{scope.upper()}_BURST / _RATE ({burst} / {rate:g}) "
                     f"must refill within RELAYBUS_ADMISSION_DECISION_TTL ({ttl} s): raise "

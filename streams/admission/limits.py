@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from producers.settings import refills_within
+
 # One call decides a whole batch of requests, in order, atomically.
 #
 # State lives in time-sliced hashes: slice k = client time // W (W = the decision TTL),
@@ -185,9 +187,7 @@ class RedisAdmission:
     def _check(self, limit: Limit) -> None:
         """A limit must refill within a slice: a bucket whose slices expired is read
         as full, which is only right if it would have refilled by then."""
-        if limit.rate == 0 and limit.burst == 0:
-            return  # refuses everything; a full bucket of it is empty
-        if limit.rate <= 0 or limit.burst / limit.rate > self.decision_ttl:
+        if not refills_within(limit.rate, limit.burst, self.decision_ttl):
             raise ValueError(
                 f"{limit.describe()} takes longer to refill than the decision TTL "
                 f"({self.decision_ttl} s): raise the TTL or the rate (a limit that never "
