@@ -6,7 +6,7 @@ import getpass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Identity, String, func
+from sqlalchemy import BigInteger, DateTime, Identity, String, func, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -30,9 +30,34 @@ class AuditEntry(Base):
 
 
 async def record(
-    session: AsyncSession, action: str, target: str, detail: dict[str, Any] | None = None
-) -> None:
-    """Add an audit row to ``session``'s transaction (committed with the action itself)."""
-    session.add(
-        AuditEntry(actor=getpass.getuser(), action=action, target=target, detail=detail or {})
+    session: AsyncSession,
+    action: str,
+    target: str,
+    detail: dict[str, Any] | None = None,
+    actor: str | None = None,
+) -> AuditEntry:
+    """Add an audit row to ``session``'s transaction (committed with the action
+    itself) and return it, its ``id`` assigned. ``actor`` defaults to the OS user
+    running the command; the console passes the signed-in user."""
+    entry = AuditEntry(
+        actor=actor or getpass.getuser(), action=action, target=target[:255], detail=detail or {}
     )
+    session.add(entry)
+    await session.flush()
+    return entry
+
+
+async def find(session: AsyncSession, entry_id: int) -> AuditEntry | None:
+    """The audit row ``entry_id``, or None."""
+    return await session.get(AuditEntry, entry_id)
+
+
+async def latest(session: AsyncSession, actions: tuple[str, ...], target: str) -> AuditEntry | None:
+    """The newest row of one of ``actions`` on ``target``, or None."""
+    query = (
+        select(AuditEntry)
+        .where(AuditEntry.action.in_(actions), AuditEntry.target == target)
+        .order_by(AuditEntry.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()

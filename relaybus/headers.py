@@ -27,6 +27,9 @@ EXCEPTION_TYPE = "x-exception-type"
 EXCEPTION_MESSAGE = "x-exception-message"
 STACKTRACE = "x-stacktrace"
 FAILED_AT = "x-failed-at"
+# Set by ``relaybus replay`` on every copy it writes: ``<topic>/<partition>/<offset>``
+# of the original. A resumed copy finds what it already wrote by it; it steers nothing.
+REPLAY_OF = "x-replay-of"
 # Set on a stub dead letter whose body could not be copied (too large).
 BODY_DROPPED = "x-dlq-body-dropped"
 # RabbitMQ: set on relaybus's copy of a message that had no id. The AMQP client fills
@@ -50,6 +53,7 @@ RESERVED_NAMES = frozenset((*DEAD_LETTER, RETRY_AT, BODY_DROPPED))
 # dead-lettering bookkeeping (x-death, x-first-death-*, x-last-death-*).
 RESERVED_PREFIXES = (
     "x-relaybus-",
+    "x-replay-",
     "x-dlq-",
     "x-original-",
     "x-exception-",

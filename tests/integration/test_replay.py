@@ -68,8 +68,19 @@ def test_bad_times_and_options_are_one_line_errors() -> None:
     for args, expected in (
         (("replay", "t", "--since", "yesterday", "--dry-run"), "is not a time"),
         (("replay", "t", "--since", "1h", "--until", "2h", "--dry-run"), "later than --since"),
-        (("replay", "t", "--since", "1h"), "only --dry-run is available"),
+        (("replay", "t", "--since", "1h"), "say what to do"),
+        (("replay", "--since", "1h", "--dry-run"), "give the topic"),
+        (("replay", "t", "--until", "1h", "--dry-run"), "give the start of the window"),
+        (("replay", "t", "--since", "1h", "--group", "g", "--to-topic", "u"), "choose one"),
+        (("replay", "t", "--since", "1h", "--group", "g", "--type", "x"), "go with --to-topic"),
+        (("replay", "t", "--since", "1h", "--to-topic", "t"), "needs --reprocess"),
+        (("replay", "t", "--to-topic", "u", "--resume", "--since", "1h"), "leave out --since"),
+        (("replay", "--undo", "1", "--group", "g"), "takes no other action"),
+        (("replay", "--undo", "999999999"), "no audit row 999999999"),
+        (("replay", "t", "--since", "1h", "--broker", "rabbitmq", "--group", "g"), "archive"),
+        (("replay", "t", "--since", "1h", "--broker", "rabbitmq", "--dry-run"), "exchange"),
         (("replay", missing, "--since", "1h", "--dry-run"), "does not exist"),
+        (("replay", "t", "--since", "1h", "--to-topic", missing, "--yes"), "does not exist"),
     ):
         proc = run_cli(*args, timeout=120)
         assert proc.returncode == 2, (args, proc.stderr)
