@@ -7,19 +7,19 @@ archive (the window delivered once)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aio_pika
-import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy import text
@@ -134,7 +134,8 @@ async def test_a_middle_window_is_copied_exactly(settings: Settings, source: Sou
         "replay", source.topic, "--since", source.at(3000), "--until", source.at(7000),
         "--to-topic", dest,
     )  # fmt: skip
-    assert result["copied"] == 4000 and result["read"] == 4000
+    assert result["copied"] == 4000
+    assert result["read"] == 4000
 
     copied = await read_all(settings.kafka_bootstrap, dest)
     expected = source.window(3000, 7000)
@@ -142,10 +143,11 @@ async def test_a_middle_window_is_copied_exactly(settings: Settings, source: Sou
         got = copied[partition]
         assert [h["id"].decode() for _, h, _ in got] == ids
     by_id = {mid: (pos, n, key) for pos, (n, mid, key, _) in source.by_position.items()}
-    for partition, records in copied.items():
+    for records in copied.values():
         for key, headers, timestamp in records:
             (p, offset), n, k = by_id[headers["id"].decode()]
-            assert key == k.encode() and timestamp == source.base_ms + n * 1000
+            assert key == k.encode()
+            assert timestamp == source.base_ms + n * 1000
             assert headers["x-replay-of"] == f"{source.topic}/{p}/{offset}".encode()
             assert headers["type"] == kind(n).encode()
 
@@ -174,10 +176,10 @@ async def test_an_interrupted_copy_resumed_has_each_record_once(
     dest = f"{source.topic}.resumed"
     await ensure_topic(settings.kafka_bootstrap, dest, 3)
     script = os.path.join(os.path.dirname(sys.executable), "relaybus")
-    copy = subprocess.Popen(
-        [script, "replay", source.topic, "--since", source.at(0), "--to-topic", dest,
-         "--rate", "800", "--yes"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    copy = await asyncio.create_subprocess_exec(
+        script, "replay", source.topic, "--since", source.at(0), "--to-topic", dest,
+        "--rate", "800", "--yes",
+        cwd=REPO, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
 
@@ -187,7 +189,7 @@ async def test_an_interrupted_copy_resumed_has_each_record_once(
         await eventually(some_copied, within=120, what="the copy started")
     finally:
         copy.send_signal(signal.SIGKILL)  # interrupted: no cleanup of any kind
-        copy.wait(30)
+        await asyncio.wait_for(copy.wait(), 30)
     partial = sum((await end_offsets(settings.kafka_bootstrap, dest)).values())
     assert partial < RECORDS, "the copy finished before it was interrupted"
 
@@ -197,7 +199,8 @@ async def test_an_interrupted_copy_resumed_has_each_record_once(
     assert result["copied"] == RECORDS - result["already_there"]
     copied = await read_all(settings.kafka_bootstrap, dest)
     ids = [h["id"].decode() for records in copied.values() for _, h, _ in records]
-    assert len(ids) == RECORDS and set(ids) == {mid for _, mid, _, _ in source.by_position.values()}
+    assert len(ids) == RECORDS
+    assert set(ids) == {mid for _, mid, _, _ in source.by_position.values()}
     for partition, expected in source.window(0, RECORDS).items():
         assert [h["id"].decode() for _, h, _ in copied[partition]] == expected
 
@@ -224,7 +227,8 @@ async def test_a_group_reset_replays_with_no_new_effects_and_undo_restores(
         await eventually(caught_up, within=300, what="the consumer applied the topic")
         # While it runs, a reset is refused, naming the member.
         busy = run_cli("replay", source.topic, "--since", source.at(0), "--group", name, "--yes")
-        assert busy.returncode == 1 and "live member" in busy.stderr, busy.stderr
+        assert busy.returncode == 1
+        assert "live member" in busy.stderr, busy.stderr
         assert "Traceback" not in busy.stderr
     assert await effect_count(effects_engine, name) == (RECORDS, RECORDS)
 
@@ -260,8 +264,11 @@ async def test_a_group_reset_replays_with_no_new_effects_and_undo_restores(
         h for records in (await read_all(settings.kafka_bootstrap, source.topic)).values()
         for _, h, _ in records if "x-replay-of" in h
     ]  # fmt: skip
-    originals = {f"{source.topic}/{p}/{o}".encode(): mid
-                 for (p, o), (n, mid, _, _) in source.by_position.items() if 3000 <= n < 7000}  # fmt: skip
+    originals = {
+        f"{source.topic}/{p}/{o}".encode(): mid
+        for (p, o), (n, mid, _, _) in source.by_position.items()
+        if 3000 <= n < 7000
+    }
     assert sorted(h["x-replay-of"] for h in copies) == sorted(originals)
     assert all(h["id"].decode() != originals[h["x-replay-of"]] for h in copies)
     async with effects_engine.connect() as conn:
@@ -279,7 +286,7 @@ async def test_rabbitmq_replays_the_window_from_the_archive_once(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     now = datetime.now(UTC).replace(tzinfo=None)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"id": uuid.uuid4(), "type": f"rt{tag}.made", "key": f"k{i % 3}",
          "ts": now - timedelta(minutes=100 - i), "seq": i}
         for i in range(100)
@@ -319,7 +326,8 @@ async def test_rabbitmq_replays_the_window_from_the_archive_once(
         too_old = run_cli(
             "replay", EXCHANGE, "--broker", "rabbitmq", "--since", "30d", "--yes", env=env
         )
-        assert too_old.returncode == 2 and "retention" in too_old.stderr
+        assert too_old.returncode == 2
+        assert "retention" in too_old.stderr
     finally:
         await connection.close()
 
