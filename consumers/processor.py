@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,6 +44,8 @@ class Processor:
             RedisDedupe(redis, claim_ttl=handler.timeout + 5.0) if redis is not None else None
         )
         self.stats: Counter[str] = Counter()
+        # Set by WorkerMetrics: told each handler run's duration (seconds).
+        self.observe: Callable[[float], None] | None = None
 
     async def process(self, message: Incoming) -> Verdict:
         """Apply ``message`` once and return its verdict; never raises for a handler
@@ -60,6 +64,7 @@ class Processor:
             if handler.breaker is not None:
                 await handler.breaker.wait_ready()
                 probing = handler.breaker.state is BreakerState.HALF_OPEN
+            began = time.perf_counter()
             try:
                 async with asyncio.timeout(handler.timeout):
                     applied = await self._apply(message)
@@ -79,6 +84,9 @@ class Processor:
                     return Verdict(Outcome.DEAD, reason="max-attempts", error=err)
                 self.stats["retried"] += 1
                 return Verdict(Outcome.RETRY, error=err, delay=handler.retry.delay(message.attempt))
+            finally:
+                if self.observe is not None:
+                    self.observe(time.perf_counter() - began)
             if handler.breaker is not None:
                 handler.breaker.success()
             self.stats["done" if applied else "duplicate"] += 1
@@ -98,6 +106,7 @@ class Processor:
         if handler.breaker is not None and handler.breaker.state != "closed":
             return False
         applied = 0
+        began = time.perf_counter()
         try:
             async with self.sessions() as session, session.begin():
                 fresh = {m.id for m in messages}
@@ -115,6 +124,10 @@ class Processor:
                 "%s: shared transaction of %d rolled back: %r", handler.name, len(messages), err
             )
             return False
+        if self.observe is not None:
+            elapsed = time.perf_counter() - began
+            for _ in messages:
+                self.observe(elapsed)
         if handler.breaker is not None:
             handler.breaker.success()
         self.stats["done"] += applied

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from consumers.app import ConsumerApp, KafkaSource
 from consumers.kafka_worker import KafkaWorker
+from consumers.metrics import WorkerMetrics
 from consumers.processor import Processor
 from consumers.rabbit_worker import RabbitWorker
 from relaybus.db import create_engine, session_factory
@@ -60,9 +61,12 @@ class Worker:
     """Runs each handler of ``app`` on its broker until ``stop`` is set.
 
     One engine and one Redis client are shared by the handlers that need them.
+    ``metrics`` (optional) reports every handler's counters, latency and breaker.
     """
 
-    def __init__(self, app: ConsumerApp, settings: Settings) -> None:
+    def __init__(
+        self, app: ConsumerApp, settings: Settings, metrics: WorkerMetrics | None = None
+    ) -> None:
         self.app = app
         needs_db = any(hd.uses_sql for hd in app.handlers)
         needs_redis = any(hd.dedupe == "redis" for hd in app.handlers)
@@ -76,6 +80,8 @@ class Worker:
         self.runners: list[KafkaWorker | RabbitWorker] = []
         for handler in app.handlers:
             processor = Processor(handler, sessions, self.redis)
+            if metrics is not None:
+                metrics.watch(processor)
             if isinstance(handler.source, KafkaSource):
                 self.runners.append(
                     KafkaWorker(

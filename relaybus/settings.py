@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     )
     relay_archive_retention_days: float = Field(7.0, ge=0, description="Archive retention.")
     relay_metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port (0 = off).")
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="A worker's Prometheus /metrics port (0 = off)."
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Address a worker's metrics port binds (loopback by default)."
+    )
     relay_metrics_host: str = Field(
         "127.0.0.1", description="Address the metrics port binds (loopback by default)."
     )

@@ -10,6 +10,7 @@ import typer
 
 from consumers.app import ConsumerApp
 from consumers.inbox import Inbox
+from consumers.metrics import WorkerMetrics
 from consumers.worker import Worker, WorkerNotFound, load_app
 from relaybus.settings import Settings
 
@@ -17,8 +18,12 @@ log = logging.getLogger(__name__)
 
 
 async def run_worker(app: ConsumerApp, settings: Settings) -> None:
-    """Run ``app`` until SIGTERM/SIGINT; then finish in-flight messages."""
-    worker = Worker(app, settings)
+    """Run ``app`` until SIGTERM/SIGINT; then finish in-flight messages. Serves
+    Prometheus ``/metrics`` when ``worker_metrics_port`` is set."""
+    metrics = WorkerMetrics()
+    if settings.worker_metrics_port:
+        metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
+    worker = Worker(app, settings, metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -52,6 +57,9 @@ async def _purge_inbox(worker: Worker, settings: Settings, stop: asyncio.Event) 
 
 def worker(
     name: str = typer.Argument(..., help="A built-in worker name or module:attribute."),
+    metrics_port: int = typer.Option(
+        -1, "--metrics-port", help="Prometheus /metrics port (0 = off; default: settings)."
+    ),
 ) -> None:
     """Run a consumer app: each handler on its Kafka topic / RabbitMQ queue.
 
@@ -64,4 +72,7 @@ def worker(
         app = load_app(name)
     except WorkerNotFound as err:
         raise typer.BadParameter(str(err), param_hint="NAME") from None
-    asyncio.run(run_worker(app, Settings()))
+    settings = Settings()
+    if metrics_port >= 0:
+        settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
+    asyncio.run(run_worker(app, settings))
