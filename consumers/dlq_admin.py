@@ -133,6 +133,21 @@ class ReplayPlan:
         """In the replay pass: is this letter one the plan accepted?"""
         return letter.ref in self._refs and self.select(letter)
 
+    def audit_detail(
+        self, broker: str, sent: list[str], reason: str | None, type_: str | None
+    ) -> dict[str, Any]:
+        """The audit row's (and ``--json``'s) account of a replay: every id, every target."""
+        return {
+            "broker": broker,
+            "target": self.target,
+            "replayed": len(sent),
+            "ids": sent,
+            "planned": [{"id": i, "position": ref} for ref, i in self.accepted],
+            "refused": [{"id": i, "position": ref, "origin": o} for ref, i, o in self.refused],
+            "reason": reason,
+            "type": type_,
+        }
+
 
 async def plan_replay(
     store: DeadLetterStore, dlq: str, select: Selector, to: str | None = None

@@ -56,8 +56,9 @@ class OutboxAdmin:
     """Reads and operator changes; every change writes an ``audit_log`` row in the same
     transaction, so an action and its audit record commit together."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, actor: str | None = None) -> None:
         self._engine = engine
+        self._actor = actor  # who the audit rows name (default: the OS user)
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def status(self) -> OutboxStatus:
@@ -149,7 +150,9 @@ class OutboxAdmin:
         async with self._sessions() as session, session.begin():
             count = await _execute(session, sql, params)
             target = ",".join(str(i) for i in ids) if ids else "*"
-            await record(session, action, target[:255], {"rows": count, **(extra or {})})
+            await record(
+                session, action, target, {"rows": count, **(extra or {})}, actor=self._actor
+            )
         return count
 
 

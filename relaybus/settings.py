@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -49,6 +49,14 @@ class Settings(BaseSettings):
             make_url(value)
         except (ArgumentError, ValueError):
             raise ValueError("not a database URL (postgresql+asyncpg://user@host/db)") from None
+        return value
+
+    @field_validator("console_metrics_endpoints")
+    @classmethod
+    def _endpoints_are_http(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, url in value.items():
+            if not url.startswith(("http://", "https://")) or not name:
+                raise ValueError(f"endpoint {name[:40]!r}: give an http(s) URL of a /metrics page")
         return value
 
     redlock_urls: list[str] = Field(
@@ -108,3 +116,21 @@ class Settings(BaseSettings):
         10_000, ge=1000, description="Consumer group session timeout (dead member detection)."
     )
     kafka_max_request_size: int = Field(1_048_576, ge=1024, description="Producer max request.")
+    console_host: str = Field(
+        "127.0.0.1", description="Address the console binds (loopback unless configured)."
+    )
+    console_port: int = Field(8470, ge=1, le=65535, description="The console's HTTP port.")
+    console_user: str = Field("operator", min_length=1, max_length=64, description="Login name.")
+    console_password_hash: SecretStr | None = Field(
+        None,
+        description="scrypt hash of the console password (relaybus console --hash-password); "
+        "no default: the console does not start without one.",
+    )
+    console_session_idle_seconds: float = Field(
+        1800, gt=0, description="A console session ends after this long without a request."
+    )
+    console_metrics_endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description='Prometheus endpoints the console reads and links to (JSON: {"relay": '
+        '"http://127.0.0.1:9400/metrics"}).',
+    )

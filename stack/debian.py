@@ -16,6 +16,8 @@ PACKAGES: tuple[tuple[str, str], ...] = (
     ("redis-server", "/usr/bin/redis-server"),
     ("kcat", "/usr/bin/kcat"),
     ("maven", "/usr/bin/mvn"),
+    # Not a service: the headless browser the console tests drive (Playwright).
+    ("chromium", "/usr/bin/chromium"),
 )
 
 

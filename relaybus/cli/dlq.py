@@ -207,7 +207,7 @@ def replay(
         _print_plan(plan)
     if not plan.accepted:
         if as_json:
-            _dump(_plan_detail(plan, broker, [], reason, type_))
+            _dump(plan.audit_detail(str(broker), [], reason, type_))
         else:
             make_console().print("nothing to replay")
         raise typer.Exit(1 if plan.refused else 0)
@@ -215,7 +215,7 @@ def replay(
     if not yes and not typer.confirm(question):
         raise typer.Exit(1)
     sent = _run(broker, lambda s: s.replay(plan))
-    detail = _plan_detail(plan, broker, sent, reason, type_)
+    detail = plan.audit_detail(str(broker), sent, reason, type_)
     asyncio.run(_audit("dlq.replay", name, detail))
     if as_json:
         _dump(detail)
@@ -223,22 +223,6 @@ def replay(
         make_console().print(
             plain(f"replayed {len(sent)} dead letters from {name} to {plan.target}")
         )
-
-
-def _plan_detail(
-    plan: ReplayPlan, broker: Broker, sent: list[str], reason: str | None, type_: str | None
-) -> dict[str, Any]:
-    """The audit row's (and ``--json``'s) account of a replay: every id, every target."""
-    return {
-        "broker": str(broker),
-        "target": plan.target,
-        "replayed": len(sent),
-        "ids": sent,
-        "planned": [{"id": i, "position": ref} for ref, i in plan.accepted],
-        "refused": [{"id": i, "position": ref, "origin": o} for ref, i, o in plan.refused],
-        "reason": reason,
-        "type": type_,
-    }
 
 
 @app.command()

@@ -35,7 +35,9 @@ async def _outbox(settings: Settings) -> list[dict[str, Any]]:
         await engine.dispose()
 
 
-async def _gather(settings: Settings, group: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+async def gather_waiting(
+    settings: Settings, group: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Each source's rows, and for a source that could not be read, why (the others
     are still reported: an operator looks at lag most when something is down)."""
     sources: dict[str, Any] = {"kafka": _kafka(settings, group)}
@@ -72,7 +74,7 @@ def lag(
     Example: relaybus lag --group orders-admitted --json
     """
     try:
-        found, errors = asyncio.run(_gather(Settings(), group))
+        found, errors = asyncio.run(gather_waiting(Settings(), group))
     except LookupError as err:
         make_console(stderr=True).print(plain(f"relaybus lag: {err}"))
         raise typer.Exit(2) from None
@@ -84,7 +86,7 @@ def lag(
         raise typer.Exit(1)
 
 
-_TABLES = {
+TABLES = {
     "kafka": ("Kafka consumer groups", ("group", "topic", "partition", "committed", "end", "lag")),
     "rabbitmq": ("RabbitMQ queues", ("vhost", "queue", "ready", "unacked", "consumers")),
     "outbox": ("outbox partitions", ("partition", "pending", "failed", "oldest_pending_age_s")),
@@ -93,7 +95,7 @@ _TABLES = {
 
 def _print(found: dict[str, Any], errors: dict[str, str]) -> None:
     console = make_console()
-    for name, (title, columns) in _TABLES.items():
+    for name, (title, columns) in TABLES.items():
         if name in errors:
             console.print(plain(f"{title}: {errors[name]}"))
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from relaybus.cli import (
+    console,
     db,
     demo,
     dlq,
@@ -43,6 +44,7 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(shards.app, name="shards")
 app.command(name="lag")(lag.lag)
 app.command(name="replay")(replay.replay)
+app.command(name="console")(console.console)
 
 
 def main() -> None:

@@ -72,24 +72,19 @@ def replay(
     """Replay the records of TOPIC whose timestamps fall in [--since, --until).
 
     \b
-    --dry-run          show, per partition, the offsets, count, first/last timestamps
-    --group G          reset group G (no live members) to the window's start offsets:
-                       its consumers read the window again; their inboxes skip what
-                       they applied (same ids). Undo: --undo AUDIT_ID
-    --to-topic T2      copy the window into T2: keys, values, headers, ids and order
-                       per partition kept (same partition when T2 has as many), plus
-                       x-replay-of: TOPIC/partition/offset; --type/--key filter it;
-                       --resume finishes an interrupted copy, each record once
-    --reprocess        with --to-topic (T2 may be TOPIC): every copy gets a new id,
-                       so idempotent consumers apply it again (audited)
-    --broker rabbitmq  republish the window from the outbox archive to the exchange,
-                       with the same ids (RabbitMQ keeps no log)
+    --dry-run      per partition: offsets, count, first/last timestamps
+    --group G      reset group G (no live members) to the window's start;
+                   inboxes skip what was applied (same ids); --undo AUDIT_ID
+    --to-topic T2  copy the window: keys, headers, ids, per-partition order,
+                   plus x-replay-of; --type/--key filter, --resume finishes
+    --reprocess    copies get new ids: consumers apply them again (audited)
+    --broker rabbitmq  republish from the outbox archive, same ids
 
-    Examples:
-      relaybus replay shop.order.admitted --since 2h --until 1h --dry-run
-      relaybus replay shop.order.admitted --since 2h --group orders-admitted --yes
-      relaybus replay outbox.event.order --since 15m --to-topic order.copy --type order.created
-      relaybus replay --undo 42
+    \b
+    Example: relaybus replay shop.order.admitted --since 2h --until 1h --dry-run
+    Example: relaybus replay shop.order.admitted --since 2h --group orders
+    Example: relaybus replay outbox.event.order --since 15m --to-topic order.copy
+    Example: relaybus replay --undo 42
     """
     now = datetime.now(UTC)
     if undo is not None:

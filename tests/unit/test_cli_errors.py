@@ -35,6 +35,7 @@ def test_every_command_has_help_with_an_example() -> None:
         ("worker",),
         ("lag",),
         ("replay",),
+        ("console",),
     ):
         proc = run_cli(*args, "--help")
         assert proc.returncode == 0, args
