@@ -146,6 +146,22 @@ class Shop:
             argv, extra = command_of(name, shop)
             self.children[name] = Child(name, argv, log_dir / f"{name}.log", {**self.env, **extra})
 
+    def expose_metrics(self, base_port: int) -> dict[str, str]:
+        """Give the relay and every worker a Prometheus port, counting up from
+        ``base_port`` in start order, and return ``name -> /metrics URL`` (what
+        ``RELAYBUS_CONSOLE_METRICS_ENDPOINTS`` takes)."""
+        endpoints: dict[str, str] = {}
+        port = base_port
+        for name, child in self.children.items():
+            variable = {"relay": "RELAYBUS_RELAY_METRICS_PORT",
+                        "worker": "RELAYBUS_WORKER_METRICS_PORT"}.get(child.argv[0])  # fmt: skip
+            if variable is None:
+                continue
+            child.env[variable] = str(port)
+            endpoints[name] = f"http://127.0.0.1:{port}/metrics"
+            port += 1
+        return endpoints
+
     def start_all(self) -> None:
         """Start every child. With the router among them, first make the configured
         shard set current (``relaybus shards set``; unchanged if it already is)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import threading
 from pathlib import Path
@@ -22,6 +23,13 @@ def run(
         [],
         help=f"Run only these (repeatable): {', '.join(SHOP_PROCESSES)}, "
         f"orders-api-N, inventory-shard-N, {', '.join(OPTIONAL_PROCESSES)}.",
+    ),
+    metrics_port_base: int = typer.Option(
+        0,
+        "--metrics-port-base",
+        min=0,
+        max=65000,
+        help="Give the relay and each worker a /metrics port from this one up (0 = none).",
     ),
 ) -> None:
     """Run the shop: relay, gateway, orders API, the orders and payments workers, an
@@ -48,6 +56,7 @@ def run(
     shop = ShopSettings()
     asyncio.run(ensure_shop_topics(Settings().kafka_bootstrap, shop))
     processes = Shop(logs, shop, names=only or None)
+    endpoints = processes.expose_metrics(metrics_port_base) if metrics_port_base else {}
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -55,6 +64,9 @@ def run(
     console.print(
         f"running {', '.join(processes.children)} (logs in {plain(str(logs))}/); Ctrl-C stops"
     )
+    if endpoints:
+        console.print("metrics, for the console:")
+        console.print(plain(f"RELAYBUS_CONSOLE_METRICS_ENDPOINTS='{json.dumps(endpoints)}'"))
     try:
         while not stop.wait(1.0):
             for name in processes.supervise():
