@@ -147,3 +147,20 @@ def test_it_does_not_start_without_a_good_password_hash() -> None:
     short = run_cli("console", "--hash-password", input="short\n")
     assert short.returncode == 2
     assert "12 characters" in short.stderr
+
+
+def test_a_service_down_is_a_page_that_says_so(tmp_path: Path) -> None:
+    down = {
+        "RELAYBUS_DATABASE_URL": "postgresql+asyncpg://relaybus:relaybus@127.0.0.1:1/relaybus",
+        "RELAYBUS_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+    }
+    with console_process(tmp_path, **down) as broken:
+        client = broken.signed_in()
+        outbox = client.get("/outbox")
+        assert outbox.status_code == 503
+        assert "unreachable" in outbox.text
+        overview = client.get("/")
+        assert overview.status_code == 200
+        assert "outbox: unreachable" in overview.text
+        assert "kafka: unreachable" in overview.text
+        assert "Traceback" not in broken.log.read_text()

@@ -9,6 +9,7 @@ database are rendered by Jinja2's autoescaping: markup in a header is text.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from fastapi import FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers.dlq_admin import (
@@ -43,6 +45,7 @@ from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 BROKERS = ("kafka", "rabbitmq")
 LETTERS_SHOWN = 200
@@ -96,6 +99,13 @@ def create_app(settings: Settings, password: PasswordHash, sessions: Sessions | 
         title="relaybus console", docs_url=None, redoc_url=None, openapi_url=None,
         lifespan=lifespan,
     )  # fmt: skip
+
+    @api.exception_handler(DBAPIError)
+    @api.exception_handler(OSError)
+    async def unreachable(request: Request, err: Exception) -> Response:
+        # A service down is a page that says so, not a 500 with a traceback.
+        log.warning("console: %s %s: %s", request.method, request.url.path, type(err).__name__)
+        return PlainText(f"a service is unreachable ({type(err).__name__}); try again", 503)
 
     def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         session: Session | None = request.scope.get("state", {}).get("session")
