@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+
+@contextmanager
+def reaching(bootstrap: str) -> Iterator[None]:
+    """Turn a Kafka client error inside the block into ``ConnectionError`` (an
+    ``OSError``), so callers outside the adapters handle one kind of "unreachable"."""
+    try:
+        yield
+    except KafkaError as err:
+        raise ConnectionError(f"Kafka at {bootstrap}: {err!r}") from err
 
 
 async def ensure_topic(
@@ -75,8 +87,13 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def start_group_at(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
-    """Commit ``offsets`` (partition -> offset) for a new ``group``: it starts there."""
+async def start_group_at(
+    bootstrap: str, group: str, topic: str, offsets: Mapping[int, int]
+) -> None:
+    """Commit ``offsets`` (partition -> offset) for ``group``, a new group or one
+    without live members: it starts there. (Assigned, not subscribed: a commit
+    outside any generation, which the coordinator accepts only for a group without
+    members.)"""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
@@ -144,10 +161,8 @@ async def consumer_lag(bootstrap: str, group: str | None = None) -> list[Partiti
     has never committed on is not listed (as ``kafka-consumer-groups`` leaves its
     offset unknown). Raises ``LookupError`` for a ``group`` that has no offsets, and
     ``ConnectionError`` when Kafka cannot be asked."""
-    try:
+    with reaching(bootstrap):
         return await _consumer_lag(bootstrap, group)
-    except KafkaError as err:
-        raise ConnectionError(f"Kafka at {bootstrap}: {err!r}") from err
 
 
 async def _consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]:
@@ -212,10 +227,8 @@ async def time_window(
     ``offsets_for_times`` (the broker's time index), and the timestamps of the first
     and last of them. Raises ``LookupError`` if the topic does not exist and
     ``ConnectionError`` when Kafka cannot be asked."""
-    try:
+    with reaching(bootstrap):
         return await _time_window(bootstrap, topic, since_ms, until_ms)
-    except KafkaError as err:
-        raise ConnectionError(f"Kafka at {bootstrap}: {err!r}") from err
 
 
 async def _time_window(

@@ -16,10 +16,15 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from relaybus.brokers.kafka import key_partition
-from relaybus.brokers.kafka_admin import PartitionWindow, group_offsets, list_topics
+from relaybus.brokers.kafka_admin import (
+    PartitionWindow,
+    group_offsets,
+    list_topics,
+    reaching,
+    start_group_at,
+)
 from relaybus.headers import REPLAY_OF
 
 # Batches read per partition and records in flight before the copy waits for acks:
@@ -69,30 +74,13 @@ async def reset_group(
     ``topic`` and return the offsets it had before (partitions it never committed on
     are left out). Raises ``GroupBusyError`` while the group has live members and
     ``ConnectionError`` when Kafka cannot be asked. Only the given partitions change."""
-    try:
+    with reaching(bootstrap):
         members = await group_members(bootstrap, group)
         if members:
             raise GroupBusyError(group, members)
         previous = await group_offsets(bootstrap, group, topic)
-        await _commit(bootstrap, group, topic, offsets)
-    except KafkaError as err:
-        raise ConnectionError(f"Kafka at {bootstrap}: {err!r}") from err
+        await start_group_at(bootstrap, group, topic, offsets)
     return previous
-
-
-async def _commit(bootstrap: str, group: str, topic: str, offsets: Mapping[int, int]) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        positions = {TopicPartition(topic, p): o for p, o in offsets.items()}
-        consumer.assign(list(positions))
-        # Assigned, not subscribed: a commit outside any generation, which the
-        # coordinator accepts only for a group without members (checked above).
-        await consumer.commit(positions)
-    finally:
-        await consumer.stop()
 
 
 def replay_of(topic: str, partition: int, offset: int) -> bytes:
@@ -259,101 +247,80 @@ async def copy_window(
     source partition's records (idempotent producer: no gaps, no reordering), and a
     resume finds them by their ``x-replay-of``. ``progress`` is called with the
     number of window records dealt with since the last call."""
-    try:
-        return await _copy(
-            bootstrap, source, windows, destination, keep_partitions, select, skip,
-            rewrite, keep_timestamps, rate, progress,
-        )  # fmt: skip
-    except KafkaError as err:
-        raise ConnectionError(f"Kafka at {bootstrap}: {err!r}") from err
-
-
-async def _copy(
-    bootstrap: str,
-    source: str,
-    windows: list[PartitionWindow],
-    destination: str,
-    keep_partitions: bool,
-    select: CopyFilter,
-    skip: CopiedSet,
-    rewrite: Rewrite | None,
-    keep_timestamps: bool,
-    rate: float | None,
-    progress: Callable[[int], None],
-) -> CopyResult:
-    ends = {w.partition: w.end for w in windows if w.count}
-    if not ends:
-        return CopyResult(0, 0, 0, 0)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=FETCH_RECORDS
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
-    )
-    await consumer.start()
-    await producer.start()
-    read = copied = filtered = present = 0
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    try:
-        out_parts = sorted(await producer.partitions_for(destination))
-        tps = [TopicPartition(source, p) for p in ends]
-        consumer.assign(tps)
-        for w in windows:
-            if w.count:
-                consumer.seek(TopicPartition(source, w.partition), w.start)
-        todo = set(tps)
-        unacked: list[asyncio.Future[object]] = []
-        while todo:
-            batches = await consumer.getmany(*todo, timeout_ms=1000)
-            for tp, records in batches.items():
-                end = ends[tp.partition]
-                inside = [r for r in records if r.offset < end]
-                if len(inside) < len(records) or (inside and inside[-1].offset == end - 1):
-                    todo.discard(tp)
-                for r in inside:
-                    read += 1
-                    headers = [(n, v) for n, v in r.headers if n != REPLAY_OF]
-                    if (tp.partition, r.offset) in skip:
-                        present += 1
-                        continue
-                    if not select.wants(r.key, dict(headers)):
-                        filtered += 1
-                        continue
-                    headers.append((REPLAY_OF, replay_of(source, tp.partition, r.offset)))
-                    if rewrite is not None:
-                        headers = rewrite(tp.partition, r.offset, headers)
-                    if keep_partitions:
-                        partition: int | None = tp.partition
-                    elif r.key is not None:
-                        partition = out_parts[key_partition(r.key, len(out_parts))]
-                    else:
-                        partition = None
-                    unacked.append(
-                        await producer.send(
-                            destination,
-                            value=r.value,
-                            key=r.key,
-                            headers=headers,
-                            partition=partition,
-                            timestamp_ms=r.timestamp if keep_timestamps else None,
+    with reaching(bootstrap):
+        ends = {w.partition: w.end for w in windows if w.count}
+        if not ends:
+            return CopyResult(0, 0, 0, 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=FETCH_RECORDS
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await consumer.start()
+        await producer.start()
+        read = copied = filtered = present = 0
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            out_parts = sorted(await producer.partitions_for(destination))
+            tps = [TopicPartition(source, p) for p in ends]
+            consumer.assign(tps)
+            for w in windows:
+                if w.count:
+                    consumer.seek(TopicPartition(source, w.partition), w.start)
+            todo = set(tps)
+            unacked: list[asyncio.Future[object]] = []
+            while todo:
+                batches = await consumer.getmany(*todo, timeout_ms=1000)
+                for tp, records in batches.items():
+                    end = ends[tp.partition]
+                    inside = [r for r in records if r.offset < end]
+                    if len(inside) < len(records) or (inside and inside[-1].offset == end - 1):
+                        todo.discard(tp)
+                    for r in inside:
+                        read += 1
+                        headers = [(n, v) for n, v in r.headers if n != REPLAY_OF]
+                        if (tp.partition, r.offset) in skip:
+                            present += 1
+                            continue
+                        if not select.wants(r.key, dict(headers)):
+                            filtered += 1
+                            continue
+                        headers.append((REPLAY_OF, replay_of(source, tp.partition, r.offset)))
+                        if rewrite is not None:
+                            headers = rewrite(tp.partition, r.offset, headers)
+                        if keep_partitions:
+                            partition: int | None = tp.partition
+                        elif r.key is not None:
+                            partition = out_parts[key_partition(r.key, len(out_parts))]
+                        else:
+                            partition = None
+                        unacked.append(
+                            await producer.send(
+                                destination,
+                                value=r.value,
+                                key=r.key,
+                                headers=headers,
+                                partition=partition,
+                                timestamp_ms=r.timestamp if keep_timestamps else None,
+                            )
                         )
-                    )
-                    copied += 1
-                    if rate is not None:
-                        # Paced, not bursty: wait until this record's slot comes.
-                        ahead = began + copied / rate - loop.time()
-                        if ahead > 0:
-                            await asyncio.sleep(ahead)
-                if len(unacked) >= MAX_UNACKED:
-                    await asyncio.gather(*unacked)
-                    unacked.clear()
-                progress(len(inside))
-        await asyncio.gather(*unacked)
-    finally:
-        await producer.stop()
-        await consumer.stop()
-    return CopyResult(read, copied, filtered, present)
+                        copied += 1
+                        if rate is not None:
+                            # Paced, not bursty: wait until this record's slot comes.
+                            ahead = began + copied / rate - loop.time()
+                            if ahead > 0:
+                                await asyncio.sleep(ahead)
+                    if len(unacked) >= MAX_UNACKED:
+                        await asyncio.gather(*unacked)
+                        unacked.clear()
+                    progress(len(inside))
+            await asyncio.gather(*unacked)
+        finally:
+            await producer.stop()
+            await consumer.stop()
+        return CopyResult(read, copied, filtered, present)
 
 
 def reprocess_ids(salt: str) -> Rewrite:
