@@ -124,13 +124,15 @@ async def produce_records(
 
 async def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """The offsets ``group`` has committed on ``topic`` (partition -> next offset to
-    read); a partition with no commit is left out."""
+    read); a partition with no commit is left out. ``ConnectionError`` when Kafka
+    cannot be asked."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
+    with reaching(bootstrap):
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
     return {
         tp.partition: meta.offset
         for tp, meta in committed.items()

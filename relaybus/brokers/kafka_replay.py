@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from relaybus.brokers.kafka import key_partition
 from relaybus.brokers.kafka_admin import (
     PartitionWindow,
+    end_offsets,
     group_offsets,
     list_topics,
     reaching,
@@ -164,20 +165,12 @@ class CopyResult:
 
 
 async def destination_ends(bootstrap: str, topic: str) -> dict[int, int]:
-    """End offsets of ``topic`` (which must exist): where a copy into it starts."""
-    if topic not in await list_topics(bootstrap):
-        raise LookupError(f"kafka topic {topic!r} does not exist (create it first)")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return {tp.partition: end for tp, end in ends.items()}
-    finally:
-        await consumer.stop()
+    """End offsets of ``topic`` (which must exist; ``LookupError`` if not): where a
+    copy into it starts."""
+    with reaching(bootstrap):
+        if topic not in await list_topics(bootstrap):
+            raise LookupError(f"kafka topic {topic!r} does not exist (create it first)")
+        return await end_offsets(bootstrap, topic)
 
 
 async def already_copied(
@@ -191,6 +184,14 @@ async def already_copied(
     after offsets ``since`` (where the interrupted copy started writing), found by
     their ``x-replay-of`` header."""
     copied = CopiedSet({w.partition: w for w in windows})
+    with reaching(bootstrap):
+        await _mark_copied(bootstrap, source, destination, since, copied)
+    return copied
+
+
+async def _mark_copied(
+    bootstrap: str, source: str, destination: str, since: Mapping[int, int], copied: CopiedSet
+) -> None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=FETCH_RECORDS
     )
@@ -215,7 +216,6 @@ async def already_copied(
                     todo.discard(tp)
     finally:
         await consumer.stop()
-    return copied
 
 
 Rewrite = Callable[[int, int, list[tuple[str, bytes]]], list[tuple[str, bytes]]]
