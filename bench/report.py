@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 from dataclasses import dataclass, field
@@ -11,6 +12,12 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def results_dir() -> Path:
+    """Where results go: ``bench/results``, or ``$RELAYBUS_BENCH_RESULTS`` (the
+    harness's ``--quick`` runs write to a scratch folder, never over real results)."""
+    return Path(os.environ.get("RELAYBUS_BENCH_RESULTS") or RESULTS)
 
 
 @dataclass
@@ -29,12 +36,16 @@ class Series:
 @dataclass
 class Comparison:
     """``candidate`` against ``baseline``: ratio of medians and the target it must reach
-    (``None``: reported for information, no target)."""
+    (``None``: reported for information, no target). By default the target is a
+    floor on the ratio (throughput); ``higher_is_better=False`` makes it a ceiling
+    (latency), and ``target_on="value"`` puts it on the candidate's median itself."""
 
     label: str
     candidate: Series
     baseline: Series
     target: float | None
+    higher_is_better: bool = True
+    target_on: str = "ratio"
 
     @property
     def ratio(self) -> float:
@@ -42,12 +53,16 @@ class Comparison:
 
     @property
     def met(self) -> bool | None:
-        return None if self.target is None else self.ratio >= self.target
+        if self.target is None:
+            return None
+        measured = self.ratio if self.target_on == "ratio" else self.candidate.median
+        return measured >= self.target if self.higher_is_better else measured <= self.target
 
 
 def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> str:
-    """Write ``results/<name>.json`` and ``results/<name>.md``; return the markdown."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    """Write ``<results>/<name>.json`` and ``<results>/<name>.md``; return the markdown."""
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
     data = {
         "benchmark": name,
         "at": datetime.now(UTC).isoformat(),
@@ -70,12 +85,14 @@ def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> s
                 },
                 "ratio": c.ratio,
                 "target": c.target,
+                "higher_is_better": c.higher_is_better,
+                "target_on": c.target_on,
                 "met": c.met,
             }
             for c in comparisons
         ],
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=2))
     lines = [
         f"# {name}",
         "",
@@ -90,7 +107,7 @@ def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> s
             f"| {c.label} | {c.candidate.median:,.0f} {c.candidate.unit} "
             f"({c.candidate.name}) | {c.baseline.median:,.0f} {c.baseline.unit} "
             f"({c.baseline.name}) | {c.ratio:.2f} | "
-            + ("—" if c.target is None else f"≥ {c.target}")
+            + ("—" if c.target is None else f"{'≥' if c.higher_is_better else '≤'} {c.target}")
             + f" | {'—' if c.met is None else 'yes' if c.met else 'NO'} |"
         )
     lines += ["", "Rounds (per second):", ""]
@@ -98,5 +115,5 @@ def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> s
         for s in (c.candidate, c.baseline):
             lines.append(f"- {c.label} / {s.name}: " + ", ".join(f"{v:,.0f}" for v in s.values))
     md = "\n".join(lines) + "\n"
-    (RESULTS / f"{name}.md").write_text(md)
+    (folder / f"{name}.md").write_text(md)
     return md

@@ -41,6 +41,8 @@ class RelayConfig:
     purge_interval: float = 60.0
     # Payload bytes one process holds at most (split among its concurrent batches).
     max_inflight_bytes: int = 64 * 1024 * 1024
+    # Ask writers to NOTIFY while idle (False: polling only, every poll_interval).
+    listen: bool = True
 
     @property
     def batch_bytes(self) -> int:
@@ -276,8 +278,9 @@ class Relay:
     # -- coordination -----------------------------------------------------------------
     async def want_notify(self) -> bool:
         """Make sure writers NOTIFY us; True if we just asked (so rows committed before
-        then may have come without a NOTIFY, and the caller should look again)."""
-        if self._notified:
+        then may have come without a NOTIFY, and the caller should look again). With
+        ``listen`` off it never asks: polling alone finds new rows."""
+        if self._notified or not self.config.listen:
             return False
         async with self._notify_lock:
             if self._notified:

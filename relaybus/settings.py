@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     relay_poll_interval: float = Field(
         1.0, gt=0, description="Polling fallback when no NOTIFY arrives, seconds."
     )
+    relay_listen: bool = Field(
+        True, description="Wake on LISTEN/NOTIFY when idle (false: poll only)."
+    )
     relay_archive: bool = Field(
         True, description="Move published rows to outbox_archive (else delete them)."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from relaybus.cli import (
+    bench,
     console,
     db,
     demo,
@@ -45,6 +46,7 @@ app.add_typer(shards.app, name="shards")
 app.command(name="lag")(lag.lag)
 app.command(name="replay")(replay.replay)
 app.command(name="console")(console.console)
+app.command(name="bench")(bench.bench)
 
 
 def main() -> None:

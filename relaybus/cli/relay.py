@@ -53,6 +53,7 @@ async def run_relay(settings: Settings) -> None:
         instance=settings.relay_instance or f"{socket.gethostname()}-{os.getpid()}",
         archive_retention_days=settings.relay_archive_retention_days,
         max_inflight_bytes=settings.relay_max_inflight_bytes,
+        listen=settings.relay_listen,
     )
     relay = Relay(
         PostgresOutboxStore(engine, archive=settings.relay_archive),
@@ -66,7 +67,11 @@ async def run_relay(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    listener = asyncio.create_task(OutboxListener(settings.database_url, relay.wake_all).run())
+    listener = asyncio.create_task(
+        OutboxListener(settings.database_url, relay.wake_all).run()
+        if settings.relay_listen
+        else stop.wait()
+    )
     log.info("relay %s started: %d partitions", config.instance, config.partitions)
     try:
         await relay.run(stop)
