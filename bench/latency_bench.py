@@ -30,11 +30,12 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aio_pika
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -71,8 +72,9 @@ def summary(latencies_ms: list[float]) -> dict[str, float]:
 class Pipeline:
     """A ``relaybus relay`` and a ``relaybus worker`` for one broker, as subprocesses."""
 
-    def __init__(self, broker: str, tag: str, logs: Path) -> None:
+    def __init__(self, broker: str, tag: str, logs: Path, bootstrap: str) -> None:
         self.broker = broker
+        self.bootstrap = bootstrap
         self.aggregate = f"benchlat{tag}"
         self.topic = f"outbox.event.{self.aggregate}"
         self.queue = f"bench.latency.{tag}"
@@ -177,12 +179,25 @@ async def schedule(
     return n
 
 
+@dataclass
+class Round:
+    """One open-loop run: per event, scheduled → applied (the headline, corrected for
+    coordinated omission), commit → applied, and how late the writers committed
+    (scheduled → commit: if that grows, the load generator, not relaybus, fell behind)."""
+
+    scheduled: list[float]
+    from_commit: list[float]
+    writer_late: list[float]
+    on_topic: list[float]  # commit -> the record seen on the topic (Kafka): the relay's part
+
+
 async def relaybus_round(
     engine: AsyncEngine, pipeline: Pipeline, rate: float, seconds: float, writers: int
-) -> list[float]:
+) -> Round:
     run = f"rb-{uuid.uuid4().hex[:8]}"
     outbox = Outbox()
     sessions = session_factory(engine)
+    committed: dict[int, tuple[float, float]] = {}
 
     async def send(i: int, due: float) -> None:
         async with sessions() as session, session.begin():
@@ -190,24 +205,82 @@ async def relaybus_round(
                 session, aggregate_type=pipeline.aggregate, aggregate_id=f"k{i % KEYS}",
                 type=EVENT, payload=body(run, i, due),
             )  # fmt: skip
+        committed[i] = (due, time.time())
 
-    n = await schedule(rate, seconds, send, writers)
-    await wait_applied(engine, run, n, within=seconds * 4 + 60)
-    return await latencies_of(engine, run)
+    seen: dict[int, float] = {}
+    observer = (
+        await _observe(pipeline.bootstrap, pipeline.topic, run, seen)
+        if pipeline.broker == "kafka"
+        else None
+    )
+    try:
+        n = await schedule(rate, seconds, send, writers)
+        await wait_applied(engine, run, n, within=seconds * 4 + 60)
+    finally:
+        if observer is not None:
+            observer.cancel()
+            await asyncio.gather(observer, return_exceptions=True)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT i, applied FROM bench_latency WHERE run = :run"), {"run": run}
+            )
+        ).all()
+    done = {int(i): float(t) for i, t in rows}
+    return Round(
+        [(done[i] - due) * 1000 for i, (due, _) in committed.items()],
+        [(done[i] - at) * 1000 for i, (_, at) in committed.items()],
+        [(at - due) * 1000 for due, at in committed.values()],
+        [(seen[i] - at) * 1000 for i, (_, at) in committed.items() if i in seen],
+    )
 
 
-async def max_rate(engine: AsyncEngine, pipeline: Pipeline, events: int) -> float:
-    """Events/s through relay and worker: ``events`` committed at once, drained."""
+async def _observe(
+    bootstrap: str, topic: str, run: str, seen: dict[int, float]
+) -> asyncio.Task[None]:
+    """A plain consumer on the relay's topic noting when each event of ``run`` arrived
+    (splits the latency into the relay's part and the consumer's)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    consumer.assign(parts)
+    await consumer.seek_to_end(*parts)  # only this run's events matter
+
+    async def watch() -> None:
+        try:
+            while True:
+                for records in (await consumer.getmany(timeout_ms=100)).values():
+                    now = time.time()
+                    for r in records:
+                        data = json.loads(r.value)
+                        if data.get("run") == run:
+                            seen[int(data["i"])] = now
+        finally:
+            await consumer.stop()
+
+    return asyncio.create_task(watch())
+
+
+async def max_rate(engine: AsyncEngine, pipeline: Pipeline, events: int, writers: int) -> float:
+    """Events/s the whole pipeline sustains on this machine, writers included:
+    ``writers`` sessions commit ``events`` back to back (closed loop) while relay and
+    worker drain; from the first commit until the last event is applied."""
     run = f"max-{uuid.uuid4().hex[:8]}"
     outbox = Outbox()
-    async with session_factory(engine)() as session, session.begin():
-        for i in range(events):
-            await outbox.enqueue(
-                session, aggregate_type=pipeline.aggregate, aggregate_id=f"k{i % KEYS}",
-                type=EVENT, payload=body(run, i, 0.0),
-            )  # fmt: skip
-    began = time.monotonic()  # committed: the relay may start now
-    await wait_applied(engine, run, events, within=events / 50 + 120)
+    sessions = session_factory(engine)
+    slots = iter(range(events))
+
+    async def writer() -> None:
+        for i in slots:
+            async with sessions() as session, session.begin():
+                await outbox.enqueue(
+                    session, aggregate_type=pipeline.aggregate, aggregate_id=f"k{i % KEYS}",
+                    type=EVENT, payload=body(run, i, 0.0),
+                )  # fmt: skip
+
+    began = time.monotonic()
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    await wait_applied(engine, run, events, within=events / 20 + 120)
     return events / (time.monotonic() - began)
 
 
@@ -222,7 +295,14 @@ async def raw_kafka_round(bootstrap: str, rate: float, seconds: float) -> list[f
     latencies: list[float] = []
     n_expected = max(1, int(rate * seconds))
     try:
-        await consumer.getmany(timeout_ms=1000)  # joined and assigned before the clock starts
+        # Every partition has a leader and the consumer its assignment before the
+        # clock starts: one warm-up record per partition, produced and read back.
+        for p in range(PARTITIONS):
+            await producer.send_and_wait(topic, b'{"warm":true}', partition=p)
+        warm = 0
+        while warm < PARTITIONS:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                warm += len(records)
 
         async def consume() -> None:
             while len(latencies) < n_expected:
@@ -299,15 +379,15 @@ async def main(args: argparse.Namespace) -> None:
     try:
         for broker in args.brokers:
             tag = uuid.uuid4().hex[:6]
-            pipeline = Pipeline(broker, tag, logs)
+            pipeline = Pipeline(broker, tag, logs, settings.kafka_bootstrap)
             if broker == "kafka":
                 await ensure_topic(settings.kafka_bootstrap, pipeline.topic, PARTITIONS)
             try:
                 await pipeline.start_worker(settings.rabbitmq_management_url)
                 await pipeline.start_relay(listen=True)
                 warm = await relaybus_round(engine, pipeline, 50, 1, 1)  # pipeline ready
-                print(f"{broker}: warm-up max {max(warm):.0f} ms", flush=True)
-                maxima[broker] = await max_rate(engine, pipeline, args.max_events)
+                print(f"{broker}: warm-up max {max(warm.scheduled):.0f} ms", flush=True)
+                maxima[broker] = await max_rate(engine, pipeline, args.max_events, args.writers)
                 print(f"{broker}: maximum {maxima[broker]:,.0f} events/s", flush=True)
                 for load in args.loads:
                     rate = load * maxima[broker]
@@ -316,8 +396,13 @@ async def main(args: argparse.Namespace) -> None:
                     ours_all: list[dict[str, float]] = []
                     raw_all: list[dict[str, float]] = []
                     for _ in range(args.rounds):  # interleaved
-                        got = summary(await relaybus_round(engine, pipeline, rate, args.seconds,
-                                                           args.writers))  # fmt: skip
+                        measured = await relaybus_round(engine, pipeline, rate, args.seconds,
+                                                        args.writers)  # fmt: skip
+                        got = summary(measured.scheduled)
+                        print(f"    commit -> applied {summary(measured.from_commit)}; writers "
+                              f"late {summary(measured.writer_late)}", flush=True)  # fmt: skip
+                        if measured.on_topic:
+                            print(f"    commit -> on topic {summary(measured.on_topic)}")
                         base = summary(
                             await raw_kafka_round(settings.kafka_bootstrap, rate, args.seconds)
                             if broker == "kafka"
@@ -362,8 +447,10 @@ async def main(args: argparse.Namespace) -> None:
                             woken.values = list(row["p50s"])
                     polled_all = []
                     for _ in range(args.rounds):
-                        got = summary(await relaybus_round(engine, pipeline, rate, args.seconds,
-                                                           args.writers))  # fmt: skip
+                        polled_round = await relaybus_round(
+                            engine, pipeline, rate, args.seconds, args.writers
+                        )
+                        got = summary(polled_round.scheduled)
                         polled.values.append(got["p50"])
                         polled_all.append(got)
                         print(f"  {broker} 50% polling: {got}", flush=True)

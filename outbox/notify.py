@@ -22,13 +22,15 @@ def asyncpg_dsn(database_url: str) -> str:
 
 
 class OutboxListener:
-    """Calls ``on_notify`` whenever a transaction that inserted outbox rows commits.
+    """Calls ``on_notify(payload)`` whenever a transaction that inserted outbox rows
+    commits; the payload is the row's partition (as text), or ``""`` when any
+    partition may have rows (after a reconnect).
 
     Runs until cancelled. If the connection drops it reconnects with backoff; in the
     meantime nothing is lost, because the relay also polls.
     """
 
-    def __init__(self, database_url: str, on_notify: Callable[[], None]) -> None:
+    def __init__(self, database_url: str, on_notify: Callable[[str], None]) -> None:
         self._dsn = asyncpg_dsn(database_url)
         self._on_notify = on_notify
 
@@ -46,7 +48,7 @@ class OutboxListener:
             conn.add_termination_listener(lambda _c, ev=lost: ev.set())
             try:
                 await conn.add_listener(CHANNEL, self._callback)
-                self._on_notify()  # rows may have arrived while we were not listening
+                self._on_notify("")  # rows may have arrived while we were not listening
                 await lost.wait()
             finally:
                 try:
@@ -55,5 +57,5 @@ class OutboxListener:
                     # The connection is already gone; the loop reconnects.
                     log.info("LISTEN connection close failed: %r", err)
 
-    def _callback(self, *_args: Any) -> None:
-        self._on_notify()
+    def _callback(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._on_notify(payload)

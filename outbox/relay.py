@@ -305,8 +305,18 @@ class Relay:
                 self._notified = False
                 await self.store.stop_waiting(self.config.instance)
 
+    def wake(self, partition: str) -> None:
+        """New rows were committed in ``partition`` (a NOTIFY's payload): wake its
+        drainer if this relay holds it. Anything else (``""``, not a number) wakes
+        every drainer, so an old writer's NOTIFY still works."""
+        held = self._drainers.get(int(partition)) if partition.isdigit() else None
+        if held is not None:
+            held[0].wake.set()
+        elif not partition.isdigit():
+            self.wake_all()
+
     def wake_all(self) -> None:
-        """New rows were committed (NOTIFY): wake every idle drainer."""
+        """Rows may have been committed anywhere: wake every idle drainer."""
         for drainer, _ in self._drainers.values():
             drainer.wake.set()
 

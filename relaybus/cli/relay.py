@@ -68,7 +68,7 @@ async def run_relay(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     listener = asyncio.create_task(
-        OutboxListener(settings.database_url, relay.wake_all).run()
+        OutboxListener(settings.database_url, relay.wake).run()
         if settings.relay_listen
         else stop.wait()
     )

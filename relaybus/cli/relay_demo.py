@@ -153,9 +153,7 @@ async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -
             kafka_tap(settings.kafka_bootstrap, TOPIC) as kq,
             rabbit_tap(settings.rabbitmq_url, "demo.#") as rq,
         ):
-            listener = asyncio.create_task(
-                OutboxListener(settings.database_url, relay.wake_all).run()
-            )
+            listener = asyncio.create_task(OutboxListener(settings.database_url, relay.wake).run())
             relay_task = asyncio.create_task(relay.run(stop))
             outbox = Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
             sessions = session_factory(engine)

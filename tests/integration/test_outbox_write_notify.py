@@ -139,7 +139,8 @@ async def _no_live_waiters(engine: AsyncEngine) -> bool:
 async def test_writer_notifies_only_while_a_relay_waits(
     settings: Settings, engine: AsyncEngine
 ) -> None:
-    """A commit NOTIFYs iff an unexpired ``outbox_waiters`` row exists.
+    """A commit NOTIFYs iff an unexpired ``outbox_waiters`` row exists, with the
+    row's partition as the payload (the relay wakes only that partition's drainer).
 
     Notifications from one session arrive in commit order, so a sentinel NOTIFY sent
     after the insert proves whether the insert's NOTIFY came (no waiting on a clock).
@@ -164,7 +165,12 @@ async def test_writer_notifies_only_while_a_relay_waits(
         await writer.execute(
             "INSERT INTO outbox_waiters VALUES ($1, now() + interval '1 minute')", instance
         )
-        assert await commit_event_then_sentinel("s2") == [""]
+        notified = await commit_event_then_sentinel("s2")
+        partition = await writer.fetchval(
+            "SELECT partition FROM outbox WHERE aggregatetype = $1 ORDER BY sequence DESC LIMIT 1",
+            agg,
+        )
+        assert notified == [str(partition)]  # the payload names the row's partition
         await writer.execute(
             "UPDATE outbox_waiters SET expires_at = now() - interval '1 second' "
             "WHERE instance = $1",

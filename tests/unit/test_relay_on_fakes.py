@@ -171,3 +171,32 @@ async def test_fetch_keeps_to_the_byte_budget_but_always_takes_one_row() -> None
     partition = store.rows[0].partition
     assert len((await store.fetch(partition, 100, max_bytes=250)).rows) == 2
     assert len((await store.fetch(partition, 100, max_bytes=1)).rows) == 1
+
+
+async def test_a_notify_wakes_only_its_partitions_drainer() -> None:
+    store, publisher, locks = fakes()
+    async with relay_on(store, publisher, locks) as relay:
+
+        async def all_held() -> bool:
+            return len(relay._drainers) == CONFIG.partitions
+
+        await eventually(all_held, within=10, what="every partition leased")
+        events = {p: relay._drainers[p][0].wake for p in relay._drainers}
+
+        def woken() -> set[int]:
+            return {p for p, event in events.items() if event.is_set()}
+
+        for event in events.values():
+            event.clear()
+        relay.wake("2")
+        assert woken() == {2}
+        for event in events.values():
+            event.clear()
+        relay.wake("99")  # a partition this relay does not hold: nobody
+        assert woken() == set()
+        relay.wake("")  # after a reconnect: any partition may have rows
+        assert woken() == set(range(CONFIG.partitions))
+        for event in events.values():
+            event.clear()
+        relay.wake("<junk>")  # not a partition: treated as "any"
+        assert woken() == set(range(CONFIG.partitions))
