@@ -95,6 +95,10 @@ class PartitionDrainer:
             # Batches of all partitions share a few slots: on one event loop, a handful
             # of concurrent batches keeps the producer's batches full, while one per
             # partition (16+) mostly adds scheduling and smaller requests.
+            # Cleared before the fetch, never after it: a NOTIFY that lands while the
+            # fetch runs (its row committed too late for the fetch's snapshot) must
+            # still wake us, instead of waiting out the poll interval.
+            self.wake.clear()
             try:
                 async with relay.batch_slots:
                     result = await self._drain_batch(backoff)
@@ -108,7 +112,6 @@ class PartitionDrainer:
                     result,
                 )
             if result == "idle":
-                self.wake.clear()
                 if await relay.want_notify():
                     continue  # rows committed before writers saw us waiting: look again
                 self.idle = True

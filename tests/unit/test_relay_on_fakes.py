@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from outbox.memory import InMemoryOutboxStore
 from outbox.metrics import RelayMetrics
@@ -200,3 +201,45 @@ async def test_a_notify_wakes_only_its_partitions_drainer() -> None:
             event.clear()
         relay.wake("<junk>")  # not a partition: treated as "any"
         assert woken() == set(range(CONFIG.partitions))
+
+
+async def test_a_notify_during_an_empty_fetch_is_not_lost() -> None:
+    """A row committed too late for a fetch's snapshot, whose NOTIFY lands while that
+    fetch runs, is published at once, not after the poll interval (a lost wake-up)."""
+    locks, publisher = InMemoryLock(), InMemoryPublisher("kafka")
+    store = InMemoryOutboxStore(locks, partitions=1)
+    slow_poll = RelayConfig(partitions=1, batch_size=50, lease_ttl=2.0, poll_interval=60.0)
+    relay = Relay(
+        store, locks, {"kafka": publisher}, Router([Route(pattern="*", brokers=["kafka"])]),
+        slow_poll, RelayMetrics(),
+    )  # fmt: skip
+    fetch = store.fetch
+    racing = {"armed": False}
+
+    async def fetch_racing_a_commit(partition: int, limit: int, max_bytes: int = 2**62) -> Any:
+        fetched = await fetch(partition, limit, max_bytes)
+        if racing["armed"]:  # the snapshot was taken; now a writer commits and NOTIFYs
+            racing["armed"] = False
+            store.add(message("late", 1))
+            relay.wake(str(partition))
+        return fetched
+
+    store.fetch = fetch_racing_a_commit  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+
+        async def idle() -> bool:
+            return bool(relay._drainers) and relay._drainers[0][0].idle
+
+        await eventually(idle, within=10, what="the drainer idle")
+        racing["armed"] = True
+        relay.wake("0")  # something to fetch for: the fetch that races the commit
+
+        async def published() -> bool:
+            return [m.aggregateid for m in publisher.sent] == ["late"]
+
+        await eventually(published, within=10, what="the late row published")  # poll: 60 s
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
