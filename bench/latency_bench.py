@@ -84,7 +84,15 @@ class Pipeline:
     def _env(self, **extra: str) -> dict[str, str]:
         return {
             **os.environ,
-            "RELAYBUS_ROUTES": json.dumps([{"pattern": EVENT, "brokers": [self.broker]}]),
+            # The bench's events to the broker under test; anything else in a shared
+            # outbox goes where the default route sends it (an unrouted row would be
+            # marked failed).
+            "RELAYBUS_ROUTES": json.dumps(
+                [
+                    {"pattern": EVENT, "brokers": [self.broker]},
+                    {"pattern": "*", "brokers": ["kafka"]},
+                ]
+            ),
             "RELAYBUS_BENCH_BROKER": self.broker,
             "RELAYBUS_BENCH_SOURCE": self.topic if self.broker == "kafka" else self.queue,
             **extra,
