@@ -165,6 +165,8 @@ def render(results: Path, command_line: str) -> str:
         data = json.loads(path.read_text())
         params = ", ".join(f"{k}={v}" for k, v in data.get("params", {}).items())
         lines += [f"Measured {data['at'][:16].replace('T', ' ')} UTC; {params}.", ""]
+        if name == "latency" and LATENCY_PLOT.exists():
+            lines += ["![latency vs load](latency.png)", ""]
         lines += [
             "| metric | candidate | baseline | ratio | spread | rounds | target | met |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -192,3 +194,14 @@ def render(results: Path, command_line: str) -> str:
 
 def default_results() -> Path:
     return results_dir()
+
+
+LATENCY_PLOT = REPO / "docs" / "latency.png"
+
+
+def plot(results: Path) -> list[Path]:
+    """The PNGs in ``docs/`` made from ``results`` (matplotlib is a dev dependency)."""
+    from bench.plots import latency_plot  # imported here: only full runs plot
+
+    made = latency_plot(results, LATENCY_PLOT)
+    return [made] if made is not None else []

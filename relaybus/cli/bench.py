@@ -68,6 +68,8 @@ def bench(
                                  *(["--rounds", str(rounds)] if rounds else [])])  # fmt: skip
         harness.DOC.write_text(harness.render(harness.default_results(), command_line))
         console.print(plain(f"wrote {harness.DOC.relative_to(CHECKOUT)}"))
+        for plot in harness.plot(harness.default_results()):
+            console.print(plain(f"wrote {plot.relative_to(CHECKOUT)}"))
     if failed:
         make_console(stderr=True).print(plain(f"relaybus bench: failed: {', '.join(failed)}"))
         raise typer.Exit(1)
