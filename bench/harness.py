@@ -185,6 +185,9 @@ def render(results: Path, command_line: str) -> str:
                 f"{'—' if met is None else 'yes' if met else '**no**'} |"
             )
         lines.append("")
+        analysis = REPO / "bench" / "results" / f"{name}-analysis.md"
+        if analysis.exists():  # hand-written: what bounds a missed target, with profiles
+            lines += [analysis.read_text().strip(), ""]
         notes = REPO / "bench" / "results" / f"{name}.md"
         if notes.exists():
             link = f"[`bench/results/{name}.md`](../bench/results/{name}.md)"

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import time
 import uuid
@@ -508,8 +509,7 @@ def _row(
     """Medians over rounds of each percentile (and every round's p50, for reuse)."""
 
     def med(key: str) -> float:
-        values = sorted(r[key] for r in rounds)
-        return values[len(values) // 2]
+        return statistics.median(r[key] for r in rounds)
 
     return {"broker": broker, "load": load, "rate": rate, "variant": variant,
             "p50": med("p50"), "p99": med("p99"), "p99.9": med("p99.9"), "max": med("max"),

@@ -110,7 +110,7 @@ def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> s
             + ("—" if c.target is None else f"{'≥' if c.higher_is_better else '≤'} {c.target}")
             + f" | {'—' if c.met is None else 'yes' if c.met else 'NO'} |"
         )
-    lines += ["", "Rounds (per second):", ""]
+    lines += ["", "Rounds (each value one round, in the unit above):", ""]
     for c in comparisons:
         for s in (c.candidate, c.baseline):
             lines.append(f"- {c.label} / {s.name}: " + ", ".join(f"{v:,.0f}" for v in s.values))
