@@ -50,6 +50,13 @@ SCENARIOS: dict[str, Scenario] = {
             "--seconds 2 --max-events 2000 --loads 0.5 --rounds 1",
         ),
         Scenario(
+            "scaling",
+            "bench.scaling_bench",
+            "relay throughput with 1, 2 and 4 relay processes over 1 to 64 partitions, "
+            "with the relays' and PostgreSQL's CPU",
+            "--events 2000 --rounds 1 --relays 1 2 --partitions 4",
+        ),
+        Scenario(
             "relay",
             "bench.relay_bench",
             "relay throughput vs raw aiokafka / aio-pika, outbox write cost, faststream-outbox",
