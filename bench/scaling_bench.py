@@ -88,6 +88,15 @@ async def left(engine: AsyncEngine, aggregate: str) -> int:
         return int(found.scalar_one())
 
 
+async def drained(engine: AsyncEngine, aggregate: str, within: float) -> None:
+    """Poll (with a deadline) until no row of ``aggregate`` is left in the outbox."""
+    deadline = time.monotonic() + within
+    while (remaining := await left(engine, aggregate)) > 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{remaining} rows still in the outbox after {within:.0f} s")
+        await asyncio.sleep(0.02)
+
+
 async def leased(engine: AsyncEngine, partitions: int) -> int:
     async with engine.connect() as conn:
         found = await conn.execute(
@@ -121,7 +130,7 @@ async def cell(
                 env={**env, "RELAYBUS_RELAY_INSTANCE": f"scale-{n}-{os.getpid()}"},
                 stdout=log,
                 stderr=log,
-            )  # fmt: skip
+            )
         )
     try:
         deadline = time.monotonic() + 60
@@ -134,8 +143,7 @@ async def cell(
         cpu_before, pg_before = cpu_seconds(pids), cpu_seconds(pg)
         await prefill(engine, aggregate, events, partitions)
         began = time.monotonic()
-        while await left(engine, aggregate):
-            await asyncio.sleep(0.02)
+        await drained(engine, aggregate, within=events / 100 + 120)
         elapsed = time.monotonic() - began
         return events / elapsed, cpu_seconds(pids) - cpu_before, cpu_seconds(pg) - pg_before
     finally:
@@ -166,7 +174,7 @@ async def main(args: argparse.Namespace) -> None:
                     rows.append({"relays": n, "partitions": partitions, "rate": rate,
                                  "relay_cpu_s": cpu, "postgres_cpu_s": pg})  # fmt: skip
                     print(f"  {n} relay(s) x {partitions} partitions: {rate:,.0f} msg/s, "
-                          f"relay CPU {cpu:.1f} s, PostgreSQL CPU {pg:.1f} s", flush=True)  # fmt: skip
+                          f"relay CPU {cpu:.1f} s, PostgreSQL {pg:.1f} s", flush=True)  # fmt: skip
             base = series[args.relays[0]]
             for n in args.relays[1:]:
                 comparisons.append(Comparison(
