@@ -49,12 +49,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
-def postgres_pids() -> list[int]:
+def pids_named(command: str) -> list[int]:
+    """Processes whose ``comm`` is ``command`` (``postgres``; ``java`` is Kafka here)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "postgres":
+                if (entry / "comm").read_text().strip() == command:
                     found.append(int(entry.name))
             except OSError:
                 continue
@@ -110,8 +111,8 @@ async def leased(engine: AsyncEngine, partitions: int) -> int:
 
 async def cell(
     engine: AsyncEngine, bootstrap: str, relays: int, partitions: int, events: int, logs: Path
-) -> tuple[float, float, float]:
-    """(events/s, relay CPU s, PostgreSQL CPU s) for one drain."""
+) -> tuple[float, float, float, float, float]:
+    """(events/s, relay CPU s, PostgreSQL CPU s, Kafka CPU s, seconds) for one drain."""
     aggregate = f"benchscale{uuid.uuid4().hex[:6]}"
     await ensure_topic(bootstrap, f"outbox.event.{aggregate}", partitions=16)
     env = {
@@ -139,13 +140,19 @@ async def cell(
                 raise TimeoutError("partitions not leased within 60 s")
             await asyncio.sleep(0.1)
         pids = [p.pid for p in procs]
-        pg = postgres_pids()
-        cpu_before, pg_before = cpu_seconds(pids), cpu_seconds(pg)
+        pg, kafka = pids_named("postgres"), pids_named("java")
+        cpu_before, pg_before, kafka_before = cpu_seconds(pids), cpu_seconds(pg), cpu_seconds(kafka)
         await prefill(engine, aggregate, events, partitions)
         began = time.monotonic()
         await drained(engine, aggregate, within=events / 100 + 120)
         elapsed = time.monotonic() - began
-        return events / elapsed, cpu_seconds(pids) - cpu_before, cpu_seconds(pg) - pg_before
+        return (
+            events / elapsed,
+            cpu_seconds(pids) - cpu_before,
+            cpu_seconds(pg) - pg_before,
+            cpu_seconds(kafka) - kafka_before,
+            elapsed,
+        )
     finally:
         for proc in procs:
             if proc.returncode is None:
@@ -167,12 +174,13 @@ async def main(args: argparse.Namespace) -> None:
                       for n in args.relays}  # fmt: skip
             for _ in range(args.rounds):  # interleaved: drift hits every relay count alike
                 for n in args.relays:
-                    rate, cpu, pg = await cell(
+                    rate, cpu, pg, kafka, seconds = await cell(
                         engine, settings.kafka_bootstrap, n, partitions, args.events, logs
                     )
                     series[n].values.append(rate)
                     rows.append({"relays": n, "partitions": partitions, "rate": rate,
-                                 "relay_cpu_s": cpu, "postgres_cpu_s": pg})  # fmt: skip
+                                 "relay_cpu_s": cpu, "postgres_cpu_s": pg, "kafka_cpu_s": kafka,
+                                 "seconds": seconds})  # fmt: skip
                     print(f"  {n} relay(s) x {partitions} partitions: {rate:,.0f} msg/s, "
                           f"relay CPU {cpu:.1f} s, PostgreSQL {pg:.1f} s", flush=True)  # fmt: skip
             base = series[args.relays[0]]
@@ -191,12 +199,16 @@ async def main(args: argparse.Namespace) -> None:
     params = {"events": args.events, "rounds": args.rounds, "relays": args.relays,
               "partitions": args.partitions, "cpus": os.cpu_count()}  # fmt: skip
     md = write("scaling", params, comparisons)
-    md += "\n| relays | partitions | msg/s | relay CPU s | PostgreSQL CPU s | CPU s per 1 000 |\n"
-    md += "| --- | --- | --- | --- | --- | --- |\n"
+    md += (
+        "\nCPU seconds during each drain (from /proc: utime + stime), and the cores they "
+        f"kept busy on average (the machine has {os.cpu_count()}):\n\n"
+        "| relays | partitions | msg/s | relay CPU s | PostgreSQL CPU s | Kafka CPU s "
+        "| cores busy |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+    )
     for r in rows:
-        per = 1000 * (r["relay_cpu_s"] + r["postgres_cpu_s"]) / args.events
-        md += (f"| {r['relays']} | {r['partitions']} | {r['rate']:,.0f} | {r['relay_cpu_s']:.1f} "
-               f"| {r['postgres_cpu_s']:.1f} | {per:.2f} |\n")  # fmt: skip
+        busy = (r["relay_cpu_s"] + r["postgres_cpu_s"] + r["kafka_cpu_s"]) / r["seconds"]
+        cpu = f"{r['relay_cpu_s']:.1f} | {r['postgres_cpu_s']:.1f} | {r['kafka_cpu_s']:.1f}"
+        md += f"| {r['relays']} | {r['partitions']} | {r['rate']:,.0f} | {cpu} | {busy:.2f} |\n"
     (results_dir() / "scaling.md").write_text(md)
     data = json.loads((results_dir() / "scaling.json").read_text())
     data["cells"] = rows
