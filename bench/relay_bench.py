@@ -53,8 +53,11 @@ def message(agg: str, n: int, keys: int) -> Message:
     )
 
 
-async def prefill_outbox(engine: AsyncEngine, agg: str, events: int, keys: int) -> None:
-    """Bulk-load ``events`` pending rows (the load is not what is measured)."""
+async def prefill_outbox(
+    engine: AsyncEngine, agg: str, events: int, keys: int, partitions: int = PARTITIONS
+) -> None:
+    """Bulk-load ``events`` pending rows over ``keys`` keys, partitioned by key hash
+    over ``partitions`` (the load is not what is measured)."""
     async with engine.begin() as conn:
         await conn.execute(
             text(
@@ -68,7 +71,7 @@ async def prefill_outbox(engine: AsyncEngine, agg: str, events: int, keys: int) 
                   FROM generate_series(1, :n) AS g
                 """
             ),
-            {"agg": agg, "keys": keys, "pad": PAD, "parts": PARTITIONS, "n": events},
+            {"agg": agg, "keys": keys, "pad": PAD, "parts": partitions, "n": events},
         )
 
 

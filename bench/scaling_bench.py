@@ -26,13 +26,13 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.relay_bench import prefill_outbox
 from bench.report import Comparison, Series, results_dir, write
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.db import create_engine
 from relaybus.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-PAD = "x" * 180
 KEYS = 1000
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -60,25 +60,6 @@ def pids_named(command: str) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-async def prefill(engine: AsyncEngine, aggregate: str, events: int, partitions: int) -> None:
-    """``events`` pending rows over ``KEYS`` keys, partitioned by key hash."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                """
-                INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, timestamp,
-                                    headers, partition)
-                SELECT gen_random_uuid(), :agg, 'k' || (g % :keys), 'bench.scale',
-                       jsonb_build_object('n', g, 'pad', CAST(:pad AS text)),
-                       now() AT TIME ZONE 'utc', '{}'::jsonb,
-                       abs(hashtext('k' || (g % :keys))) % :parts
-                  FROM generate_series(1, :n) AS g
-                """
-            ),
-            {"agg": aggregate, "keys": KEYS, "pad": PAD, "parts": partitions, "n": events},
-        )
 
 
 async def left(engine: AsyncEngine, aggregate: str) -> int:
@@ -142,7 +123,7 @@ async def cell(
         pids = [p.pid for p in procs]
         pg, kafka = pids_named("postgres"), pids_named("java")
         cpu_before, pg_before, kafka_before = cpu_seconds(pids), cpu_seconds(pg), cpu_seconds(kafka)
-        await prefill(engine, aggregate, events, partitions)
+        await prefill_outbox(engine, aggregate, events, KEYS, partitions)
         began = time.monotonic()
         await drained(engine, aggregate, within=events / 100 + 120)
         elapsed = time.monotonic() - began
