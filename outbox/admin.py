@@ -12,7 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from outbox.store import PURGE_ARCHIVE, PostgresOutboxStore
 from relaybus.audit import record
 
-_ARCHIVE_STATUS = text("SELECT outcome, count(*) AS n FROM outbox_archive GROUP BY outcome")
+# Constant time whatever the archive holds: the not-published outcomes are few and
+# counted exactly through the partial index ix_outbox_archive_unpublished; the
+# published rows are the table's live tuples (PostgreSQL's statistics, kept
+# current by every committing transaction within about a second) minus those.
+_ARCHIVE_UNPUBLISHED = text(
+    "SELECT outcome, count(*) AS n FROM outbox_archive WHERE outcome <> 'published' "
+    "GROUP BY outcome"
+)
+_ARCHIVE_LIVE_ROWS = text(
+    "SELECT n_live_tup FROM pg_stat_user_tables "
+    "WHERE relid = to_regclass('outbox_archive')"
+)
 _COLUMNS = (
     "id, aggregatetype, aggregateid, type, timestamp, partition, sequence, status, "
     "attempts, last_error, next_attempt_at"
@@ -21,10 +32,16 @@ _COLUMNS = (
 
 @dataclass(frozen=True)
 class OutboxStatus:
+    """The outbox at a glance. ``pending``, ``failed`` and the not-published
+    outcomes in ``archived`` are exact; ``archived["published"]`` is an estimate
+    (named in ``archived_estimated``) so that this read costs the same at 0 or 10 M
+    archived rows."""
+
     pending: int
     failed: int
     oldest_pending_age_s: float
     archived: dict[str, int]
+    archived_estimated: tuple[str, ...] = ("published",)
 
 
 @dataclass(frozen=True)
@@ -65,7 +82,10 @@ class OutboxAdmin:
         # The same backlog figures the relay exports as metrics.
         backlog = await PostgresOutboxStore(self._engine).backlog()
         async with self._engine.connect() as conn:
-            archived = {r.outcome: int(r.n) for r in await conn.execute(_ARCHIVE_STATUS)}
+            archived = {r.outcome: int(r.n) for r in await conn.execute(_ARCHIVE_UNPUBLISHED)}
+            live = int((await conn.execute(_ARCHIVE_LIVE_ROWS)).scalar() or 0)
+        # Statistics lag commits by up to a second: never report a negative estimate.
+        archived["published"] = max(0, live - sum(archived.values()))
         return OutboxStatus(
             pending=backlog.pending,
             failed=backlog.failed,

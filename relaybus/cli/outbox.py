@@ -63,7 +63,8 @@ def _dump(obj: Any) -> None:
 
 @app.command()
 def status(as_json: bool = JSON_OPT) -> None:
-    """Pending and failed counts, oldest pending age, archive counts.
+    """Pending and failed counts, oldest pending age, archive counts (the published
+    count is PostgreSQL's estimate: the same cost at any archive size).
 
     Example: relaybus outbox status --json
     """
@@ -78,7 +79,8 @@ def status(as_json: bool = JSON_OPT) -> None:
     table.add_row("failed", str(st.failed))
     table.add_row("oldest pending age (s)", f"{st.oldest_pending_age_s:.1f}")
     for outcome, n in sorted(st.archived.items()):
-        table.add_row(f"archived ({outcome})", str(n))
+        estimate = ", estimate" if outcome in st.archived_estimated else ""
+        table.add_row(f"archived ({outcome}{estimate})", ("≈" if estimate else "") + str(n))
     make_console().print(table)
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybus.ids import uuid7
 from tests.support.cli import run_cli
+from tests.support.poll import eventually
 
 
 async def test_publish_writes_count_rows_through_the_outbox(engine: AsyncEngine) -> None:
@@ -56,6 +57,56 @@ def test_status_json_has_counts() -> None:
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert {"pending", "failed", "oldest_pending_age_s", "archived"} <= set(status)
+
+
+async def test_status_counts_unpublished_exactly_and_estimates_published(
+    engine: AsyncEngine,
+) -> None:
+    """Skipped rows are counted exactly; the published count (an estimate, so that
+    status costs the same at any archive size) follows the real count."""
+    agg = f"stat{uuid7().hex[-10:]}"
+    insert = text(
+        "INSERT INTO outbox_archive (id, aggregatetype, aggregateid, type, payload, "
+        "timestamp, headers, partition, sequence, attempts, outcome) "
+        "SELECT gen_random_uuid(), :a, 'k', 't', '{}', now(), '{}', 0, g, 1, :outcome "
+        "FROM generate_series(1, :n) AS g"
+    )
+
+    def status() -> dict[str, object]:
+        proc = run_cli("outbox", "status", "--json")
+        assert proc.returncode == 0, proc.stderr
+        found: dict[str, object] = json.loads(proc.stdout)
+        return found
+
+    before = status()["archived"]
+    assert isinstance(before, dict)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert, {"a": agg, "outcome": "published", "n": 2000})
+            await conn.execute(insert, {"a": agg, "outcome": "skipped", "n": 3})
+        after = status()
+        archived = after["archived"]
+        assert isinstance(archived, dict)
+        assert archived.get("skipped", 0) == before.get("skipped", 0) + 3
+        assert after["archived_estimated"] == ["published"]
+
+        async def estimate_follows() -> bool:
+            async with engine.connect() as conn:
+                exact = (
+                    await conn.execute(
+                        text("SELECT count(*) FROM outbox_archive WHERE outcome = 'published'")
+                    )
+                ).scalar_one()
+            published = status()["archived"]
+            assert isinstance(published, dict)
+            return exact >= 2000 and abs(int(published["published"]) - exact) <= exact * 0.1
+
+        await eventually(estimate_follows, within=30, what="published estimate within 10 %")
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("DELETE FROM outbox_archive WHERE aggregatetype = :a"), {"a": agg}
+            )
 
 
 async def test_destructive_actions_ask_and_without_yes_change_nothing(
