@@ -21,8 +21,7 @@ _ARCHIVE_UNPUBLISHED = text(
     "GROUP BY outcome"
 )
 _ARCHIVE_LIVE_ROWS = text(
-    "SELECT n_live_tup FROM pg_stat_user_tables "
-    "WHERE relid = to_regclass('outbox_archive')"
+    "SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = to_regclass('outbox_archive')"
 )
 _COLUMNS = (
     "id, aggregatetype, aggregateid, type, timestamp, partition, sequence, status, "
