@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,7 +29,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from bench.report import Comparison, Series, write
+from bench.report import Comparison, Series, results_dir, write
+from bench.scaling_bench import cpu_seconds
 from consumers.app import ConsumerApp
 from consumers.incoming import Incoming
 from consumers.worker import Worker
@@ -38,6 +41,7 @@ from relaybus.settings import Settings
 
 PAD = "x" * 180
 PARTITIONS = 6
+SCALING_PARTITIONS = 12  # divisible by 1, 2 and 4 workers
 CONCURRENCY = 16
 EFFECT = text("INSERT INTO bench_effects (run, message_id, n) VALUES (:run, :id, :n)")
 
@@ -85,15 +89,8 @@ async def wait_for_effects(engine: AsyncEngine, run: str, messages: int) -> None
         await asyncio.sleep(0.2)
 
 
-async def relaybus_round(
-    settings: Settings,
-    engine: AsyncEngine,
-    topic: str,
-    messages: int,
-    inbox: bool,
-    batch_size: int = 20,
-) -> float:
-    run = f"rb-{'inbox' if inbox else 'plain'}-{uuid.uuid4().hex[:8]}"
+def bench_app(run: str, topic: str, inbox: bool, batch_size: int) -> ConsumerApp:
+    """The benchmark's consumer: one effect row per message, group and name ``run``."""
     app = ConsumerApp(run)
 
     async def handle(message: Incoming, session: AsyncSession | None) -> None:
@@ -111,7 +108,19 @@ async def relaybus_round(
         concurrency=CONCURRENCY,
         batch_size=batch_size,
     )(handle)
-    worker = Worker(app, settings)
+    return app
+
+
+async def relaybus_round(
+    settings: Settings,
+    engine: AsyncEngine,
+    topic: str,
+    messages: int,
+    inbox: bool,
+    batch_size: int = 20,
+) -> float:
+    run = f"rb-{'inbox' if inbox else 'plain'}-{uuid.uuid4().hex[:8]}"
+    worker = Worker(bench_app(run, topic, inbox, batch_size), settings)
     stop = asyncio.Event()
     started = time.monotonic()
     task = asyncio.create_task(worker.run(stop))
@@ -187,6 +196,48 @@ async def faststream_round(
     return time.monotonic() - started
 
 
+async def serve_worker(run: str, topic: str) -> None:
+    """One worker process of the scaling rounds (inbox on, as shipped), until SIGTERM."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await Worker(bench_app(run, topic, True, 20), Settings()).run(stop)
+
+
+async def scaling_round(
+    engine: AsyncEngine, topic: str, messages: int, workers: int
+) -> tuple[float, float]:
+    """(msg/s, worker CPU s) of ``workers`` processes in one group. The rate is taken
+    between 10 % and 90 % of the effects, so start-up and the group's rebalance as
+    members join are not in it."""
+    run = f"rb-inbox-scale-{uuid.uuid4().hex[:8]}"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.consumer_bench", "worker", run, topic
+        )
+        for _ in range(workers)
+    ]
+    try:
+        marks: dict[float, float] = {}
+        deadline = time.monotonic() + messages / 50 + 120
+        while len(marks) < 2:
+            done = await effects_done(engine, run)
+            for share in (0.1, 0.9):
+                if share not in marks and done >= share * messages:
+                    marks[share] = time.monotonic()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{done} of {messages} effects within the deadline")
+            await asyncio.sleep(0.1)
+        cpu = cpu_seconds([p.pid for p in procs])
+        return 0.8 * messages / (marks[0.9] - marks[0.1]), cpu
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            await asyncio.wait_for(proc.wait(), 60)
+        async with engine.begin() as conn:  # polled with count(*): keep the table small
+            await conn.execute(text("DELETE FROM bench_effects WHERE run = :r"), {"r": run})
+
+
 async def rounds(n: int, run: Callable[[], Awaitable[float]], work: int, s: Series) -> None:
     for _ in range(n):
         seconds = await run()
@@ -211,8 +262,18 @@ async def main(args: argparse.Namespace) -> None:
     raw = Series("raw aiokafka loop", "msg/s")
     fs = Series("FastStream subscriber", "msg/s")
     m = args.messages
+    scale_topic = f"bench.consume.scale.{uuid.uuid4().hex[:6]}"
+    await ensure_topic(settings.kafka_bootstrap, scale_topic, partitions=SCALING_PARTITIONS)
+    await prefill(settings.kafka_bootstrap, scale_topic, args.messages, args.keys)
+    scaling = {n: Series(f"{n} worker process(es), one group", "msg/s") for n in args.workers}
+    cells: list[dict[str, float]] = []
     try:
         for _ in range(args.rounds):
+            for n in args.workers:
+                rate, cpu = await scaling_round(engine, scale_topic, m, n)
+                scaling[n].values.append(rate)
+                cells.append({"workers": n, "rate": rate, "worker_cpu_s": cpu})
+                print(f"  {n} worker(s): {rate:,.0f} msg/s, worker CPU {cpu:.1f} s", flush=True)
             await rounds(1, lambda: relaybus_round(settings, engine, topic, m, True), m, inbox)
             await rounds(1, lambda: relaybus_round(settings, engine, topic, m, False), m, plain)
             await rounds(
@@ -234,16 +295,29 @@ async def main(args: argparse.Namespace) -> None:
         Comparison("relaybus, 1 message per transaction/raw aiokafka loop", single, raw, None),
         Comparison("relaybus consumer (no inbox)/FastStream", plain, fs, None),
         Comparison("relaybus consumer + inbox/FastStream (no dedupe)", inbox, fs, None),
-    ]
-    params = {"messages": m, "keys": args.keys, "rounds": args.rounds, "concurrency": CONCURRENCY}
+        *(
+            Comparison(f"{n} workers / 1 worker, one group", scaling[n],
+                       scaling[args.workers[0]], None)
+            for n in args.workers[1:]
+        ),
+    ]  # fmt: skip
+    params = {"messages": m, "keys": args.keys, "rounds": args.rounds,
+              "concurrency": CONCURRENCY, "workers": args.workers}  # fmt: skip
     print(write("consumer", params, comparisons))
+    data = json.loads((results_dir() / "consumer.json").read_text())
+    data["cells"] = cells
+    (results_dir() / "consumer.json").write_text(json.dumps(data, indent=2))
 
 
 def cli() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "worker":
+        asyncio.run(serve_worker(sys.argv[2], sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     asyncio.run(main(parser.parse_args()))
 
 

@@ -57,17 +57,32 @@ SCENARIOS: dict[str, Scenario] = {
             "--events 2000 --rounds 1 --relays 1 2 --partitions 4",
         ),
         Scenario(
+            "archive",
+            "bench.archive_bench",
+            "relay drain rate and `outbox status` time with 0, 1 M and 10 M archived rows",
+            "--events 2000 --rounds 1 --sizes 20000 --status-calls 3",
+        ),
+        Scenario(
             "relay",
             "bench.relay_bench",
-            "relay throughput vs raw aiokafka / aio-pika, outbox write cost, faststream-outbox",
+            "relay throughput vs raw aiokafka / aio-pika, outbox write cost, faststream-outbox "
+            "and pgqueuer as peers",
             "--events 2000 --rounds 1 --transactions 300 --insert-rounds 1 "
             "--pgbench-seconds 1 --peer-events 1000",
         ),
         Scenario(
+            "writes",
+            "bench.writes_bench",
+            "outbox write throughput with 1 to 64 writers, and the shop's order transaction "
+            "with and without its events next to pgbench running the same SQL",
+            "--writers 1 4 --transactions 200 --orders 80 --rounds 1 --pgbench-seconds 1",
+        ),
+        Scenario(
             "consumer",
             "bench.consumer_bench",
-            "idempotent consumer vs raw aiokafka loop and FastStream",
-            "--messages 2000 --rounds 1",
+            "idempotent consumer vs raw aiokafka loop and FastStream; 1, 2 and 4 worker "
+            "processes in one group",
+            "--messages 2000 --rounds 1 --workers 1 2",
         ),
         Scenario(
             "streams",
@@ -172,8 +187,9 @@ def render(results: Path, command_line: str) -> str:
         data = json.loads(path.read_text())
         params = ", ".join(f"{k}={v}" for k, v in data.get("params", {}).items())
         lines += [f"Measured {data['at'][:16].replace('T', ' ')} UTC; {params}.", ""]
-        if name == "latency" and LATENCY_PLOT.exists():
-            lines += ["![latency vs load](latency.png)", ""]
+        figure = PLOTS.get(name)
+        if figure is not None and figure.exists():
+            lines += [f"![{name}]({figure.name})", ""]
         lines += [
             "| metric | candidate | baseline | ratio | spread | rounds | target | met |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -207,11 +223,13 @@ def default_results() -> Path:
 
 
 LATENCY_PLOT = REPO / "docs" / "latency.png"
+THROUGHPUT_PLOT = REPO / "docs" / "throughput.png"
+PLOTS = {"latency": LATENCY_PLOT, "scaling": THROUGHPUT_PLOT}  # section -> its figure
 
 
 def plot(results: Path) -> list[Path]:
     """The PNGs in ``docs/`` made from ``results`` (matplotlib is a dev dependency)."""
-    from bench.plots import latency_plot  # imported here: only full runs plot
+    from bench.plots import latency_plot, throughput_plot  # only full runs plot
 
-    made = latency_plot(results, LATENCY_PLOT)
-    return [made] if made is not None else []
+    made = [latency_plot(results, LATENCY_PLOT), throughput_plot(results, THROUGHPUT_PLOT)]
+    return [m for m in made if m is not None]

@@ -28,21 +28,17 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 import uvicorn
 from sqlalchemy import text
-from sqlalchemy.engine import Result
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench.report import Comparison, Series, write
-from outbox.writer import BusinessStatement, Outbox
+from bench.writes_bench import NoEvent
 from producers.orders.api import create_app
 from producers.orders.store import OrderStore, add_products
 from producers.settings import ShopSettings
 from relaybus.db import create_engine, session_factory
-from relaybus.ids import uuid7
 from relaybus.settings import Settings
 
 PORTS = {"outbox": 18181, "plain": 18182}
@@ -57,19 +53,6 @@ CLEAN_UP = (
     "(SELECT id FROM orders.orders WHERE customer = :c)",
     "DELETE FROM orders.orders WHERE customer = :c",
 )
-
-
-class NoEvent(Outbox):
-    """``Outbox.write`` without the event: the business statement alone."""
-
-    async def write(  # type: ignore[override]
-        self,
-        session: AsyncSession,
-        statement: BusinessStatement,
-        params: Any = None,
-        **event: Any,
-    ) -> tuple[uuid.UUID, Result[Any]]:
-        return uuid7(), await session.execute(statement, params)
 
 
 def serve(variant: str) -> None:

@@ -1,9 +1,13 @@
 """Plots for ``docs/``: end-to-end latency percentiles against load (from
-``latency.json``). PNG via matplotlib's Agg backend (no display needed)."""
+``latency.json``), and throughput against processes (from the ``cells`` of
+``scaling.json``, ``consumer.json`` and ``writes.json``). PNG via matplotlib's Agg
+backend (no display needed)."""
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -43,6 +47,64 @@ def latency_plot(results: Path, out: Path) -> Path | None:
         ax.set_title(f"{broker}: end-to-end latency (open loop)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _median_by(cells: list[dict[str, float]], key: str, value: str) -> dict[float, float]:
+    """Median of ``value`` per distinct ``key`` over ``cells`` (one cell per round)."""
+    grouped: dict[float, list[float]] = {}
+    for cell in cells:
+        grouped.setdefault(cell[key], []).append(cell[value])
+    return {k: statistics.median(v) for k, v in sorted(grouped.items())}
+
+
+def throughput_plot(results: Path, out: Path) -> Path | None:
+    """``out``: throughput against processes or connections: relays (per partition
+    count), consumer workers in one group, and outbox writers with and without the
+    event. None when none of those results exists."""
+    cells = {
+        name: json.loads((results / f"{name}.json").read_text()).get("cells", [])
+        for name in ("scaling", "consumer", "writes")
+        if (results / f"{name}.json").exists()
+    }
+    if not any(cells.values()):
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    relay, consumer, writes = axes
+    scaling = cells.get("scaling", [])
+    for partitions in sorted({c["partitions"] for c in scaling}):
+        rows = [c for c in scaling if c["partitions"] == partitions]
+        points = _median_by(rows, "relays", "rate")
+        relay.plot(list(points), list(points.values()), marker="o",
+                   label=f"{int(partitions)} partitions")  # fmt: skip
+    relay.set_title("relay → Kafka: relay processes")
+    relay.set_xlabel("relay processes")
+    relay.set_ylabel("events/s")
+    points = _median_by(cells.get("consumer", []), "workers", "rate")
+    if points:
+        consumer.plot(list(points), list(points.values()), marker="o", label="inbox consumer")
+    consumer.set_title("Kafka → handler + inbox: worker processes, one group")
+    consumer.set_xlabel("worker processes")
+    consumer.set_ylabel("messages/s")
+    for variant, label in (("plain", "INSERT alone"), ("with_event", "INSERT + event")):
+        points = _median_by(cells.get("writes", []), "writers", variant)
+        if points:
+            writes.plot(list(points), list(points.values()), marker="o", label=label)
+    writes.set_xscale("log", base=2)
+    writes.set_title("outbox writes: concurrent writers")
+    writes.set_xlabel("writers (connections)")
+    writes.set_ylabel("transactions/s")
+    for ax in axes:
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"throughput vs processes ({os.cpu_count()} CPUs: PostgreSQL, Kafka and the "
+                 "processes share them)", fontsize=10)  # fmt: skip
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -1,4 +1,4 @@
-"""Relay throughput vs raw clients, outbox write cost, and faststream-outbox as a peer.
+"""Relay throughput vs raw clients, outbox write cost, faststream-outbox and pgqueuer as peers.
 
 Run (stack up, database migrated):  python -m bench.relay_bench
 Writes bench/results/relay.json and bench/results/relay.md. Not a test: numbers are
@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import BigInteger, Insert, MetaData, Text, bindparam, insert, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -53,21 +56,39 @@ def message(agg: str, n: int, keys: int) -> Message:
     )
 
 
+def uuid7_sql(millis: str = "floor(extract(epoch FROM clock_timestamp()) * 1000)") -> str:
+    """SQL for a UUIDv7-shaped id (PostgreSQL 15 has no ``uuidv7()``): ``millis`` (an
+    SQL expression, epoch milliseconds) in the first 48 bits, version 7, random rest.
+    Time-ordered like the ids ``Outbox.enqueue`` makes, so indexes on ``id`` see
+    the same right-hand inserts as in production."""
+    return (
+        # gen_random_uuid() is version 4 (0100): setting bits 52 and 53 makes it 0111.
+        "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
+        f"substring(int8send(CAST({millis} AS bigint)) from 3) from 1 for 6), "
+        "52, 1), 53, 1), 'hex')::uuid"
+    )
+
+
 async def prefill_outbox(
-    engine: AsyncEngine, agg: str, events: int, keys: int, partitions: int = PARTITIONS
+    engine: AsyncEngine,
+    agg: str,
+    events: int,
+    keys: int,
+    partitions: int = PARTITIONS,
+    id_sql: str = "gen_random_uuid()",
 ) -> None:
     """Bulk-load ``events`` pending rows over ``keys`` keys, partitioned by key hash
-    over ``partitions`` (the load is not what is measured)."""
+    over ``partitions`` (the load is not what is measured); ids made by ``id_sql``."""
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                """
+                f"""
                 INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, timestamp,
                                     headers, partition)
-                SELECT gen_random_uuid(), :agg, 'k' || (g % :keys), 'bench.event',
+                SELECT {id_sql}, :agg, 'k' || (g % :keys), 'bench.event',
                        jsonb_build_object('n', g, 'pad', CAST(:pad AS text)),
                        now() AT TIME ZONE 'utc',
-                       '{}'::jsonb, abs(hashtext('k' || (g % :keys))) % :parts
+                       '{{}}'::jsonb, abs(hashtext('k' || (g % :keys))) % :parts
                   FROM generate_series(1, :n) AS g
                 """
             ),
@@ -302,6 +323,18 @@ async def inserts(
     return time.monotonic() - started
 
 
+async def create_insert_tables(engine: AsyncEngine) -> None:
+    """The table the insert rounds write (the benchmark's own, not migrated)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS bench_orders (id bigint PRIMARY KEY, "
+                "customer text NOT NULL, total numeric NOT NULL, "
+                "created_at timestamptz NOT NULL DEFAULT now())"
+            )
+        )
+
+
 async def reset_insert_tables(engine: AsyncEngine) -> None:
     """Start every insert round from the same state, as pgbench does: bench rows gone,
     both tables vacuumed. Otherwise each round inherits the last one's rows and dead
@@ -365,6 +398,63 @@ async def faststream_outbox_drain(
     return elapsed
 
 
+PGQUEUER_SCHEMA = "bench_pgqueuer"  # its own schema: nothing of it in relaybus's tables
+
+
+async def pgqueuer_drain(
+    database_url: str, bootstrap: str, topic: str, events: int, keys: int
+) -> float:
+    """Seconds for pgqueuer (a QueueManager in drain mode, batches of 500 jobs) to claim
+    ``events`` pre-enqueued jobs and publish each to Kafka with the relay's producer
+    settings (acks=all, idempotent), keyed as the relay keys them."""
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, Queries, QueueManager
+    from pgqueuer.domain.settings import db_settings
+    from pgqueuer.domain.types import QueueExecutionMode
+    from pgqueuer.models import Job
+
+    os.environ["PGQUEUER_SCHEMA"] = PGQUEUER_SCHEMA
+    db_settings.cache_clear()  # pgqueuer reads its settings from the environment once
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    setup = await asyncpg.connect(dsn)
+    worker = await asyncpg.connect(dsn)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+        max_batch_size=256 * 1024,
+    )  # fmt: skip
+    try:
+        queries = Queries(AsyncpgDriver(setup))
+        if not await queries.schema_is_installed():
+            await queries.install()
+        await queries.clear_queue()
+        for start in range(0, events, 5000):
+            batch = range(start, min(events, start + 5000))
+            await queries.enqueue(
+                ["bench.event"] * len(batch),
+                [payload(n) for n in batch],
+                [0] * len(batch),
+                headers=[{"key": f"k{n % keys}"} for n in batch],
+            )
+        await producer.start()
+        manager = QueueManager(Queries(AsyncpgDriver(worker)))
+
+        @manager.entrypoint("bench.event")
+        async def publish(job: Job) -> None:
+            key = (job.headers or {}).get("key", "").encode()
+            await producer.send_and_wait(topic, job.payload, key=key)
+
+        started = time.monotonic()
+        await manager.run(
+            batch_size=500, mode=QueueExecutionMode.drain, dequeue_timeout=timedelta(seconds=1)
+        )
+        return time.monotonic() - started
+    finally:
+        await producer.stop()
+        await worker.close()
+        await setup.execute(f"DROP SCHEMA IF EXISTS {PGQUEUER_SCHEMA} CASCADE")
+        await setup.close()
+
+
 async def rounds(n: int, run: Callable[[int], Awaitable[float]], work: int, s: Series) -> None:
     for r in range(n):
         seconds = await run(r)
@@ -402,7 +492,7 @@ async def main(args: argparse.Namespace) -> None:
             for r in range(args.rounds):  # interleave so drift hits both alike
                 await rounds(1, lambda _r, r=r: raw_kafka_round(r), events, raw_k)
                 await rounds(1, lambda _r, r=r: relay_kafka_round(f"k{r}", events), events, relay_k)
-            comparisons.append(Comparison("relay/raw Kafka", relay_k, raw_k, 0.6))
+            comparisons.append(Comparison("relay/raw Kafka", relay_k, raw_k, 0.75))
 
         # (b) RabbitMQ: raw aio-pika with pipelined confirms vs the relay.
         if "rabbitmq" in args.only:
@@ -427,19 +517,12 @@ async def main(args: argparse.Namespace) -> None:
                     relay_r,
                 )
                 await rabbit_sink(settings.rabbitmq_url, purge=True)
-            comparisons.append(Comparison("relay/raw RabbitMQ", relay_r, raw_r, 0.5))
+            comparisons.append(Comparison("relay/raw RabbitMQ", relay_r, raw_r, 0.9))
 
         # (c) A business insert alone vs the same insert + its outbox row.
         if "inserts" in args.only:
             print("(c) inserts", flush=True)
-            async with engine.begin() as conn:
-                await conn.execute(
-                    text(
-                        "CREATE TABLE IF NOT EXISTS bench_orders (id bigint PRIMARY KEY, "
-                        "customer text NOT NULL, total numeric NOT NULL, "
-                        "created_at timestamptz NOT NULL DEFAULT now())"
-                    )
-                )
+            await create_insert_tables(engine)
             for label, (_, _, target) in INSERT_STYLES.items():
                 row_style = "ORM model" if INSERT_STYLES[label][0] == "orm" else "Core INSERT"
                 plain = Series(f"insert only ({row_style})", "tx/s")
@@ -519,6 +602,31 @@ async def main(args: argparse.Namespace) -> None:
             async with engine.begin() as conn:
                 await conn.execute(text("DROP TABLE IF EXISTS fso_outbox"))
             comparisons.append(Comparison("relay/faststream-outbox", ours, peer, 3.0))
+
+        # (e) The claim/drain path of a PostgreSQL job queue: pgqueuer -> Kafka.
+        if "pgqueuer" in args.only:
+            print("(e) pgqueuer", flush=True)
+            pgq = Series("pgqueuer -> Kafka", "msg/s")
+            ours = Series("relay -> Kafka", "msg/s")
+            for r in range(args.rounds):
+                topic = f"bench.pgq.{tag}.{r}"
+                await ensure_topic(settings.kafka_bootstrap, topic, partitions=PARTITIONS)
+                await rounds(
+                    1,
+                    lambda _r, topic=topic: pgqueuer_drain(
+                        settings.database_url, settings.kafka_bootstrap, topic,
+                        args.peer_events, keys,
+                    ),
+                    args.peer_events,
+                    pgq,
+                )  # fmt: skip
+                await rounds(
+                    1,
+                    lambda _r, r=r: relay_kafka_round(f"q{r}", args.peer_events),
+                    args.peer_events,
+                    ours,
+                )
+            comparisons.append(Comparison("relay/pgqueuer", ours, pgq, None))
     finally:
         async with engine.begin() as conn:  # leave no bench rows behind
             await conn.execute(text("DELETE FROM outbox WHERE aggregatetype LIKE 'bench%'"))
@@ -548,5 +656,7 @@ if __name__ == "__main__":
     parser.add_argument("--pgbench-seconds", type=int, default=8)
     parser.add_argument("--peer-events", type=int, default=50_000)
     parser.add_argument("--relay-batch", type=int, default=1000)
-    parser.add_argument("--only", nargs="+", default=["kafka", "rabbitmq", "inserts", "peer"])
+    parser.add_argument(
+        "--only", nargs="+", default=["kafka", "rabbitmq", "inserts", "peer", "pgqueuer"]
+    )
     asyncio.run(main(parser.parse_args()))
