@@ -7,6 +7,7 @@ import json
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.admin import OutboxAdmin
 from relaybus.ids import uuid7
 from tests.support.cli import run_cli
 from tests.support.poll import eventually
@@ -102,6 +103,49 @@ async def test_status_counts_unpublished_exactly_and_estimates_published(
             return exact >= 2000 and abs(int(published["published"]) - exact) <= exact * 0.1
 
         await eventually(estimate_follows, within=30, what="published estimate within 10 %")
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("DELETE FROM outbox_archive WHERE aggregatetype = :a"), {"a": agg}
+            )
+
+
+async def test_status_reads_the_archive_through_its_index_never_the_whole_table(
+    engine: AsyncEngine,
+) -> None:
+    """Freshly filled and not yet analyzed (when the planner would rather scan the
+    whole table), the archive is still read through ix_outbox_archive_unpublished."""
+    agg = f"scan{uuid7().hex[-10:]}"
+    scans = text(
+        "SELECT t.seq_scan, i.idx_scan FROM pg_stat_user_tables t "
+        "JOIN pg_stat_user_indexes i ON i.relid = t.relid "
+        "WHERE t.relname = 'outbox_archive' AND i.indexrelname = 'ix_outbox_archive_unpublished'"
+    )
+
+    async def counters() -> tuple[int, int]:
+        async with engine.connect() as conn:
+            row = (await conn.execute(scans)).one()
+            return int(row.seq_scan), int(row.idx_scan)
+
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO outbox_archive (id, aggregatetype, aggregateid, type, payload, "
+                    "timestamp, headers, partition, sequence, attempts, outcome) "
+                    "SELECT gen_random_uuid(), :a, 'k', 't', '{}', now(), '{}', 0, g, 1, "
+                    "'published' FROM generate_series(1, 20000) AS g"
+                ),
+                {"a": agg},
+            )
+        seq_before, idx_before = await counters()
+        await OutboxAdmin(engine).status()  # its session reports its counts once idle
+
+        async def index_used() -> bool:
+            return (await counters())[1] > idx_before
+
+        await eventually(index_used, within=30, what="the partial index read")
+        assert (await counters())[0] == seq_before
     finally:
         async with engine.begin() as conn:
             await conn.execute(
