@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from bench.cpu import cpu_seconds
 from bench.report import Comparison, Series, results_dir, write
-from bench.scaling_bench import cpu_seconds
 from consumers.app import ConsumerApp
 from consumers.incoming import Incoming
 from consumers.worker import Worker

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -25,8 +26,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bench.cpu import SERVERS, cpu_used
 from bench.db_inserts import pgbench_script, pgbench_tps
-from bench.report import Comparison, Series, write
+from bench.report import Comparison, Series, results_dir, write
 from outbox.metrics import RelayMetrics
 from outbox.relay import Relay, RelayConfig
 from outbox.routing import Router
@@ -455,10 +457,19 @@ async def pgqueuer_drain(
         await setup.close()
 
 
+CPU_ROWS: list[dict[str, object]] = []  # per round: CPU seconds by process (cpu_used)
+
+
 async def rounds(n: int, run: Callable[[int], Awaitable[float]], work: int, s: Series) -> None:
+    """``n`` rounds of ``run`` (seconds for ``work`` units) into ``s``; each round's CPU
+    use by this process and the stack's servers goes to ``CPU_ROWS``."""
     for r in range(n):
-        seconds = await run(r)
+        used: dict[str, float] = {}
+        with cpu_used(used):
+            seconds = await run(r)
         s.values.append(work / seconds)
+        CPU_ROWS.append({"variant": s.name, "per_second": work / seconds, "seconds": seconds,
+                         "work": work, **used})  # fmt: skip
         print(f"  {s.name} round {r + 1}: {work / seconds:,.0f} {s.unit}", flush=True)
 
 
@@ -642,7 +653,31 @@ async def main(args: argparse.Namespace) -> None:
         "pgbench_seconds": args.pgbench_seconds,
         "peer_events": args.peer_events,
     }
-    print(write("relay", params, comparisons))
+    md = write("relay", params, comparisons)
+    md += (
+        "\nCPU per 1 000 units of work (ms, from /proc: utime + stime) by process, per "
+        "variant (median over its rounds); `cores busy` is all of them over the round's "
+        "wall time (the machine has 2):\n\n"
+        "| variant | this process | PostgreSQL | Kafka | RabbitMQ | cores busy |\n"
+        "| --- | --- | --- | --- | --- | --- |\n"
+    )
+    processes = ("this process", *SERVERS)
+    for variant in dict.fromkeys(str(row["variant"]) for row in CPU_ROWS):
+        rows = [row for row in CPU_ROWS if row["variant"] == variant]
+        per_k = {
+            p: statistics.median(float(r[p]) * 1e6 / float(r["work"]) for r in rows)
+            for p in processes
+        }
+        busy = statistics.median(
+            sum(float(r[p]) for p in processes) / float(r["seconds"]) for r in rows
+        )
+        md += f"| {variant} | " + " | ".join(f"{per_k[p]:.0f}" for p in processes)
+        md += f" | {busy:.2f} |\n"
+    (results_dir() / "relay.md").write_text(md)
+    data = json.loads((results_dir() / "relay.json").read_text())
+    data["cpu"] = CPU_ROWS
+    (results_dir() / "relay.json").write_text(json.dumps(data, indent=2))
+    print(md)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.cpu import cpu_seconds, pids_named
 from bench.relay_bench import prefill_outbox
 from bench.report import Comparison, Series, results_dir, write
 from relaybus.brokers.kafka_admin import ensure_topic
@@ -34,32 +35,6 @@ from relaybus.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = 1000
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of ``pids`` (processes that ended count 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
-
-
-def pids_named(command: str) -> list[int]:
-    """Processes whose ``comm`` is ``command`` (``postgres``; ``java`` is Kafka here)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == command:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 async def left(engine: AsyncEngine, aggregate: str) -> int:
