@@ -9,7 +9,11 @@ like-for-like comparison. Every variant reads the same pre-filled topic
 from the beginning with a fresh consumer group; the time runs from start until every
 effect row is committed. Rounds are interleaved so machine drift hits all alike.
 
-    .venv/bin/python -m bench.consumer_bench [--messages 100000] [--rounds 3]
+Scaling: 1, 2 and 4 worker processes (the inbox consumer, as shipped) in one group
+on a 12-partition topic; the rate is taken between 10 % and 90 % of the effects,
+so start-up and the rebalances as members join are outside it.
+
+    .venv/bin/python -m bench.consumer_bench [--messages 50000] [--rounds 3] [--workers 1 2 4]
 
 Writes ``bench/results/consumer.{json,md}``.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -29,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from bench.cpu import cpu_seconds
+from bench.cpu import SERVERS, cpu_seconds, pids_named
 from bench.report import Comparison, Series, results_dir, write
 from consumers.app import ConsumerApp
 from consumers.incoming import Incoming
@@ -205,10 +210,10 @@ async def serve_worker(run: str, topic: str) -> None:
 
 async def scaling_round(
     engine: AsyncEngine, topic: str, messages: int, workers: int
-) -> tuple[float, float]:
-    """(msg/s, worker CPU s) of ``workers`` processes in one group. The rate is taken
-    between 10 % and 90 % of the effects, so start-up and the group's rebalance as
-    members join are not in it."""
+) -> dict[str, float]:
+    """``workers`` processes in one group: msg/s and the CPU seconds of the workers,
+    PostgreSQL and Kafka, all taken between 10 % and 90 % of the effects, so start-up
+    and the group's rebalance as members join are not in them."""
     run = f"rb-inbox-scale-{uuid.uuid4().hex[:8]}"
     procs = [
         await asyncio.create_subprocess_exec(
@@ -216,19 +221,30 @@ async def scaling_round(
         )
         for _ in range(workers)
     ]
+    groups = {
+        "worker_cpu_s": [p.pid for p in procs],
+        "postgres_cpu_s": pids_named(SERVERS["PostgreSQL"]),
+        "kafka_cpu_s": pids_named(SERVERS["Kafka"]),
+    }
     try:
-        marks: dict[float, float] = {}
+        marks: dict[float, tuple[float, dict[str, float]]] = {}
         deadline = time.monotonic() + messages / 50 + 120
         while len(marks) < 2:
             done = await effects_done(engine, run)
             for share in (0.1, 0.9):
                 if share not in marks and done >= share * messages:
-                    marks[share] = time.monotonic()
+                    cpu = {k: cpu_seconds(pids) for k, pids in groups.items()}
+                    marks[share] = (time.monotonic(), cpu)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{done} of {messages} effects within the deadline")
             await asyncio.sleep(0.1)
-        cpu = cpu_seconds([p.pid for p in procs])
-        return 0.8 * messages / (marks[0.9] - marks[0.1]), cpu
+        (began, cpu_began), (ended, cpu_ended) = marks[0.1], marks[0.9]
+        return {
+            "workers": workers,
+            "rate": 0.8 * messages / (ended - began),
+            "seconds": ended - began,
+            **{k: cpu_ended[k] - cpu_began[k] for k in groups},
+        }
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -270,10 +286,13 @@ async def main(args: argparse.Namespace) -> None:
     try:
         for _ in range(args.rounds):
             for n in args.workers:
-                rate, cpu = await scaling_round(engine, scale_topic, m, n)
-                scaling[n].values.append(rate)
-                cells.append({"workers": n, "rate": rate, "worker_cpu_s": cpu})
-                print(f"  {n} worker(s): {rate:,.0f} msg/s, worker CPU {cpu:.1f} s", flush=True)
+                cell = await scaling_round(engine, scale_topic, m, n)
+                scaling[n].values.append(cell["rate"])
+                cells.append(cell)
+                busy = sum(v for k, v in cell.items() if k.endswith("_cpu_s")) / cell["seconds"]
+                own = cell["worker_cpu_s"] / cell["seconds"]
+                print(f"  {n} worker(s): {cell['rate']:,.0f} msg/s, cores busy {busy:.2f} "
+                      f"(workers {own:.2f})", flush=True)  # fmt: skip
             await rounds(1, lambda: relaybus_round(settings, engine, topic, m, True), m, inbox)
             await rounds(1, lambda: relaybus_round(settings, engine, topic, m, False), m, plain)
             await rounds(
@@ -303,7 +322,20 @@ async def main(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     params = {"messages": m, "keys": args.keys, "rounds": args.rounds,
               "concurrency": CONCURRENCY, "workers": args.workers}  # fmt: skip
-    print(write("consumer", params, comparisons))
+    md = write("consumer", params, comparisons)
+    md += (
+        "\nScaling rounds: cores kept busy between 10 % and 90 % of the effects (CPU "
+        "seconds from /proc over that window's wall time; the machine has "
+        f"{os.cpu_count()}):\n\n| workers | msg/s | workers | PostgreSQL | Kafka | all |\n"
+        "| --- | --- | --- | --- | --- | --- |\n"
+    )
+    for cell in cells:
+        cores = [cell[k] / cell["seconds"] for k in ("worker_cpu_s", "postgres_cpu_s",
+                                                     "kafka_cpu_s")]  # fmt: skip
+        md += f"| {cell['workers']:.0f} | {cell['rate']:,.0f} | "
+        md += " | ".join(f"{c:.2f}" for c in cores) + f" | {sum(cores):.2f} |\n"
+    (results_dir() / "consumer.md").write_text(md)
+    print(md)
     data = json.loads((results_dir() / "consumer.json").read_text())
     data["cells"] = cells
     (results_dir() / "consumer.json").write_text(json.dumps(data, indent=2))
@@ -314,7 +346,7 @@ def cli() -> None:
         asyncio.run(serve_worker(sys.argv[2], sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])

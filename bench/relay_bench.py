@@ -374,8 +374,9 @@ async def faststream_outbox_drain(
             ),
             {"pad": PAD, "n": events},
         )
-    outbox_broker = OutboxBroker(engine, outbox_table=table)
-    kafka = KafkaBroker(bootstrap, acks="all", enable_idempotence=True)
+    # No per-message logging (relaybus's relay logs none either).
+    outbox_broker = OutboxBroker(engine, outbox_table=table, logger=None)
+    kafka = KafkaBroker(bootstrap, acks="all", enable_idempotence=True, logger=None)
     publisher = kafka.publisher(topic)
 
     @publisher
