@@ -47,8 +47,11 @@ SKU = "bench-api-sku"
 CUSTOMER = f"bench-{uuid.uuid4().hex[:8]}"
 BODY = json.dumps({"customer": CUSTOMER, "items": [{"product": SKU, "quantity": 1}]})
 CLEAN_UP = (
-    "DELETE FROM outbox WHERE aggregatetype = 'order' AND payload->>'customer' = :c",
-    "DELETE FROM outbox_archive WHERE aggregatetype = 'order' AND payload->>'customer' = :c",
+    # the events POST /orders writes: order.requested and order.status
+    "DELETE FROM outbox WHERE aggregatetype IN ('order-request', 'order-status') "
+    "AND payload->>'customer' = :c",
+    "DELETE FROM outbox_archive WHERE aggregatetype IN ('order-request', 'order-status') "
+    "AND payload->>'customer' = :c",
     "DELETE FROM orders.history WHERE order_id IN "
     "(SELECT id FROM orders.orders WHERE customer = :c)",
     "DELETE FROM orders.orders WHERE customer = :c",

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use(): the backend is chosen first
@@ -95,9 +96,13 @@ def throughput_plot(results: Path, out: Path) -> Path | None:
         if points:
             writes.plot(list(points), list(points.values()), marker="o", label=label)
     writes.set_xscale("log", base=2)
+    writes.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     writes.set_title("outbox writes: concurrent writers")
     writes.set_xlabel("writers (connections)")
     writes.set_ylabel("transactions/s")
+    relay.set_xticks(sorted({c["relays"] for c in scaling}) or [1])
+    consumer.set_xticks(sorted({c["workers"] for c in cells.get("consumer", [])}) or [1])
+    writes.set_xticks(sorted({c["writers"] for c in cells.get("writes", [])}) or [1])
     for ax in axes:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
