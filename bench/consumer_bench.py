@@ -221,11 +221,7 @@ async def scaling_round(
         )
         for _ in range(workers)
     ]
-    groups = {
-        "worker_cpu_s": [p.pid for p in procs],
-        "postgres_cpu_s": pids_named(SERVERS["PostgreSQL"]),
-        "kafka_cpu_s": pids_named(SERVERS["Kafka"]),
-    }
+    groups: dict[str, list[int]] = {}
     try:
         marks: dict[float, tuple[float, dict[str, float]]] = {}
         deadline = time.monotonic() + messages / 50 + 120
@@ -233,6 +229,12 @@ async def scaling_round(
             done = await effects_done(engine, run)
             for share in (0.1, 0.9):
                 if share not in marks and done >= share * messages:
+                    if not groups:  # now: the workers' database sessions exist by then
+                        groups = {
+                            "worker_cpu_s": [p.pid for p in procs],
+                            "postgres_cpu_s": pids_named(SERVERS["PostgreSQL"]),
+                            "kafka_cpu_s": pids_named(SERVERS["Kafka"]),
+                        }
                     cpu = {k: cpu_seconds(pids) for k, pids in groups.items()}
                     marks[share] = (time.monotonic(), cpu)
             if time.monotonic() > deadline:

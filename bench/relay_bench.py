@@ -588,29 +588,34 @@ async def main(args: argparse.Namespace) -> None:
                     text("DELETE FROM outbox WHERE aggregatetype = :a"), {"a": ORDER_AGGREGATE}
                 )
 
-        # (d) The same Kafka relay workload through faststream-outbox.
-        if "peer" in args.only:
-            print("(d) faststream-outbox", flush=True)
-            peer = Series("faststream-outbox -> Kafka", "msg/s")
+        async def against_peer(
+            peer_name: str, prefix: str, drain: Callable[[str], Awaitable[float]]
+        ) -> tuple[Series, Series]:
+            """Rounds of ``drain(topic)`` (the peer) interleaved with the relay's."""
+            peer = Series(f"{peer_name} -> Kafka", "msg/s")
             ours = Series("relay -> Kafka", "msg/s")
             for r in range(args.rounds):
-                topic = f"bench.fso.{tag}.{r}"
+                topic = f"bench.{prefix}.{tag}.{r}"
                 await ensure_topic(settings.kafka_bootstrap, topic, partitions=PARTITIONS)
+                await rounds(1, lambda _r, t=topic: drain(t), args.peer_events, peer)
                 await rounds(
                     1,
-                    lambda _r, topic=topic: faststream_outbox_drain(
-                        engine, settings.kafka_bootstrap, topic, args.peer_events
-                    ),
-                    args.peer_events,
-                    peer,
-                )
-                await rounds(
-                    1,
-                    lambda _r, r=r: relay_kafka_round(f"p{r}", args.peer_events),
+                    lambda _r, r=r: relay_kafka_round(f"{prefix}{r}", args.peer_events),
                     args.peer_events,
                     ours,
                 )
+            return ours, peer
 
+        # (d) The same Kafka relay workload through faststream-outbox.
+        if "peer" in args.only:
+            print("(d) faststream-outbox", flush=True)
+            ours, peer = await against_peer(
+                "faststream-outbox",
+                "fso",
+                lambda topic: faststream_outbox_drain(
+                    engine, settings.kafka_bootstrap, topic, args.peer_events
+                ),
+            )
             async with engine.begin() as conn:
                 await conn.execute(text("DROP TABLE IF EXISTS fso_outbox"))
             comparisons.append(Comparison("relay/faststream-outbox", ours, peer, 3.0))
@@ -618,26 +623,13 @@ async def main(args: argparse.Namespace) -> None:
         # (e) The claim/drain path of a PostgreSQL job queue: pgqueuer -> Kafka.
         if "pgqueuer" in args.only:
             print("(e) pgqueuer", flush=True)
-            pgq = Series("pgqueuer -> Kafka", "msg/s")
-            ours = Series("relay -> Kafka", "msg/s")
-            for r in range(args.rounds):
-                topic = f"bench.pgq.{tag}.{r}"
-                await ensure_topic(settings.kafka_bootstrap, topic, partitions=PARTITIONS)
-                await rounds(
-                    1,
-                    lambda _r, topic=topic: pgqueuer_drain(
-                        settings.database_url, settings.kafka_bootstrap, topic,
-                        args.peer_events, keys,
-                    ),
-                    args.peer_events,
-                    pgq,
-                )  # fmt: skip
-                await rounds(
-                    1,
-                    lambda _r, r=r: relay_kafka_round(f"q{r}", args.peer_events),
-                    args.peer_events,
-                    ours,
-                )
+            ours, pgq = await against_peer(
+                "pgqueuer",
+                "pgq",
+                lambda topic: pgqueuer_drain(
+                    settings.database_url, settings.kafka_bootstrap, topic, args.peer_events, keys
+                ),
+            )
             comparisons.append(Comparison("relay/pgqueuer", ours, pgq, None))
     finally:
         async with engine.begin() as conn:  # leave no bench rows behind

@@ -60,6 +60,13 @@ def test_status_json_has_counts() -> None:
     assert {"pending", "failed", "oldest_pending_age_s", "archived"} <= set(status)
 
 
+async def delete_archived(engine: AsyncEngine, aggregatetype: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("DELETE FROM outbox_archive WHERE aggregatetype = :a"), {"a": aggregatetype}
+        )
+
+
 async def test_status_counts_unpublished_exactly_and_estimates_published(
     engine: AsyncEngine,
 ) -> None:
@@ -104,10 +111,7 @@ async def test_status_counts_unpublished_exactly_and_estimates_published(
 
         await eventually(estimate_follows, within=30, what="published estimate within 10 %")
     finally:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text("DELETE FROM outbox_archive WHERE aggregatetype = :a"), {"a": agg}
-            )
+        await delete_archived(engine, agg)
 
 
 async def test_status_reads_the_archive_through_its_index_never_the_whole_table(
@@ -147,10 +151,7 @@ async def test_status_reads_the_archive_through_its_index_never_the_whole_table(
         await eventually(index_used, within=30, what="the partial index read")
         assert (await counters())[0] == seq_before
     finally:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text("DELETE FROM outbox_archive WHERE aggregatetype = :a"), {"a": agg}
-            )
+        await delete_archived(engine, agg)
 
 
 async def test_destructive_actions_ask_and_without_yes_change_nothing(
