@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -210,12 +211,18 @@ def render(results: Path, command_line: str) -> str:
         lines.append("")
         analysis = REPO / "bench" / "results" / f"{name}-analysis.md"
         if analysis.exists():  # hand-written: what bounds a missed target, with profiles
-            lines += [analysis.read_text().strip(), ""]
+            lines += [results_links(analysis.read_text().strip()), ""]
         notes = REPO / "bench" / "results" / f"{name}.md"
         if notes.exists():
             link = f"[`bench/results/{name}.md`](../bench/results/{name}.md)"
             lines += [f"Details and extra tables: {link}.", ""]
     return "\n".join(lines)
+
+
+def results_links(markdown: str) -> str:
+    """``markdown`` from ``bench/results/`` with its links to sibling files (profiles,
+    tables) made relative to ``docs/``, where it is embedded."""
+    return re.sub(r"\]\(([\w.-]+)\)", r"](../bench/results/\1)", markdown)
 
 
 def default_results() -> Path:
