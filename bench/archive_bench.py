@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.relay_bench import PAD, prefill_outbox, relay_drain, uuid7_sql
-from bench.report import Comparison, Series, results_dir, write
+from bench.report import Comparison, Series, amend, write
 from outbox.admin import OutboxAdmin
 from relaybus.brokers.kafka import KafkaPublisher
 from relaybus.brokers.kafka_admin import ensure_topic
@@ -206,7 +206,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     for size, empty_ms, big_ms in old_counts:
         md += f"| {size:,} | {empty_ms:.1f} | {big_ms:,.1f} |\n"
-    (results_dir() / "archive.md").write_text(md)
+    amend("archive", md)
     print(md)
 
 

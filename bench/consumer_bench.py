@@ -35,7 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bench.cpu import SERVERS, cpu_seconds, pids_named
-from bench.report import Comparison, Series, results_dir, write
+from bench.report import Comparison, Series, amend, write
 from consumers.app import ConsumerApp
 from consumers.incoming import Incoming
 from consumers.worker import Worker
@@ -336,11 +336,8 @@ async def main(args: argparse.Namespace) -> None:
                                                      "kafka_cpu_s")]  # fmt: skip
         md += f"| {cell['workers']:.0f} | {cell['rate']:,.0f} | "
         md += " | ".join(f"{c:.2f}" for c in cores) + f" | {sum(cores):.2f} |\n"
-    (results_dir() / "consumer.md").write_text(md)
+    amend("consumer", md, cells=cells)
     print(md)
-    data = json.loads((results_dir() / "consumer.json").read_text())
-    data["cells"] = cells
-    (results_dir() / "consumer.json").write_text(json.dumps(data, indent=2))
 
 
 def cli() -> None:

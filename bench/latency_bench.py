@@ -41,7 +41,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.latency_app import EVENT, HANDLER, TABLE_DDL
-from bench.report import Comparison, Series, results_dir, write
+from bench.report import Comparison, Series, amend, results_dir, write
 from outbox.writer import Outbox
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.brokers.rabbit_management import queue_depths
@@ -496,10 +496,7 @@ async def main(args: argparse.Namespace) -> None:
             f"{row['p50']:.1f} | {row['p99']:.1f} | {row['p99.9']:.1f} | {row['max']:.1f} | "
             f"{row['n']} |\n"
         )
-    (results_dir() / "latency.md").write_text(md)
-    data = json.loads((results_dir() / "latency.json").read_text())
-    data.update(max_rate=maxima, percentiles=table)
-    (results_dir() / "latency.json").write_text(json.dumps(data, indent=2))
+    amend("latency", md, max_rate=maxima, percentiles=table)
     print(md)
 
 

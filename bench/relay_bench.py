@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bench.cpu import SERVERS, cpu_used
 from bench.db_inserts import pgbench_script, pgbench_tps
-from bench.report import Comparison, Series, results_dir, write
+from bench.report import Comparison, Series, amend, write
 from outbox.metrics import RelayMetrics
 from outbox.relay import Relay, RelayConfig
 from outbox.routing import Router
@@ -666,10 +666,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         md += f"| {variant} | " + " | ".join(f"{per_k[p]:.0f}" for p in processes)
         md += f" | {busy:.2f} |\n"
-    (results_dir() / "relay.md").write_text(md)
-    data = json.loads((results_dir() / "relay.json").read_text())
-    data["cpu"] = CPU_ROWS
-    (results_dir() / "relay.json").write_text(json.dumps(data, indent=2))
+    amend("relay", md, cpu=CPU_ROWS)
     print(md)
 
 

@@ -117,3 +117,14 @@ def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> s
     md = "\n".join(lines) + "\n"
     (folder / f"{name}.md").write_text(md)
     return md
+
+
+def amend(name: str, md: str, **extra: Any) -> None:
+    """Replace ``<results>/<name>.md`` with ``md`` (what ``write`` returned plus a
+    scenario's own tables) and add ``extra`` keys to ``<name>.json``."""
+    folder = results_dir()
+    (folder / f"{name}.md").write_text(md)
+    if extra:
+        data = json.loads((folder / f"{name}.json").read_text())
+        data.update(extra)
+        (folder / f"{name}.json").write_text(json.dumps(data, indent=2))

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.cpu import cpu_seconds, pids_named
 from bench.relay_bench import prefill_outbox
-from bench.report import Comparison, Series, results_dir, write
+from bench.report import Comparison, Series, amend, results_dir, write
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.db import create_engine
 from relaybus.settings import Settings
@@ -165,10 +165,7 @@ async def main(args: argparse.Namespace) -> None:
         busy = (r["relay_cpu_s"] + r["postgres_cpu_s"] + r["kafka_cpu_s"]) / r["seconds"]
         cpu = f"{r['relay_cpu_s']:.1f} | {r['postgres_cpu_s']:.1f} | {r['kafka_cpu_s']:.1f}"
         md += f"| {r['relays']} | {r['partitions']} | {r['rate']:,.0f} | {cpu} | {busy:.2f} |\n"
-    (results_dir() / "scaling.md").write_text(md)
-    data = json.loads((results_dir() / "scaling.json").read_text())
-    data["cells"] = rows
-    (results_dir() / "scaling.json").write_text(json.dumps(data, indent=2))
+    amend("scaling", md, cells=rows)
     print(md)
 
 

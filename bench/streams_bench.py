@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiolimiter import AsyncLimiter
 from redis.asyncio import Redis
 
-from bench.report import Comparison, Series, results_dir, write
+from bench.report import Comparison, Series, amend, write
 from consumers.incoming import Incoming
 from producers.contract import EventType, step_id
 from producers.settings import ShopSettings
@@ -486,10 +486,7 @@ async def main(rounds: int, records: int, keys: int) -> None:
         f"| {r['size']:,} | {r['FIFO']} | {r['LRU']} | {r['LFU']} | {r['OPT']} |" for r in ratios
     ]
     md += "\n".join(extra) + "\n"
-    (results_dir() / "streams.md").write_text(md)
-    data = json.loads((results_dir() / "streams.json").read_text())
-    data.update(ring_balance=balance, redis_p99_ms=p99, hit_ratios=ratios)
-    (results_dir() / "streams.json").write_text(json.dumps(data, indent=2))
+    amend("streams", md, ring_balance=balance, redis_p99_ms=p99, hit_ratios=ratios)
     print(md)
 
 

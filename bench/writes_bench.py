@@ -38,7 +38,7 @@ from bench.relay_bench import (
     inserts,
     reset_insert_tables,
 )
-from bench.report import Comparison, Series, results_dir, write
+from bench.report import Comparison, Series, amend, write
 from outbox.writer import BusinessStatement, Outbox
 from producers.contract import ORDER_REQUEST_AGGREGATE, ORDER_STATUS_AGGREGATE, Line
 from producers.orders.store import OrderStore, add_products
@@ -252,10 +252,7 @@ async def main(args: argparse.Namespace) -> None:
     for key, script in scripts.items():
         md += f"\n{'With its events' if key == 'events' else 'Without events'}:\n\n"
         md += "```sql\n" + script + "```\n"
-    (results_dir() / "writes.md").write_text(md)
-    data = json.loads((results_dir() / "writes.json").read_text())
-    data["cells"] = cells
-    (results_dir() / "writes.json").write_text(json.dumps(data, indent=2))
+    amend("writes", md, cells=cells)
     print(md)
 
 
