@@ -129,3 +129,18 @@ class OutboxWaiterRow(Base):
 
     instance: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class OutboxWalSlotRow(Base):
+    """The WAL relay's last confirmation to a replication slot (LSN as an integer,
+    when, by which instance): ``outbox status`` reads how long a slot has gone
+    without a consumer from it."""
+
+    __tablename__ = "outbox_wal_slots"
+
+    slot_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    confirmed_lsn: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    confirmed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )
+    instance: Mapped[str] = mapped_column(String(255), nullable=False)

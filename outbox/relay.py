@@ -8,17 +8,16 @@ import functools
 import logging
 import math
 import random
-from collections import Counter
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from outbox.metrics import RelayMetrics
+from outbox.routed import RoutedPublisher, best_effort
 from outbox.routing import Router
 from outbox.store import OutboxStore, PendingRow
 from relaybus.backoff import Backoff
 from relaybus.brokers.publisher import Outcome, Publisher, PublishError
 from relaybus.locks.base import Lease, LockBackend
-from relaybus.message import Message
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +46,6 @@ class RelayConfig:
     @property
     def batch_bytes(self) -> int:
         return max(1, self.max_inflight_bytes // self.concurrent_batches)
-
-
-async def _best_effort(what: str, action: Awaitable[object]) -> None:
-    """Clean-up whose failure must not stop the caller (shutdown, hand-back): logged
-    with what it was, never raised."""
-    try:
-        await action
-    except Exception as err:
-        log.warning("relay: %s failed: %r", what, err)
 
 
 class PartitionDrainer:
@@ -193,17 +183,12 @@ class Relay:
         metrics: RelayMetrics,
     ) -> None:
         self.locks = locks
-        self.publishers = dict(publishers)
-        self.router = router
+        self.sender = RoutedPublisher(publishers, router, metrics)
         self.config = config
         self.metrics = metrics
         self.store = store
         self._drainers: dict[int, tuple[PartitionDrainer, asyncio.Task[None]]] = {}
         self._member: Lease | None = None
-        self._started: set[str] = set()
-        # Drainers run concurrently; one lock so a broker's publisher starts only once
-        # (two starts would leave two producers, and per-key order split across them).
-        self._start_lock = asyncio.Lock()
         self.batch_slots = asyncio.Semaphore(config.concurrent_batches)
         self._next_purge = 0.0
         # Whether our outbox_waiters row is (believed) live; changed under the lock so
@@ -213,70 +198,11 @@ class Relay:
 
     # -- publishing -------------------------------------------------------------------
     async def publish(self, rows: list[PendingRow]) -> list[Outcome]:
-        """Send each row to every broker its type routes to; combine the outcomes.
-
-        A row is published when all its brokers acknowledged it; refused if any broker
-        refused it (or no route matches); deferred otherwise.
-        """
-        routes = {self.router.brokers_for(t) for t in {r.message.type for r in rows}}
-        if len(routes) == 1 and len(single := next(iter(routes))) == 1:
-            # The common case: every row goes to the same one broker, outcomes as-is.
-            return await self._publish_to(single[0], [r.message for r in rows])
-        errors: list[list[str]] = [[] for _ in rows]
-        deferred = [False] * len(rows)
-        per_broker: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            brokers = self.router.brokers_for(row.message.type)
-            if not brokers:
-                errors[i].append(f"no route matches type {row.message.type!r}")
-            for broker in brokers:
-                per_broker.setdefault(broker, []).append(i)
-        for broker, indexes in per_broker.items():
-            outcomes = await self._publish_to(broker, [rows[i].message for i in indexes])
-            for i, outcome in zip(indexes, outcomes, strict=True):
-                if outcome.error is not None:
-                    errors[i].append(f"{broker}: {outcome.error}")
-                elif outcome.deferred:
-                    deferred[i] = True
-        return [
-            Outcome(error="; ".join(e)) if e else Outcome(deferred=d)
-            for e, d in zip(errors, deferred, strict=True)
-        ]
-
-    async def _publish_to(self, broker: str, messages: list[Message]) -> list[Outcome]:
-        publisher = await self._publisher(broker)
-        try:
-            return await publisher.publish(messages)
-        except PublishError:
-            # Reconnect from scratch next time: a broken producer may hold stale state.
-            async with self._start_lock:
-                if broker in self._started:
-                    self._started.discard(broker)
-                    await _best_effort(f"stopping the {broker} publisher", publisher.stop())
-            raise
-
-    async def _publisher(self, broker: str) -> Publisher:
-        publisher = self.publishers.get(broker)
-        if publisher is None:
-            raise PublishError(f"no publisher configured for broker {broker!r}")
-        async with self._start_lock:
-            if broker not in self._started:
-                await publisher.start()
-                self._started.add(broker)
-        return publisher
+        """``RoutedPublisher.publish`` of the rows' messages."""
+        return await self.sender.publish([r.message for r in rows])
 
     def count(self, rows: list[PendingRow], outcomes: list[Outcome]) -> None:
-        published: Counter[str] = Counter()
-        failed = 0
-        for row, outcome in zip(rows, outcomes, strict=True):
-            if outcome.ok:
-                published.update(self.router.brokers_for(row.message.type))
-            elif outcome.error is not None:
-                failed += 1
-        for broker, n in published.items():
-            self.metrics.published.labels(broker).inc(n)
-        if failed:
-            self.metrics.failures.labels("permanent").inc(failed)
+        self.sender.count([r.message for r in rows], outcomes)
 
     # -- coordination -----------------------------------------------------------------
     async def want_notify(self) -> bool:
@@ -421,9 +347,7 @@ class Relay:
         # A crash was logged by _drainer_ended; cancellation is ours.
         await asyncio.gather(task, return_exceptions=True)
         if release:
-            await _best_effort(
-                f"releasing partition {partition}", self.locks.release(drainer.lease)
-            )
+            await best_effort(f"releasing partition {partition}", self.locks.release(drainer.lease))
 
     def held_partitions(self) -> list[int]:
         return sorted(self._drainers)
@@ -435,11 +359,9 @@ class Relay:
         for p in list(self._drainers):
             await self._stop_drainer(p, release=True)
         if self._member is not None:
-            await _best_effort("releasing the member lock", self.locks.release(self._member))
+            await best_effort("releasing the member lock", self.locks.release(self._member))
         if self._notified:
-            await _best_effort(
+            await best_effort(
                 "unregistering from NOTIFY", self.store.stop_waiting(self.config.instance)
             )
-        for broker in list(self._started):
-            await _best_effort(f"stopping the {broker} publisher", self.publishers[broker].stop())
-        self._started.clear()
+        await self.sender.stop()

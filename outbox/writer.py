@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from outbox.notify import CHANNEL
 from relaybus import headers as rh
 from relaybus.ids import uuid7
+from relaybus.settings import Settings
 
 # pg_advisory_xact_lock(class, key): the class keeps our keys apart from other users'.
 KEY_LOCK_CLASS = 0x5242  # "RB"
@@ -59,6 +60,8 @@ def _event_sql(with_headers: bool) -> str:
 
 
 BusinessStatement = Insert | Update | Delete
+
+_DELETE_WRITTEN = text("DELETE FROM outbox WHERE id = :rb_id")
 
 # One encoder for every payload: ``json.dumps`` with options builds a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -156,15 +159,27 @@ def partition_for(aggregate_id: str, partitions: int) -> int:
 class Outbox:
     """Writes outbox rows inside the caller's ``AsyncSession`` transaction.
 
+    ``Outbox.from_settings(settings)`` is how a process builds its writer.
+
     ``enqueue`` neither commits nor flushes anything else: the row commits or rolls
     back with the caller's business writes. Rows of one ``aggregate_id`` are
     serialised by a transaction-scoped advisory lock, so their ``sequence`` order is
     their commit order and the relay publishes them in that order.
     """
 
-    def __init__(self, partitions: int = 16, max_payload_bytes: int = 1_048_576) -> None:
+    def __init__(
+        self,
+        partitions: int = 16,
+        max_payload_bytes: int = 1_048_576,
+        *,
+        delete_on_write: bool = False,
+    ) -> None:
         self.partitions = partitions
         self.max_payload_bytes = max_payload_bytes
+        # WAL-only mode (docs/cdc.md): the row is deleted in the transaction that
+        # inserts it. The WAL keeps the insert for the WAL relay or Debezium; the
+        # table stays empty, so the polling relay and the operator tools see nothing.
+        self.delete_on_write = delete_on_write
         # Indexed by "has headers": without any, the column keeps its default.
         self._event_inserts: tuple[TextClause, TextClause] = (
             text(_event_sql(with_headers=False)),
@@ -216,7 +231,18 @@ class Outbox:
         params: dict[str, Any] = {}
         message_id = self._event(params, aggregate_type, aggregate_id, type, payload, headers, id)
         await session.execute(self._event_inserts[bool(headers)], params)
+        if self.delete_on_write:
+            await session.execute(_DELETE_WRITTEN, {"rb_id": message_id})
         return message_id
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Outbox:
+        """The writer ``settings`` describe (partitions, payload cap, delete-on-write)."""
+        return cls(
+            settings.outbox_partitions,
+            settings.outbox_max_payload_bytes,
+            delete_on_write=settings.outbox_delete_on_write,
+        )
 
     async def write(
         self,
@@ -258,6 +284,9 @@ class Outbox:
                 self._combined.clear()
             self._combined[statement] = combined
         result = await session.execute(combined[bool(headers)], all_params)
+        if self.delete_on_write:
+            # A separate statement: a sibling CTE would not see the row it inserts.
+            await session.execute(_DELETE_WRITTEN, {"rb_id": message_id})
         return message_id, result
 
     def _combine(self, statement: BusinessStatement) -> tuple[BusinessStatement, BusinessStatement]:

@@ -104,6 +104,37 @@ class Settings(BaseSettings):
         True, description="Move published rows to outbox_archive (else delete them)."
     )
     relay_archive_retention_days: float = Field(7.0, ge=0, description="Archive retention.")
+    relay_source: Literal["poll", "wal"] = Field(
+        "poll",
+        description="Where the relay reads events: 'poll' queries the outbox table; 'wal' "
+        "streams its inserts from a logical replication slot (docs/cdc.md).",
+    )
+    relay_wal_slot: str = Field(
+        "relaybus_outbox",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="The WAL relay's logical replication slot (created if missing).",
+    )
+    relay_wal_publication: str = Field(
+        "relaybus_outbox",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="The publication of the outbox's inserts (created if missing).",
+    )
+    relay_wal_delete_published: bool = Field(
+        True,
+        description="The WAL relay deletes the rows it published (false when writers "
+        "delete their own rows in the inserting transaction: RELAYBUS_OUTBOX_DELETE_ON_WRITE).",
+    )
+    outbox_delete_on_write: bool = Field(
+        False,
+        description="Writers delete each outbox row in the transaction that inserts it "
+        "(WAL relay or Debezium only: the polling relay would never see the rows).",
+    )
+    outbox_slot_stale_after: float = Field(
+        300.0,
+        gt=0,
+        description="`outbox status` warns about a replication slot with no consumer for "
+        "longer than this many seconds (it keeps all WAL written since).",
+    )
     relay_metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port (0 = off).")
     worker_metrics_port: int = Field(
         0, ge=0, le=65535, description="A worker's Prometheus /metrics port (0 = off)."
@@ -119,6 +150,12 @@ class Settings(BaseSettings):
         10_000, ge=1000, description="Consumer group session timeout (dead member detection)."
     )
     kafka_max_request_size: int = Field(1_048_576, ge=1024, description="Producer max request.")
+    kafka_topic_prefix: str = Field(
+        "outbox.event.",
+        pattern=r"^[A-Za-z0-9._-]{0,200}$",
+        description="The relay publishes to '<prefix><aggregatetype>' (Debezium's outbox "
+        "router default); a second relay source can publish side by side under another.",
+    )
     console_host: str = Field(
         "127.0.0.1", description="Address the console binds (loopback unless configured)."
     )

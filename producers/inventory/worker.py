@@ -57,7 +57,7 @@ def inventory_app(
     app = ConsumerApp("inventory" if shard is None else group)
     # The relay's partition count: a row written for another count lands in a
     # partition no relay drains.
-    writer = Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
+    writer = Outbox.from_settings(settings)
 
     @app.kafka(
         topic,

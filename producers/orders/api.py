@@ -91,9 +91,7 @@ class OrdersService:
             settings.database_url, pool_size=shop.orders_api_workers_pool
         )
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
-        self.store = store or OrderStore(
-            Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
-        )
+        self.store = store or OrderStore(Outbox.from_settings(settings))
         self.ids = WorkerIdLease(PostgresLock(self.engine))
         self.tail = KafkaTail(settings.kafka_bootstrap, ORDER_STATUS_EVENTS)
         self.read_model = HttpReadModel(shop.read_model_base_url, shop.read_model_timeout)

@@ -32,7 +32,7 @@ def orders_app(settings: Settings | None = None) -> ConsumerApp:
     """
     settings = settings or Settings()
     app = ConsumerApp("orders")
-    store = OrderStore(Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes))
+    store = OrderStore(Outbox.from_settings(settings))
 
     @app.kafka(
         ORDERS_ADMITTED,

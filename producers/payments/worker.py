@@ -57,7 +57,7 @@ def payments_app(settings: Settings | None = None, shop: ShopSettings | None = N
     app = ConsumerApp("payments")
     # The relay's partition count: a row written for another count lands in a
     # partition no relay drains.
-    writer = Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
+    writer = Outbox.from_settings(settings)
     gateway = GatewayClient(
         shop.gateway_base_url, timeout=shop.payment_timeout, retries=shop.payment_retries
     )

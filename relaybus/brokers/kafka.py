@@ -24,6 +24,13 @@ def default_topic(message: Message) -> str:
     return f"outbox.event.{message.aggregatetype}"
 
 
+def prefixed_topic(prefix: str) -> Callable[[Message], str]:
+    """``<prefix><aggregatetype>``; ``default_topic`` for the default prefix."""
+    if prefix == "outbox.event.":
+        return default_topic
+    return lambda message: f"{prefix}{message.aggregatetype}"
+
+
 def record_size(message: Message) -> int:
     """Upper estimate of the bytes ``message`` occupies in a produce request."""
     headers = message.headers()

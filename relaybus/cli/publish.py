@@ -32,7 +32,7 @@ async def publish_events(
 
     With ``rate`` > 0, events are paced at that many per second.
     """
-    outbox = Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
+    outbox = Outbox.from_settings(settings)
     outbox.encode_payload(data)  # refuse bad data before touching the database
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)

@@ -7,15 +7,20 @@ import logging
 import os
 import signal
 import socket
+from enum import StrEnum
 
 import typer
 
 from outbox.metrics import RelayMetrics
 from outbox.notify import OutboxListener
 from outbox.relay import Relay, RelayConfig
+from outbox.routed import RoutedPublisher
 from outbox.routing import Router
 from outbox.store import PostgresOutboxStore
-from relaybus.brokers.kafka import KafkaPublisher
+from outbox.wal_relay import WalRelay, WalRelayConfig
+from outbox.wal_store import WalRelayStore
+from outbox.wal_stream import WalStream, libpq_dsn
+from relaybus.brokers.kafka import KafkaPublisher, prefixed_topic
 from relaybus.brokers.publisher import Publisher
 from relaybus.brokers.rabbitmq import RabbitPublisher
 from relaybus.db import create_engine
@@ -30,7 +35,9 @@ def build_publishers(settings: Settings, brokers: set[str]) -> dict[str, Publish
     publishers: dict[str, Publisher] = {}
     if "kafka" in brokers:
         publishers["kafka"] = KafkaPublisher(
-            settings.kafka_bootstrap, max_request_size=settings.kafka_max_request_size
+            settings.kafka_bootstrap,
+            prefixed_topic(settings.kafka_topic_prefix),
+            max_request_size=settings.kafka_max_request_size,
         )
     if "rabbitmq" in brokers:
         publishers["rabbitmq"] = RabbitPublisher(settings.rabbitmq_url)
@@ -82,14 +89,68 @@ async def run_relay(settings: Settings) -> None:
     log.info("relay %s stopped", config.instance)
 
 
+async def run_wal_relay(settings: Settings) -> None:
+    """The WAL relay (``--source wal``) until SIGTERM/SIGINT: finish the batch in
+    hand, confirm it, hand the slot's lease back."""
+    engine = create_engine(settings.database_url)
+    router = Router(settings.routes)
+    metrics = RelayMetrics()
+    if settings.relay_metrics_port:
+        metrics.serve(settings.relay_metrics_port, settings.relay_metrics_host)
+    config = WalRelayConfig(
+        slot=settings.relay_wal_slot,
+        publication=settings.relay_wal_publication,
+        batch_size=settings.relay_batch_size,
+        lease_ttl=settings.relay_lease_ttl,
+        instance=settings.relay_instance or f"{socket.gethostname()}-{os.getpid()}",
+        max_buffer_bytes=settings.relay_max_inflight_bytes,
+        delete_published=settings.relay_wal_delete_published,
+    )
+    dsn = libpq_dsn(settings.database_url)
+    store = WalRelayStore(engine)
+    relay = WalRelay(
+        lambda: WalStream(
+            dsn, config.slot, config.publication, max_buffer_bytes=config.max_buffer_bytes
+        ),
+        store,
+        PostgresLock(engine),
+        RoutedPublisher(build_publishers(settings, router.all_brokers()), router, metrics),
+        config,
+        metrics,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if await store.ensure_publication(config.publication):
+            log.warning("created publication %s (inserts into outbox)", config.publication)
+        log.info("wal relay %s started: slot %s", config.instance, config.slot)
+        await relay.run(stop)
+    finally:
+        await engine.dispose()
+    log.info("wal relay %s stopped", config.instance)
+
+
+class Source(StrEnum):
+    poll = "poll"
+    wal = "wal"
+
+
 def relay(
     instance: str = typer.Option("", help="Instance name (default: host-pid)."),
     metrics_port: int = typer.Option(-1, help="Prometheus /metrics port (0 = off)."),
+    source: Source | None = typer.Option(
+        None,
+        help="poll: query the outbox table (default, RELAYBUS_RELAY_SOURCE); "
+        "wal: stream its inserts from a logical replication slot (docs/cdc.md).",
+    ),
 ) -> None:
     """Run the outbox relay: publish committed outbox rows to Kafka / RabbitMQ.
 
-    Routing comes from RELAYBUS_ROUTES; partitions are leased, so run as many relays
-    as you like. SIGTERM finishes cleanly.
+    Routing comes from RELAYBUS_ROUTES. The polling relay leases partitions, so run
+    as many as you like; the WAL relay has one active process per slot, the others
+    wait as standbys. SIGTERM finishes cleanly.
 
     Example: RELAYBUS_ROUTES='[{"pattern":"*","brokers":["kafka","rabbitmq"]}]' relaybus relay
     """
@@ -99,5 +160,10 @@ def relay(
         overrides["relay_instance"] = instance
     if metrics_port >= 0:
         overrides["relay_metrics_port"] = metrics_port
+    if source is not None:
+        overrides["relay_source"] = source.value
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    asyncio.run(run_relay(settings))
+    if settings.relay_source == "wal":
+        asyncio.run(run_wal_relay(settings))
+    else:
+        asyncio.run(run_relay(settings))

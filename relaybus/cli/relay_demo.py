@@ -155,7 +155,7 @@ async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -
         ):
             listener = asyncio.create_task(OutboxListener(settings.database_url, relay.wake).run())
             relay_task = asyncio.create_task(relay.run(stop))
-            outbox = Outbox(settings.outbox_partitions, settings.outbox_max_payload_bytes)
+            outbox = Outbox.from_settings(settings)
             sessions = session_factory(engine)
             ids: set[str] = set()
             started = time.monotonic()
