@@ -16,6 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from consumers import cdc
 from relaybus import headers as rh
 
 
@@ -247,13 +248,20 @@ def decode(
 ) -> Incoming:
     """Decode one delivery; raises ``InvalidMessage`` with a reason code:
 
-    ``oversize``, ``missing-id``, ``bad-id``, ``missing-type``, ``unknown-type``, and
-    those of ``parse_payload``. ``attempt`` and the origin (``source``,
+    ``oversize``, ``missing-id``, ``bad-id``, ``missing-type``, ``unknown-type``,
+    ``bad-header`` (Debezium's packed headers malformed), and those of
+    ``parse_payload``. A record of Debezium's outbox router gets the headers the
+    relay would have written (``consumers.cdc.normalize``). ``attempt`` and the origin (``source``,
     ``partition``, ``offset``) are decided by the caller from where the delivery
     came (a main topic: 1 and itself); reserved headers are dropped here, unread.
     """
     if len(raw) > max_bytes:
         raise InvalidMessage("oversize", f"{len(raw)} bytes, over the {max_bytes}-byte limit")
+    if cdc.is_debezium(headers):
+        try:
+            headers = cdc.normalize(headers)
+        except ValueError as err:
+            raise InvalidMessage("bad-header", str(err)) from None
     message_id = headers.get("id")
     if not message_id:
         raise InvalidMessage("missing-id", "no 'id' header")

@@ -33,6 +33,12 @@ def up(
         1, "--kafka-nodes", help="1 = the single broker only; 3 = also a 3-node KRaft cluster."
     ),
     install: bool = typer.Option(True, help="apt-get install missing Debian packages."),
+    debezium: bool = typer.Option(
+        False,
+        "--debezium",
+        help="Also run Kafka Connect with Debezium's PostgreSQL connector on the outbox "
+        "(after `relaybus db upgrade`; docs/cdc.md).",
+    ),
 ) -> None:
     """Install what is missing and start every service; harmless if already up.
 
@@ -40,7 +46,7 @@ def up(
     """
     stack = Stack()
     try:
-        installed = stack.up(kafka_nodes=kafka_nodes, install=install)
+        installed = stack.up(kafka_nodes=kafka_nodes, install=install, debezium=debezium)
     except StackError as err:
         raise _fail(err) from None
     if installed:

@@ -155,6 +155,13 @@ class Postgres:
             stdin=sql if stdin else None,
         ).strip()
 
+    def has_table(self, table: str) -> bool:
+        """True once ``table`` exists in the stack's database (``relaybus db upgrade``)."""
+        if not table.replace("_", "").isalnum():
+            raise StackError(f"postgresql: not a table name: {table!r}")
+        found = self._psql(f"SELECT to_regclass('public.{table}') IS NOT NULL", self.s.postgres_db)
+        return found == "t"
+
     def _ensure_database(self) -> None:
         user, db, pw = self.s.postgres_user, self.s.postgres_db, self.s.postgres_password
         if not self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'"):

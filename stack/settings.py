@@ -39,4 +39,13 @@ class StackSettings(BaseSettings):
     kafka_cluster_base_port: int = 9092
     kafka_version: str = "4.3.1"
     kafka_heap: str = "512m"
+    # Kafka Connect (standalone) running Debezium's PostgreSQL connector, on request.
+    debezium_version: str = "3.6.1.Final"
+    connect_port: int = 8083
+    connect_heap: str = "384m"
+    # Debezium's outbox router publishes to '<prefix><aggregatetype>': apart from the
+    # relay's topics by default, so both can run side by side (docs/cdc.md).
+    debezium_topic_prefix: str = "debezium.outbox.event."
+    debezium_slot: str = "debezium_outbox"
+    debezium_poll_interval_ms: int = 20
     start_timeout_s: float = 120.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stack.debezium import KafkaConnect
 from stack.debian import ensure_packages
 from stack.errors import StackError
 from stack.kafka_broker import KafkaCluster
@@ -23,16 +24,22 @@ class Stack:
     def __init__(self, settings: StackSettings | None = None) -> None:
         self.settings = settings or StackSettings()
         s = self.settings
+        self.postgres = Postgres(s)
         self.core: list[Service] = [
-            Postgres(s),
+            self.postgres,
             RedisInstances(s),
             RabbitMQ(s),
             KafkaCluster.single(s),
         ]
         self.cluster = KafkaCluster.three_nodes(s)
+        self.debezium = KafkaConnect(s)
 
-    def up(self, kafka_nodes: int = 1, install: bool = True) -> list[str]:
-        """Start everything; return the Debian packages that had to be installed."""
+    def up(self, kafka_nodes: int = 1, install: bool = True, debezium: bool = False) -> list[str]:
+        """Start everything; return the Debian packages that had to be installed.
+
+        ``debezium`` also starts Kafka Connect with Debezium on the outbox table, which
+        must exist by then (``relaybus db upgrade``).
+        """
         if kafka_nodes not in (1, 3):
             raise StackError(f"--kafka-nodes must be 1 or 3, not {kafka_nodes}")
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -40,12 +47,20 @@ class Stack:
         services = [*self.core, self.cluster] if kafka_nodes == 3 else self.core
         for service in services:
             service.start()
+        if debezium:
+            if not self.postgres.has_table("outbox"):
+                raise StackError(
+                    "debezium: the outbox table does not exist yet; run `relaybus db upgrade`, "
+                    "then `relaybus stack up --debezium` again"
+                )
+            self.debezium.start()
         return installed
 
     def down(self) -> list[str]:
         """Stop every service of ours that runs; return the names of those stopped."""
         stopped = []
-        for service in [self.cluster, *reversed(self.core)]:
+        services: list[Service] = [self.debezium, self.cluster, *reversed(self.core)]
+        for service in services:
             if service.stop():
                 stopped.append(service.name)
         return stopped
@@ -53,7 +68,9 @@ class Stack:
     def status(self) -> list[ServiceStatus]:
         """One row per process: core services always, cluster nodes when any runs."""
         rows = [row for service in self.core for row in service.status()]
-        cluster_rows = self.cluster.status()
-        if any(r.running for r in cluster_rows):
-            rows += cluster_rows
+        optionals: list[Service] = [self.cluster, self.debezium]
+        for optional in optionals:
+            extra = optional.status()
+            if any(r.running for r in extra):
+                rows += extra
         return rows
