@@ -48,6 +48,46 @@ class OutboxStatus:
 
 
 @dataclass(frozen=True)
+class SlotStatus:
+    """A logical replication slot of this database (the WAL relay's, Debezium's, …).
+
+    ``lag_bytes``: WAL written since the slot's confirmed position (what its consumer
+    has yet to handle); ``retained_bytes``: WAL the server keeps for it;
+    ``lag_seconds``: the walsender's flush lag while a consumer streams, else the time
+    since the WAL relay last confirmed (None if unknown); ``idle_seconds``: how long
+    it has had no consumer (None while streamed, or unknown for slots the WAL relay
+    never confirmed); ``stale``: no consumer for longer than the setting (or for an
+    unknown time), while it keeps WAL.
+    """
+
+    slot_name: str
+    plugin: str
+    active: bool
+    wal_status: str
+    lag_bytes: int
+    retained_bytes: int
+    lag_seconds: float | None
+    idle_seconds: float | None
+    stale: bool
+
+
+_SLOTS = text(
+    """
+    SELECT s.slot_name, s.plugin, s.active, coalesce(s.wal_status, '') AS wal_status,
+           coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn), 0) AS lag,
+           coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn), 0) AS retained,
+           EXTRACT(EPOCH FROM r.flush_lag) AS flush_lag,
+           EXTRACT(EPOCH FROM (now() - w.confirmed_at)) AS since_confirmed
+      FROM pg_replication_slots s
+      LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+      LEFT JOIN outbox_wal_slots w ON w.slot_name = s.slot_name
+     WHERE s.slot_type = 'logical' AND s.database = current_database()
+     ORDER BY s.slot_name
+    """
+)
+
+
+@dataclass(frozen=True)
 class PartitionBacklog:
     """One outbox partition's waiting rows: pending, failed, and the age of its
     oldest pending row (seconds; 0 with none pending)."""
@@ -97,6 +137,33 @@ class OutboxAdmin:
             archived=archived,
         )
 
+    async def slots(self, stale_after: float) -> list[SlotStatus]:
+        """The database's logical replication slots with their lag (``SlotStatus``)."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(_SLOTS)).all()
+        out = []
+        for r in rows:
+            since = None if r.since_confirmed is None else float(r.since_confirmed)
+            idle = None if r.active else since
+            # While streamed, the walsender's flush lag (None when caught up: 0).
+            flush_lag = float(r.flush_lag) if r.flush_lag is not None else 0.0
+            lag_s = flush_lag if r.active else since
+            stale = not r.active and (idle is None or idle > stale_after)
+            out.append(
+                SlotStatus(
+                    slot_name=r.slot_name,
+                    plugin=r.plugin,
+                    active=bool(r.active),
+                    wal_status=r.wal_status,
+                    lag_bytes=int(r.lag),
+                    retained_bytes=int(r.retained),
+                    lag_seconds=lag_s,
+                    idle_seconds=idle,
+                    stale=stale,
+                )
+            )
+        return out
+
     async def backlog_by_partition(self) -> list[PartitionBacklog]:
         """The partitions that hold rows, with their pending and failed counts."""
         async with self._engine.connect() as conn:
@@ -130,11 +197,22 @@ class OutboxAdmin:
         return None
 
     async def retry(self, ids: list[uuid.UUID] | None) -> int:
-        """Put failed rows (``ids``, or all failed when None) back to pending."""
+        """Put failed rows (``ids``, or all failed when None) back to pending.
+
+        The row is deleted and inserted again (same id, partition and sequence) in one
+        statement rather than updated: the WAL relay and Debezium read only inserts,
+        so this is what makes them publish it again; for the polling relay it is the
+        same as an update.
+        """
         where = "status = 'failed'" + (" AND id = ANY(:ids)" if ids is not None else "")
         sql = text(
-            f"UPDATE outbox SET status = 'pending', last_error = NULL, next_attempt_at = NULL "
-            f"WHERE {where}"
+            f"""
+            WITH moved AS (DELETE FROM outbox WHERE {where} RETURNING *)
+            INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, timestamp,
+                                headers, partition, sequence, status, attempts)
+            SELECT id, aggregatetype, aggregateid, type, payload, timestamp, headers,
+                   partition, sequence, 'pending', attempts FROM moved
+            """
         )
         return await self._act("outbox.retry", sql, {"ids": ids}, ids)
 

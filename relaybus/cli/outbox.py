@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import typer
 from rich.table import Table
 
-from outbox.admin import OutboxAdmin
+from outbox.admin import OutboxAdmin, OutboxStatus, SlotStatus
 from relaybus.db import create_engine
 from relaybus.settings import Settings
 from relaybus.terminal import make_console
@@ -64,13 +64,21 @@ def _dump(obj: Any) -> None:
 @app.command()
 def status(as_json: bool = JSON_OPT) -> None:
     """Pending and failed counts, oldest pending age, archive counts (the published
-    count is PostgreSQL's estimate: the same cost at any archive size).
+    count is PostgreSQL's estimate: the same cost at any archive size), and each
+    logical replication slot's lag (WAL relay, Debezium); a slot without a consumer
+    for longer than RELAYBUS_OUTBOX_SLOT_STALE_AFTER seconds is reported in red.
 
     Example: relaybus outbox status --json
     """
-    st = _run(lambda a: a.status())
+    stale_after = Settings().outbox_slot_stale_after
+
+    async def both(a: OutboxAdmin) -> tuple[OutboxStatus, list[SlotStatus]]:
+        return await a.status(), await a.slots(stale_after)
+
+    st, slots = _run(both)
     if as_json:
-        _dump(asdict(st))
+        _dump({**asdict(st), "slots": [asdict(s) for s in slots]})
+        _warn_stale(slots, stale_after)
         return
     table = Table(title="outbox")
     table.add_column("what")
@@ -82,6 +90,52 @@ def status(as_json: bool = JSON_OPT) -> None:
         estimate = ", estimate" if outcome in st.archived_estimated else ""
         table.add_row(f"archived ({outcome}{estimate})", ("≈" if estimate else "") + str(n))
     make_console().print(table)
+    if slots:
+        _print_slots(slots)
+    _warn_stale(slots, stale_after)
+
+
+def _print_slots(slots: list[SlotStatus]) -> None:
+    table = Table(title="replication slots")
+    for col in ("slot", "plugin", "consumer", "lag", "lag (s)", "WAL retained", "wal_status"):
+        table.add_column(col)
+    for s in slots:
+        consumer = "streaming" if s.active else f"[red]none[/red] ({_age(s.idle_seconds)})"
+        table.add_row(
+            s.slot_name,
+            s.plugin,
+            consumer,
+            _mb(s.lag_bytes),
+            "-" if s.lag_seconds is None else f"{s.lag_seconds:.1f}",
+            _mb(s.retained_bytes),
+            s.wal_status,
+        )
+    make_console().print(table)
+
+
+def _warn_stale(slots: list[SlotStatus], stale_after: float) -> None:
+    """Loud, on stderr (so ``--json`` output stays parseable): a slot nobody streams
+    keeps every WAL segment written since, until the disk fills or
+    ``max_slot_wal_keep_size`` invalidates it."""
+    console = make_console(stderr=True)
+    for s in slots:
+        if s.stale:
+            console.print(
+                f"[bold red]WARNING: replication slot {s.slot_name} has had no consumer for "
+                f"{_age(s.idle_seconds)} (over {stale_after:.0f}s) and retains "
+                f"{_mb(s.retained_bytes)} of WAL.[/bold red] Start its relay "
+                f"(relaybus relay --source wal) or Kafka Connect, or drop it: "
+                f"SELECT pg_drop_replication_slot('{s.slot_name}');",
+                highlight=False,
+            )
+
+
+def _age(seconds: float | None) -> str:
+    return "an unknown time" if seconds is None else f"{seconds:.0f}s"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_048_576:.1f} MB"
 
 
 @app.command("ls")

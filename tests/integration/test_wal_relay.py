@@ -28,6 +28,7 @@ from relaybus.ids import uuid7
 from relaybus.locks.postgres import PostgresLock
 from relaybus.message import Message
 from relaybus.settings import Settings
+from tests.support.cli import run_cli
 from tests.support.outboxdata import Event, Record, enqueue, pending, read_topic
 from tests.support.poll import eventually
 from tests.support.relayproc import relay_fleet
@@ -363,3 +364,105 @@ async def test_slot_is_never_confirmed_ahead_of_the_broker_acknowledgements(
     counts = Counter(r.headers["id"] for r in records)
     assert set(counts) == {str(i) for i in ids}
     assert sum(counts.values()) > len(counts)  # the dropped batch reached Kafka twice
+
+
+async def test_rows_written_around_the_outbox_are_failed_and_retry_republishes_them(
+    settings: Settings, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Rows a foreign client (plain SQL, as psql) wrote that cannot be published, and one
+    the broker refuses (over its request size), are kept as failed rows with the reason;
+    the rows around them flow; after a fix, ``outbox retry`` re-inserts one and the WAL
+    relay publishes it. ``outbox status`` shows the slot streamed, then idle and stale."""
+    agg = _agg()
+    topic = f"outbox.event.{agg}"
+    deep = "[" * 200 + "]" * 200
+    rows = [
+        ("k1", '{"n": 1, "html": "<script>alert(1)</script>"}', "{}", None),
+        ("k2", '{"n": 2}', '{"x-dlq-reason": "forged"}', "reserved"),
+        ("k3", '{"n": 3}', '["not", "an", "object"]', "JSON object"),
+        ("k4", '{"n": 4, "big": "' + "x" * 8000 + '"}', "{}", "over max_request_size"),
+        ("k5", '{"n": 5, "deep": ' + deep + "}", "{}", None),
+        ("k6", '{"n": 6}', '{"tenant": "<b>t</b>"}', None),
+    ]
+    ids = [uuid7() for _ in rows]
+    async with scratch_slot(engine) as slot:
+        env = _wal_env(slot, RELAYBUS_KAFKA_MAX_REQUEST_SIZE="4096")
+        with relay_fleet(tmp_path, KAFKA_ONLY, **env) as fleet:
+            fleet.start("wal-1")
+            await wait_active(engine, slot)
+            async with engine.begin() as conn:
+                for message_id, (key, payload, headers, _) in zip(ids, rows, strict=True):
+                    await conn.execute(
+                        text(
+                            "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, "
+                            "headers, partition) VALUES (:id, :agg, :key, 'ok', "
+                            "CAST(:payload AS jsonb), CAST(:headers AS jsonb), 0)"
+                        ),
+                        {
+                            "id": message_id,
+                            "agg": agg,
+                            "key": key,
+                            "payload": payload,
+                            "headers": headers,
+                        },
+                    )
+
+            async def settled() -> bool:
+                published = len(await read_topic(settings.kafka_bootstrap, topic))
+                async with engine.connect() as conn:
+                    failed = (
+                        await conn.execute(
+                            text(
+                                "SELECT count(*) FROM outbox WHERE aggregatetype = :a "
+                                "AND status = 'failed'"
+                            ),
+                            {"a": agg},
+                        )
+                    ).scalar_one()
+                return published == 3 and failed == 3
+
+            await eventually(settled, within=60, what="3 published, 3 kept as failed")
+            async with engine.connect() as conn:
+                state = {
+                    r.id: (r.status, r.last_error or "")
+                    for r in await conn.execute(
+                        text("SELECT id, status, last_error FROM outbox WHERE aggregatetype = :a"),
+                        {"a": agg},
+                    )
+                }
+            for message_id, (*_, reason) in zip(ids, rows, strict=True):
+                if reason is None:
+                    assert message_id not in state  # published, then deleted
+                else:
+                    assert state[message_id][0] == "failed"
+                    assert reason in state[message_id][1], state[message_id]
+
+            status = run_cli("outbox", "status", "--json")
+            slots = {s["slot_name"]: s for s in json.loads(status.stdout)["slots"]}
+            assert slots[slot]["active"] is True
+
+            # The operator fixes the forged row and retries it: published once more.
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE outbox SET headers = '{}' WHERE id = :id"), {"id": ids[1]}
+                )
+            retried = run_cli("outbox", "retry", str(ids[1]), "--yes")
+            assert retried.returncode == 0, retried.stdout + retried.stderr
+
+            async def republished() -> bool:
+                records = await read_topic(settings.kafka_bootstrap, topic)
+                return str(ids[1]) in {r.headers["id"] for r in records}
+
+            await eventually(republished, within=60, what="the retried row published")
+        stale = run_cli(
+            "outbox", "status", "--json", env={"RELAYBUS_OUTBOX_SLOT_STALE_AFTER": "0.001"}
+        )
+        slots = {s["slot_name"]: s for s in json.loads(stale.stdout)["slots"]}
+        assert slots[slot]["active"] is False
+        assert slots[slot]["idle_seconds"] is not None  # known: the relay recorded progress
+        assert slots[slot]["stale"] is True
+        assert f"replication slot {slot} has had no consumer" in stale.stderr
+    records = await read_topic(settings.kafka_bootstrap, topic)
+    by_id = {r.headers["id"]: r for r in records}
+    assert json.loads(by_id[str(ids[0])].value)["html"] == "<script>alert(1)</script>"
+    assert by_id[str(ids[5])].headers["tenant"] == "<b>t</b>"
