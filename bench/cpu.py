@@ -25,6 +25,31 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def server_cpu_seconds(command: str = "postgres") -> float:
+    """CPU seconds of a forking server so far, *including its exited children*: every
+    live ``command`` process's utime + stime, plus the parent's cutime + cstime (the
+    children it has reaped). PostgreSQL runs a backend per connection: a client that
+    connects and leaves between two readings (pgbench) is counted too."""
+    pids = pids_named(command)
+    total = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is None:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        parent = int(fields[1])
+        if parent not in pids:  # the postmaster: add the children it reaped
+            total += int(fields[13]) + int(fields[14])
+    return total / TICKS
+
+
 def pids_named(command: str) -> list[int]:
     """Processes whose ``comm`` is ``command`` (``postgres``; ``java`` is Kafka here)."""
     found = []

@@ -79,6 +79,14 @@ SCENARIOS: dict[str, Scenario] = {
             "--writers 1 4 --transactions 200 --orders 80 --rounds 1 --pgbench-seconds 1",
         ),
         Scenario(
+            "cdc",
+            "bench.cdc_bench",
+            "the relay's cost to the database: pgbench writers alone and next to the polling "
+            "relay, the WAL relay and Debezium (writer throughput, PostgreSQL CPU per event, "
+            "commit -> topic latency)",
+            "--seconds 1 --warmup 1 --paced-seconds 1 --rounds 1 --sources alone wal",
+        ),
+        Scenario(
             "consumer",
             "bench.consumer_bench",
             "idempotent consumer vs raw aiokafka loop and FastStream; 1, 2 and 4 worker "

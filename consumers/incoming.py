@@ -251,9 +251,10 @@ def decode(
     ``oversize``, ``missing-id``, ``bad-id``, ``missing-type``, ``unknown-type``,
     ``bad-header`` (Debezium's packed headers malformed), and those of
     ``parse_payload``. A record of Debezium's outbox router gets the headers the
-    relay would have written (``consumers.cdc.normalize``). ``attempt`` and the origin (``source``,
-    ``partition``, ``offset``) are decided by the caller from where the delivery
-    came (a main topic: 1 and itself); reserved headers are dropped here, unread.
+    relay would have written (``consumers.cdc.normalize``). ``attempt`` and the
+    origin (``source``, ``partition``, ``offset``) are decided by the caller from
+    where the delivery came (a main topic: 1 and itself); reserved headers are
+    dropped here, unread.
     """
     if len(raw) > max_bytes:
         raise InvalidMessage("oversize", f"{len(raw)} bytes, over the {max_bytes}-byte limit")

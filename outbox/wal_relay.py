@@ -40,6 +40,9 @@ class WalRelayConfig:
     # Delete published rows from the table (off when writers delete their own rows
     # in the inserting transaction: the WAL keeps the insert, the table stays empty).
     delete_published: bool = True
+    # Short: each clean-up's deletes pass through the walsender's decoding, and many
+    # at once delay the inserts behind them.
+    cleanup_interval: float = 0.25
     progress_interval: float = 1.0
 
 
@@ -110,6 +113,9 @@ class WalRelay:
         self.active = asyncio.Event()  # set while this relay holds the slot's lease
         self.confirmed = 0
         self._last_progress = 0.0
+        # Highest sequence published, and the last one cleaned up to.
+        self.published_upto = 0
+        self._cleaned_upto = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Wait for the slot's lease, stream and publish until ``stop`` is set or the
@@ -137,6 +143,7 @@ class WalRelay:
         """Stream while the lease holds: a keeper task extends it every TTL/3."""
         keeper = _LeaseKeeper(self.locks, lease, self.config.lease_ttl)
         keeping = asyncio.create_task(keeper.run(stop))
+        cleaning = asyncio.create_task(self._clean_up(stop))
         self.active.set()
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         try:
@@ -158,7 +165,8 @@ class WalRelay:
         finally:
             self.active.clear()
             keeping.cancel()
-            await asyncio.gather(keeping, return_exceptions=True)
+            cleaning.cancel()
+            await asyncio.gather(keeping, cleaning, return_exceptions=True)
             if not keeper.lost.is_set():
                 await best_effort("releasing the slot lease", self.locks.release(keeper.lease))
             else:
@@ -172,9 +180,9 @@ class WalRelay:
         pending: deque[WalItem] = deque()
         try:
             while not lost.is_set():
+                if stop.is_set():
+                    return  # what was not confirmed is sent again to the next streamer
                 if not pending:
-                    if stop.is_set():
-                        return
                     read = asyncio.create_task(stream.read())
                     halt = asyncio.create_task(_first(stop, lost))
                     await asyncio.wait({read, halt}, return_when=asyncio.FIRST_COMPLETED)
@@ -189,9 +197,10 @@ class WalRelay:
                             pending.append(item)
                     continue
                 batch = _take(pending, self.config.batch_size)
-                await self._publish(batch, lost, backoff)
-                if lost.is_set():
-                    raise _LeaseLost
+                if not await self._publish(batch, stop, lost, backoff):
+                    if lost.is_set():
+                        raise _LeaseLost
+                    return  # stopped during a broker outage: the batch stays unconfirmed
                 commits = [i for i in batch if isinstance(i, WalCommit)]
                 if commits:
                     self._confirm(stream, commits[-1].end_lsn)
@@ -199,41 +208,66 @@ class WalRelay:
         finally:
             await stream.close()
 
-    async def _publish(self, batch: list[WalItem], lost: asyncio.Event, backoff: Backoff) -> None:
+    async def _publish(
+        self, batch: list[WalItem], stop: asyncio.Event, lost: asyncio.Event, backoff: Backoff
+    ) -> bool:
         """Publish the batch's events until every one is acknowledged or recorded as
-        failed; returns early only if the lease is lost."""
+        failed (True); False if stopped or the lease lost before that (backoff waits
+        end early for either)."""
         events = [i for i in batch if isinstance(i, WalEvent)]
         failed: list[tuple[WalEvent | WalBadRow, str]] = [
             (i, i.error) for i in batch if isinstance(i, WalBadRow)
         ]
         for bad in failed:
             log.error("wal relay: %s", bad[1])
-        while events and not lost.is_set():
+        while events:
+            if stop.is_set() or lost.is_set():
+                return False
             try:
                 outcomes = await self.sender.publish([e.message for e in events])
             except PublishError as err:
                 delay = backoff.next_delay()
                 self.metrics.failures.labels("transient").inc()
                 log.warning("wal relay: %s; retrying %d rows in %.1fs", err, len(events), delay)
-                await asyncio.sleep(delay)
+                await _sleep_unless(stop, delay, lost)
                 continue
             if any(o.deferred for o in outcomes):
                 # Not known delivered: send the batch again (consumers dedupe).
                 delay = backoff.next_delay()
                 self.metrics.failures.labels("transient").inc()
-                await asyncio.sleep(delay)
+                await _sleep_unless(stop, delay, lost)
                 continue
             backoff.reset()
             self.sender.count([e.message for e in events], outcomes)
             failed += [(e, o.error) for e, o in zip(events, outcomes, strict=True) if o.error]
-            published = [e.message.id for e, o in zip(events, outcomes, strict=True) if o.ok]
-            if published and self.config.delete_published:
-                await self.store.delete_published(published)
+            sequences = [e.columns.get("sequence") or "0" for e in events]
+            self.published_upto = max(self.published_upto, *map(int, sequences))
             break
-        if failed and not lost.is_set():
+        if lost.is_set():
+            return False
+        if failed:
             beyond = await self.store.record_failed(failed)
             if beyond:
                 self.metrics.failures.labels("undecodable").inc(beyond)
+        return True
+
+    async def _clean_up(self, stop: asyncio.Event) -> None:
+        """Every ``cleanup_interval``, delete the published rows from the table in one
+        statement, off the publishing path (the WAL, not the table, is what this
+        relay reads: the rows are only there for the writers' transaction)."""
+        if not self.config.delete_published:
+            return
+        while not stop.is_set():
+            await _sleep_unless(stop, self.config.cleanup_interval)
+            upto = self.published_upto
+            if upto <= self._cleaned_upto:
+                continue
+            try:
+                await self.store.delete_upto(upto)
+                self._cleaned_upto = upto
+            except Exception as err:
+                # Only housekeeping: the next round deletes these rows too.
+                log.warning("wal relay: clean-up up to sequence %d failed: %r", upto, err)
 
     def _confirm(self, stream: WalStream, lsn: int) -> None:
         stream.confirm(lsn)
@@ -277,6 +311,7 @@ async def _first(*events: asyncio.Event) -> None:
             w.cancel()
 
 
-async def _sleep_unless(stop: asyncio.Event, delay: float) -> None:
+async def _sleep_unless(stop: asyncio.Event, delay: float, *more: asyncio.Event) -> None:
+    """Sleep ``delay`` seconds, or less if ``stop`` (or any of ``more``) is set."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay)
+        await asyncio.wait_for(_first(stop, *more), delay)

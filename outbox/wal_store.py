@@ -31,7 +31,11 @@ _RECORD_FAILED = """
     ON CONFLICT (id) DO UPDATE SET status = 'failed', attempts = outbox.attempts + 1,
                                    last_error = EXCLUDED.last_error, next_attempt_at = NULL
 """
-_DELETE_PUBLISHED = "DELETE FROM outbox WHERE id = ANY($1::uuid[]) AND status = 'pending'"
+# Every pending row up to a sequence the relay has published. Rows below it that are
+# not published yet (committed later, or still in flight) may go too: the WAL keeps
+# their inserts, which is what the WAL relay publishes; one that then fails is
+# re-inserted as failed (_RECORD_FAILED). Uncommitted rows are not visible to it.
+_DELETE_UPTO = "DELETE FROM outbox WHERE status = 'pending' AND sequence <= $1"
 _PROGRESS = """
     INSERT INTO outbox_wal_slots (slot_name, confirmed_lsn, confirmed_at, instance)
     VALUES ($1, $2, now(), $3)
@@ -103,11 +107,11 @@ class WalRelayStore:
                 await raw.driver_connection.execute(_RECORD_FAILED, *arrays)  # type: ignore[union-attr]
         return len(failures) - len(rows)
 
-    async def delete_published(self, ids: Sequence[uuid.UUID]) -> int:
-        """Remove published rows the writer left in the table (one statement)."""
+    async def delete_upto(self, sequence: int) -> int:
+        """Remove pending rows with ``sequence`` at most this (one statement)."""
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            status: str = await raw.driver_connection.execute(_DELETE_PUBLISHED, list(ids))  # type: ignore[union-attr]
+            status: str = await raw.driver_connection.execute(_DELETE_UPTO, sequence)  # type: ignore[union-attr]
         return int(status.rsplit(" ", 1)[-1])
 
     async def record_progress(self, slot: str, lsn: int, instance: str) -> None:

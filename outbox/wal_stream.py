@@ -122,6 +122,13 @@ class WalStream:
         if not self._reading and self._cur is not None and self._loop is not None:
             self._loop.add_reader(self._cur.fileno(), self._on_readable)
             self._reading = True
+            # Messages libpq already took off the socket before the pause would not
+            # make it readable again: drain them now.
+            self._loop.call_soon(self._on_readable_if_reading)
+
+    def _on_readable_if_reading(self) -> None:
+        if self._reading:
+            self._on_readable()
 
     def _pause_reading(self) -> None:
         if self._reading and self._cur is not None and self._loop is not None:

@@ -23,6 +23,11 @@ max_wal_senders = 10
 max_replication_slots = 10
 max_connections = 200
 shared_buffers = 256MB
+# Per-statement cost accounting (bench: what the relay's SQL costs the server).
+shared_preload_libraries = 'pg_stat_statements'
+# A replication slot nobody consumes keeps WAL; past this it is invalidated instead of
+# filling the disk (docs/cdc.md: its consumer must then start from a new slot).
+max_slot_wal_keep_size = 4GB
 """
 
 
@@ -169,6 +174,12 @@ class Postgres:
             self._psql(f"CREATE ROLE {user} LOGIN CREATEDB REPLICATION PASSWORD '{pw}'", stdin=True)
         if not self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'"):
             self._psql(f"CREATE DATABASE {db} OWNER {user}")
+        # The bench reads (and resets) per-statement costs as the relaybus role.
+        self._psql(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; "
+            f"GRANT EXECUTE ON FUNCTION pg_stat_statements_reset TO {user};",
+            db,
+        )
 
     def stop(self) -> bool:
         """``pg_ctl stop -m fast`` on our cluster (its postmaster pid), if it runs."""

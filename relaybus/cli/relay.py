@@ -44,20 +44,39 @@ def build_publishers(settings: Settings, brokers: set[str]) -> dict[str, Publish
     return publishers
 
 
+def _metrics(settings: Settings) -> RelayMetrics:
+    """The relay's metrics, served on ``/metrics`` if a port is set."""
+    metrics = RelayMetrics()
+    if settings.relay_metrics_port:
+        metrics.serve(settings.relay_metrics_port, settings.relay_metrics_host)
+    return metrics
+
+
+def _instance(settings: Settings) -> str:
+    return settings.relay_instance or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (a clean stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def run_relay(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then hand partitions back and exit cleanly."""
     engine = create_engine(settings.database_url)
     router = Router(settings.routes)
-    metrics = RelayMetrics()
-    if settings.relay_metrics_port:
-        metrics.serve(settings.relay_metrics_port, settings.relay_metrics_host)
+    metrics = _metrics(settings)
     config = RelayConfig(
         partitions=settings.outbox_partitions,
         batch_size=settings.relay_batch_size,
         concurrent_batches=settings.relay_concurrent_batches,
         lease_ttl=settings.relay_lease_ttl,
         poll_interval=settings.relay_poll_interval,
-        instance=settings.relay_instance or f"{socket.gethostname()}-{os.getpid()}",
+        instance=_instance(settings),
         archive_retention_days=settings.relay_archive_retention_days,
         max_inflight_bytes=settings.relay_max_inflight_bytes,
         listen=settings.relay_listen,
@@ -70,10 +89,7 @@ async def run_relay(settings: Settings) -> None:
         config,
         metrics,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     listener = asyncio.create_task(
         OutboxListener(settings.database_url, relay.wake).run()
         if settings.relay_listen
@@ -94,15 +110,13 @@ async def run_wal_relay(settings: Settings) -> None:
     hand, confirm it, hand the slot's lease back."""
     engine = create_engine(settings.database_url)
     router = Router(settings.routes)
-    metrics = RelayMetrics()
-    if settings.relay_metrics_port:
-        metrics.serve(settings.relay_metrics_port, settings.relay_metrics_host)
+    metrics = _metrics(settings)
     config = WalRelayConfig(
         slot=settings.relay_wal_slot,
         publication=settings.relay_wal_publication,
         batch_size=settings.relay_batch_size,
         lease_ttl=settings.relay_lease_ttl,
-        instance=settings.relay_instance or f"{socket.gethostname()}-{os.getpid()}",
+        instance=_instance(settings),
         max_buffer_bytes=settings.relay_max_inflight_bytes,
         delete_published=settings.relay_wal_delete_published,
     )
@@ -118,10 +132,7 @@ async def run_wal_relay(settings: Settings) -> None:
         config,
         metrics,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     try:
         if await store.ensure_publication(config.publication):
             log.warning("created publication %s (inserts into outbox)", config.publication)

@@ -29,6 +29,7 @@ from tests.support.outboxdata import (
     make_topic,
     pending,
     read_topic,
+    row_states,
     wait_drained,
 )
 from tests.support.poll import eventually
@@ -414,14 +415,7 @@ async def test_rows_written_around_the_outbox_are_failed_and_the_partition_moves
             )
 
         await eventually(settled, within=60, what="good row published, bad rows failed")
-    async with engine.connect() as conn:
-        state = {
-            r.id: (r.status, r.last_error or "")
-            for r in await conn.execute(
-                text("SELECT id, status, last_error FROM outbox WHERE aggregatetype = :a"),
-                {"a": agg},
-            )
-        }
+    state = await row_states(engine, agg)
     for message_id, (_, _, reason) in zip(ids, rows, strict=True):
         if reason is not None:
             assert state[message_id][0] == "failed"

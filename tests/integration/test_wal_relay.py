@@ -29,7 +29,7 @@ from relaybus.locks.postgres import PostgresLock
 from relaybus.message import Message
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
-from tests.support.outboxdata import Event, Record, enqueue, pending, read_topic
+from tests.support.outboxdata import Event, Record, enqueue, pending, read_topic, row_states
 from tests.support.poll import eventually
 from tests.support.relayproc import relay_fleet
 from tests.support.walslot import scratch_slot, slot_state, wait_active
@@ -304,7 +304,15 @@ async def test_slot_is_never_confirmed_ahead_of_the_broker_acknowledgements(
         dsn = libpq_dsn(settings.database_url)
 
         def stream() -> WalStream:
-            s = _CheckedStream(dsn, slot, "relaybus_outbox", publisher=publisher, commits=commits)
+            # A 4 KiB buffer: reading pauses and resumes all the time (back-pressure).
+            s = _CheckedStream(
+                dsn,
+                slot,
+                "relaybus_outbox",
+                publisher=publisher,
+                commits=commits,
+                max_buffer_bytes=4096,
+            )
             streams.append(s)
             return s
 
@@ -410,26 +418,21 @@ async def test_rows_written_around_the_outbox_are_failed_and_retry_republishes_t
             async def settled() -> bool:
                 published = len(await read_topic(settings.kafka_bootstrap, topic))
                 async with engine.connect() as conn:
-                    failed = (
+                    left = (
                         await conn.execute(
                             text(
-                                "SELECT count(*) FROM outbox WHERE aggregatetype = :a "
-                                "AND status = 'failed'"
+                                "SELECT count(*) FILTER (WHERE status = 'failed'), "
+                                "count(*) FILTER (WHERE status = 'pending') "
+                                "FROM outbox WHERE aggregatetype = :a"
                             ),
                             {"a": agg},
                         )
-                    ).scalar_one()
-                return published == 3 and failed == 3
+                    ).one()
+                # published rows are deleted by the relay's clean-up (once a second)
+                return published == 3 and tuple(left) == (3, 0)
 
-            await eventually(settled, within=60, what="3 published, 3 kept as failed")
-            async with engine.connect() as conn:
-                state = {
-                    r.id: (r.status, r.last_error or "")
-                    for r in await conn.execute(
-                        text("SELECT id, status, last_error FROM outbox WHERE aggregatetype = :a"),
-                        {"a": agg},
-                    )
-                }
+            await eventually(settled, within=60, what="3 published and cleaned, 3 kept as failed")
+            state = await row_states(engine, agg)
             for message_id, (*_, reason) in zip(ids, rows, strict=True):
                 if reason is None:
                     assert message_id not in state  # published, then deleted
@@ -466,3 +469,40 @@ async def test_rows_written_around_the_outbox_are_failed_and_retry_republishes_t
     by_id = {r.headers["id"]: r for r in records}
     assert json.loads(by_id[str(ids[0])].value)["html"] == "<script>alert(1)</script>"
     assert by_id[str(ids[5])].headers["tenant"] == "<b>t</b>"
+
+
+async def test_a_stop_during_a_broker_outage_ends_promptly_and_confirms_nothing_unsent(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """Kafka unreachable (nothing listens on its port): the relay keeps retrying the
+    same batch; SIGTERM (here: ``stop``) ends it within the backoff wait, and the slot
+    is still confirmed before the unsent rows, so the next relay publishes them."""
+    agg = _agg()
+    async with scratch_slot(engine) as slot:
+        router = Router([Route(pattern="*", brokers=["kafka"])])
+        metrics = RelayMetrics()
+        dsn = libpq_dsn(settings.database_url)
+        relay = WalRelay(
+            lambda: WalStream(dsn, slot, "relaybus_outbox"),
+            WalRelayStore(engine),
+            PostgresLock(engine),
+            RoutedPublisher(
+                {"kafka": KafkaPublisher("127.0.0.1:1", request_timeout_ms=1000)}, router, metrics
+            ),
+            WalRelayConfig(slot=slot, lease_ttl=3, backoff_initial=0.05, backoff_max=30),
+            metrics,
+        )
+        stop = asyncio.Event()
+        running = asyncio.create_task(relay.run(stop))
+        await wait_active(engine, slot)
+        before = (await slot_state(engine, slot) or (False, 0))[1]
+        ids = await enqueue(engine, agg, [Event("k1", "t.c", {"n": i}) for i in range(20)])
+
+        async def retried_twice() -> bool:
+            return metrics.failures.labels("transient")._value.get() >= 2
+
+        await eventually(retried_twice, within=60, what="two failed publish attempts")
+        stop.set()
+        await asyncio.wait_for(running, 35)  # not stuck in the outage's retry loop
+        assert (await slot_state(engine, slot) or (False, 0))[1] == before
+        assert await pending(engine, agg) == len(ids)  # not cleaned up: never published

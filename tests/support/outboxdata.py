@@ -116,3 +116,13 @@ async def make_topic(bootstrap: str, aggregate_type: str, partitions: int = 6) -
     topic = f"outbox.event.{aggregate_type}"
     await ensure_topic(bootstrap, topic, partitions=partitions)
     return topic
+
+
+async def row_states(engine: AsyncEngine, aggregate_type: str) -> dict[uuid.UUID, tuple[str, str]]:
+    """(status, last_error or '') of each row of ``aggregate_type`` left in the outbox."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT id, status, last_error FROM outbox WHERE aggregatetype = :a"),
+            {"a": aggregate_type},
+        )
+        return {r.id: (r.status, r.last_error or "") for r in rows}
