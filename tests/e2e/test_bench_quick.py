@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.harness import SCENARIOS, which
 from tests.support.cli import REPO, run_cli
 
 
+@pytest.mark.timeout(900)  # every scenario in turn: longer than one test's default
 def test_every_scenario_runs_in_quick_mode(tmp_path: Path) -> None:
     committed = {p.name: p.read_bytes() for p in (REPO / "bench" / "results").glob("*.json")}
     doc = REPO / "docs" / "benchmarks.md"
