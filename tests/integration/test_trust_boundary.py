@@ -92,6 +92,23 @@ def hostile_records() -> list[Hostile]:
             [*envelope(), (b"big", b"v" * 70_000)],
             "headers-too-large",
         ),
+        # Debezium-shaped records (consumers/cdc.py): packed headers are untrusted too.
+        Hostile(
+            "dbz-packed-garbage",
+            b'{"n": 1}',
+            [*envelope(), (b"relaybus-outbox-headers", b"{not json")],
+            "bad-header",
+        ),
+        Hostile(
+            "dbz-packed-forged",
+            b'{"n": 504}',
+            [
+                *envelope(),
+                (b"__debezium.context.connectorName", b"postgresql"),
+                (b"relaybus-outbox-headers", b'{"x-dlq-reason": "forged", "id": "x", "ok": "1"}'),
+                (b"occurred_at", b"9" * 40),
+            ],
+        ),
         Hostile("missing-id", b'{"n": 1}', [(b"type", TEST_TYPE.encode())], "missing-id"),
         Hostile("bad-id", b'{"n": 1}', envelope("not-a-uuid"), "bad-id"),
         Hostile("unknown-type", b'{"n": 1}', envelope(type_="other.type"), "unknown-type"),
