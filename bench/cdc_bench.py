@@ -1,6 +1,11 @@
 """The relay's cost to the database: writers alone, and writers next to the polling
 relay, the WAL relay and Debezium, in one run.
 
+Sources: ``alone`` (writers only), ``poll`` (the polling relay as shipped, archive
+on), ``poll-delete`` (the polling relay with ``RELAYBUS_RELAY_ARCHIVE=false``),
+``wal`` (the WAL relay, deleting published rows), ``wal-keep`` (the WAL relay
+without clean-up), ``debezium``.
+
 Each cell: the relay source is started first (polling relay / WAL relay on a fresh
 slot / Kafka Connect with Debezium on a fresh slot) and warmed with a burst of
 events; then 8 pgbench clients (a C client: the writers cost the server what the
@@ -58,10 +63,12 @@ from stack.settings import StackSettings
 
 REPO = Path(__file__).resolve().parents[1]
 # "wal-keep": the WAL relay without its clean-up (rows stay, as with Debezium).
-SOURCES = ("alone", "poll", "wal", "wal-keep", "debezium")
+# "poll-delete": the polling relay with the archive off (published rows deleted).
+SOURCES = ("alone", "poll", "poll-delete", "wal", "wal-keep", "debezium")
 PREFIX = {
     "alone": "",
     "poll": "poll.outbox.event.",
+    "poll-delete": "polldel.outbox.event.",
     "wal": "wal.outbox.event.",
     "wal-keep": "walkeep.outbox.event.",
 }
@@ -168,7 +175,8 @@ class Relaybus:
         env = {
             **os.environ,
             "RELAYBUS_ROUTES": json.dumps([{"pattern": "*", "brokers": ["kafka"]}]),
-            "RELAYBUS_RELAY_SOURCE": "wal" if self.source.startswith("wal") else self.source,
+            "RELAYBUS_RELAY_SOURCE": "wal" if self.source.startswith("wal") else "poll",
+            "RELAYBUS_RELAY_ARCHIVE": str(self.source != "poll-delete").lower(),
             "RELAYBUS_RELAY_WAL_DELETE_PUBLISHED": str(self.source != "wal-keep").lower(),
             "RELAYBUS_RELAY_WAL_SLOT": self.slot,
             "RELAYBUS_KAFKA_TOPIC_PREFIX": PREFIX[self.source],
@@ -351,7 +359,7 @@ async def cell(
         )
         writer_ms, relay_ms = await statement_split(engine)
         paced: list[float] = []
-        if source in ("poll", "wal"):
+        if source in ("poll", "poll-delete", "wal"):
             # Steady state before the latency phase: the relay has also finished the
             # table's clean-up of the flat-out phase (the WAL relay's deletes pass
             # through the walsender's decoding like any change).
@@ -523,7 +531,7 @@ def report(args: argparse.Namespace, cells: list[Cell], profiles: dict[str, Any]
            for s in args.sources if s != "alone"}  # fmt: skip
     comparisons = []
     if "alone" in rate:
-        for s in ("poll", "wal", "wal-keep", "debezium"):
+        for s in ("poll", "poll-delete", "wal", "wal-keep", "debezium"):
             if s in rate:
                 target = 0.9 if s == "wal" else None
                 comparisons.append(Comparison(f"writers + {s} / writers alone", rate[s],
@@ -538,6 +546,10 @@ def report(args: argparse.Namespace, cells: list[Cell], profiles: dict[str, Any]
     if "wal-keep" in share and "debezium" in share:
         comparisons.append(Comparison("PostgreSQL CPU per event: WAL relay without clean-up / "
                                       "Debezium", share["wal-keep"], share["debezium"], 2.0,
+                                      higher_is_better=False))  # fmt: skip
+    if "poll" in share and "poll-delete" in share:
+        comparisons.append(Comparison("PostgreSQL CPU per event: polling without / with "
+                                      "the archive", share["poll-delete"], share["poll"], None,
                                       higher_is_better=False))  # fmt: skip
     if "poll" in share and "wal" in share:
         comparisons.append(Comparison("PostgreSQL CPU per event: polling / WAL relay",

@@ -82,9 +82,16 @@ SCENARIOS: dict[str, Scenario] = {
             "cdc",
             "bench.cdc_bench",
             "the relay's cost to the database: pgbench writers alone and next to the polling "
-            "relay, the WAL relay and Debezium (writer throughput, PostgreSQL CPU per event, "
-            "commit -> topic latency)",
+            "relay (with and without its archive), the WAL relay and Debezium (writer "
+            "throughput, PostgreSQL CPU per event, commit -> topic latency)",
             "--seconds 1 --warmup 1 --paced-seconds 1 --rounds 1 --sources alone wal",
+        ),
+        Scenario(
+            "settle",
+            "bench.settle_bench",
+            "PostgreSQL CPU per published row of the polling relay's settle and the archive's "
+            "retention: one-table archive (0009), partitioned by day (0010), no archive",
+            "--rows 2000 --rounds 1",
         ),
         Scenario(
             "consumer",

@@ -24,8 +24,10 @@ ARCHIVE_UNPUBLISHED = text(
     "SELECT outcome, count(*) AS n FROM outbox_archive WHERE outcome <> 'published' "
     "GROUP BY outcome"
 )
+# The archive is partitioned by day (migration 0010): its live rows are its partitions'.
 _ARCHIVE_LIVE_ROWS = text(
-    "SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = to_regclass('outbox_archive')"
+    "SELECT sum(s.n_live_tup) FROM pg_partition_tree('outbox_archive') t "
+    "JOIN pg_stat_user_tables s ON s.relid = t.relid WHERE t.isleaf"
 )
 _COLUMNS = (
     "id, aggregatetype, aggregateid, type, timestamp, partition, sequence, status, "
@@ -183,12 +185,16 @@ class OutboxAdmin:
             return [dict(r._mapping) for r in result]
 
     async def show(self, message_id: uuid.UUID) -> dict[str, Any] | None:
-        """The row (hot table first, then archive) with payload and headers."""
+        """The row (hot table first, then archive) with payload and headers. An id
+        archived more than once (enqueued again after it was archived) shows its latest
+        archived row."""
         async with self._engine.connect() as conn:
-            for table in ("outbox", "outbox_archive"):
+            for table, latest in (("outbox", ""), ("outbox_archive", " ORDER BY archived_at DESC")):
                 row = (
                     await conn.execute(
-                        text(f"SELECT *, '{table}' AS in_table FROM {table} WHERE id = :id"),
+                        text(
+                            f"SELECT *, '{table}' AS in_table FROM {table} WHERE id = :id{latest}"
+                        ),
                         {"id": message_id},
                     )
                 ).first()
@@ -232,14 +238,19 @@ class OutboxAdmin:
         return await self._act("outbox.skip", sql, {"ids": ids}, ids)
 
     async def purge(self, older_than_days: float) -> int:
-        """Delete archived rows older than ``older_than_days``."""
-        return await self._act(
-            "outbox.purge",
-            PURGE_ARCHIVE,
-            {"days": older_than_days},
-            None,
-            {"older_than_days": older_than_days},
-        )
+        """Delete archived rows older than ``older_than_days`` (the day partitions
+        wholly older are dropped, the rest deleted); the rows removed."""
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(PURGE_ARCHIVE, {"days": older_than_days})
+            count = int(result.scalar() or 0)
+            await record(
+                session,
+                "outbox.purge",
+                "*",
+                {"rows": count, "older_than_days": older_than_days},
+                actor=self._actor,
+            )
+        return count
 
     async def _act(
         self,
@@ -247,14 +258,11 @@ class OutboxAdmin:
         sql: Any,
         params: dict[str, Any],
         ids: list[uuid.UUID] | None,
-        extra: dict[str, Any] | None = None,
     ) -> int:
         async with self._sessions() as session, session.begin():
             count = await _execute(session, sql, params)
             target = ",".join(str(i) for i in ids) if ids else "*"
-            await record(
-                session, action, target, {"rows": count, **(extra or {})}, actor=self._actor
-            )
+            await record(session, action, target, {"rows": count}, actor=self._actor)
         return count
 
 

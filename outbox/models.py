@@ -85,12 +85,16 @@ class OutboxRow(Base):
 class OutboxArchiveRow(Base):
     """Cold storage for rows that left the hot table: published or skipped by an operator.
 
-    Purged by age (``relaybus outbox purge``), keeping the hot table small.
+    Partitioned by UTC day of ``archived_at`` (migration 0010): retention
+    (``relaybus outbox purge``, the relay's purge tick) drops whole days instead of
+    deleting rows. ``id`` is indexed, not unique (a partitioned table's unique index
+    must contain the partition key): an id enqueued again after it was archived is
+    archived again.
     """
 
     __tablename__ = "outbox_archive"
 
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
     aggregatetype: Mapped[str] = mapped_column(String(255), nullable=False)
     aggregateid: Mapped[str] = mapped_column(String(255), nullable=False)
     type: Mapped[str] = mapped_column(String(255), nullable=False)
@@ -104,9 +108,14 @@ class OutboxArchiveRow(Base):
     archived_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=text("now()")
     )
+    # No primary key in the database; the ORM needs an identity.
+    __mapper_args__ = {"primary_key": [id, archived_at]}  # noqa: RUF012
 
     __table_args__ = (
-        Index("ix_outbox_archive_archived_at", "archived_at"),
+        Index("ix_outbox_archive_id", "id"),
+        # BRIN: near free to maintain on an append-only table; serves the purge of
+        # the one day the retention cutoff falls in (older days are dropped whole).
+        Index("ix_outbox_archive_archived_at", "archived_at", postgresql_using="brin"),
         # Few rows: lets ``outbox status`` count the not-published outcomes exactly
         # without reading the (large) published part of the archive.
         Index(
@@ -114,6 +123,7 @@ class OutboxArchiveRow(Base):
             "outcome",
             postgresql_where=text("outcome <> 'published'"),
         ),
+        {"postgresql_partition_by": "RANGE (archived_at)"},
     )
 
 

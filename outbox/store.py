@@ -45,6 +45,15 @@ _FETCH = """
      ORDER BY sequence
 """
 
+# Session settings of the polling relay's connections. Its statements run thousands of
+# times a second with parameters that do not change the best plan (a partition, a
+# batch's ids, a lease). With the default plan_cache_mode PostgreSQL plans the fetch
+# again on every execution: its generic plan, costed with an unknown LIMIT, looks
+# dearer than a custom one, so it is never chosen, and planning (~1 ms: the window,
+# the anti-join, two partial indexes' predicates) cost more than running it. Measured
+# in isolation, 70-row batches: fetch 19.5 -> 11.5 µs/row of server CPU, settle 33 -> 29.5.
+RELAY_SESSION_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+
 _ARCHIVE = text(
     f"""
     WITH moved AS (
@@ -56,7 +65,6 @@ _ARCHIVE = text(
                                 headers, partition, sequence, attempts, outcome)
     SELECT id, aggregatetype, aggregateid, type, payload, timestamp, headers, partition,
            sequence, attempts + 1, 'published' FROM moved
-    ON CONFLICT (id) DO NOTHING
     """
 )
 _DELETE = text(f"DELETE FROM outbox WHERE id = ANY(:ids) AND {FENCE_HOLDS_SQL}")
@@ -81,7 +89,6 @@ _SETTLE_ARCHIVE = f"""
                                     headers, partition, sequence, attempts, outcome)
         SELECT id, aggregatetype, aggregateid, type, payload, timestamp, headers, partition,
                sequence, attempts + 1, 'published' FROM moved
-        ON CONFLICT (id) DO NOTHING
         RETURNING 1
     )
     SELECT (SELECT holds FROM fence), (SELECT count(*) FROM archived)
@@ -117,8 +124,14 @@ _BACKLOG = text(
       FROM outbox
     """
 )
-PURGE_ARCHIVE = text(
-    "DELETE FROM outbox_archive WHERE archived_at < now() - make_interval(days => :days)"
+# Drops the archive's day partitions older than the cutoff, deletes the rest of its
+# rows older than it (migration 0010); returns the rows removed.
+PURGE_ARCHIVE = text("SELECT relaybus_archive_purge(now() - make_interval(days => :days))")
+# Prepares the archive's partitions for today and the next two UTC days, so that
+# settles never land in the default partition (which would then need its rows moved).
+_PREPARE_ARCHIVE = text(
+    "SELECT relaybus_archive_partitions((now() AT TIME ZONE 'UTC')::date, "
+    "(now() AT TIME ZONE 'UTC')::date + 2)"
 )
 
 _WAIT = text(
@@ -322,9 +335,12 @@ class PostgresOutboxStore:
         return Backlog(int(row.pending), int(row.failed), float(row.oldest_age or 0.0))
 
     async def purge_archive(self, older_than_days: float) -> int:
+        """Remove archived rows older than ``older_than_days`` (whole day partitions
+        are dropped) and prepare the partitions of the coming days; the rows removed."""
         async with self._engine.begin() as conn:
-            result = await conn.execute(PURGE_ARCHIVE, {"days": older_than_days})
-        return int(result.rowcount)
+            await conn.execute(_PREPARE_ARCHIVE)
+            removed = (await conn.execute(PURGE_ARCHIVE, {"days": older_than_days})).scalar()
+        return int(removed or 0)
 
     async def wait_for_notify(self, instance: str, ttl: float) -> None:
         """Ask writers to NOTIFY (their INSERT checks ``outbox_waiters``) for ``ttl`` s."""

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         True, description="Move published rows to outbox_archive (else delete them)."
     )
     relay_archive_retention_days: float = Field(7.0, ge=0, description="Archive retention.")
+    relay_backlog_interval: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds between the backlog metrics' count of the outbox "
+        "(a read of every row in it).",
+    )
     relay_source: Literal["poll", "wal"] = Field(
         "poll",
         description="Where the relay reads events: 'poll' queries the outbox table; 'wal' "

@@ -16,7 +16,7 @@ from outbox.notify import OutboxListener
 from outbox.relay import Relay, RelayConfig
 from outbox.routed import RoutedPublisher
 from outbox.routing import Router
-from outbox.store import PostgresOutboxStore
+from outbox.store import RELAY_SESSION_SETTINGS, PostgresOutboxStore
 from outbox.wal_relay import WalRelay, WalRelayConfig
 from outbox.wal_store import WalRelayStore
 from outbox.wal_stream import WalStream, libpq_dsn
@@ -67,7 +67,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def run_relay(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then hand partitions back and exit cleanly."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, server_settings=RELAY_SESSION_SETTINGS)
     router = Router(settings.routes)
     metrics = _metrics(settings)
     config = RelayConfig(
@@ -78,6 +78,7 @@ async def run_relay(settings: Settings) -> None:
         poll_interval=settings.relay_poll_interval,
         instance=_instance(settings),
         archive_retention_days=settings.relay_archive_retention_days,
+        backlog_interval=settings.relay_backlog_interval,
         max_inflight_bytes=settings.relay_max_inflight_bytes,
         listen=settings.relay_listen,
     )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, server_settings: Mapping[str, str] | None = None
+) -> AsyncEngine:
     """An asyncpg-backed engine whose pool handles a lost database on use, not on checkout.
 
     After a database restart the first statement on a stale connection raises (a
@@ -21,8 +25,14 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
     ``hide_parameters``: statement errors never carry the bound values (a handler's
     failure text ends up in dead letters and logs; values may be personal or secret).
+
+    ``server_settings``: session parameters every connection of the pool starts with
+    (e.g. the relay's ``plan_cache_mode``).
     """
-    return _create_async_engine(url, pool_size=pool_size, hide_parameters=True)
+    connect_args = {"server_settings": dict(server_settings)} if server_settings else {}
+    return _create_async_engine(
+        url, pool_size=pool_size, hide_parameters=True, connect_args=connect_args
+    )
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

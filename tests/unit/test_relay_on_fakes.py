@@ -14,7 +14,7 @@ from outbox.memory import InMemoryOutboxStore
 from outbox.metrics import RelayMetrics
 from outbox.relay import Relay, RelayConfig
 from outbox.routing import Router
-from outbox.store import Fetched
+from outbox.store import Backlog, Fetched
 from relaybus.brokers.memory import InMemoryPublisher
 from relaybus.locks.memory import InMemoryLock
 from relaybus.message import Message
@@ -243,3 +243,46 @@ async def test_a_notify_during_an_empty_fetch_is_not_lost() -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_the_backlog_is_counted_once_per_backlog_interval_not_every_tick() -> None:
+    """Counting the backlog reads every row of the outbox: the coordinator does it once
+    per ``backlog_interval``, however often it ticks to extend leases."""
+
+    class CountingLock(InMemoryLock):
+        ticks = 0
+
+        async def held_count(self, prefix: str) -> int:
+            CountingLock.ticks += 1  # once per coordination tick
+            return await super().held_count(prefix)
+
+    class CountingStore(InMemoryOutboxStore):
+        counts = 0
+
+        async def backlog(self) -> Backlog:
+            CountingStore.counts += 1
+            return await super().backlog()
+
+    locks = CountingLock()
+    store = CountingStore(locks, 2)
+    config = RelayConfig(partitions=2, lease_ttl=0.15, poll_interval=0.02, backlog_interval=60)
+    relay = Relay(
+        store,
+        locks,
+        {"kafka": InMemoryPublisher("kafka")},
+        Router([Route(pattern="*", brokers=["kafka"])]),
+        config,
+        RelayMetrics(),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+
+    async def ticked() -> bool:
+        return CountingLock.ticks >= 10
+
+    try:
+        await eventually(ticked, within=10, what="ten coordination ticks")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert CountingStore.counts == 1
