@@ -16,6 +16,7 @@ from outbox.admin import OutboxAdmin
 from outbox.store import PostgresOutboxStore
 from relaybus.ids import uuid7
 from tests.support.cli import run_cli
+from tests.support.outboxdata import delete_archived
 
 _ARCHIVE = text(
     "INSERT INTO outbox_archive (id, aggregatetype, aggregateid, type, payload, timestamp, "
@@ -79,10 +80,7 @@ async def test_the_purge_tick_prepares_the_coming_days_and_settles_land_in_today
             # unless it began before midnight.
             assert landed.scalar_one() in {_name(today), _name(datetime.now(UTC).date())}
     finally:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text("DELETE FROM outbox_archive WHERE aggregatetype = :a"), {"a": agg}
-            )
+        await delete_archived(engine, agg)
 
 
 async def test_an_unprepared_days_rows_wait_in_default_and_move_when_it_is_prepared(
@@ -177,10 +175,7 @@ async def test_an_id_archived_twice_shows_its_latest_row(engine: AsyncEngine) ->
         assert shown["payload"] == {"v": "second"}
         assert shown["in_table"] == "outbox_archive"
     finally:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text("DELETE FROM outbox_archive WHERE aggregatetype = :a"), {"a": agg}
-            )
+        await delete_archived(engine, agg)
 
 
 async def _drop(engine: AsyncEngine, day: date) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox.admin import OutboxAdmin
 from relaybus.ids import uuid7
 from tests.support.cli import run_cli
+from tests.support.outboxdata import delete_archived
 from tests.support.poll import eventually
 
 
@@ -58,13 +59,6 @@ def test_status_json_has_counts() -> None:
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert {"pending", "failed", "oldest_pending_age_s", "archived"} <= set(status)
-
-
-async def delete_archived(engine: AsyncEngine, aggregatetype: str) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            text("DELETE FROM outbox_archive WHERE aggregatetype = :a"), {"a": aggregatetype}
-        )
 
 
 async def test_status_counts_unpublished_exactly_and_estimates_published(

@@ -126,3 +126,11 @@ async def row_states(engine: AsyncEngine, aggregate_type: str) -> dict[uuid.UUID
             {"a": aggregate_type},
         )
         return {r.id: (r.status, r.last_error or "") for r in rows}
+
+
+async def delete_archived(engine: AsyncEngine, aggregate_type: str) -> None:
+    """Remove a test's rows from the archive."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("DELETE FROM outbox_archive WHERE aggregatetype = :a"), {"a": aggregate_type}
+        )
