@@ -90,6 +90,34 @@ _SLOTS = text(
 
 
 @dataclass(frozen=True)
+class StallStatus:
+    """A destination a relay reports stalled (``outbox_stalls``): which relay,
+    broker and destination (``orders[3]``: topic and partition), the broker node
+    it waits on, for how long (``seconds``), how many sends are unanswered, and how
+    long ago the relay last reported it (``reported_s_ago``: a relay refreshes it
+    every coordination tick; a row much older belongs to a relay that is gone)."""
+
+    instance: str
+    broker: str
+    destination: str
+    leader: str
+    seconds: float
+    waiting: int
+    reported_s_ago: float
+
+
+_STALLS = text(
+    """
+    SELECT instance, broker, destination, leader, waiting,
+           EXTRACT(EPOCH FROM (now() - since)) AS seconds,
+           EXTRACT(EPOCH FROM (now() - seen_at)) AS reported
+      FROM outbox_stalls
+     ORDER BY since, destination
+    """
+)
+
+
+@dataclass(frozen=True)
 class PartitionBacklog:
     """One outbox partition's waiting rows: pending, failed, and the age of its
     oldest pending row (seconds; 0 with none pending)."""
@@ -165,6 +193,23 @@ class OutboxAdmin:
                 )
             )
         return out
+
+    async def stalls(self) -> list[StallStatus]:
+        """What the relays report stalled now, oldest first (``StallStatus``)."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(_STALLS)).all()
+        return [
+            StallStatus(
+                instance=r.instance,
+                broker=r.broker,
+                destination=r.destination,
+                leader=r.leader,
+                seconds=max(0.0, float(r.seconds)),
+                waiting=int(r.waiting),
+                reported_s_ago=max(0.0, float(r.reported)),
+            )
+            for r in rows
+        ]
 
     async def backlog_by_partition(self) -> list[PartitionBacklog]:
         """The partitions that hold rows, with their pending and failed counts."""

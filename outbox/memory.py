@@ -10,6 +10,7 @@ from typing import Any
 
 from outbox.store import Backlog, BadRow, Fetched, PendingRow, row_problem, unpublishable
 from outbox.writer import partition_for
+from relaybus.brokers.stalls import Stall
 from relaybus.locks.base import Lease
 from relaybus.locks.memory import InMemoryLock
 from relaybus.message import Message
@@ -38,6 +39,7 @@ class InMemoryOutboxStore:
         self.rows: list[StoredRow] = []
         self.archived: list[StoredRow] = []
         self.waiting: set[str] = set()
+        self.stalls: dict[str, list[Stall]] = {}
         self._sequence = 0
 
     def add(self, message: Message, headers: Any = None) -> StoredRow:
@@ -52,7 +54,14 @@ class InMemoryOutboxStore:
         self.rows.append(row)
         return row
 
-    async def fetch(self, partition: int, limit: int, max_bytes: int = 2**62) -> Fetched:
+    async def fetch(
+        self,
+        partition: int,
+        limit: int,
+        max_bytes: int = 2**62,
+        skip_keys: Sequence[str] = (),
+    ) -> Fetched:
+        skip = set(skip_keys)
         failed_keys = {
             r.message.aggregateid: r.sequence
             for r in sorted(self.rows, key=lambda r: -r.sequence)
@@ -63,6 +72,7 @@ class InMemoryOutboxStore:
             for r in sorted(self.rows, key=lambda r: r.sequence)
             if r.partition == partition
             and r.status == "pending"
+            and r.message.aggregateid not in skip
             and not (
                 r.message.aggregateid in failed_keys
                 and failed_keys[r.message.aggregateid] < r.sequence
@@ -126,3 +136,6 @@ class InMemoryOutboxStore:
 
     async def stop_waiting(self, instance: str) -> None:
         self.waiting.discard(instance)
+
+    async def record_stalls(self, instance: str, stalls: Sequence[Stall]) -> None:
+        self.stalls[instance] = list(stalls)

@@ -30,6 +30,18 @@ class RelayMetrics:
         self.partitions = Gauge(
             "relaybus_relay_partitions_held", "Partitions leased by this relay.", registry=r
         )
+        self.stalled = Gauge(
+            "relaybus_relay_stalled_destinations",
+            "Destinations (Kafka partitions) not acknowledging in time; their rows wait.",
+            ["broker"],
+            registry=r,
+        )
+        self.stall_age = Gauge(
+            "relaybus_relay_oldest_stall_seconds",
+            "How long the oldest stalled destination has not acknowledged (0: none).",
+            ["broker"],
+            registry=r,
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose ``/metrics`` on ``host:port`` (a daemon thread of prometheus_client);

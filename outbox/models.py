@@ -154,3 +154,20 @@ class OutboxWalSlotRow(Base):
         DateTime(timezone=True), nullable=False, server_default=text("now()")
     )
     instance: Mapped[str] = mapped_column(String(255), nullable=False)
+
+
+class OutboxStallRow(Base):
+    """A destination a relay instance is waiting on (``Stall``): written every
+    coordination tick while it lasts, deleted when it ends."""
+
+    __tablename__ = "outbox_stalls"
+
+    instance: Mapped[str] = mapped_column(String(255), primary_key=True)
+    broker: Mapped[str] = mapped_column(String(32), primary_key=True)
+    destination: Mapped[str] = mapped_column(String(512), primary_key=True)
+    leader: Mapped[str] = mapped_column(String(512), nullable=False)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    waiting: Mapped[int] = mapped_column(Integer, nullable=False)
+    seen_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )

@@ -8,6 +8,7 @@ import functools
 import logging
 import math
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -46,6 +47,11 @@ class RelayConfig:
     max_inflight_bytes: int = 64 * 1024 * 1024
     # Ask writers to NOTIFY while idle (False: polling only, every poll_interval).
     listen: bool = True
+    # A key whose message came back deferred (its destination stalls) is left out of
+    # the partition's fetches this long, then tried again; meanwhile the other keys
+    # fill the batches. Short: it bounds how late publishing resumes after the
+    # destination recovers, and a retry of a still-stalled key costs no waiting.
+    stall_recheck: float = 0.5
 
     @property
     def batch_bytes(self) -> int:
@@ -60,7 +66,10 @@ class PartitionDrainer:
     rejects), then returns. Transient broker errors back off (exponential, jittered)
     and retry the same rows; permanent errors, and rows that cannot become messages,
     mark the row failed, and the fetch query then holds back later rows of that key
-    while other keys flow. Any other error (the database, a bug) is logged with the
+    while other keys flow. Deferred rows (a destination that stalls: a Kafka
+    partition without a live leader) stay pending, and their keys are left out of
+    the fetches for ``stall_recheck`` seconds, so one stalled destination holds back
+    only its own keys. Any other error (the database, a bug) is logged with the
     partition and the batch's first row, backed off, and the loop goes on: a
     drainer never dies of one batch.
     """
@@ -78,6 +87,8 @@ class PartitionDrainer:
         self.idle = False
         self.lost = False
         self.first_row: object = None  # the id of the batch's first row, for logs
+        # Keys with a deferred row -> when to fetch them again (loop time).
+        self.held: dict[str, float] = {}
         # Set when the coordinator hands the partition back: finish the batch in hand
         # (publish *and* settle), then stop, so the next owner republishes nothing.
         self.stopping = False
@@ -119,7 +130,7 @@ class PartitionDrainer:
         """One fetch → publish → settle; 'idle', 'done', 'lost', or a delay to back off."""
         relay = self.relay
         fetched = await relay.store.fetch(
-            self.partition, relay.config.batch_size, relay.config.batch_bytes
+            self.partition, relay.config.batch_size, relay.config.batch_bytes, self._held_keys()
         )
         rows = fetched.rows
         self.first_row = rows[0].message.id if rows else None
@@ -162,7 +173,22 @@ class PartitionDrainer:
             self.lost = True
             return "lost"
         relay.count(rows, outcomes)
+        self._hold([r for r, o in zip(rows, outcomes, strict=True) if o.deferred])
         return "done"
+
+    def _held_keys(self) -> list[str]:
+        """Keys still held back (dropping those whose time to try again has come)."""
+        if not self.held:
+            return []
+        now = asyncio.get_running_loop().time()
+        self.held = {k: until for k, until in self.held.items() if until > now}
+        return list(self.held)
+
+    def _hold(self, deferred: list[PendingRow]) -> None:
+        if deferred:
+            until = asyncio.get_running_loop().time() + self.relay.config.stall_recheck
+            for row in deferred:
+                self.held[row.message.aggregateid] = until
 
 
 class Relay:
@@ -196,6 +222,7 @@ class Relay:
         self.batch_slots = asyncio.Semaphore(config.concurrent_batches)
         self._next_purge = 0.0
         self._next_backlog = 0.0
+        self._reported_stalls = False
         # Whether our outbox_waiters row is (believed) live; changed under the lock so
         # a drainer registering and the tick unregistering cannot interleave.
         self._notified = False
@@ -310,6 +337,7 @@ class Relay:
             if lease is not None:
                 self._start_drainer(p, lease)
         self.metrics.partitions.set(len(self._drainers))
+        await self._report_stalls()
         await self._refresh_notify()
         now = asyncio.get_running_loop().time()
         if now >= self._next_backlog:
@@ -323,6 +351,20 @@ class Relay:
             # (whole day partitions dropped); the coming days' partitions are prepared.
             self._next_purge = now + self.config.purge_interval
             await self.store.purge_archive(self.config.archive_retention_days)
+
+    async def _report_stalls(self) -> None:
+        """Stalled destinations into the metrics and ``outbox_stalls`` (written while
+        there are some, cleared once when they end)."""
+        stalls = self.sender.stalls()
+        now = time.time()
+        for broker in self.sender.publishers:
+            mine = [s for s in stalls if s.broker == broker]
+            self.metrics.stalled.labels(broker).set(len(mine))
+            oldest = max((s.seconds(now) for s in mine), default=0.0)
+            self.metrics.stall_age.labels(broker).set(oldest)
+        if stalls or self._reported_stalls:
+            await self.store.record_stalls(self.config.instance, stalls)
+            self._reported_stalls = bool(stalls)
 
     def _start_drainer(self, partition: int, lease: Lease) -> None:
         drainer = PartitionDrainer(self, partition, lease)
@@ -371,5 +413,9 @@ class Relay:
         if self._notified:
             await best_effort(
                 "unregistering from NOTIFY", self.store.stop_waiting(self.config.instance)
+            )
+        if self._reported_stalls:
+            await best_effort(
+                "clearing the reported stalls", self.store.record_stalls(self.config.instance, [])
             )
         await self.sender.stop()

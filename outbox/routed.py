@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Mapping
 from outbox.metrics import RelayMetrics
 from outbox.routing import Router
 from relaybus.brokers.publisher import Outcome, Publisher, PublishError
+from relaybus.brokers.stalls import Stall
 from relaybus.message import Message
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,11 @@ class RoutedPublisher:
             self.metrics.published.labels(broker).inc(n)
         if failed:
             self.metrics.failures.labels("permanent").inc(failed)
+
+    def stalls(self) -> list[Stall]:
+        """The stalled destinations of every started publisher, oldest first."""
+        found = [s for broker in self._started for s in self.publishers[broker].stalls()]
+        return sorted(found, key=lambda s: s.since)
 
     async def stop(self) -> None:
         """Stop every started publisher (failures logged, not raised)."""

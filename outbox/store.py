@@ -6,13 +6,14 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.writer import headers_problem, type_names_problem
+from relaybus.brokers.stalls import Stall
 from relaybus.locks.base import Lease
 from relaybus.locks.postgres import FENCE_HOLDS_SQL
 from relaybus.message import Message
@@ -33,6 +34,7 @@ _FETCH = """
                    o.timestamp, o.headers::text AS headers, o.sequence, o.attempts
               FROM outbox o
              WHERE o.partition = $1 AND o.status = 'pending'
+               AND o.aggregateid <> ALL($4::text[])
                AND NOT EXISTS (SELECT 1 FROM outbox f
                                 WHERE f.partition = o.partition
                                   AND f.aggregateid = o.aggregateid
@@ -44,6 +46,12 @@ _FETCH = """
      WHERE running - size < $3
      ORDER BY sequence
 """
+
+_CLEAR_STALLS = text("DELETE FROM outbox_stalls WHERE instance = :instance")
+_RECORD_STALL = text(
+    "INSERT INTO outbox_stalls (instance, broker, destination, leader, since, waiting)"
+    " VALUES (:instance, :broker, :destination, :leader, :since, :waiting)"
+)
 
 # Session settings of the polling relay's connections. Its statements run thousands of
 # times a second with parameters that do not change the best plan (a partition, a
@@ -227,10 +235,18 @@ class OutboxStore(Protocol):
     passes the same contract tests, for fast tests of the relay.
     """
 
-    async def fetch(self, partition: int, limit: int, max_bytes: int = 2**62) -> Fetched:
+    async def fetch(
+        self,
+        partition: int,
+        limit: int,
+        max_bytes: int = 2**62,
+        skip_keys: Sequence[str] = (),
+    ) -> Fetched:
         """Due rows of ``partition`` in sequence order: at most ``limit`` rows, and
         payloads of at most ``max_bytes`` in all (but always the first due row). A
-        row behind a failed row of its key is not due (per-key order)."""
+        row behind a failed row of its key is not due (per-key order), nor is any row
+        of ``skip_keys`` (keys whose destination stalls: every row, so none of them
+        overtakes an earlier one)."""
         ...
 
     async def settle(
@@ -255,6 +271,10 @@ class OutboxStore(Protocol):
 
     async def stop_waiting(self, instance: str) -> None: ...
 
+    async def record_stalls(self, instance: str, stalls: Sequence[Stall]) -> None:
+        """Replace what ``instance`` reported stalled with ``stalls`` (none: clear)."""
+        ...
+
 
 class PostgresOutboxStore:
     """Relay-side access to the outbox in PostgreSQL. Every write is fenced by the
@@ -265,12 +285,20 @@ class PostgresOutboxStore:
         self._engine = engine
         self._archive = archive
 
-    async def fetch(self, partition: int, limit: int, max_bytes: int = 2**62) -> Fetched:
+    async def fetch(
+        self,
+        partition: int,
+        limit: int,
+        max_bytes: int = 2**62,
+        skip_keys: Sequence[str] = (),
+    ) -> Fetched:
         """Up to ``limit`` due rows of ``partition`` in sequence order, within
-        ``max_bytes`` of payload (a plain read)."""
+        ``max_bytes`` of payload, none of ``skip_keys`` (a plain read)."""
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            rows = await raw.driver_connection.fetch(_FETCH, partition, limit, max_bytes)  # type: ignore[union-attr]
+            rows = await raw.driver_connection.fetch(  # type: ignore[union-attr]
+                _FETCH, partition, limit, max_bytes, list(skip_keys)
+            )
         good: list[PendingRow] = []
         bad: list[BadRow] = []
         for r in rows:
@@ -351,3 +379,24 @@ class PostgresOutboxStore:
         """Writers may skip NOTIFY again as far as ``instance`` is concerned."""
         async with self._engine.begin() as conn:
             await conn.execute(_STOP_WAITING, {"instance": instance})
+
+    async def record_stalls(self, instance: str, stalls: Sequence[Stall]) -> None:
+        """Replace ``instance``'s rows of ``outbox_stalls`` with ``stalls`` (one
+        transaction: readers see the old set or the new one)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(_CLEAR_STALLS, {"instance": instance})
+            if stalls:
+                await conn.execute(
+                    _RECORD_STALL,
+                    [
+                        {
+                            "instance": instance,
+                            "broker": s.broker,
+                            "destination": s.destination[:512],
+                            "leader": s.leader[:512],
+                            "since": datetime.fromtimestamp(s.since, UTC),
+                            "waiting": s.waiting,
+                        }
+                        for s in stalls
+                    ],
+                )

@@ -44,6 +44,10 @@ class WalRelayConfig:
     # at once delay the inserts behind them.
     cleanup_interval: float = 0.25
     progress_interval: float = 1.0
+    # Deferred rows (a stalled Kafka partition) are offered again this often: the
+    # publisher answers at once while the partition stalls, so this bounds how late
+    # the stream resumes after the partition's new leader is elected.
+    stall_recheck: float = 0.5
 
 
 class _LeaseLost(Exception):
@@ -84,9 +88,13 @@ class WalRelay:
       last transaction whose every row the brokers acknowledged (or that was
       recorded as failed), so after a crash the slot replays from there and
       consumers dedupe by message id.
-    - **Failures**: a broker that cannot be reached (``PublishError``), or a deferred
-      outcome, retries the same batch with jittered exponential backoff, never
-      skipping it. A row a broker refuses, or that cannot become a message, is kept
+    - **Failures**: a broker that cannot be reached (``PublishError``) retries the
+      same batch with jittered exponential backoff, and deferred outcomes (a stalled
+      Kafka partition) offer their rows again every ``stall_recheck`` seconds,
+      never skipping them; the batch, and so the
+      stream, waits for them (one confirmed position per slot: unlike the polling
+      relay, a stalled partition holds back every key until it recovers). A row a
+      broker refuses, or that cannot become a message, is kept
       in the outbox as ``failed`` with its error (``relaybus outbox failed``); unlike
       the polling relay, later rows of its key are not held back.
     - **One active relay per slot**: the lease lock ``relay-wal:<slot>`` picks it (the
@@ -231,18 +239,20 @@ class WalRelay:
                 log.warning("wal relay: %s; retrying %d rows in %.1fs", err, len(events), delay)
                 await _sleep_unless(stop, delay, lost)
                 continue
-            if any(o.deferred for o in outcomes):
-                # Not known delivered: send the batch again (consumers dedupe).
-                delay = backoff.next_delay()
-                self.metrics.failures.labels("transient").inc()
-                await _sleep_unless(stop, delay, lost)
+            settled = [(e, o) for e, o in zip(events, outcomes, strict=True) if not o.deferred]
+            self.sender.count([e.message for e, _ in settled], [o for _, o in settled])
+            failed += [(e, o.error) for e, o in settled if o.error]
+            sequences = [e.columns.get("sequence") or "0" for e, _ in settled]
+            if sequences:
+                self.published_upto = max(self.published_upto, *map(int, sequences))
+            events = [e for e, o in zip(events, outcomes, strict=True) if o.deferred]
+            if events:
+                # Not known delivered (a stalled Kafka partition): send those again;
+                # the rest is settled and not sent twice. The slot is confirmed only
+                # past this batch, so a crash meanwhile replays it (consumers dedupe).
+                await _sleep_unless(stop, self.config.stall_recheck, lost)
                 continue
             backoff.reset()
-            self.sender.count([e.message for e in events], outcomes)
-            failed += [(e, o.error) for e, o in zip(events, outcomes, strict=True) if o.error]
-            sequences = [e.columns.get("sequence") or "0" for e in events]
-            self.published_upto = max(self.published_upto, *map(int, sequences))
-            break
         if lost.is_set():
             return False
         if failed:

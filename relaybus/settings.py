@@ -156,6 +156,20 @@ class Settings(BaseSettings):
         10_000, ge=1000, description="Consumer group session timeout (dead member detection)."
     )
     kafka_max_request_size: int = Field(1_048_576, ge=1024, description="Producer max request.")
+    kafka_request_timeout_ms: int = Field(
+        15_000,
+        ge=1000,
+        description="Producer request timeout: how long a produce request waits for "
+        "acks=all before aiokafka retries it (a frozen leader is left sooner: see "
+        "kafka_stall_after).",
+    )
+    kafka_stall_after: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds the relay waits for a Kafka partition's acknowledgement "
+        "before deferring that partition's rows and publishing the others; while it "
+        "stalls, its leader is re-checked every quarter of this.",
+    )
     kafka_topic_prefix: str = Field(
         "outbox.event.",
         pattern=r"^[A-Za-z0-9._-]{0,200}$",

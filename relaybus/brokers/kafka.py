@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable, Sequence
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 
+from relaybus.brokers.kafka_failover import LeaderWatch
 from relaybus.brokers.publisher import DEFERRED, PUBLISHED, Outcome, PublishError
+from relaybus.brokers.stalls import LateSends, Stall
 from relaybus.message import Message
+
+log = logging.getLogger(__name__)
 
 # Record batch + record framing that is not key, value or headers (generous).
 RECORD_OVERHEAD = 128
@@ -46,6 +52,16 @@ class KafkaPublisher:
     later messages of its key in the same call are deferred, never sent ahead of it.
     The rest are sent without waiting in between, then awaited together; a key maps
     to one partition and the idempotent producer keeps per-partition order.
+
+    Partitions fail independently: a send its partition has not acknowledged within
+    ``stall_after`` seconds is returned *deferred* (the call returns; the other
+    partitions' outcomes are final) and remembered as late (``LateSends``), and
+    until the partition answers, later messages to it are deferred unsent. The
+    late send stays with the producer, which keeps retrying it in order; publishing
+    the same message again returns its real outcome without sending it twice. While
+    a partition is stalled, ``LeaderWatch`` asks the other brokers for its leader
+    every ``stall_after / 4`` s and moves the producer to a new leader as soon as
+    the cluster elects one (see there). ``stalls()`` reports the stalled partitions.
     """
 
     name = "kafka"
@@ -58,10 +74,14 @@ class KafkaPublisher:
         linger_ms: int = 5,
         max_request_size: int = 1_048_576,
         request_timeout_ms: int = 15_000,
+        stall_after: float = 2.0,
     ) -> None:
         self._bootstrap = bootstrap
         self._topic_for = topic_for
         self._max_request_size = max_request_size
+        self._stall_after = stall_after
+        self._late = LateSends()
+        self._watch: LeaderWatch | None = None
         self._options = {
             "acks": "all",
             "enable_idempotence": True,
@@ -83,22 +103,52 @@ class KafkaPublisher:
             await producer.stop()
             raise PublishError(f"kafka unavailable: {err!r}") from err
         self._producer = producer
+        self._late = LateSends()  # a new producer: the old one's sends are gone
+        self._watch = LeaderWatch(producer.client, self._late, interval=self._stall_after / 4)
+        self._watch.start()
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            await self._watch.stop()
+            self._watch = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+    def stalls(self) -> list[Stall]:
+        """Partitions with sends unanswered for longer than ``stall_after``."""
+        if self._watch is None:
+            return []
+        return self._watch.stalls()
+
+    def _partition(self, topic: str, key: bytes) -> TopicPartition | None:
+        """The partition the producer's default partitioner picks for ``key`` (None
+        while the topic's metadata is unknown: such a send is tracked by the call
+        but cannot be deferred ahead of time)."""
+        assert self._producer is not None
+        partitions = self._producer.client.cluster.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        return TopicPartition(topic, sorted(partitions)[key_partition(key, len(partitions))])
 
     async def publish(self, messages: Sequence[Message]) -> list[Outcome]:
         if self._producer is None:
             raise PublishError("kafka publisher not started")
         producer = self._producer
+        late = self._late
+        late.sweep()
+        stalled = late.stalled_destinations()
         outcomes: list[Outcome] = [DEFERRED] * len(messages)
         refused: set[str] = set()
-        sent: list[tuple[int, asyncio.Future[object]]] = []
+        sent: list[tuple[int, TopicPartition | None, asyncio.Future[object]]] = []
         try:
             for i, m in enumerate(messages):
                 if m.aggregateid in refused:
+                    continue
+                earlier = late.answer(m.id)
+                if earlier is not None:
+                    # Sent before and not answered in time: its real outcome now.
+                    outcomes[i] = PUBLISHED if earlier else DEFERRED
                     continue
                 near_limit = len(m.payload) + SIZE_CHECK_MARGIN > self._max_request_size
                 size = record_size(m) if near_limit else 0
@@ -109,18 +159,25 @@ class KafkaPublisher:
                     )
                     refused.add(m.aggregateid)
                     continue
-                future = await producer.send(
-                    self._topic_for(m),
-                    m.payload,
-                    key=m.aggregateid.encode(),
-                    headers=m.kafka_headers(),
-                )
-                sent.append((i, future))
-            # Awaited one by one rather than gathered: by the time the first completes
-            # most others are done too, and awaiting a done future costs no loop turn.
-            for i, future in sent:
+                topic = self._topic_for(m)
+                key = m.aggregateid.encode()
+                tp = self._partition(topic, key)
+                if tp in stalled:
+                    continue  # deferred: it would only queue behind the unanswered sends
+                future = await producer.send(topic, m.payload, key=key, headers=m.kafka_headers())
+                # A topic's first send fetched its metadata: its partition is known now.
+                sent.append((i, tp or self._partition(topic, key), future))
+            if sent:
+                await asyncio.wait([f for _, _, f in sent], timeout=self._stall_after)
+            now = time.time()
+            for i, tp, future in sent:
+                if not future.done():
+                    # Its partition has not answered: leave it to the producer, tell
+                    # the caller it is not known published, remember it.
+                    late.remember(messages[i].id, tp, future, now - self._stall_after)
+                    continue
                 try:
-                    await future
+                    future.result()
                 except MessageSizeTooLargeError as err:
                     outcomes[i] = Outcome(error=f"kafka refused the size: {err!r}")
                 else:

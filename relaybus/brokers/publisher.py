@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from relaybus.brokers.stalls import Stall
 from relaybus.message import Message
 
 
@@ -22,8 +23,10 @@ class Outcome:
     """What happened to one message of a ``publish`` call.
 
     ``ok``: the broker acknowledged it. ``error``: the broker (or a pre-send check)
-    refused it for good, e.g. too large or unroutable. ``deferred``: not sent because
-    an earlier message of the same key was refused in this call (per-key order).
+    refused it for good, e.g. too large or unroutable. ``deferred``: not known
+    published, publish it again later: not sent because an earlier message of the
+    same key was refused in this call (per-key order), or its destination stalls
+    (sent and not acknowledged in time, or not sent behind such a send).
     """
 
     error: str | None = None
@@ -42,9 +45,11 @@ class Publisher(Protocol):
     """Publishes messages to one broker.
 
     ``publish`` returns one ``Outcome`` per message, in order, once the broker has
-    acknowledged every message it accepted (Kafka acks=all, RabbitMQ confirms).
+    acknowledged every message it accepted (Kafka acks=all, RabbitMQ confirms), or
+    once a publisher that tracks destinations (Kafka partitions) stops waiting on one
+    that stalls: its messages come back deferred while the others' outcomes are final.
     Order is kept per ``aggregateid`` within and across calls. A broker that is down
-    raises ``PublishError`` instead.
+    raises ``PublishError`` instead. ``stalls()`` lists the destinations stalled now.
     """
 
     name: str
@@ -54,3 +59,5 @@ class Publisher(Protocol):
     async def stop(self) -> None: ...
 
     async def publish(self, messages: Sequence[Message]) -> list[Outcome]: ...
+
+    def stalls(self) -> list[Stall]: ...

@@ -11,6 +11,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import AMQPError, DeliveryError
 
 from relaybus.brokers.publisher import DEFERRED, PUBLISHED, Outcome, PublishError
+from relaybus.brokers.stalls import Stall
 from relaybus.message import CONTENT_TYPE, Message
 
 EXCHANGE = "relaybus.events"
@@ -67,6 +68,12 @@ class RabbitPublisher:
             # Already broken connections raise on close; nothing is left to release then.
             with contextlib.suppress(AMQPError, OSError, RuntimeError):
                 await connection.close()
+
+    def stalls(self) -> list[Stall]:
+        """None tracked: one channel's confirms come in order, so a queue that stops
+        confirming holds back the whole call until ``confirm_timeout`` (then
+        ``PublishError``; the relay backs off and republishes)."""
+        return []
 
     async def publish(self, messages: Sequence[Message]) -> list[Outcome]:
         """Publish in waves: wave k holds the k-th message of every key.

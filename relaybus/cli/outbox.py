@@ -10,9 +10,10 @@ from dataclasses import asdict
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from outbox.admin import OutboxAdmin, OutboxStatus, SlotStatus
+from outbox.admin import OutboxAdmin, OutboxStatus, SlotStatus, StallStatus
 from relaybus.db import create_engine
 from relaybus.settings import Settings
 from relaybus.terminal import make_console
@@ -67,18 +68,28 @@ def status(as_json: bool = JSON_OPT) -> None:
     count is PostgreSQL's estimate: the same cost at any archive size), and each
     logical replication slot's lag (WAL relay, Debezium); a slot without a consumer
     for longer than RELAYBUS_OUTBOX_SLOT_STALE_AFTER seconds is reported in red.
+    Destinations the relays report stalled (a Kafka partition whose leader does not
+    acknowledge: which partition, since when, which broker node) are listed, and
+    warned about on stderr.
 
     Example: relaybus outbox status --json
     """
     stale_after = Settings().outbox_slot_stale_after
 
-    async def both(a: OutboxAdmin) -> tuple[OutboxStatus, list[SlotStatus]]:
-        return await a.status(), await a.slots(stale_after)
+    async def read(a: OutboxAdmin) -> tuple[OutboxStatus, list[SlotStatus], list[StallStatus]]:
+        return await a.status(), await a.slots(stale_after), await a.stalls()
 
-    st, slots = _run(both)
+    st, slots, stalls = _run(read)
     if as_json:
-        _dump({**asdict(st), "slots": [asdict(s) for s in slots]})
+        _dump(
+            {
+                **asdict(st),
+                "slots": [asdict(s) for s in slots],
+                "stalls": [asdict(s) for s in stalls],
+            }
+        )
         _warn_stale(slots, stale_after)
+        _warn_stalls(stalls)
         return
     table = Table(title="outbox")
     table.add_column("what")
@@ -92,7 +103,31 @@ def status(as_json: bool = JSON_OPT) -> None:
     make_console().print(table)
     if slots:
         _print_slots(slots)
+    if stalls:
+        _print_stalls(stalls)
     _warn_stale(slots, stale_after)
+    _warn_stalls(stalls)
+
+
+def _print_stalls(stalls: list[StallStatus]) -> None:
+    table = Table(title="stalled destinations (their rows wait; the rest flow)")
+    for col in ("broker", "destination", "waiting on", "for (s)", "unanswered", "relay"):
+        table.add_column(col)
+    for s in stalls:
+        relay = s.instance if s.reported_s_ago < 60 else f"{s.instance} (gone?)"
+        table.add_row(s.broker, s.destination, s.leader, f"{s.seconds:.1f}", str(s.waiting), relay)
+    make_console().print(table)
+
+
+def _warn_stalls(stalls: list[StallStatus]) -> None:
+    console = make_console(stderr=True)
+    for s in stalls:
+        console.print(
+            f"[bold red]WARNING: {s.broker} {escape(s.destination)} has not acknowledged "
+            f"for {s.seconds:.0f}s (waiting on {escape(s.leader)}); its keys' rows wait."
+            "[/bold red]",
+            highlight=False,
+        )
 
 
 def _print_slots(slots: list[SlotStatus]) -> None:

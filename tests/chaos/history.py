@@ -68,6 +68,9 @@ class History:
     left_in_outbox: set[str] = field(default_factory=set)
     dead_letters: list[str] = field(default_factory=list)
     poison: set[str] = field(default_factory=set)
+    # Whether ``published`` is the whole broker log of the run (then every committed
+    # non-poison id must be in it: a run without consumers checks loss there).
+    complete_log: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Report:
     dead_lettered_not_poison: list[str]
     poison_applied: list[str]
     duplicate_deliveries: int
+    unpublished: list[str] = field(default_factory=list)
+    duplicates_published: int = 0
 
     @property
     def ok(self) -> bool:
@@ -96,6 +101,7 @@ class Report:
             or self.poison_not_dead_lettered
             or self.dead_lettered_not_poison
             or self.poison_applied
+            or self.unpublished
         )
 
     def figures(self) -> dict[str, int]:
@@ -109,6 +115,8 @@ class Report:
             "dead-lettered, not poison": len(self.dead_lettered_not_poison),
             "poison applied": len(self.poison_applied),
             "duplicate deliveries": self.duplicate_deliveries,
+            "not published": len(self.unpublished),
+            "duplicates published": self.duplicates_published,
         }
 
 
@@ -154,6 +162,7 @@ def check(history: History) -> Report:
     for consumer in history.consumers:
         violations += _order_violations(f"effects of {consumer}", per_consumer[consumer], by_id)
     delivered = Counter((d.consumer, d.message_id) for d in history.deliveries)
+    in_log = Counter(p.message_id for p in history.published)
     dead = set(history.dead_letters)
     return Report(
         lost=lost,
@@ -165,4 +174,6 @@ def check(history: History) -> Report:
         dead_lettered_not_poison=sorted(dead - history.poison),
         poison_applied=sorted({e.message_id for e in history.effects} & history.poison),
         duplicate_deliveries=sum(n - 1 for n in delivered.values()),
+        unpublished=sorted(wanted - set(in_log)) if history.complete_log else [],
+        duplicates_published=sum(n - 1 for n in in_log.values()),
     )

@@ -74,6 +74,7 @@ class Record:
     key: str
     headers: dict[str, str]
     value: bytes
+    timestamp_ms: int = 0  # the record's timestamp (append time on LogAppendTime topics)
 
 
 async def read_topic(bootstrap: str, topic: str) -> list[Record]:
@@ -103,6 +104,7 @@ async def read_topic(bootstrap: str, topic: str) -> list[Record]:
                                 (r.key or b"").decode(),
                                 {k: v.decode() for k, v in r.headers},
                                 r.value or b"",
+                                r.timestamp,
                             )
                         )
                 if await consumer.position(tp) >= ends[tp]:

@@ -109,3 +109,15 @@ def test_poison_that_was_applied_is_caught() -> None:
     assert not report.ok
     assert report.poison_applied == ["bad"]
     assert report.lost == {"orders": [], "audit": []}  # poison is not owed to anyone
+
+
+def test_with_the_whole_log_a_committed_message_missing_from_it_is_unpublished() -> None:
+    h = clean()
+    h.consumers, h.deliveries, h.effects = (), [], []
+    h.published = [p for p in h.published if p.message_id != "b2"] + [Seen("a1")]
+    assert check(h).ok  # a partial log proves nothing missing
+    h.complete_log = True
+    report = check(h)
+    assert not report.ok
+    assert report.unpublished == ["b2"]
+    assert report.duplicates_published == 1

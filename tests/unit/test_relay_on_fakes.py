@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -143,11 +143,13 @@ class FlakyStore(InMemoryOutboxStore):
 
     failures = 3
 
-    async def fetch(self, partition: int, limit: int, max_bytes: int = 2**62) -> Fetched:
+    async def fetch(
+        self, partition: int, limit: int, max_bytes: int = 2**62, skip_keys: Sequence[str] = ()
+    ) -> Fetched:
         if self.failures > 0:
             self.failures -= 1
             raise RuntimeError("database went away")
-        return await super().fetch(partition, limit, max_bytes)
+        return await super().fetch(partition, limit, max_bytes, skip_keys)
 
 
 async def test_a_drainer_survives_store_errors() -> None:
@@ -216,8 +218,10 @@ async def test_a_notify_during_an_empty_fetch_is_not_lost() -> None:
     fetch = store.fetch
     racing = {"armed": False}
 
-    async def fetch_racing_a_commit(partition: int, limit: int, max_bytes: int = 2**62) -> Any:
-        fetched = await fetch(partition, limit, max_bytes)
+    async def fetch_racing_a_commit(
+        partition: int, limit: int, max_bytes: int = 2**62, skip_keys: Sequence[str] = ()
+    ) -> Any:
+        fetched = await fetch(partition, limit, max_bytes, skip_keys)
         if racing["armed"]:  # the snapshot was taken; now a writer commits and NOTIFYs
             racing["armed"] = False
             store.add(message("late", 1))
@@ -286,3 +290,37 @@ async def test_the_backlog_is_counted_once_per_backlog_interval_not_every_tick()
         stop.set()
         await asyncio.wait_for(task, 10)
     assert CountingStore.counts == 1
+
+
+async def test_a_stalled_destination_holds_back_only_its_keys_and_is_reported() -> None:
+    store, publisher, locks = fakes()
+    publisher.freeze("stuck")
+    for n in range(3):
+        store.add(message("stuck", n))
+    async with relay_on(store, publisher, locks):
+        for n in range(200):  # other keys keep coming while "stuck" stalls
+            store.add(message(f"free{n % 7}", n))
+
+        async def others_drained() -> bool:
+            return all(r.message.aggregateid == "stuck" for r in store.rows)
+
+        await eventually(others_drained, within=10, what="the other keys published")
+        assert len(publisher.sent) == 200
+        assert [r.status for r in store.rows] == ["pending"] * 3
+
+        async def reported() -> bool:
+            stalls = store.stalls.get(CONFIG.instance, [])
+            return [s.destination for s in stalls] == ["stuck"]
+
+        await eventually(reported, within=10, what="the stall recorded for operators")
+        # Held back between rechecks, not retried in a loop.
+        calls = publisher.deferred_calls
+        assert calls < 40, f"{calls} publish calls for a stalled key"
+        publisher.thaw("stuck")
+
+        async def drained() -> bool:
+            return not store.rows and store.stalls.get(CONFIG.instance) == []
+
+        await eventually(drained, within=10, what="the stalled key published, stall cleared")
+    stuck = [json.loads(m.payload)["n"] for m in publisher.sent if m.aggregateid == "stuck"]
+    assert stuck == [0, 1, 2]

@@ -194,10 +194,17 @@ def create_app(settings: Settings, password: PasswordHash, sessions: Sessions | 
     @api.get("/outbox", response_class=HTMLResponse)
     async def outbox(request: Request) -> Response:
         admin = OutboxAdmin(console.db())
-        backlog, failed = await asyncio.gather(
-            admin.backlog_by_partition(), admin.rows("failed", FAILED_SHOWN)
+        backlog, failed, stalls = await asyncio.gather(
+            admin.backlog_by_partition(), admin.rows("failed", FAILED_SHOWN), admin.stalls()
         )
-        return page(request, "outbox.html", backlog=backlog, failed=failed, shown=FAILED_SHOWN)
+        return page(
+            request,
+            "outbox.html",
+            backlog=backlog,
+            failed=failed,
+            shown=FAILED_SHOWN,
+            stalls=stalls,
+        )
 
     @api.post("/outbox/retry")
     async def outbox_retry(

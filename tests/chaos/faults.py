@@ -1,0 +1,50 @@
+"""Fault injection without Docker: signals to the stack's processes, bounded in time,
+and where a Kafka cluster's partitions are led (asked of one chosen node)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+
+from aiokafka import TopicPartition
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.conn import create_conn
+from aiokafka.protocol.metadata import MetadataRequest
+
+from stack.kafka_broker import KafkaCluster, KafkaNode
+from stack.procs import pid_alive
+
+
+@contextlib.asynccontextmanager
+async def paused(pid: int) -> AsyncIterator[None]:
+    """SIGSTOP ``pid`` for the block; SIGCONT on the way out, whatever happens (a
+    frozen broker left behind would break every later test)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGCONT)
+
+
+async def leaders(node: KafkaNode, topic: str, timeout: float = 2.0) -> dict[int, int]:
+    """partition -> leader node id of ``topic``, as ``node`` sees it (-1: none)."""
+    conn = await asyncio.wait_for(create_conn(node.host, node.broker_port), timeout)
+    try:
+        response = await asyncio.wait_for(conn.send(MetadataRequest([topic])), timeout)
+    finally:
+        conn.close()
+    cluster = ClusterMetadata()
+    cluster.update_metadata(response)
+    out: dict[int, int] = {}
+    for p in cluster.partitions_for_topic(topic) or set():
+        leader = cluster.leader_for_partition(TopicPartition(topic, p))
+        out[p] = leader if isinstance(leader, int) else -1
+    return out
+
+
+def node(cluster: KafkaCluster, node_id: int) -> KafkaNode:
+    return next(n for n in cluster.nodes if n.node_id == node_id)
