@@ -35,7 +35,11 @@ _CLAIM_MANY = text(
     "INSERT INTO inbox (consumer, message_id) SELECT :consumer, unnest(:ids) "
     "ON CONFLICT DO NOTHING RETURNING message_id"
 ).bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
-_PURGE = text("DELETE FROM inbox WHERE processed_at < now() - make_interval(days => :days)")
+# In seconds: make_interval's ``days`` is an integer (a fractional retention was truncated).
+_PURGE = text(
+    "DELETE FROM inbox WHERE processed_at < "
+    "now() - make_interval(secs => CAST(:days AS double precision) * 86400)"
+)
 
 
 class Inbox:

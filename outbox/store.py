@@ -134,7 +134,12 @@ _BACKLOG = text(
 )
 # Drops the archive's day partitions older than the cutoff, deletes the rest of its
 # rows older than it (migration 0010); returns the rows removed.
-PURGE_ARCHIVE = text("SELECT relaybus_archive_purge(now() - make_interval(days => :days))")
+# In seconds: make_interval's ``days`` is an integer, and a fractional retention
+# (``--older-than 0.5``) was silently truncated to whole days.
+PURGE_ARCHIVE = text(
+    "SELECT relaybus_archive_purge("
+    "now() - make_interval(secs => CAST(:days AS double precision) * 86400))"
+)
 # Prepares the archive's partitions for today and the next two UTC days, so that
 # settles never land in the default partition (which would then need its rows moved).
 _PREPARE_ARCHIVE = text(

@@ -87,8 +87,9 @@ async def test_an_unprepared_days_rows_wait_in_default_and_move_when_it_is_prepa
     engine: AsyncEngine,
 ) -> None:
     agg = f"part{uuid7().hex[-10:]}"
-    # A day no other test touches, long past (its partition cannot exist).
-    day = datetime.now(UTC).date() - timedelta(days=1500 + uuid7().int % 500)
+    # A day no other test touches, in the future (its partition cannot exist, and no
+    # relay's retention, which drops days older than a week, touches it meanwhile).
+    day = datetime.now(UTC).date() + timedelta(days=1500 + uuid7().int % 500)
     noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
     assert await _archive(engine, agg, noon) == "outbox_archive_default"
     async with engine.begin() as conn:
@@ -102,7 +103,8 @@ async def test_an_unprepared_days_rows_wait_in_default_and_move_when_it_is_prepa
 
 async def test_concurrent_preparers_of_the_same_days_both_succeed(engine: AsyncEngine) -> None:
     """Two relays' purge ticks at once: one creates each day, the other finds it."""
-    first = datetime.now(UTC).date() - timedelta(days=2100 + uuid7().int % 500)
+    # Future days: no relay's retention drops them while the test looks.
+    first = datetime.now(UTC).date() + timedelta(days=2100 + uuid7().int % 500)
     last = first + timedelta(days=3)
 
     async def prepare() -> int:
@@ -124,7 +126,9 @@ async def test_retention_drops_whole_days_and_trims_the_day_of_the_cutoff(
     engine: AsyncEngine,
 ) -> None:
     agg = f"part{uuid7().hex[-10:]}"
-    old = datetime.now(UTC).date() - timedelta(days=2700 + uuid7().int % 500)
+    # Days inside every relay's retention (7 days, which no test lowers): a relay
+    # running meanwhile (its purge tick drops days older than that) leaves them alone.
+    old = datetime.now(UTC).date() - timedelta(days=4)
     cutoff_day = old + timedelta(days=1)
     async with engine.begin() as conn:
         await conn.execute(
@@ -181,3 +185,28 @@ async def test_an_id_archived_twice_shows_its_latest_row(engine: AsyncEngine) ->
 async def _drop(engine: AsyncEngine, day: date) -> None:
     async with engine.begin() as conn:
         await conn.execute(text(f'DROP TABLE IF EXISTS "{_name(day)}"'))
+
+
+async def test_a_fractional_retention_is_not_rounded_to_whole_days(engine: AsyncEngine) -> None:
+    """``--older-than 0.5`` means 12 hours (it was truncated to 0 days: everything)."""
+    agg = f"part{uuid7().hex[-10:]}"
+    now = datetime.now(UTC)
+    await PostgresOutboxStore(engine).purge_archive(older_than_days=7)  # yesterday's day exists
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("SELECT relaybus_archive_partitions(:f, :l)"),
+            {"f": (now - timedelta(hours=13)).date(), "l": now.date()},
+        )
+    for hours in (13, 11):
+        await _archive(engine, agg, now - timedelta(hours=hours), json.dumps({"h": hours}))
+    try:
+        proc = run_cli("outbox", "purge", "--older-than", "0.5", "--yes", "--json")
+        assert proc.returncode == 0, proc.stderr
+        async with engine.connect() as conn:
+            left = await conn.execute(
+                text("SELECT payload->>'h' FROM outbox_archive WHERE aggregatetype = :a"),
+                {"a": agg},
+            )
+            assert list(left.scalars()) == ["11"]
+    finally:
+        await delete_archived(engine, agg)
