@@ -15,7 +15,8 @@ from tests.support.outboxdata import Event, enqueue
 
 class KeyedWriter:
     """Commits ``per_txn`` events every ``interval`` seconds over ``keys`` keys (round
-    robin) until stopped; ``sent`` is every committed event in commit order."""
+    robin) until stopped or ``limit`` events are written; ``sent`` is every committed
+    event in commit order."""
 
     def __init__(
         self,
@@ -24,23 +25,27 @@ class KeyedWriter:
         keys: int = 16,
         per_txn: int = 10,
         interval: float = 0.1,
+        event_type: str = "chaos.tick",
+        limit: int | None = None,
     ) -> None:
         self.engine, self.agg = engine, aggregate_type
         self.keys, self.per_txn, self.interval = keys, per_txn, interval
+        self.type, self.limit = event_type, limit
         self.sent: list[Sent] = []
         self._seq: dict[str, int] = {}
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
         n = 0
-        while not self._stop.is_set():
+        while not self._stop.is_set() and (self.limit is None or n < self.limit):
             started = time.monotonic()
             events = []
-            for _ in range(self.per_txn):
+            batch = self.per_txn if self.limit is None else min(self.per_txn, self.limit - n)
+            for _ in range(batch):
                 key = f"k{n % self.keys:02d}"
-                events.append(Event(key, "chaos.tick", {"n": n}))
+                events.append(Event(key, self.type, {"n": n}))
                 n += 1
-            ids = await enqueue(self.engine, self.agg, events, chunk=self.per_txn)
+            ids = await enqueue(self.engine, self.agg, events, chunk=len(events))
             for event, message_id in zip(events, ids, strict=True):
                 seq = self._seq[event.key] = self._seq.get(event.key, 0) + 1
                 self.sent.append(Sent(str(message_id), event.key, seq))

@@ -128,7 +128,8 @@ def make_app(
 
 
 def effects() -> ConsumerApp:
-    """The subprocess worker: ``RELAYBUS_TEST_{NAME,BROKER,SOURCE,BINDING,WORK_SECONDS}``."""
+    """The subprocess worker: ``RELAYBUS_TEST_{NAME,BROKER,SOURCE,BINDING,WORK_SECONDS,
+    ORDERED}`` (``ORDERED=1``: a Kafka key's messages are handled one after another)."""
     env = os.environ
     return make_app(
         env["RELAYBUS_TEST_NAME"],
@@ -136,4 +137,5 @@ def effects() -> ConsumerApp:
         topic_or_queue=env["RELAYBUS_TEST_SOURCE"],
         binding=env.get("RELAYBUS_TEST_BINDING", "#"),
         work_seconds=float(env.get("RELAYBUS_TEST_WORK_SECONDS", "0")),
+        ordered=env.get("RELAYBUS_TEST_ORDERED") == "1",
     )

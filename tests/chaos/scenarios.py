@@ -1,0 +1,252 @@
+"""The fault matrix's runs: a keyed workload through real relays and workers, faults
+injected on a schedule, a final drain, and the history checked.
+
+``run`` is shared by the CI's short scenarios (tests/chaos/test_matrix.py) and
+``make chaos`` (tests/chaos/matrix.py, the full sizes, which rewrites the table in
+docs/guarantees.md). A scenario is a fault: a coroutine given the run and the fault's
+number, returning what to print about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybus.brokers.kafka_admin import ensure_topic, list_topics
+from relaybus.ids import uuid7
+from relaybus.settings import Settings
+from tests.chaos.history import History, Report, Seen, check
+from tests.chaos.workload import KeyedWriter
+from tests.support.consumer_apps import TEST_TYPE
+from tests.support.consumerdata import prepare_effects
+from tests.support.outboxdata import pending, read_topic
+from tests.support.poll import eventually
+from tests.support.relayproc import RelaybusProcess, relay_fleet
+
+PARTITIONS = 6
+
+
+@dataclass
+class Run:
+    """One scenario's processes and records while it runs."""
+
+    settings: Settings
+    engine: AsyncEngine
+    tmp: Path
+    name: str
+    topic: str
+    relays: list[RelaybusProcess] = field(default_factory=list)
+    workers: list[RelaybusProcess] = field(default_factory=list)
+    max_backlog: int = 0
+
+    def worker(self, i: int) -> RelaybusProcess:
+        env = {
+            "RELAYBUS_TEST_NAME": self.name,
+            "RELAYBUS_TEST_BROKER": "kafka",
+            "RELAYBUS_TEST_SOURCE": self.topic,
+            "RELAYBUS_TEST_ORDERED": "1",
+            # A killed member leaves the group after this; its partitions wait for it.
+            "RELAYBUS_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        }
+        return RelaybusProcess(
+            f"{self.name}-w{i}",
+            env,
+            self.tmp / f"{self.name}-w{i}.log",
+            ["worker", "tests.support.consumer_apps:effects"],
+        )
+
+
+Fault = Callable[[Run, int], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Result:
+    scenario: str
+    report: Report
+    figures: dict[str, Any]
+
+
+async def _effects(engine: AsyncEngine, consumer: str) -> list[tuple[str, str, float]]:
+    """(message id, key, when applied) of ``consumer``'s effects, in the order applied."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT message_id::text, key, extract(epoch FROM at) FROM consumer_effects "
+                "WHERE consumer = :c ORDER BY at"
+            ),
+            {"c": consumer},
+        )
+        return [(r[0], r[1], float(r[2])) for r in rows]
+
+
+def max_gap(times: list[float], start: float, end: float) -> float:
+    """The longest stretch in [start, end] with nothing in ``times``."""
+    inside = [start, *sorted(t for t in times if start <= t <= end), end]
+    return max(b - a for a, b in itertools.pairwise(inside))
+
+
+def longest_key_pause(events: list[tuple[str, float]], start: float, end: float) -> float:
+    """The longest any key went without an event (key, time) in [start, end]: how long
+    the fault held back the keys it touched (a key gets an event every keys/rate s)."""
+    by_key: dict[str, list[float]] = {}
+    for key, t in events:
+        by_key.setdefault(key, []).append(t)
+    return max((max_gap(ts, start, end) for ts in by_key.values()), default=end - start)
+
+
+async def run(
+    scenario: str,
+    settings: Settings,
+    engine: AsyncEngine,
+    tmp: Path,
+    fault: Fault,
+    *,
+    messages: int,
+    faults: int,
+    fault_every: float,
+    keys: int = 16,
+    relays: int = 2,
+    workers: int = 2,
+) -> Result:
+    """Write ``messages`` over ``keys`` keys at the rate that spreads them over the
+    faults, inject ``faults`` faults ``fault_every`` seconds apart, drain, check."""
+    name = f"{scenario.lower()}{uuid7().hex[-10:]}"
+    topic = f"outbox.event.{name}"
+    await ensure_topic(
+        settings.kafka_bootstrap,
+        topic,
+        partitions=PARTITIONS,
+        config={"message.timestamp.type": "LogAppendTime"},
+    )
+    await prepare_effects(engine)
+    duration = fault_every * (faults + 1)
+    per_txn = 10
+    writer = KeyedWriter(
+        engine,
+        name,
+        keys=keys,
+        per_txn=per_txn,
+        interval=per_txn * duration / messages,
+        event_type=TEST_TYPE,
+        limit=messages,
+    )
+    r = Run(settings, engine, tmp, name, topic)
+    fault_figures: list[dict[str, Any]] = []
+    started = time.time()
+    with relay_fleet(tmp, [{"pattern": "*", "brokers": ["kafka"]}]) as fleet:
+        r.relays = [fleet.start(f"{name}-r{i}") for i in range(relays)]
+        r.workers = [r.worker(i) for i in range(workers)]
+        for w in r.workers:
+            w.start()
+        writing = asyncio.create_task(writer.run())
+        sampling = asyncio.create_task(_sample_backlog(r))
+        try:
+            for i in range(faults):
+                await asyncio.sleep(fault_every)  # the schedule is the scenario
+                fault_figures.append({"at": time.time(), **await fault(r, i)})
+            await writing
+
+            async def drained() -> bool:
+                return await pending(engine, name) == 0
+
+            await eventually(drained, within=180, what=f"{scenario}: outbox drained")
+            wanted = {s.message_id for s in writer.sent}
+
+            async def applied() -> bool:
+                return wanted <= {m for m, _, _ in await _effects(engine, name)}
+
+            await eventually(applied, within=180, what=f"{scenario}: every event applied")
+        finally:
+            writer.stop()
+            sampling.cancel()
+            await asyncio.gather(writing, sampling, return_exceptions=True)
+            for w in r.workers:
+                w.stop()
+    ended = time.time()
+    records = await read_topic(settings.kafka_bootstrap, topic)
+    effects = await _effects(engine, name)
+    dead = await _dead_letters(settings, topic)
+    async with engine.connect() as conn:
+        left = await conn.execute(
+            text("SELECT id::text FROM outbox WHERE aggregatetype = :a"), {"a": name}
+        )
+        left_ids = set(left.scalars())
+    history = History(
+        consumers=(name,),
+        sent=writer.sent,
+        published=[Seen(rec.headers["id"]) for rec in records],
+        effects=[Seen(m, name) for m, _, _ in effects],
+        left_in_outbox=left_ids,
+        dead_letters=dead,
+        complete_log=True,
+    )
+    report = check(history)
+    appended = [(rec.key, rec.timestamp_ms / 1000) for rec in records]
+    applied_at = [(key, t) for _, key, t in effects]
+    per_fault = [
+        {
+            **{k: v for k, v in f.items() if k != "at"},
+            "longest key pause, published (s)": round(
+                longest_key_pause(appended, f["at"], f["at"] + fault_every), 1
+            ),
+            "longest key pause, applied (s)": round(
+                longest_key_pause(applied_at, f["at"], f["at"] + fault_every), 1
+            ),
+        }
+        for f in fault_figures
+    ]
+    # Deliveries are not recorded here (the inbox answers a redelivery before the
+    # handler runs), so their duplicates are not a figure of these runs.
+    checked = {k: v for k, v in report.figures().items() if k != "duplicate deliveries"}
+    figures: dict[str, Any] = {
+        "messages": len(writer.sent),
+        **checked,
+        "max backlog": r.max_backlog,
+        "seconds": round(ended - started, 1),
+        "faults": per_fault,
+    }
+    return Result(scenario, report, figures)
+
+
+async def _sample_backlog(r: Run) -> None:
+    while True:
+        r.max_backlog = max(r.max_backlog, await pending(r.engine, r.name))
+        await asyncio.sleep(0.5)  # a sampling period, not a synchronisation
+
+
+async def _dead_letters(settings: Settings, topic: str) -> list[str]:
+    dlq = f"{topic}.dlq"
+    if dlq not in await list_topics(settings.kafka_bootstrap):
+        return []
+    return [rec.headers.get("id", "") for rec in await read_topic(settings.kafka_bootstrap, dlq)]
+
+
+# -- faults --------------------------------------------------------------------------
+
+
+async def kill_relay(r: Run, i: int) -> dict[str, Any]:
+    """SIGKILL one relay (alternating) and start it again at once: its leases expire
+    and the survivor or the restarted one takes the partitions; unsettled batches
+    are republished (consumers dedupe)."""
+    victim = r.relays[i % len(r.relays)]
+    victim.signal(signal.SIGKILL)
+    victim.start()
+    return {"fault": f"SIGKILL {victim.name}"}
+
+
+async def kill_worker(r: Run, i: int) -> dict[str, Any]:
+    """SIGKILL one worker (alternating) and start it again: uncommitted offsets are
+    redelivered, the inbox makes their effects apply once."""
+    victim = r.workers[i % len(r.workers)]
+    victim.signal(signal.SIGKILL)
+    victim.start()
+    return {"fault": f"SIGKILL {victim.name}"}
