@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint stack-up stack-down bench
+.PHONY: install demo test lint stack-up stack-down bench chaos
 
 # Python deps, pinned by constraints.txt (regenerate: uv pip compile pyproject.toml --extra dev -o constraints.txt)
 $(BIN)/relaybus: pyproject.toml constraints.txt
@@ -30,6 +30,11 @@ demo: install
 test: stack-up
 	$(BIN)/relaybus db upgrade
 	$(BIN)/pytest
+
+# The fault matrix at full size (~10 min): rewrites its table in docs/guarantees.md.
+chaos: stack-up
+	$(BIN)/relaybus db upgrade
+	$(BIN)/python -m tests.chaos.matrix
 
 lint: install
 	$(BIN)/ruff check .

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -15,8 +14,6 @@ from relaybus.brokers.kafka_failover import LeaderWatch
 from relaybus.brokers.publisher import DEFERRED, PUBLISHED, Outcome, PublishError
 from relaybus.brokers.stalls import LateSends, Stall
 from relaybus.message import Message
-
-log = logging.getLogger(__name__)
 
 # Record batch + record framing that is not key, value or headers (generous).
 RECORD_OVERHEAD = 128
@@ -139,16 +136,22 @@ class KafkaPublisher:
         late.sweep()
         stalled = late.stalled_destinations()
         outcomes: list[Outcome] = [DEFERRED] * len(messages)
-        refused: set[str] = set()
+        # Keys with a message not sent in this call (refused, or deferred): their
+        # later messages in the call are deferred too, never sent ahead of it.
+        holding: set[str] = set()
         sent: list[tuple[int, TopicPartition | None, asyncio.Future[object]]] = []
         try:
             for i, m in enumerate(messages):
-                if m.aggregateid in refused:
+                if m.aggregateid in holding:
                     continue
                 earlier = late.answer(m.id)
                 if earlier is not None:
-                    # Sent before and not answered in time: its real outcome now.
-                    outcomes[i] = PUBLISHED if earlier else DEFERRED
+                    # Sent before and not answered in time: its real outcome now (a
+                    # send that failed meanwhile is deferred once, then sent again).
+                    if earlier:
+                        outcomes[i] = PUBLISHED
+                    else:
+                        holding.add(m.aggregateid)
                     continue
                 near_limit = len(m.payload) + SIZE_CHECK_MARGIN > self._max_request_size
                 size = record_size(m) if near_limit else 0
@@ -157,13 +160,15 @@ class KafkaPublisher:
                         error=f"message is ~{size} bytes, over max_request_size "
                         f"{self._max_request_size}"
                     )
-                    refused.add(m.aggregateid)
+                    holding.add(m.aggregateid)
                     continue
                 topic = self._topic_for(m)
                 key = m.aggregateid.encode()
                 tp = self._partition(topic, key)
                 if tp in stalled:
-                    continue  # deferred: it would only queue behind the unanswered sends
+                    # Deferred: it would only queue behind the unanswered sends.
+                    holding.add(m.aggregateid)
+                    continue
                 future = await producer.send(topic, m.payload, key=key, headers=m.kafka_headers())
                 # A topic's first send fetched its metadata: its partition is known now.
                 sent.append((i, tp or self._partition(topic, key), future))

@@ -71,8 +71,9 @@ class LateSends:
 
     def answer(self, message_id: uuid.UUID) -> bool | None:
         """What became of an earlier late send of ``message_id``: None if there was
-        none (or it failed: send it again), False if still unanswered (defer it),
-        True if the broker acknowledged it (it is published; forgotten now)."""
+        none (send it), False if it is still unanswered or failed (defer it; a
+        failed one is forgotten, so the next call sends it again), True if the
+        broker acknowledged it (it is published; forgotten now)."""
         late = self._late.get(message_id)
         if late is None:
             return None

@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybus.brokers.kafka_admin import ensure_topic, list_topics
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
+from stack.kafka_broker import KafkaCluster
+from stack.settings import StackSettings
 from tests.chaos.history import History, Report, Seen, check
 from tests.chaos.workload import KeyedWriter
 from tests.support.consumer_apps import TEST_TYPE
@@ -33,6 +35,7 @@ from tests.support.poll import eventually
 from tests.support.relayproc import RelaybusProcess, relay_fleet
 
 PARTITIONS = 6
+KAFKA_DOWN_S = 3.0
 
 
 @dataclass
@@ -192,17 +195,15 @@ async def run(
     report = check(history)
     appended = [(rec.key, rec.timestamp_ms / 1000) for rec in records]
     applied_at = [(key, t) for _, key, t in effects]
+    # Each fault's window runs to the next fault (the last one's to the end of the run).
+    ends = [f["at"] for f in fault_figures[1:]] + [ended]
     per_fault = [
         {
             **{k: v for k, v in f.items() if k != "at"},
-            "longest key pause, published (s)": round(
-                longest_key_pause(appended, f["at"], f["at"] + fault_every), 1
-            ),
-            "longest key pause, applied (s)": round(
-                longest_key_pause(applied_at, f["at"], f["at"] + fault_every), 1
-            ),
+            "longest key pause, published (s)": round(longest_key_pause(appended, f["at"], end), 1),
+            "longest key pause, applied (s)": round(longest_key_pause(applied_at, f["at"], end), 1),
         }
-        for f in fault_figures
+        for f, end in zip(fault_figures, ends, strict=True)
     ]
     # Deliveries are not recorded here (the inbox answers a redelivery before the
     # handler runs), so their duplicates are not a figure of these runs.
@@ -250,3 +251,28 @@ async def kill_worker(r: Run, i: int) -> dict[str, Any]:
     victim.signal(signal.SIGKILL)
     victim.start()
     return {"fault": f"SIGKILL {victim.name}"}
+
+
+async def restart_kafka(r: Run, i: int) -> dict[str, Any]:
+    """Stop the (single-node) Kafka broker, keep it down for ``KAFKA_DOWN_S`` while
+    writes go on, start it again: the relay backs off and drains the backlog, the
+    workers reconnect and resume from their committed offsets."""
+    kafka = KafkaCluster.single(StackSettings())
+    began = time.monotonic()
+    await asyncio.to_thread(kafka.stop)
+    await asyncio.sleep(KAFKA_DOWN_S)  # the outage is the fault
+    await asyncio.to_thread(kafka.start)
+    return {"fault": f"Kafka stop, {KAFKA_DOWN_S:g} s, start ({time.monotonic() - began:.1f} s)"}
+
+
+async def churn_workers(r: Run, i: int) -> dict[str, Any]:
+    """A third worker joins the group (even faults) or leaves it with SIGTERM (odd):
+    partitions move between members; nothing is lost or applied twice."""
+    if i % 2 == 0:
+        joiner = r.worker(len(r.workers))
+        joiner.start()
+        r.workers.append(joiner)
+        return {"fault": f"{joiner.name} joins"}
+    leaver = r.workers.pop()
+    leaver.stop()
+    return {"fault": f"{leaver.name} leaves"}

@@ -12,9 +12,21 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybus.settings import Settings
-from tests.chaos.scenarios import Fault, kill_relay, kill_worker, run
+from tests.chaos.scenarios import (
+    Fault,
+    churn_workers,
+    kill_relay,
+    kill_worker,
+    restart_kafka,
+    run,
+)
 
-SHORT: dict[str, Fault] = {"S1": kill_relay, "S2": kill_worker}
+SHORT: dict[str, Fault] = {
+    "S1": kill_relay,
+    "S2": kill_worker,
+    "S4": restart_kafka,
+    "S10": churn_workers,
+}
 
 
 @pytest.mark.parametrize("scenario", sorted(SHORT))
