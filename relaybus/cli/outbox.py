@@ -16,7 +16,7 @@ from rich.table import Table
 from outbox.admin import OutboxAdmin, OutboxStatus, SlotStatus, StallStatus
 from relaybus.db import create_engine
 from relaybus.settings import Settings
-from relaybus.terminal import make_console
+from relaybus.terminal import make_console, plain, safe_text
 
 app = typer.Typer(
     help="Inspect and operate the outbox (all changes are audited).", no_args_is_help=True
@@ -115,7 +115,14 @@ def _print_stalls(stalls: list[StallStatus]) -> None:
         table.add_column(col)
     for s in stalls:
         relay = s.instance if s.reported_s_ago < 60 else f"{s.instance} (gone?)"
-        table.add_row(s.broker, s.destination, s.leader, f"{s.seconds:.1f}", str(s.waiting), relay)
+        table.add_row(
+            plain(s.broker),
+            plain(s.destination),
+            plain(s.leader),
+            f"{s.seconds:.1f}",
+            str(s.waiting),
+            plain(relay),
+        )
     make_console().print(table)
 
 
@@ -123,8 +130,9 @@ def _warn_stalls(stalls: list[StallStatus]) -> None:
     console = make_console(stderr=True)
     for s in stalls:
         console.print(
-            f"[bold red]WARNING: {s.broker} {escape(s.destination)} has not acknowledged "
-            f"for {s.seconds:.0f}s (waiting on {escape(s.leader)}); its keys' rows wait."
+            f"[bold red]WARNING: {escape(safe_text(s.broker))} {escape(safe_text(s.destination))} "
+            f"has not acknowledged for {s.seconds:.0f}s (waiting on "
+            f"{escape(safe_text(s.leader))}); its keys' rows wait."
             "[/bold red]",
             highlight=False,
         )

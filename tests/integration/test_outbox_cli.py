@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.admin import OutboxAdmin
+from outbox.store import PostgresOutboxStore
+from relaybus.brokers.stalls import Stall
 from relaybus.ids import uuid7
 from tests.support.cli import run_cli
 from tests.support.outboxdata import delete_archived
@@ -202,3 +205,29 @@ def test_show_unknown_id_is_a_clear_error() -> None:
     proc = run_cli("outbox", "show", str(uuid7()))
     assert proc.returncode == 1
     assert "no row with id" in proc.stdout + proc.stderr
+
+
+async def test_status_shows_what_a_relay_reports_stalled(engine: AsyncEngine) -> None:
+    """What a relay records in ``outbox_stalls`` (``record_stalls``, every tick while
+    a Kafka partition does not acknowledge) is listed and warned about, markup and
+    all shown as text; clearing it removes it."""
+    store = PostgresOutboxStore(engine)
+    instance = f"relay-{uuid7().hex[-8:]}"
+    leader = "node 2 at [red]127.0.0.1:29092"  # markup must print as text
+    stall = Stall("kafka", "outbox.event.orders[3]", leader, time.time() - 12, 7)
+    await store.record_stalls(instance, [stall])
+    try:
+        proc = run_cli("outbox", "status", "--json")
+        assert proc.returncode == 0, proc.stderr
+        mine = [s for s in json.loads(proc.stdout)["stalls"] if s["instance"] == instance]
+        assert [(s["destination"], s["waiting"]) for s in mine] == [("outbox.event.orders[3]", 7)]
+        assert mine[0]["seconds"] >= 11
+        assert "outbox.event.orders[3] has not acknowledged" in proc.stderr
+        assert leader in proc.stderr
+        table = run_cli("outbox", "status")
+        assert "stalled destinations" in table.stdout
+        assert "[red]" in table.stdout  # printed, not interpreted
+    finally:
+        await store.record_stalls(instance, [])
+    after = run_cli("outbox", "status", "--json")
+    assert instance not in after.stdout
