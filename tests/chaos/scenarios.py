@@ -29,7 +29,7 @@ from stack.settings import StackSettings
 from tests.chaos.history import History, Report, Seen, check
 from tests.chaos.workload import KeyedWriter
 from tests.support.consumer_apps import TEST_TYPE
-from tests.support.consumerdata import prepare_effects
+from tests.support.consumerdata import effects, prepare_effects
 from tests.support.outboxdata import pending, read_topic
 from tests.support.poll import eventually
 from tests.support.relayproc import RelaybusProcess, relay_fleet
@@ -80,15 +80,7 @@ class Result:
 
 async def _effects(engine: AsyncEngine, consumer: str) -> list[tuple[str, str, float]]:
     """(message id, key, when applied) of ``consumer``'s effects, in the order applied."""
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            text(
-                "SELECT message_id::text, key, extract(epoch FROM at) FROM consumer_effects "
-                "WHERE consumer = :c ORDER BY at"
-            ),
-            {"c": consumer},
-        )
-        return [(r[0], r[1], float(r[2])) for r in rows]
+    return [(str(e["message_id"]), e["key"], e["at"]) for e in await effects(engine, consumer)]
 
 
 def max_gap(times: list[float], start: float, end: float) -> float:
@@ -176,7 +168,7 @@ async def run(
                 w.stop()
     ended = time.time()
     records = await read_topic(settings.kafka_bootstrap, topic)
-    effects = await _effects(engine, name)
+    applied_rows = await _effects(engine, name)
     dead = await _dead_letters(settings, topic)
     async with engine.connect() as conn:
         left = await conn.execute(
@@ -187,14 +179,14 @@ async def run(
         consumers=(name,),
         sent=writer.sent,
         published=[Seen(rec.headers["id"]) for rec in records],
-        effects=[Seen(m, name) for m, _, _ in effects],
+        effects=[Seen(m, name) for m, _, _ in applied_rows],
         left_in_outbox=left_ids,
         dead_letters=dead,
         complete_log=True,
     )
     report = check(history)
     appended = [(rec.key, rec.timestamp_ms / 1000) for rec in records]
-    applied_at = [(key, t) for _, key, t in effects]
+    applied_at = [(key, t) for _, key, t in applied_rows]
     # Each fault's window runs to the next fault (the last one's to the end of the run).
     ends = [f["at"] for f in fault_figures[1:]] + [ended]
     per_fault = [

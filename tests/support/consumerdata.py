@@ -106,12 +106,13 @@ async def prepare_effects(engine: AsyncEngine) -> None:
 
 
 async def effects(engine: AsyncEngine, consumer: str) -> list[dict[str, Any]]:
-    """Effect rows of ``consumer`` in the order they were written."""
+    """Effect rows of ``consumer`` in the order they were written (``at``: when,
+    epoch seconds)."""
     async with engine.connect() as conn:
         rows = await conn.execute(
             text(
-                "SELECT message_id, key, n, attempt FROM consumer_effects "
-                "WHERE consumer = :c ORDER BY at"
+                "SELECT message_id, key, n, attempt, extract(epoch FROM at)::float8 AS at "
+                "FROM consumer_effects WHERE consumer = :c ORDER BY at"
             ),
             {"c": consumer},
         )
