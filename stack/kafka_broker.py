@@ -81,9 +81,25 @@ def _properties(node: KafkaNode, quorum: str, replication: int, min_isr: int) ->
             # Tests and the demo start consumer groups often; don't wait 3 s per rebalance.
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
+            *(_FAILURE_DETECTION if replication > 1 else []),
             "",
         ]
     )
+
+
+# The 3-node cluster's failure detection (docs/guarantees.md). With acks=all a write
+# waits for every in-sync replica, so a frozen or dead *follower* holds back every
+# partition it follows until it leaves the ISR: after replica.lag.time.max.ms without
+# fetching (Kafka's default 30 s), or when the controller fences its broker for missing
+# heartbeats (broker.session.timeout.ms, default 9 s), which also elects new leaders
+# for the partitions it led. Shorter, so one broker's loss stalls writes for seconds,
+# not tens of seconds; not so short that a follower a loaded machine delays for a
+# moment flaps in and out of the ISR (min ISR 2 of 3: one such follower is harmless).
+_FAILURE_DETECTION = [
+    "replica.lag.time.max.ms=4000",
+    "broker.session.timeout.ms=6000",
+    "broker.heartbeat.interval.ms=1000",
+]
 
 
 class KafkaCluster:

@@ -1,9 +1,9 @@
 """``make chaos``: the fault matrix at full size, its table written into docs/guarantees.md.
 
 Runs against the stack (`relaybus stack up --kafka-nodes 3`): S1 relay SIGKILL x6,
-S2 worker SIGKILL x6, S4 Kafka restart x6, S10 workers joining and leaving x6
-(10 000 messages over 16 keys, a fault every 15 s), S5 a partition leader of the
-3-node cluster frozen, then killed. Prints each run's
+S2 worker SIGKILL x6, S4 Kafka restart x6, S8 hostile records at 1 %, S10 workers
+joining and leaving x6 (10 000 messages over 16 keys, a fault every 15 s), S5 a
+partition leader of the 3-node cluster frozen, then killed. Prints each run's
 figures, writes them to docs/chaos-matrix.json and the table between the
 ``matrix`` markers of docs/guarantees.md; exits 1 if any run broke a promise.
 
@@ -26,7 +26,14 @@ from relaybus.settings import Settings
 from stack.kafka_broker import KafkaCluster
 from stack.settings import StackSettings
 from tests.chaos.leader_fault import leader_fault
-from tests.chaos.scenarios import churn_workers, kill_relay, kill_worker, restart_kafka, run
+from tests.chaos.scenarios import (
+    churn_workers,
+    inject_poison,
+    kill_relay,
+    kill_worker,
+    restart_kafka,
+    run,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "guarantees.md"
@@ -36,6 +43,7 @@ KINDS = {
     "S1": "relay SIGKILL",
     "S2": "worker SIGKILL",
     "S4": "Kafka stopped 3 s and restarted",
+    "S8": "hostile records (kcat, 1 % of traffic)",
     "S10": "a worker joins / leaves",
 }
 
@@ -50,6 +58,7 @@ async def matrix(messages: int, faults: int, every: float) -> list[dict[str, Any
                 ("S1", kill_relay),
                 ("S2", kill_worker),
                 ("S4", restart_kafka),
+                ("S8", inject_poison),
                 ("S10", churn_workers),
             ):
                 result = await run(
@@ -92,9 +101,10 @@ def _recovery(row: dict[str, Any]) -> str:
 def table(rows: list[dict[str, Any]], when: str) -> str:
     head = (
         "| scenario | fault | messages | lost | not published | duplicate effects | "
-        "order violations | left in outbox | unexpected dead letters | duplicates published "
+        "order violations | left in outbox | unexpected dead letters | poison not dead-lettered "
+        "| duplicates published "
         "| max backlog | recovery |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     )
     lines = []
     for r in rows:
@@ -103,7 +113,8 @@ def table(rows: list[dict[str, Any]], when: str) -> str:
             f"| {r['scenario']}{'' if r['ok'] else ' **FAILED**'} | {fault} | {r['messages']} "
             f"| {r['lost']} | {r['not published']} | {r['duplicate effects']} "
             f"| {r['order violations']} | {r['left in outbox']} "
-            f"| {r['dead-lettered, not poison']} | {r['duplicates published']} "
+            f"| {r['dead-lettered, not poison']} | {r['poison not dead-lettered']} "
+            f"| {r['duplicates published']} "
             f"| {r.get('max backlog', '-')} | {_recovery(r)} |"
         )
     return f"Last full run: {when} (`make chaos`).\n\n" + head + "\n".join(lines) + "\n"

@@ -28,8 +28,10 @@ from stack.kafka_broker import KafkaCluster
 from stack.settings import StackSettings
 from tests.chaos.history import History, Report, Seen, check
 from tests.chaos.workload import KeyedWriter
+from tests.integration.test_trust_boundary import hostile_records
 from tests.support.consumer_apps import TEST_TYPE
 from tests.support.consumerdata import effects, prepare_effects
+from tests.support.foreign import kcat_produce
 from tests.support.outboxdata import pending, read_topic
 from tests.support.poll import eventually
 from tests.support.relayproc import RelaybusProcess, relay_fleet
@@ -50,6 +52,8 @@ class Run:
     relays: list[RelaybusProcess] = field(default_factory=list)
     workers: list[RelaybusProcess] = field(default_factory=list)
     max_backlog: int = 0
+    poison_per_fault: int = 0
+    poison: set[str] = field(default_factory=set)  # ids of injected hostile records
 
     def worker(self, i: int) -> RelaybusProcess:
         env = {
@@ -134,7 +138,7 @@ async def run(
         event_type=TEST_TYPE,
         limit=messages,
     )
-    r = Run(settings, engine, tmp, name, topic)
+    r = Run(settings, engine, tmp, name, topic, poison_per_fault=max(1, messages // 100 // faults))
     fault_figures: list[dict[str, Any]] = []
     started = time.time()
     with relay_fleet(tmp, [{"pattern": "*", "brokers": ["kafka"]}]) as fleet:
@@ -178,10 +182,13 @@ async def run(
     history = History(
         consumers=(name,),
         sent=writer.sent,
-        published=[Seen(rec.headers["id"]) for rec in records],
+        published=[
+            Seen(rec.headers["id"]) for rec in records if rec.headers.get("id") not in r.poison
+        ],
         effects=[Seen(m, name) for m, _, _ in applied_rows],
         left_in_outbox=left_ids,
         dead_letters=dead,
+        poison=r.poison,
         complete_log=True,
     )
     report = check(history)
@@ -268,3 +275,45 @@ async def churn_workers(r: Run, i: int) -> dict[str, Any]:
     leaver = r.workers.pop()
     leaver.stop()
     return {"fault": f"{leaver.name} leaves"}
+
+
+# Hostile records every worker must dead-letter whatever its handler's options (the
+# trust-boundary tests' cases that do not depend on a body cap or require_object).
+POISON = (
+    "truncated",
+    "not-utf8",
+    "nul",
+    "surrogate",
+    "huge-int",
+    "huge-float",
+    "bad-header",
+    "duplicate-header",
+    "many-headers",
+    "large-headers",
+    "unknown-type",
+    "markup-type",
+    "gzip-bad",
+    "dbz-packed-garbage",
+)
+
+
+async def inject_poison(r: Run, i: int) -> dict[str, Any]:
+    """Hostile records written with kcat (not relaybus) into the topic the workers
+    read, ``poison_per_fault`` of them (1 % of the run's traffic in all): each must
+    land in the dead-letter queue, nothing else may, and the workers go on."""
+    cases = {h.name: h for h in hostile_records() if h.name in POISON}
+    names = [POISON[(i * r.poison_per_fault + n) % len(POISON)] for n in range(r.poison_per_fault)]
+    for name in names:
+        record = cases[name]
+        message_id = dict(record.headers).get(b"id", b"").decode()
+        r.poison.add(message_id)
+        await asyncio.to_thread(
+            kcat_produce,
+            r.settings.kafka_bootstrap,
+            r.topic,
+            b"poison",
+            [record.body],
+            record.headers,
+            compression=record.compression,
+        )
+    return {"fault": f"{len(names)} hostile records ({', '.join(sorted(set(names)))})"}

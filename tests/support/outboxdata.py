@@ -101,8 +101,9 @@ async def read_topic(bootstrap: str, topic: str) -> list[Record]:
                             Record(
                                 r.partition,
                                 r.offset,
-                                (r.key or b"").decode(),
-                                {k: v.decode() for k, v in r.headers},
+                                (r.key or b"").decode(errors="replace"),
+                                # Hostile records may carry any bytes.
+                                {k: v.decode(errors="replace") for k, v in r.headers},
                                 r.value or b"",
                                 r.timestamp,
                             )
