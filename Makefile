@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint stack-up stack-down bench chaos
+.PHONY: install demo test lint stack-up stack-down bench chaos soak
 
 # Python deps, pinned by constraints.txt (regenerate: uv pip compile pyproject.toml --extra dev -o constraints.txt)
 $(BIN)/relaybus: pyproject.toml constraints.txt
@@ -35,6 +35,12 @@ test: stack-up
 chaos: stack-up
 	$(BIN)/relaybus db upgrade
 	$(BIN)/python -m tests.chaos.matrix
+
+# 10 minutes at 70 % of the measured max rate, a relay or worker killed every minute;
+# RSS, open files and backlog sampled, growth reported (not in CI).
+soak: stack-up
+	$(BIN)/relaybus db upgrade
+	$(BIN)/python -m tests.chaos.soak
 
 lint: install
 	$(BIN)/ruff check .

@@ -115,9 +115,11 @@ async def run(
     keys: int = 16,
     relays: int = 2,
     workers: int = 2,
+    observe: Callable[[Run], Awaitable[None]] | None = None,
 ) -> Result:
     """Write ``messages`` over ``keys`` keys at the rate that spreads them over the
-    faults, inject ``faults`` faults ``fault_every`` seconds apart, drain, check."""
+    faults, inject ``faults`` faults ``fault_every`` seconds apart, drain, check.
+    ``observe`` (if given) runs alongside until the drain, e.g. to sample processes."""
     name = f"{scenario.lower()}{uuid7().hex[-10:]}"
     topic = f"outbox.event.{name}"
     await ensure_topic(
@@ -138,7 +140,14 @@ async def run(
         event_type=TEST_TYPE,
         limit=messages,
     )
-    r = Run(settings, engine, tmp, name, topic, poison_per_fault=max(1, messages // 100 // faults))
+    r = Run(
+        settings,
+        engine,
+        tmp,
+        name,
+        topic,
+        poison_per_fault=max(1, messages // 100 // max(1, faults)),
+    )
     fault_figures: list[dict[str, Any]] = []
     started = time.time()
     with relay_fleet(tmp, [{"pattern": "*", "brokers": ["kafka"]}]) as fleet:
@@ -148,6 +157,7 @@ async def run(
             w.start()
         writing = asyncio.create_task(writer.run())
         sampling = asyncio.create_task(_sample_backlog(r))
+        observing = asyncio.create_task(observe(r) if observe else asyncio.sleep(0))
         try:
             for i in range(faults):
                 await asyncio.sleep(fault_every)  # the schedule is the scenario
@@ -167,7 +177,8 @@ async def run(
         finally:
             writer.stop()
             sampling.cancel()
-            await asyncio.gather(writing, sampling, return_exceptions=True)
+            observing.cancel()
+            await asyncio.gather(writing, sampling, observing, return_exceptions=True)
             for w in r.workers:
                 w.stop()
     ended = time.time()
@@ -317,3 +328,30 @@ async def inject_poison(r: Run, i: int) -> dict[str, Any]:
             compression=record.compression,
         )
     return {"fault": f"{len(names)} hostile records ({', '.join(sorted(set(names)))})"}
+
+
+async def duplicate_ids(r: Run, i: int) -> dict[str, Any]:
+    """Five messages already applied are written again, three times each, at once, by
+    three kcat processes (not relaybus) to three partitions, so the copies reach
+    different workers concurrently: the inbox must apply each id once. (Applied ones
+    only: a copy of a message not yet published would overtake its key's earlier
+    messages, a reordering by the foreign writer, not by relaybus.)"""
+    applied = await _effects(r.engine, r.name)
+    chosen = [(m, key) for m, key, _ in applied[-1 - 37 * i :: -97][:5]]
+    for message_id, key in chosen:
+        headers = [(b"id", message_id.encode()), (b"type", TEST_TYPE.encode())]
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    kcat_produce,
+                    r.settings.kafka_bootstrap,
+                    r.topic,
+                    key.encode(),
+                    [b'{"n": -1}'],
+                    headers,
+                    partition=p,
+                )
+                for p in range(3)
+            )
+        )
+    return {"fault": f"{len(chosen)} ids written 3x concurrently"}

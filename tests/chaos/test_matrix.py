@@ -15,6 +15,7 @@ from relaybus.settings import Settings
 from tests.chaos.scenarios import (
     Fault,
     churn_workers,
+    duplicate_ids,
     inject_poison,
     kill_relay,
     kill_worker,
@@ -25,6 +26,7 @@ from tests.chaos.scenarios import (
 SHORT: dict[str, Fault] = {
     "S1": kill_relay,
     "S2": kill_worker,
+    "S3": duplicate_ids,
     "S4": restart_kafka,
     "S8": inject_poison,
     "S10": churn_workers,
