@@ -181,15 +181,17 @@ class Postgres:
             db,
         )
 
-    def stop(self) -> bool:
-        """``pg_ctl stop -m fast`` on our cluster (its postmaster pid), if it runs."""
+    def stop(self, mode: str = "fast") -> bool:
+        """``pg_ctl stop -m MODE`` on our cluster (its postmaster pid), if it runs.
+        ``fast``: roll back sessions, checkpoint, exit; ``immediate``: every process
+        quits at once, as in a crash (the next start runs crash recovery)."""
         if self._pid() is None:
             return False
         run(
             self._as_owner(
-                [server_tool("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]
+                [server_tool("pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "stop"]
             ),
-            "postgresql: pg_ctl stop",
+            f"postgresql: pg_ctl stop -m {mode}",
         )
         return True
 

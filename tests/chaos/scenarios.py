@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -19,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybus.brokers.kafka_admin import ensure_topic, list_topics
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from stack.kafka_broker import KafkaCluster
+from stack.postgres import Postgres
 from stack.settings import StackSettings
 from tests.chaos.history import History, Report, Seen, check
 from tests.chaos.workload import KeyedWriter
@@ -35,6 +38,8 @@ from tests.support.foreign import kcat_produce
 from tests.support.outboxdata import pending, read_topic
 from tests.support.poll import eventually
 from tests.support.relayproc import RelaybusProcess, relay_fleet
+
+log = logging.getLogger(__name__)
 
 PARTITIONS = 6
 KAFKA_DOWN_S = 3.0
@@ -168,6 +173,7 @@ async def run(
                 return await pending(engine, name) == 0
 
             await eventually(drained, within=180, what=f"{scenario}: outbox drained")
+            await writer.resolve()  # indeterminate commits: which did happen
             wanted = {s.message_id for s in writer.sent}
 
             async def applied() -> bool:
@@ -220,6 +226,7 @@ async def run(
     checked = {k: v for k, v in report.figures().items() if k != "duplicate deliveries"}
     figures: dict[str, Any] = {
         "messages": len(writer.sent),
+        "failed commits": writer.failed_commits,
         **checked,
         "max backlog": r.max_backlog,
         "seconds": round(ended - started, 1),
@@ -230,7 +237,10 @@ async def run(
 
 async def _sample_backlog(r: Run) -> None:
     while True:
-        r.max_backlog = max(r.max_backlog, await pending(r.engine, r.name))
+        try:
+            r.max_backlog = max(r.max_backlog, await pending(r.engine, r.name))
+        except (DBAPIError, OSError) as err:  # the database is the fault (S7)
+            log.info("backlog sample failed: %r", err)
         await asyncio.sleep(0.5)  # a sampling period, not a synchronisation
 
 
@@ -355,3 +365,17 @@ async def duplicate_ids(r: Run, i: int) -> dict[str, Any]:
             )
         )
     return {"fault": f"{len(chosen)} ids written 3x concurrently"}
+
+
+async def crash_postgres(r: Run, i: int) -> dict[str, Any]:
+    """PostgreSQL stopped in immediate mode (every process quits at once, as in a
+    crash; the start runs crash recovery) under the writer's, the relays' and the
+    workers' transactions, then started again. No event without its committed row,
+    no committed row without its event: indeterminate commits are resolved against
+    the database afterwards."""
+    postgres = Postgres(StackSettings())
+    began = time.monotonic()
+    await asyncio.to_thread(postgres.stop, "immediate")
+    await asyncio.to_thread(postgres.start)
+    await r.engine.dispose()  # the run's own pooled connections died with it
+    return {"fault": f"PostgreSQL crash and restart ({time.monotonic() - began:.1f} s)"}

@@ -15,6 +15,7 @@ from relaybus.settings import Settings
 from tests.chaos.scenarios import (
     Fault,
     churn_workers,
+    crash_postgres,
     duplicate_ids,
     inject_poison,
     kill_relay,
@@ -28,6 +29,7 @@ SHORT: dict[str, Fault] = {
     "S2": kill_worker,
     "S3": duplicate_ids,
     "S4": restart_kafka,
+    "S7": crash_postgres,
     "S8": inject_poison,
     "S10": churn_workers,
 }
