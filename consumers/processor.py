@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from redis.asyncio import Redis
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.app import Handler
@@ -17,8 +19,15 @@ from consumers.failure import DONE, DUPLICATE, Outcome, Verdict
 from consumers.inbox import Inbox
 from consumers.incoming import Incoming, InvalidMessage
 from consumers.redis_dedupe import Claim, RedisDedupe
+from relaybus.backoff import Backoff
+from relaybus.db.errors import database_unavailable
 
 log = logging.getLogger(__name__)
+
+# While the worker's own database is unreachable an attempt waits this long (doubling,
+# jittered) before it tries again; attempts are not used up meanwhile.
+DB_WAIT_INITIAL = 0.2
+DB_WAIT_MAX = 5.0
 
 
 class Processor:
@@ -51,6 +60,9 @@ class Processor:
         """Apply ``message`` once and return its verdict; never raises for a handler
         failure.
 
+        Waits while the worker's own database is unreachable (a refused or broken
+        connection, a server restarting): the attempt is tried again in place with
+        backoff, without using up an attempt, since the message is not at fault.
         Waits while the breaker is open. A failure that opens the breaker (or meets
         it open) is retried in place after the pause, without using up an attempt:
         the dependency, not the message, is presumed at fault. A failure of the
@@ -59,19 +71,36 @@ class Processor:
         ``max_attempts`` probes instead of holding the handler forever.
         """
         handler = self.handler
+        waiting_for_db = Backoff(DB_WAIT_INITIAL, DB_WAIT_MAX)
         while True:
             probing = False
+            stage = _Stage()
             if handler.breaker is not None:
                 await handler.breaker.wait_ready()
                 probing = handler.breaker.state is BreakerState.HALF_OPEN
             began = time.perf_counter()
             try:
                 async with asyncio.timeout(handler.timeout):
-                    applied = await self._apply(message)
+                    applied = await self._apply(message, stage)
             except InvalidMessage as err:
                 self.stats["dead"] += 1
                 return Verdict(Outcome.DEAD, reason=err.reason, error=err)
             except Exception as err:  # the handler's failure, whatever it is
+                if self._database_unavailable(err, stage):
+                    # Our own database, not the message: wait for it without using
+                    # up an attempt; the delivery stays unacknowledged in the broker
+                    # meanwhile (degradation by queueing, not dead letters).
+                    self.stats["db-unavailable"] += 1
+                    delay = waiting_for_db.next_delay()
+                    log.warning(
+                        "%s: database unavailable (%r); %s again in %.1fs",
+                        handler.name,
+                        err,
+                        message.id,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
                 self.stats["failed"] += 1
                 if handler.breaker is not None:
                     handler.breaker.failure()
@@ -135,8 +164,19 @@ class Processor:
         self.stats["batches"] += 1
         return True
 
-    async def _apply(self, message: Incoming) -> bool:
+    def _database_unavailable(self, err: Exception, stage: _Stage) -> bool:
+        """The worker's database is unreachable: a driver error saying so anywhere,
+        or a connection error outside the handler's own code (a handler's
+        ``ConnectionError`` is its dependency's, handled by its retry and breaker)."""
+        if self.sessions is None:
+            return False
+        if isinstance(err, DBAPIError):
+            return database_unavailable(err)
+        return not stage.in_handler and database_unavailable(err)
+
+    async def _apply(self, message: Incoming, stage: _Stage | None = None) -> bool:
         """Run the handler under the handler's dedupe; False if it was a duplicate."""
+        stage = stage or _Stage()
         handler = self.handler
         if handler.dedupe == "redis":
             assert self.redis_dedupe is not None
@@ -149,7 +189,7 @@ class Processor:
             if claim is Claim.DONE:
                 return False
             try:
-                await self._run(message)
+                await self._run(message, stage)
             except BaseException:
                 await self.redis_dedupe.release(handler.name, message.id)
                 raise
@@ -160,16 +200,33 @@ class Processor:
             async with self.sessions() as session, session.begin():
                 if not await self.inbox.claim(session, handler.name, message.id):
                     return False
-                await handler.func(message, session)
+                async with stage.handler():
+                    await handler.func(message, session)
             return True
-        await self._run(message)
+        await self._run(message, stage)
         return True
 
-    async def _run(self, message: Incoming) -> None:
+    async def _run(self, message: Incoming, stage: _Stage) -> None:
         """The handler alone, in its own transaction if it is a SQL handler."""
         if not self.handler.uses_sql:
-            await self.handler.func(message, None)
+            async with stage.handler():
+                await self.handler.func(message, None)
             return
         assert self.sessions is not None
-        async with self.sessions() as session, session.begin():
+        async with self.sessions() as session, session.begin(), stage.handler():
             await self.handler.func(message, session)
+
+
+class _Stage:
+    """Where one attempt is: in the handler's own code, or in the worker's (session,
+    inbox, commit). Per attempt, since attempts run concurrently."""
+
+    def __init__(self) -> None:
+        self.in_handler = False
+
+    @contextlib.asynccontextmanager
+    async def handler(self) -> AsyncIterator[None]:
+        # Left set when the handler raises: the error is the handler's.
+        self.in_handler = True
+        yield
+        self.in_handler = False
