@@ -170,8 +170,8 @@ class Processor:
         ``ConnectionError`` is its dependency's, handled by its retry and breaker)."""
         if self.sessions is None:
             return False
-        if isinstance(err, DBAPIError):
-            return database_unavailable(err)
+        if isinstance(err, DBAPIError) or hasattr(err, "sqlstate"):
+            return database_unavailable(err)  # the driver's word, wherever it came from
         return not stage.in_handler and database_unavailable(err)
 
     async def _apply(self, message: Incoming, stage: _Stage | None = None) -> bool:

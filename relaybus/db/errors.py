@@ -17,14 +17,16 @@ def database_unavailable(err: BaseException) -> bool:
     to a statement it refused. Retrying later helps the former, never the latter."""
     if isinstance(err, OSError | ConnectionError):
         return True
-    if not isinstance(err, DBAPIError):
-        return False
-    if err.connection_invalidated:
-        return True
-    orig = err.orig
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    source: BaseException | None = err
+    if isinstance(err, DBAPIError):
+        if err.connection_invalidated:
+            return True
+        source = err.orig
+    # The driver's own errors (asyncpg raises some unwrapped, e.g. on connecting to a
+    # server in recovery) carry the SQLSTATE too.
+    code = getattr(source, "sqlstate", None) or getattr(source, "pgcode", None)
     if isinstance(code, str):
         return code.startswith(_UNAVAILABLE_STATES) or code in _UNAVAILABLE_CODES
     # A socket error wrapped by the driver.
-    cause = err.__cause__ or (orig.__cause__ if orig is not None else None)
+    cause = err.__cause__ or (source.__cause__ if source is not None else None)
     return isinstance(cause, OSError | ConnectionError)

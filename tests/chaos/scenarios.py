@@ -14,16 +14,16 @@ import itertools
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybus.brokers.kafka_admin import ensure_topic, list_topics
+from relaybus.db.errors import database_unavailable
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from stack.kafka_broker import KafkaCluster
@@ -40,6 +40,7 @@ from tests.support.poll import eventually
 from tests.support.relayproc import RelaybusProcess, relay_fleet
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PARTITIONS = 6
 KAFKA_DOWN_S = 3.0
@@ -120,7 +121,7 @@ async def run(
     keys: int = 16,
     relays: int = 2,
     workers: int = 2,
-    observe: Callable[[Run], Awaitable[None]] | None = None,
+    observe: Callable[[Run], Coroutine[Any, Any, None]] | None = None,
 ) -> Result:
     """Write ``messages`` over ``keys`` keys at the rate that spreads them over the
     faults, inject ``faults`` faults ``fault_every`` seconds apart, drain, check.
@@ -170,14 +171,18 @@ async def run(
             await writing
 
             async def drained() -> bool:
-                return await pending(engine, name) == 0
+                return await _unless_db_down(pending(engine, name), -1) == 0
 
             await eventually(drained, within=180, what=f"{scenario}: outbox drained")
-            await writer.resolve()  # indeterminate commits: which did happen
+            await eventually(
+                lambda: _unless_db_down(_resolved(writer), False), within=60, what="resolved"
+            )
             wanted = {s.message_id for s in writer.sent}
 
             async def applied() -> bool:
-                return wanted <= {m for m, _, _ in await _effects(engine, name)}
+                return wanted <= {
+                    m for m, _, _ in await _unless_db_down(_effects(engine, name), [])
+                }
 
             await eventually(applied, within=180, what=f"{scenario}: every event applied")
         finally:
@@ -188,7 +193,12 @@ async def run(
             for w in r.workers:
                 w.stop()
     ended = time.time()
-    records = await read_topic(settings.kafka_bootstrap, topic)
+    # In append order: copies written to other partitions (S3) come after their
+    # originals in time, not in the order partitions are read.
+    records = sorted(
+        await read_topic(settings.kafka_bootstrap, topic),
+        key=lambda rec: (rec.timestamp_ms, rec.partition, rec.offset),
+    )
     applied_rows = await _effects(engine, name)
     dead = await _dead_letters(settings, topic)
     async with engine.connect() as conn:
@@ -209,7 +219,11 @@ async def run(
         complete_log=True,
     )
     report = check(history)
-    appended = [(rec.key, rec.timestamp_ms / 1000) for rec in records]
+    appended = [
+        (rec.key, rec.timestamp_ms / 1000)
+        for rec in records
+        if rec.headers.get("id") not in r.poison
+    ]
     applied_at = [(key, t) for _, key, t in applied_rows]
     # Each fault's window runs to the next fault (the last one's to the end of the run).
     ends = [f["at"] for f in fault_figures[1:]] + [ended]
@@ -237,11 +251,24 @@ async def run(
 
 async def _sample_backlog(r: Run) -> None:
     while True:
-        try:
-            r.max_backlog = max(r.max_backlog, await pending(r.engine, r.name))
-        except (DBAPIError, OSError) as err:  # the database is the fault (S7)
-            log.info("backlog sample failed: %r", err)
+        r.max_backlog = max(r.max_backlog, await _unless_db_down(pending(r.engine, r.name), 0))
         await asyncio.sleep(0.5)  # a sampling period, not a synchronisation
+
+
+async def _unless_db_down(probe: Awaitable[T], fallback: T) -> T:
+    """``probe``'s result, or ``fallback`` while the database is down (S7's fault)."""
+    try:
+        return await probe
+    except Exception as err:
+        if not database_unavailable(err):
+            raise
+        log.info("database unavailable: %r", err)
+        return fallback
+
+
+async def _resolved(writer: KeyedWriter) -> bool:
+    await writer.resolve()
+    return True
 
 
 async def _dead_letters(settings: Settings, topic: str) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relaybus.brokers.kafka_admin import list_topics
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from stack.postgres import Postgres
@@ -69,3 +70,41 @@ async def test_worker_applies_across_a_database_restart(
         more = [event(f"k{i}", {"n": i}) for i in range(100, 200)]
         await send(settings, "kafka", f"t.{name}", more)
         await eventually(lambda: applied(200), within=120, what="all 200 after the restart")
+
+
+async def test_a_worker_waits_out_its_database_instead_of_dead_lettering(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """Messages arriving while the worker's own database is down for longer than their
+    whole retry budget (3 attempts, 1.4 s of delays) wait for it: every one applied
+    once it is back, none dead-lettered. (They used to go to the DLQ with
+    max-attempts: the outage was charged to the messages.)"""
+    name = unique("pgdown")
+    topic = f"t.{name}"
+    app = make_app(name, broker="kafka", topic_or_queue=topic)
+    postgres = Postgres(StackSettings())
+    async with running(app, settings) as worker:
+        await asyncio.to_thread(postgres.stop)
+        try:
+            await send(settings, "kafka", topic, [event(f"k{i}", {"n": i}) for i in range(50)])
+
+            async def tried() -> bool:
+                # Attempts that met the database down (counted apart since the fix).
+                seen = worker.runners[0].processor.stats
+                return seen["failed"] + seen["db-unavailable"] >= 3
+
+            await eventually(tried, within=60, what="attempts met the database down")
+            await asyncio.sleep(3.0)  # the outage outlasts the retry budget: the scenario
+        finally:
+            await asyncio.to_thread(postgres.start)
+            await engine.dispose()
+
+        async def applied() -> bool:
+            return await effect_count(engine, name) == (50, 50)
+
+        await eventually(applied, within=120, what="all 50 applied after the outage")
+        stats = dict(worker.runners[0].processor.stats)
+    assert stats.get("dead", 0) == 0, stats
+    dlq = f"{topic}.dlq"
+    if dlq in await list_topics(settings.kafka_bootstrap):
+        assert await read_topic(settings.kafka_bootstrap, dlq) == []

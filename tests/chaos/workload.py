@@ -16,11 +16,11 @@ import time
 import uuid
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.writer import Outbox
 from relaybus.db import session_factory
+from relaybus.db.errors import database_unavailable
 from relaybus.ids import uuid7
 from tests.chaos.history import Sent
 
@@ -77,7 +77,9 @@ class KeyedWriter:
                             payload={"n": number},
                             id=uuid.UUID(sent.message_id),
                         )
-            except (DBAPIError, InterfaceError, OSError) as err:
+            except Exception as err:
+                if not database_unavailable(err):
+                    raise
                 # The database went away under the transaction: it may have committed.
                 self.failed_commits += 1
                 self.maybe += [sent for sent, _ in events]
