@@ -1,9 +1,10 @@
 """``make chaos``: the fault matrix at full size, its table written into docs/guarantees.md.
 
 Runs against the stack (`relaybus stack up --kafka-nodes 3`): S1 relay SIGKILL x6,
-S2 worker SIGKILL x6, S3 duplicate ids x6, S4 Kafka restart x6, S8 hostile records
-at 1 %, S10 workers joining and leaving x6 (10 000 messages over 16 keys, a fault
-every 15 s), S5 a partition leader of the 3-node cluster frozen, then killed.
+S2 worker SIGKILL x6, S3 duplicate ids x6, S4 Kafka restart x6, S7 PostgreSQL crash
+x6, S8 hostile records at 1 %, S10 workers joining and leaving x6 (10 000 messages
+over 16 keys, a fault every 15 s), S5 a partition leader of the 3-node cluster
+frozen, then killed.
 Prints each run's
 figures, writes them to docs/chaos-matrix.json and the table between the
 ``matrix`` markers of docs/guarantees.md; exits 1 if any run broke a promise.
@@ -29,6 +30,7 @@ from stack.settings import StackSettings
 from tests.chaos.leader_fault import leader_fault
 from tests.chaos.scenarios import (
     churn_workers,
+    crash_postgres,
     duplicate_ids,
     inject_poison,
     kill_relay,
@@ -46,6 +48,7 @@ KINDS = {
     "S2": "worker SIGKILL",
     "S3": "5 applied ids written 3x at once by kcat",
     "S4": "Kafka stopped 3 s and restarted",
+    "S7": "PostgreSQL crash (immediate stop) and restart",
     "S8": "hostile records (kcat, 1 % of traffic)",
     "S10": "a worker joins / leaves",
 }
@@ -62,6 +65,7 @@ async def matrix(messages: int, faults: int, every: float) -> list[dict[str, Any
                 ("S2", kill_worker),
                 ("S3", duplicate_ids),
                 ("S4", restart_kafka),
+                ("S7", crash_postgres),
                 ("S8", inject_poison),
                 ("S10", churn_workers),
             ):
