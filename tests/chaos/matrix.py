@@ -4,10 +4,9 @@ Runs against the stack (`relaybus stack up --kafka-nodes 3`): S1 relay SIGKILL x
 S2 worker SIGKILL x6, S3 duplicate ids x6, S4 Kafka restart x6, S7 PostgreSQL crash
 x6, S8 hostile records at 1 %, S10 workers joining and leaving x6 (10 000 messages
 over 16 keys, a fault every 15 s), S5 a partition leader of the 3-node cluster
-frozen, then killed.
-Prints each run's
-figures, writes them to docs/chaos-matrix.json and the table between the
-``matrix`` markers of docs/guarantees.md; exits 1 if any run broke a promise.
+frozen, then killed. Prints each run's figures, writes them to
+docs/chaos-matrix.json and the table between the ``matrix`` markers of
+docs/guarantees.md; exits 1 if any run broke a promise.
 
     .venv/bin/python -m tests.chaos.matrix [--messages N] [--faults N] [--every S]
 """
