@@ -7,6 +7,7 @@ does not start without a password hash."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.routing import APIRoute
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox.store import PostgresOutboxStore
+from relaybus.brokers.stalls import Stall
 from relaybus.cli.console.app import create_app
 from relaybus.cli.console.auth import PasswordHash, hash_password
 from relaybus.cli.console.guard import PUBLIC
@@ -164,3 +168,25 @@ def test_a_service_down_is_a_page_that_says_so(tmp_path: Path) -> None:
         assert "outbox: unreachable" in overview.text
         assert "kafka: unreachable" in overview.text
         assert "Traceback" not in broken.log.read_text()
+
+
+async def test_the_outbox_page_shows_a_stalled_destination_as_text(
+    console: ConsoleProcess, engine: AsyncEngine
+) -> None:
+    """What a relay records while a Kafka partition does not acknowledge is on the
+    outbox page (which partition, which node, since when), markup escaped."""
+    store = PostgresOutboxStore(engine)
+    instance = f"relay-{uuid.uuid4().hex[:8]}"
+    leader = "node 2 at <script>alert(1)</script>"
+    await store.record_stalls(
+        instance, [Stall("kafka", "outbox.event.orders[3]", leader, time.time() - 30, 4)]
+    )
+    try:
+        page = console.signed_in().get("/outbox").text
+        assert "Stalled destinations" in page
+        assert "outbox.event.orders[3]" in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert "<script>alert(1)" not in page
+    finally:
+        await store.record_stalls(instance, [])
+    assert "Stalled destinations" not in console.signed_in().get("/outbox").text
