@@ -12,7 +12,7 @@ from aiokafka.partitioner import murmur2
 
 from relaybus.brokers.kafka_failover import LeaderWatch
 from relaybus.brokers.publisher import DEFERRED, PUBLISHED, Outcome, PublishError
-from relaybus.brokers.stalls import LateSends, Stall
+from relaybus.brokers.stalls import LateSends, Stall, retrieve_quietly
 from relaybus.message import Message
 
 # Record batch + record framing that is not key, value or headers (generous).
@@ -100,7 +100,8 @@ class KafkaPublisher:
             await producer.stop()
             raise PublishError(f"kafka unavailable: {err!r}") from err
         self._producer = producer
-        self._late = LateSends()  # a new producer: the old one's sends are gone
+        self._late.abandon()  # a new producer: the old one's sends are gone
+        self._late = LateSends()
         self._watch = LeaderWatch(producer.client, self._late, interval=self._stall_after / 4)
         self._watch.start()
 
@@ -188,6 +189,10 @@ class KafkaPublisher:
                 else:
                     outcomes[i] = PUBLISHED
         except KafkaError as err:
+            # The call's other sends are not looked at again: their rows are
+            # republished (at least once); their failures are not to be reported.
+            for _, _, future in sent:
+                future.add_done_callback(retrieve_quietly)
             raise PublishError(f"kafka publish failed: {err!r}") from err
         return outcomes
 

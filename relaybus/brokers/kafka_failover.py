@@ -105,7 +105,8 @@ class LeaderWatch:
             new = cluster.leader_for_partition(tp)
             if isinstance(new, int) and new >= 0 and new != old:
                 log.warning("kafka: %s: leader moved from node %s to %s", _name(tp), old, new)
-                moved_from.add(old)
+                if old >= 0:  # -1: there was none (an election was under way)
+                    moved_from.add(old)
                 self._suspect[tp] = new
         for node in moved_from:
             self._close_connections(node)

@@ -59,6 +59,13 @@ class LateSends:
     def __init__(self) -> None:
         self._late: dict[uuid.UUID, _Late] = {}
 
+    def abandon(self) -> None:
+        """Forget every late send (their producer is gone); failures that come later
+        are retrieved, not reported by asyncio as never retrieved."""
+        for late in self._late.values():
+            late.future.add_done_callback(retrieve_quietly)
+        self._late.clear()
+
     def remember(
         self,
         message_id: uuid.UUID,
@@ -108,3 +115,9 @@ class LateSends:
 
     def __len__(self) -> int:
         return len(self._late)
+
+
+def retrieve_quietly(future: asyncio.Future[object]) -> None:
+    """Mark a forgotten send's failure as seen (the row is republished either way)."""
+    if not future.cancelled():
+        future.exception()
