@@ -32,6 +32,10 @@ from relaybus.backoff import Backoff
 from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
 
 log = logging.getLogger(__name__)
+
+# A worker started while Kafka cannot be reached tries again this often (doubling).
+START_RETRY_INITIAL = 0.5
+START_RETRY_MAX = 10.0
 # Produce-request framing beyond a record's body and headers (generous).
 REQUEST_OVERHEAD = 16 * 1024
 
@@ -75,6 +79,40 @@ class KafkaWorker:
         self.failures = FailurePath(handler.name, self.source.topic, self.tiers, handler.limits)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Prepare the topics and the producer (waiting, with backoff, for a Kafka
+        that cannot be reached yet: a worker started during a broker outage waits
+        for it instead of exiting), then consume until ``stop``."""
+        backoff = Backoff(START_RETRY_INITIAL, START_RETRY_MAX)
+        while not stop.is_set():
+            try:
+                await self._prepare()
+                break
+            except (KafkaError, OSError) as err:
+                delay = backoff.next_delay()
+                log.warning(
+                    "%s: Kafka not reachable at start (%r); trying again in %.1fs",
+                    self.handler.name,
+                    err,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
+        assert self.producer is not None
+        topic = self.source.topic
+        loops = [_Loop(self, topic, self.source.group, 0)]
+        loops += [
+            _Loop(self, retry_name(topic, n), f"{self.source.group}.retry.{n}", n)
+            for n in range(1, self.tiers + 1)
+        ]
+        try:
+            await asyncio.gather(*(loop.run(stop) for loop in loops))
+        finally:
+            await self.producer.stop()
+
+    async def _prepare(self) -> None:
+        """The source topic, its tier and DLQ topics, and a started producer."""
         topic = self.source.topic
         await ensure_topic(self.bootstrap, topic)
         partitions = len(await topic_partitions(self.bootstrap, topic))
@@ -89,22 +127,18 @@ class KafkaWorker:
                 partitions=partitions,
                 config={"max.message.bytes": str(copy_limit)},
             )
-        self.producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
             enable_idempotence=True,
             max_request_size=copy_limit,
         )
-        await self.producer.start()
-        loops = [_Loop(self, topic, self.source.group, 0)]
-        loops += [
-            _Loop(self, retry_name(topic, n), f"{self.source.group}.retry.{n}", n)
-            for n in range(1, self.tiers + 1)
-        ]
         try:
-            await asyncio.gather(*(loop.run(stop) for loop in loops))
-        finally:
-            await self.producer.stop()
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self.producer = producer
 
     async def send(self, copy: Copy, key: bytes | None) -> None:
         """Produce a retry or dead-letter copy and wait for the broker's ack (acks=all)."""
