@@ -27,16 +27,7 @@ from relaybus.settings import Settings
 from stack.kafka_broker import KafkaCluster
 from stack.settings import StackSettings
 from tests.chaos.leader_fault import leader_fault
-from tests.chaos.scenarios import (
-    churn_workers,
-    crash_postgres,
-    duplicate_ids,
-    inject_poison,
-    kill_relay,
-    kill_worker,
-    restart_kafka,
-    run,
-)
+from tests.chaos.scenarios import FAULTS, run
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "guarantees.md"
@@ -59,15 +50,7 @@ async def matrix(messages: int, faults: int, every: float) -> list[dict[str, Any
     rows: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="relaybus-chaos-") as tmp:
-            for scenario, fault in (
-                ("S1", kill_relay),
-                ("S2", kill_worker),
-                ("S3", duplicate_ids),
-                ("S4", restart_kafka),
-                ("S7", crash_postgres),
-                ("S8", inject_poison),
-                ("S10", churn_workers),
-            ):
+            for scenario, fault in FAULTS.items():
                 result = await run(
                     scenario,
                     settings,

@@ -407,3 +407,15 @@ async def crash_postgres(r: Run, i: int) -> dict[str, Any]:
     await asyncio.to_thread(postgres.start)
     await r.engine.dispose()  # the run's own pooled connections died with it
     return {"fault": f"PostgreSQL crash and restart ({time.monotonic() - began:.1f} s)"}
+
+
+# The matrix's scenarios that ``run`` drives (S5 has its own run: leader_fault.py).
+FAULTS: dict[str, Fault] = {
+    "S1": kill_relay,
+    "S2": kill_worker,
+    "S3": duplicate_ids,
+    "S4": restart_kafka,
+    "S7": crash_postgres,
+    "S8": inject_poison,
+    "S10": churn_workers,
+}

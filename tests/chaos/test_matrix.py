@@ -12,30 +12,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybus.settings import Settings
-from tests.chaos.scenarios import (
-    Fault,
-    churn_workers,
-    crash_postgres,
-    duplicate_ids,
-    inject_poison,
-    kill_relay,
-    kill_worker,
-    restart_kafka,
-    run,
-)
-
-SHORT: dict[str, Fault] = {
-    "S1": kill_relay,
-    "S2": kill_worker,
-    "S3": duplicate_ids,
-    "S4": restart_kafka,
-    "S7": crash_postgres,
-    "S8": inject_poison,
-    "S10": churn_workers,
-}
+from tests.chaos.scenarios import FAULTS, run
 
 
-@pytest.mark.parametrize("scenario", sorted(SHORT))
+@pytest.mark.parametrize("scenario", sorted(FAULTS))
 async def test_short_scenario_keeps_every_promise(
     scenario: str, settings: Settings, engine: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -44,7 +24,7 @@ async def test_short_scenario_keeps_every_promise(
         settings,
         engine,
         tmp_path,
-        SHORT[scenario],
+        FAULTS[scenario],
         messages=2000,
         faults=3,
         fault_every=5.0,
