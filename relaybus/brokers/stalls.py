@@ -14,10 +14,13 @@ without sending (the broker client would only queue them behind the stuck ones).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 # A late send answered long ago whose message was never published again (another
 # relay took its partition) is forgotten after this long.
@@ -118,6 +121,7 @@ class LateSends:
 
 
 def retrieve_quietly(future: asyncio.Future[object]) -> None:
-    """Mark a forgotten send's failure as seen (the row is republished either way)."""
-    if not future.cancelled():
-        future.exception()
+    """Mark a forgotten send's failure as seen (the row is republished either way);
+    logged at debug level, since a broker restart fails them by the hundred."""
+    if not future.cancelled() and (err := future.exception()) is not None:
+        log.debug("a forgotten Kafka send failed (its row is republished): %r", err)

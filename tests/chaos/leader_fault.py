@@ -48,6 +48,7 @@ class LeaderFault:
     records: list[Record]
     election_at: float
     back_at: float
+    resumed_at: dict[int, float]  # affected partition -> its first append after the election
     stalls: list[StallStatus]
     victim: int
     relay_log: str
@@ -152,7 +153,7 @@ async def leader_fault(
     pre = rate(records, unaffected, fault_at - BEFORE_S / 2, fault_at)
     fenced = rate(records, unaffected, fault_at, election_at)
     after = rate(records, unaffected, election_at, back_at)
-    resumed = {
+    resumed_at = {
         p: min(
             (
                 r.timestamp_ms / 1000
@@ -161,9 +162,9 @@ async def leader_fault(
             ),
             default=float("inf"),
         )
-        - election_at
         for p in sorted(affected)
     }
+    resumed = {p: at - election_at for p, at in resumed_at.items()}
     checked = {k: v for k, v in report.figures().items() if k != "duplicate deliveries"}
     figures = {
         "messages": len(writer.sent),
@@ -185,6 +186,7 @@ async def leader_fault(
         records,
         election_at,
         back_at,
+        resumed_at,
         seen_stalls,
         victim_id,
         log,
