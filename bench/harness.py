@@ -48,7 +48,7 @@ SCENARIOS: dict[str, Scenario] = {
             "bench.latency_bench",
             "commit -> handler applied, open loop at 10/50/80 % of the maximum rate, "
             "Kafka and RabbitMQ, next to raw client pairs; NOTIFY on and off",
-            "--seconds 2 --max-events 2000 --loads 0.5 --rounds 1",
+            "--seconds 2 --max-events 1000 --loads 0.5 --rounds 1",
         ),
         Scenario(
             "scaling",

@@ -392,7 +392,7 @@ async def main(args: argparse.Namespace) -> None:
             if broker == "kafka":
                 await ensure_topic(settings.kafka_bootstrap, pipeline.topic, PARTITIONS)
             try:
-                await pipeline.start_worker(settings.rabbitmq_management_url)
+                await pipeline.start_worker(settings.rabbitmq_management)
                 await pipeline.start_relay(listen=True)
                 warm = await relaybus_round(engine, pipeline, 50, 1, 1)  # pipeline ready
                 print(f"{broker}: warm-up max {max(warm.scheduled):.0f} ms", flush=True)
@@ -415,7 +415,7 @@ async def main(args: argparse.Namespace) -> None:
                         base = summary(
                             await raw_kafka_round(settings.kafka_bootstrap, rate, args.seconds)
                             if broker == "kafka"
-                            else await raw_rabbit_round(settings.rabbitmq_url, rate, args.seconds)
+                            else await raw_rabbit_round(settings.rabbitmq, rate, args.seconds)
                         )
                         ours.values.append(got["p99"])
                         raw.values.append(base["p99"])

@@ -511,13 +511,13 @@ async def main(args: argparse.Namespace) -> None:
             print("(b) RabbitMQ", flush=True)
             raw_r = Series("raw aio-pika (pipelined confirms)", "msg/s")
             relay_r = Series("relay -> RabbitMQ", "msg/s")
-            rabbit_pub = RabbitPublisher(settings.rabbitmq_url)
-            await rabbit_sink(settings.rabbitmq_url, purge=True)
+            rabbit_pub = RabbitPublisher(settings.rabbitmq)
+            await rabbit_sink(settings.rabbitmq, purge=True)
             for r in range(args.rounds):
                 await rounds(
-                    1, lambda _r: raw_rabbit(settings.rabbitmq_url, events, keys), events, raw_r
+                    1, lambda _r: raw_rabbit(settings.rabbitmq, events, keys), events, raw_r
                 )
-                await rabbit_sink(settings.rabbitmq_url, purge=True)
+                await rabbit_sink(settings.rabbitmq, purge=True)
                 agg = f"bench{tag}r{r}"
                 await prefill_outbox(engine, agg, events, keys)
                 await rounds(
@@ -528,7 +528,7 @@ async def main(args: argparse.Namespace) -> None:
                     events,
                     relay_r,
                 )
-                await rabbit_sink(settings.rabbitmq_url, purge=True)
+                await rabbit_sink(settings.rabbitmq, purge=True)
             comparisons.append(Comparison("relay/raw RabbitMQ", relay_r, raw_r, 0.9))
 
         # (c) A business insert alone vs the same insert + its outbox row.

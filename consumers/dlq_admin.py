@@ -7,6 +7,7 @@ import base64
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -20,6 +21,7 @@ from consumers.naming import DLQ_SUFFIX, source_of_dlq
 from consumers.rabbit_worker import wire_pairs
 from relaybus import headers as h
 from relaybus.brokers.kafka_admin import topic_partitions
+from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
 from relaybus.brokers.rabbit_management import management_get
 
 # What a broker outage looks like to callers of this module (the CLI reports it).
@@ -193,11 +195,11 @@ class DeadLetterStore(Protocol):
 class KafkaDeadLetters:
     """Dead letters in ``<topic>.dlq`` topics."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: KafkaTarget) -> None:
         self.bootstrap = bootstrap
 
     async def queues(self) -> list[tuple[str, int]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_client_options(self.bootstrap))
         await admin.start()
         try:
             topics = sorted(t for t in await admin.list_topics() if t.endswith(DLQ_SUFFIX))
@@ -208,7 +210,9 @@ class KafkaDeadLetters:
         ]
 
     async def _consumer(self) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            **kafka_client_options(self.bootstrap), enable_auto_commit=False
+        )
         await consumer.start()
         # Let the consumer's internal tasks begin: aiokafka's stop() raises
         # CancelledError for a group-less consumer stopped before they first ran.
@@ -257,7 +261,7 @@ class KafkaDeadLetters:
         if not plan.accepted:
             return []
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
+            **kafka_client_options(self.bootstrap), acks="all", enable_idempotence=True
         )
         await producer.start()
         sent: list[str] = []
@@ -278,7 +282,7 @@ class KafkaDeadLetters:
 
     async def purge(self, name: str) -> int:
         bounds = await self._bounds(name)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_client_options(self.bootstrap))
         await admin.start()
         try:
             await admin.delete_records(
@@ -289,6 +293,12 @@ class KafkaDeadLetters:
         return sum(end - start for start, end in bounds.values())
 
 
+def amqp_vhost(url: str) -> str:
+    """The vhost an AMQP URL names ("/" when its path is empty, as aio-pika reads it)."""
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
 class RabbitDeadLetters:
     """Dead letters in ``<queue>.dlq`` queues (listed through the management API)."""
 
@@ -297,11 +307,13 @@ class RabbitDeadLetters:
         self.management_url = management_url
 
     async def queues(self) -> list[tuple[str, int]]:
+        """DLQs of the AMQP URL's vhost (the one ``letters`` and ``purge`` open)."""
         rows = await asyncio.to_thread(self._management, "/api/queues")
+        vhost = amqp_vhost(self.url)
         return sorted(
             (q["name"], int(q.get("messages", 0) or 0))
             for q in rows
-            if str(q["name"]).endswith(DLQ_SUFFIX)
+            if str(q["name"]).endswith(DLQ_SUFFIX) and q.get("vhost", "/") == vhost
         )
 
     def _management(self, path: str) -> Any:

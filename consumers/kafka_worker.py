@@ -30,6 +30,7 @@ from consumers.unreadable import skip_unreadable
 from relaybus import headers as rh
 from relaybus.backoff import Backoff
 from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
+from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class KafkaWorker:
         self,
         handler: Handler,
         processor: Processor,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         session_timeout_ms: int = 10_000,
     ) -> None:
         assert isinstance(handler.source, KafkaSource)
@@ -128,7 +129,7 @@ class KafkaWorker:
                 config={"max.message.bytes": str(copy_limit)},
             )
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **kafka_client_options(self.bootstrap),
             acks="all",
             enable_idempotence=True,
             max_request_size=copy_limit,
@@ -160,7 +161,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         self.topic = topic
         self.tier = tier
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=worker.bootstrap,
+            **kafka_client_options(worker.bootstrap),
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

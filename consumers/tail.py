@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaError
 from consumers.unreadable import skip_unreadable
 from relaybus.backoff import Backoff
 from relaybus.brokers.kafka_admin import topic_partitions
+from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class KafkaTail:
     has seen. A record the client cannot parse is skipped (logged).
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: KafkaTarget, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.position: dict[int, int] = {}
@@ -49,7 +50,7 @@ class KafkaTail:
             for p in await topic_partitions(self.bootstrap, self.topic)
         ]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **kafka_client_options(self.bootstrap),
             enable_auto_commit=False,
             isolation_level="read_committed",
         )

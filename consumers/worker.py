@@ -87,12 +87,12 @@ class Worker:
                     KafkaWorker(
                         handler,
                         processor,
-                        settings.kafka_bootstrap,
+                        settings.kafka,
                         settings.kafka_session_timeout_ms,
                     )
                 )
             else:
-                self.runners.append(RabbitWorker(handler, processor, settings.rabbitmq_url))
+                self.runners.append(RabbitWorker(handler, processor, settings.rabbitmq))
 
     async def run(self, stop: asyncio.Event) -> None:
         try:

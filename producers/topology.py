@@ -5,9 +5,10 @@ from __future__ import annotations
 from producers.contract import ALL_TOPICS
 from producers.settings import ShopSettings
 from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.brokers.kafka_connection import KafkaTarget
 
 
-async def ensure_shop_topics(bootstrap: str, shop: ShopSettings) -> list[str]:
+async def ensure_shop_topics(bootstrap: KafkaTarget, shop: ShopSettings) -> list[str]:
     """Create every shop topic that is missing, each with ``shop_partitions``
     partitions. Returns the ones this call created.
 

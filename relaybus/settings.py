@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from relaybus.brokers.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
+
 
 class Route(BaseModel):
     """Events whose ``type`` matches ``pattern`` (fnmatch, e.g. ``order.*``) go to ``brokers``."""
@@ -34,10 +36,50 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers."
     )
-    rabbitmq_url: str = Field(
-        "amqp://guest:guest@127.0.0.1:5672/", description="AMQP URL of RabbitMQ."
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT",
+        description="PLAINTEXT on the local stack; SASL_SSL for an authenticated cluster "
+        "(`relaybus stack up` also serves SASL_SSL with SCRAM-SHA-512 on port 9094).",
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (never logged or printed)."
+    )
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA certificate (PEM) the broker's certificate is checked against."
+    )
+    rabbitmq_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="AMQP URL of RabbitMQ; amqps://user:password@host:5671/vhost?cafile=ca.pem "
+        "for TLS (kept secret: it holds the password).",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """How every Kafka client of this process connects (bootstrap, TLS, SASL)."""
+        password = self.kafka_sasl_password
+        return KafkaConnection(
+            self.kafka_bootstrap,
+            self.kafka_security_protocol,
+            self.kafka_sasl_mechanism,
+            self.kafka_sasl_username,
+            password.get_secret_value() if password is not None else None,
+            self.kafka_ssl_cafile,
+        )
+
+    @property
+    def rabbitmq(self) -> str:
+        """The AMQP URL, password included: pass it to a client, never to a log."""
+        return self.rabbitmq_url.get_secret_value()
+
+    @property
+    def rabbitmq_management(self) -> str:
+        """The management API's URL, password included (same care as ``rabbitmq``)."""
+        return self.rabbitmq_management_url.get_secret_value()
 
     @field_validator("database_url")
     @classmethod
@@ -81,8 +123,9 @@ class Settings(BaseSettings):
     inbox_retention_days: float = Field(
         7, gt=0, description="Inbox rows older than this are purged by workers."
     )
-    rabbitmq_management_url: str = Field(
-        "http://guest:guest@127.0.0.1:15672", description="RabbitMQ management API (DLQ listing)."
+    rabbitmq_management_url: SecretStr = Field(
+        SecretStr("http://guest:guest@127.0.0.1:15672"),
+        description="RabbitMQ management API (DLQ listing); kept secret: it holds the password.",
     )
     relay_batch_size: int = Field(500, ge=1, description="Rows per publish batch.")
     relay_concurrent_batches: int = Field(

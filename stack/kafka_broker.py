@@ -21,6 +21,7 @@ from stack.procs import (
     stop_pids,
     tail,
 )
+from stack.secure import KAFKA_USER, SecureMaterial, write_private
 from stack.service import ServiceStatus
 from stack.settings import StackSettings
 
@@ -57,8 +58,14 @@ class KafkaNode:
         return read_pid(self.pid_file)
 
 
-def _properties(node: KafkaNode, quorum: str, replication: int, min_isr: int) -> str:
+def _properties(
+    node: KafkaNode, quorum: str, replication: int, min_isr: int, secure: SecureListener | None
+) -> str:
     listeners = f"PLAINTEXT://{node.host}:{node.broker_port},CONTROLLER://{node.host}:{node.controller_port}"
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    if secure is not None:
+        listeners += f",SASL_SSL://{node.host}:{secure.port}"
+        protocols += ",SASL_SSL:SASL_SSL"
     return "\n".join(
         [
             "process.roles=broker,controller",
@@ -67,7 +74,7 @@ def _properties(node: KafkaNode, quorum: str, replication: int, min_isr: int) ->
             f"listeners={listeners}",
             f"advertised.listeners={listeners}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"listener.security.protocol.map={protocols}",
             "inter.broker.listener.name=PLAINTEXT",
             f"log.dirs={node.home / 'data'}",
             "num.partitions=1",
@@ -82,9 +89,33 @@ def _properties(node: KafkaNode, quorum: str, replication: int, min_isr: int) ->
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
             *(_FAILURE_DETECTION if replication > 1 else []),
+            *(secure.properties() if secure is not None else []),
             "",
         ]
     )
+
+
+@dataclass(frozen=True)
+class SecureListener:
+    """A SASL_SSL listener: TLS with the stack's certificate, SCRAM-SHA-512 logins.
+
+    Only clients with a SCRAM user of this cluster get in; the plaintext listener
+    stays for the local dev tools (it is on loopback like everything else).
+    """
+
+    port: int
+    keystore: Path  # PEM: private key + certificate chain
+
+    def properties(self) -> list[str]:
+        prefix = "listener.name.sasl_ssl"
+        return [
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            f"{prefix}.sasl.enabled.mechanisms=SCRAM-SHA-512",
+            f"{prefix}.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"{prefix}.ssl.keystore.type=PEM",
+            f"{prefix}.ssl.keystore.location={self.keystore}",
+        ]
 
 
 # The 3-node cluster's failure detection (docs/guarantees.md). With acks=all a write
@@ -110,17 +141,29 @@ class KafkaCluster:
     acks=all writes survive the loss of one broker.
     """
 
-    def __init__(self, settings: StackSettings, name: str, home: Path, nodes: list[KafkaNode]):
+    def __init__(
+        self,
+        settings: StackSettings,
+        name: str,
+        home: Path,
+        nodes: list[KafkaNode],
+        secure: SecureMaterial | None = None,
+    ):
         self.s = settings
         self.name = name
         self.home = home
         self.nodes = nodes
+        self.secure = secure
+        self.listener = (
+            SecureListener(settings.kafka_secure_port, secure.kafka_keystore) if secure else None
+        )
 
     @classmethod
     def single(cls, s: StackSettings) -> KafkaCluster:
+        """The dev broker: plaintext on ``kafka_port``, SASL_SSL on ``kafka_secure_port``."""
         home = s.data_dir / "kafka"
         node = KafkaNode(1, home, s.host, s.kafka_port, s.kafka_controller_port)
-        return cls(s, "kafka", home, [node])
+        return cls(s, "kafka", home, [node], SecureMaterial(s))
 
     @classmethod
     def three_nodes(cls, s: StackSettings) -> KafkaCluster:
@@ -177,7 +220,7 @@ class KafkaCluster:
         replication, min_isr = (3, 2) if clustered else (1, 1)
         for node in self.nodes:
             private_dir(node.home)
-            node.config.write_text(_properties(node, quorum, replication, min_isr))
+            node.config.write_text(_properties(node, quorum, replication, min_isr, self.listener))
             if (node.home / "data" / "meta.properties").exists():
                 continue
             # "--cluster-id=<id>" in one argument: a URL-safe base64 id may start with
@@ -190,11 +233,19 @@ class KafkaCluster:
     def start(self) -> None:
         """Start the nodes that are not running, then wait until each logged it started."""
         to_start = [n for n in self.nodes if n.pid() is None]
-        if not to_start:
-            return
+        if to_start:
+            self._start(to_start)
+        if self.secure is not None:
+            self._ensure_scram_user(self.secure)
+
+    def _start(self, to_start: list[KafkaNode]) -> None:
         for node in to_start:
             require_free_port(node.host, node.broker_port, f"{self.name} node {node.node_id}")
             require_free_port(node.host, node.controller_port, f"{self.name} node {node.node_id}")
+            if self.listener is not None:
+                require_free_port(node.host, self.listener.port, f"{self.name} SASL_SSL")
+        if self.secure is not None:
+            self.secure.ensure()
         self._format()
         offsets: dict[int, int] = {}
         for node in to_start:
@@ -208,6 +259,33 @@ class KafkaCluster:
         deadline = time.monotonic() + self.s.start_timeout_s
         for node in to_start:
             self._wait_started(node, offsets[node.node_id], deadline)
+
+    def _ensure_scram_user(self, secure: SecureMaterial) -> None:
+        """Create (or reset) the SCRAM-SHA-512 user over the plaintext listener. The
+        password goes in a 0600 file (``--add-config-file``), never on the argv."""
+        marker = self.home / "scram-user"
+        password = secure.credentials().kafka_password
+        if marker.exists() and marker.read_text() == secure.credentials_file.read_text():
+            return
+        config = secure.home / "kafka-scram.properties"
+        # From a file the value is taken as is: no [brackets] as on the command line.
+        write_private(config, f"SCRAM-SHA-512=iterations=8192,password={password}\n")
+        try:
+            run(
+                self._jvm(
+                    "kafka.admin.ConfigCommand",
+                    "--bootstrap-server", self.nodes[0].endpoint,
+                    "--alter", "--entity-type", "users", "--entity-name", KAFKA_USER,
+                    "--add-config-file", str(config),
+                ),
+                f"{self.name}: SCRAM user",
+            )  # fmt: skip
+        except StackError as err:
+            # The tool echoes a rejected line, password included: never print it.
+            raise StackError(str(err), err.detail.replace(password, "***")) from None
+        finally:
+            config.unlink(missing_ok=True)
+        write_private(marker, secure.credentials_file.read_text())
 
     def _wait_started(self, node: KafkaNode, offset: int, deadline: float) -> None:
         what = f"{self.name} node {node.node_id}"

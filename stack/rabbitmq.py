@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from urllib.parse import quote
 
 from stack.errors import StackError
 from stack.procs import (
@@ -16,6 +22,7 @@ from stack.procs import (
     tail,
     wait_until,
 )
+from stack.secure import RABBITMQ_USER, RABBITMQ_VHOST, SecureMaterial
 from stack.service import ServiceStatus
 from stack.settings import StackSettings
 
@@ -33,6 +40,7 @@ class RabbitMQ:
 
     def __init__(self, settings: StackSettings) -> None:
         self.s = settings
+        self.secure = SecureMaterial(settings)
         self.home = settings.data_dir / "rabbitmq"
         self.log = self.home / "rabbitmq.out"
         self.pid_file = self.home / "beam.pid"
@@ -64,6 +72,14 @@ class RabbitMQ:
             f"management.tcp.ip = {self.s.host}\n"
             f"management.tcp.port = {self.s.rabbitmq_management_port}\n"
             "loopback_users.guest = true\n"
+            # AMQPS next to plain AMQP; clients check the server certificate, the server
+            # asks for none (users log in with passwords).
+            f"listeners.ssl.1 = {self.s.host}:{self.s.rabbitmq_tls_port}\n"
+            f"ssl_options.cacertfile = {self.secure.ca_cert}\n"
+            f"ssl_options.certfile = {self.secure.server_cert}\n"
+            f"ssl_options.keyfile = {self.secure.server_key}\n"
+            "ssl_options.verify = verify_none\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
         )
 
     def _ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -77,9 +93,18 @@ class RabbitMQ:
         )
 
     def start(self) -> None:
-        if read_pid(self.pid_file) is not None:
-            return
-        for port in (self.s.rabbitmq_port, self.s.rabbitmq_management_port):
+        """Start the node unless it runs; either way make sure the vhost user exists."""
+        credentials = self.secure.ensure()
+        if read_pid(self.pid_file) is None:
+            self._start()
+        self._ensure_vhost_user(credentials.rabbitmq_password)
+
+    def _start(self) -> None:
+        for port in (
+            self.s.rabbitmq_port,
+            self.s.rabbitmq_management_port,
+            self.s.rabbitmq_tls_port,
+        ):
             require_free_port(self.s.host, port, self.name)
         self._write_config()
         spawn(
@@ -96,6 +121,39 @@ class RabbitMQ:
             return self._ctl("await_startup", "--timeout", "5", timeout=15).returncode == 0
 
         wait_until(ready, self.s.start_timeout_s, self.name, self.log)
+
+    def _ensure_vhost_user(self, password: str) -> None:
+        """The vhost ``relaybus`` and a user allowed only there (management tag so it
+        can list its own queues), through the management API: the password travels
+        in a request body, not on a command line."""
+        vhost = quote(RABBITMQ_VHOST, safe="")
+        self._management_put(f"/api/vhosts/{vhost}", {})
+        self._management_put(
+            f"/api/users/{RABBITMQ_USER}", {"password": password, "tags": "management"}
+        )
+        self._management_put(
+            f"/api/permissions/{vhost}/{RABBITMQ_USER}",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+
+    def _management_put(self, path: str, body: dict[str, str]) -> None:
+        url = f"http://{self.s.host}:{self.s.rabbitmq_management_port}{path}"
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT")
+        request.add_header("content-type", "application/json")
+        # guest/guest: RabbitMQ's built-in user, which it admits from loopback only.
+        token = base64.b64encode(b"guest:guest").decode()
+        request.add_header("authorization", f"Basic {token}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=10):
+                    return
+            except urllib.error.HTTPError as err:  # an answer: a real refusal
+                raise StackError(f"rabbitmq: PUT {path} refused ({err.code})") from None
+            except OSError as err:  # the management listener may lag await_startup
+                if time.monotonic() > deadline:
+                    raise StackError(f"rabbitmq: management API unreachable: {err}") from None
+                time.sleep(0.5)
 
     def stop(self) -> bool:
         pid = read_pid(self.pid_file)

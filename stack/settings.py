@@ -33,6 +33,10 @@ class StackSettings(BaseSettings):
     rabbitmq_port: int = 5672
     rabbitmq_management_port: int = 15672
     rabbitmq_dist_port: int = 25672
+    # The authenticated endpoints (stack/secure.py): AMQPS with a vhost-limited user,
+    # Kafka SASL_SSL with SCRAM-SHA-512, next to the plaintext dev listeners.
+    rabbitmq_tls_port: int = 5671
+    kafka_secure_port: int = 9094
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     # The 3-node KRaft cluster: node i listens on base + 10000*i (broker) and +1 (controller).

@@ -7,6 +7,7 @@ from typing import Any
 import faust
 
 from producers.settings import ShopSettings
+from relaybus.brokers.kafka_connection import KafkaConnection
 from relaybus.settings import Settings
 
 
@@ -20,6 +21,7 @@ def shop_faust_app(
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
     options: dict[str, Any] = {
         "broker": brokers,
+        "broker_credentials": faust_credentials(settings.kafka),
         "store": "memory://",
         "processing_guarantee": "exactly_once",
         "topic_partitions": partitions,
@@ -34,6 +36,22 @@ def shop_faust_app(
         "producer_acks": -1,
     }
     return faust.App(app_id, **{**options, **extra})
+
+
+def faust_credentials(kafka: KafkaConnection) -> faust.types.auth.CredentialsT | None:
+    """faust's form of ``kafka``'s TLS/SASL settings (None on plaintext)."""
+    options = kafka.client_options()  # refuses SASL without credentials, as elsewhere
+    context = options.get("ssl_context")
+    if kafka.uses_sasl:
+        return faust.SASLCredentials(
+            username=kafka.username,
+            password=kafka.password,
+            ssl_context=context,
+            mechanism=kafka.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 async def write_through(table: Any, key: str, value: bytes, partition: int) -> None:

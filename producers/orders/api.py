@@ -93,7 +93,7 @@ class OrdersService:
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
         self.store = store or OrderStore(Outbox.from_settings(settings))
         self.ids = WorkerIdLease(PostgresLock(self.engine))
-        self.tail = KafkaTail(settings.kafka_bootstrap, ORDER_STATUS_EVENTS)
+        self.tail = KafkaTail(settings.kafka, ORDER_STATUS_EVENTS)
         self.read_model = HttpReadModel(shop.read_model_base_url, shop.read_model_timeout)
         self.views = OrderViews(None, None, self.from_database, self.partition_of)
 
@@ -110,7 +110,7 @@ class OrdersService:
         Kafka cannot be reached at start, the database answers every read."""
         try:
             await ensure_topic(
-                self.settings.kafka_bootstrap,
+                self.settings.kafka,
                 ORDER_STATUS_EVENTS,
                 self.shop.shop_partitions,
                 self.shop.shop_replication,

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 
+from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
 from relaybus.brokers.kafka_failover import LeaderWatch
 from relaybus.brokers.publisher import DEFERRED, PUBLISHED, Outcome, PublishError
 from relaybus.brokers.stalls import LateSends, Stall, retrieve_quietly
@@ -65,7 +66,7 @@ class KafkaPublisher:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         topic_for: Callable[[Message], str] = default_topic,
         *,
         linger_ms: int = 5,
@@ -93,7 +94,7 @@ class KafkaPublisher:
         """Connect; a second call while started is a no-op (one producer, one order)."""
         if self._producer is not None:
             return
-        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._options)
+        producer = AIOKafkaProducer(**kafka_client_options(self._bootstrap), **self._options)
         try:
             await producer.start()
         except KafkaError as err:

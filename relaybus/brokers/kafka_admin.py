@@ -11,9 +11,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
+
 
 @contextmanager
-def reaching(bootstrap: str) -> Iterator[None]:
+def reaching(bootstrap: KafkaTarget) -> Iterator[None]:
     """Turn a Kafka client error inside the block into ``ConnectionError`` (an
     ``OSError``), so callers outside the adapters handle one kind of "unreachable"."""
     try:
@@ -23,7 +25,7 @@ def reaching(bootstrap: str) -> Iterator[None]:
 
 
 async def ensure_topic(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     topic: str,
     partitions: int = 3,
     replication: int = 1,
@@ -31,7 +33,7 @@ async def ensure_topic(
 ) -> bool:
     """Create ``topic`` (with topic ``config``) unless it exists; True if this call
     created it. An existing topic's config is left as it is."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_options(bootstrap))
     await admin.start()
     try:
         if topic in await admin.list_topics():
@@ -47,9 +49,9 @@ async def ensure_topic(
         await admin.close()
 
 
-async def list_topics(bootstrap: str) -> set[str]:
+async def list_topics(bootstrap: KafkaTarget) -> set[str]:
     """The names of every topic in the cluster."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_options(bootstrap))
     await admin.start()
     try:
         return set(await admin.list_topics())
@@ -57,9 +59,9 @@ async def list_topics(bootstrap: str) -> set[str]:
         await admin.close()
 
 
-async def topic_partitions(bootstrap: str, topic: str, timeout: float = 15.0) -> list[int]:
+async def topic_partitions(bootstrap: KafkaTarget, topic: str, timeout: float = 15.0) -> list[int]:
     """Partition numbers of ``topic``, waiting up to ``timeout`` for a new topic to appear."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_options(bootstrap))
     await admin.start()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -76,9 +78,9 @@ async def topic_partitions(bootstrap: str, topic: str, timeout: float = 15.0) ->
         await admin.close()
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+async def end_offsets(bootstrap: KafkaTarget, topic: str) -> dict[int, int]:
     """The end offset of each partition of ``topic``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_client_options(bootstrap), enable_auto_commit=False)
     await consumer.start()
     try:
         parts = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
@@ -88,14 +90,14 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 async def start_group_at(
-    bootstrap: str, group: str, topic: str, offsets: Mapping[int, int]
+    bootstrap: KafkaTarget, group: str, topic: str, offsets: Mapping[int, int]
 ) -> None:
     """Commit ``offsets`` (partition -> offset) for ``group``, a new group or one
     without live members: it starts there. (Assigned, not subscribed: a commit
     outside any generation, which the coordinator accepts only for a group without
     members.)"""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        **kafka_client_options(bootstrap), group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     try:
@@ -107,10 +109,10 @@ async def start_group_at(
 
 
 async def produce_records(
-    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, dict[str, str]]]
+    bootstrap: KafkaTarget, topic: str, records: list[tuple[bytes | None, bytes, dict[str, str]]]
 ) -> None:
     """Produce (key, value, headers) records in order and wait for all acks."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(bootstrap), acks="all")
     await producer.start()
     try:
         for key, value, headers in records:
@@ -122,11 +124,11 @@ async def produce_records(
         await producer.stop()
 
 
-async def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+async def group_offsets(bootstrap: KafkaTarget, group: str, topic: str) -> dict[int, int]:
     """The offsets ``group`` has committed on ``topic`` (partition -> next offset to
     read); a partition with no commit is left out. ``ConnectionError`` when Kafka
     cannot be asked."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_options(bootstrap))
     with reaching(bootstrap):
         await admin.start()
         try:
@@ -157,7 +159,7 @@ class PartitionLag:
         return max(0, self.end - self.committed)
 
 
-async def consumer_lag(bootstrap: str, group: str | None = None) -> list[PartitionLag]:
+async def consumer_lag(bootstrap: KafkaTarget, group: str | None = None) -> list[PartitionLag]:
     """Every committed offset of ``group`` (or of every consumer group), next to its
     partition's end offset; sorted by group, topic, partition. A partition the group
     has never committed on is not listed (as ``kafka-consumer-groups`` leaves its
@@ -167,8 +169,8 @@ async def consumer_lag(bootstrap: str, group: str | None = None) -> list[Partiti
         return await _consumer_lag(bootstrap, group)
 
 
-async def _consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _consumer_lag(bootstrap: KafkaTarget, group: str | None) -> list[PartitionLag]:
+    admin = AIOKafkaAdminClient(**kafka_client_options(bootstrap))
     await admin.start()
     try:
         if group is None:
@@ -186,7 +188,7 @@ async def _consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]
     partitions = {tp for offsets in committed.values() for tp in offsets}
     if not partitions:
         return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(**kafka_client_options(bootstrap))
     await consumer.start()
     try:
         ends = await consumer.end_offsets(list(partitions))
@@ -222,7 +224,7 @@ class PartitionWindow:
 
 
 async def time_window(
-    bootstrap: str, topic: str, since_ms: int, until_ms: int | None = None
+    bootstrap: KafkaTarget, topic: str, since_ms: int, until_ms: int | None = None
 ) -> list[PartitionWindow]:
     """Per partition of ``topic``, the offsets of the records with ``since_ms <=
     timestamp < until_ms`` (``until_ms`` None: up to the end), found with
@@ -234,13 +236,13 @@ async def time_window(
 
 
 async def _time_window(
-    bootstrap: str, topic: str, since_ms: int, until_ms: int | None
+    bootstrap: KafkaTarget, topic: str, since_ms: int, until_ms: int | None
 ) -> list[PartitionWindow]:
     # Listed first: describing a missing topic can make the broker create it.
     if topic not in await list_topics(bootstrap):
         raise LookupError(f"kafka topic {topic!r} does not exist")
     partitions = await topic_partitions(bootstrap, topic, timeout=3.0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_client_options(bootstrap), enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in partitions]

@@ -26,6 +26,7 @@ from relaybus.brokers.kafka_admin import (
     reaching,
     start_group_at,
 )
+from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
 from relaybus.headers import REPLAY_OF
 
 # Batches read per partition and records in flight before the copy waits for acks:
@@ -48,10 +49,10 @@ class GroupBusyError(Exception):
         self.members = members
 
 
-async def group_members(bootstrap: str, group: str) -> list[str]:
+async def group_members(bootstrap: KafkaTarget, group: str) -> list[str]:
     """The live members of ``group``, each as ``client-id@host (member-id)``; empty
     for a group without members (state Empty or Dead)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_options(bootstrap))
     await admin.start()
     try:
         responses = await admin.describe_consumer_groups([group])
@@ -69,7 +70,7 @@ async def group_members(bootstrap: str, group: str) -> list[str]:
 
 
 async def reset_group(
-    bootstrap: str, group: str, topic: str, offsets: Mapping[int, int]
+    bootstrap: KafkaTarget, group: str, topic: str, offsets: Mapping[int, int]
 ) -> dict[int, int]:
     """Commit ``offsets`` (partition -> next offset to read) for ``group`` on
     ``topic`` and return the offsets it had before (partitions it never committed on
@@ -164,7 +165,7 @@ class CopyResult:
     already_there: int
 
 
-async def destination_ends(bootstrap: str, topic: str) -> dict[int, int]:
+async def destination_ends(bootstrap: KafkaTarget, topic: str) -> dict[int, int]:
     """End offsets of ``topic`` (which must exist; ``LookupError`` if not): where a
     copy into it starts."""
     with reaching(bootstrap):
@@ -174,7 +175,7 @@ async def destination_ends(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 async def already_copied(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     source: str,
     destination: str,
     since: Mapping[int, int],
@@ -190,10 +191,14 @@ async def already_copied(
 
 
 async def _mark_copied(
-    bootstrap: str, source: str, destination: str, since: Mapping[int, int], copied: CopiedSet
+    bootstrap: KafkaTarget,
+    source: str,
+    destination: str,
+    since: Mapping[int, int],
+    copied: CopiedSet,
 ) -> None:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=FETCH_RECORDS
+        **kafka_client_options(bootstrap), enable_auto_commit=False, max_poll_records=FETCH_RECORDS
     )
     await consumer.start()
     try:
@@ -222,7 +227,7 @@ Rewrite = Callable[[int, int, list[tuple[str, bytes]]], list[tuple[str, bytes]]]
 
 
 async def copy_window(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     source: str,
     windows: list[PartitionWindow],
     destination: str,
@@ -252,10 +257,12 @@ async def copy_window(
         if not ends:
             return CopyResult(0, 0, 0, 0)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=FETCH_RECORDS
+            **kafka_client_options(bootstrap),
+            enable_auto_commit=False,
+            max_poll_records=FETCH_RECORDS,
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+            **kafka_client_options(bootstrap), acks="all", enable_idempotence=True, linger_ms=5
         )
         await consumer.start()
         await producer.start()

@@ -15,6 +15,7 @@ import aio_pika
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from relaybus.brokers.kafka_admin import topic_partitions
+from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
 from relaybus.brokers.rabbitmq import EXCHANGE
 
 
@@ -30,13 +31,13 @@ class Received:
 
 
 @asynccontextmanager
-async def kafka_tap(bootstrap: str, topic: str) -> AsyncIterator[asyncio.Queue[Received]]:
+async def kafka_tap(bootstrap: KafkaTarget, topic: str) -> AsyncIterator[asyncio.Queue[Received]]:
     """Yield a queue of records appended to ``topic`` after the tap was opened.
 
     Starts at the end offsets of every partition, so only new records arrive; no
     consumer group (nothing is committed).
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_client_options(bootstrap), enable_auto_commit=False)
     await consumer.start()
     queue: asyncio.Queue[Received] = asyncio.Queue()
     try:

@@ -41,12 +41,12 @@ async def run_flash_sale(
     accepted order (a test injects faults there)."""
     engine = create_engine(settings.database_url)
     try:
-        await ensure_shop_topics(settings.kafka_bootstrap, shop)
+        await ensure_shop_topics(settings.kafka, shop)
         run = uuid.uuid4().hex[:8]
         if console is not None:
             console.print("waiting for one order to go through every process (warm-up)")
         warm = await warm_up(engine, shop.orders_api_url, run, wait)
-        dead_before = await dead_letter_count(settings.kafka_bootstrap)
+        dead_before = await dead_letter_count(settings.kafka)
         skus = await seed(engine, workload, run)
         with Progress(
             TextColumn("{task.description}"),
@@ -79,7 +79,7 @@ async def run_flash_sale(
                 # Supervised like ``relaybus run``: a child that exits is restarted.
                 (lambda: None) if processes is None else processes.supervise,
             )
-        dead = await dead_letter_count(settings.kafka_bootstrap) - dead_before
+        dead = await dead_letter_count(settings.kafka) - dead_before
         report = await collect(engine, shop.gateway_base_url, placed.order_ids, skus, dead)
     finally:
         await engine.dispose()

@@ -49,8 +49,8 @@ NAME_ARG = typer.Argument(..., help="The DLQ: '<topic>.dlq' or '<queue>.dlq'.")
 
 def _store(broker: Broker, settings: Settings) -> DeadLetterStore:
     if broker is Broker.kafka:
-        return KafkaDeadLetters(settings.kafka_bootstrap)
-    return RabbitDeadLetters(settings.rabbitmq_url, settings.rabbitmq_management_url)
+        return KafkaDeadLetters(settings.kafka)
+    return RabbitDeadLetters(settings.rabbitmq, settings.rabbitmq_management)
 
 
 def _run(broker: Broker, action: Callable[[DeadLetterStore], Coroutine[Any, Any, T]]) -> T:

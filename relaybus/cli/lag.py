@@ -19,12 +19,12 @@ from relaybus.terminal import make_console, plain
 
 
 async def _kafka(settings: Settings, group: str | None) -> list[dict[str, Any]]:
-    rows = await consumer_lag(settings.kafka_bootstrap, group)
+    rows = await consumer_lag(settings.kafka, group)
     return [{**asdict(row), "lag": row.lag} for row in rows]
 
 
 async def _rabbitmq(settings: Settings) -> list[dict[str, Any]]:
-    return [asdict(depth) for depth in await queue_depths(settings.rabbitmq_management_url)]
+    return [asdict(depth) for depth in await queue_depths(settings.rabbitmq_management)]
 
 
 async def _outbox(settings: Settings) -> list[dict[str, Any]]:

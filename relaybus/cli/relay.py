@@ -35,14 +35,14 @@ def build_publishers(settings: Settings, brokers: set[str]) -> dict[str, Publish
     publishers: dict[str, Publisher] = {}
     if "kafka" in brokers:
         publishers["kafka"] = KafkaPublisher(
-            settings.kafka_bootstrap,
+            settings.kafka,
             prefixed_topic(settings.kafka_topic_prefix),
             max_request_size=settings.kafka_max_request_size,
             request_timeout_ms=settings.kafka_request_timeout_ms,
             stall_after=settings.kafka_stall_after,
         )
     if "rabbitmq" in brokers:
-        publishers["rabbitmq"] = RabbitPublisher(settings.rabbitmq_url)
+        publishers["rabbitmq"] = RabbitPublisher(settings.rabbitmq)
     return publishers
 
 

@@ -103,7 +103,7 @@ async def _consume_twice(
 
     name = f"demo-inbox-{uuid7().hex[-6:]}"  # a fresh group, started at this run's offsets
     app.kafka(TOPIC, group=name, name=name)(apply)
-    await start_group_at(settings.kafka_bootstrap, name, TOPIC, start)
+    await start_group_at(settings.kafka, name, TOPIC, start)
     worker = Worker(app, settings)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
@@ -118,7 +118,7 @@ async def _consume_twice(
     try:
         await asyncio.wait_for(until(lambda: wanted <= set(effects)), timeout)
         await produce_records(
-            settings.kafka_bootstrap,
+            settings.kafka,
             TOPIC,
             [(r.key.encode() if r.key else None, r.body, r.headers) for r in records],
         )
@@ -135,8 +135,8 @@ async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -
     """Write ``events`` through the outbox, relay them in-process, read both brokers back."""
     console = make_console()
     engine = create_engine(settings.database_url)
-    await ensure_topic(settings.kafka_bootstrap, TOPIC, partitions=6)
-    first_offsets = await end_offsets(settings.kafka_bootstrap, TOPIC)  # this run follows
+    await ensure_topic(settings.kafka, TOPIC, partitions=6)
+    first_offsets = await end_offsets(settings.kafka, TOPIC)  # this run follows
     relay = Relay(
         PostgresOutboxStore(engine),
         PostgresLock(engine),
@@ -150,8 +150,8 @@ async def run_demo(settings: Settings, events: int, keys: int, timeout: float) -
     from_rabbit: list[tuple[Received, float]] = []
     try:
         async with (
-            kafka_tap(settings.kafka_bootstrap, TOPIC) as kq,
-            rabbit_tap(settings.rabbitmq_url, "demo.#") as rq,
+            kafka_tap(settings.kafka, TOPIC) as kq,
+            rabbit_tap(settings.rabbitmq, "demo.#") as rq,
         ):
             listener = asyncio.create_task(OutboxListener(settings.database_url, relay.wake).run())
             relay_task = asyncio.create_task(relay.run(stop))

@@ -115,7 +115,7 @@ def replay(
     if not dry_run and not group and not to_topic:
         _usage("say what to do: --dry-run, --group G or --to-topic T2", "--dry-run")
     settings = Settings()
-    windows = _guard(lambda: time_window(settings.kafka_bootstrap, topic, _ms(start), _ms(end)))
+    windows = _guard(lambda: time_window(settings.kafka, topic, _ms(start), _ms(end)))
     if dry_run:
         if as_json:
             _dump([{**asdict(w), "count": w.count} for w in windows])
@@ -202,7 +202,7 @@ async def _audit_row(
 async def _reset(
     topic: str, group: str, windows: list[PartitionWindow], span: dict[str, Any], yes: bool
 ) -> dict[str, Any]:
-    bootstrap = Settings().kafka_bootstrap
+    bootstrap = Settings().kafka
     offsets = {w.partition: w.start for w in windows}
     current = await group_offsets(bootstrap, group, topic)
     _confirm(yes, f"Reset group {group!r} on {topic} from {current} to {offsets}?")
@@ -222,7 +222,7 @@ def _undo(entry_id: int, yes: bool) -> dict[str, Any]:
         if not previous:
             raise LookupError(f"group {group!r} had no offsets on {topic} before that reset")
         _confirm(yes, f"Put group {group!r} on {topic} back to {previous}?")
-        replaced = await reset_group(Settings().kafka_bootstrap, group, topic, previous)
+        replaced = await reset_group(Settings().kafka, group, topic, previous)
         detail = {"undoes": entry_id, "topic": topic, "group": group, "offsets": previous,
                   "replaced": replaced}  # fmt: skip
         audit_id = await _audit("replay.undo", f"{group}@{topic}", _keys_to_text(detail))
@@ -241,7 +241,7 @@ async def _copy(
     rate: float | None,
     yes: bool,
 ) -> dict[str, Any]:
-    bootstrap = Settings().kafka_bootstrap
+    bootstrap = Settings().kafka
     starts = await destination_ends(bootstrap, to_topic)
     total = sum(w.count for w in windows)
     verb = "Republish as new messages" if reprocess else "Copy"
@@ -273,7 +273,7 @@ async def _resume(topic: str, to_topic: str, rate: float | None, yes: bool) -> d
         for p, (s, e) in dict(detail["windows"]).items()
     ]
     starts = {int(p): int(o) for p, o in dict(detail["destination_start"]).items()}
-    bootstrap = Settings().kafka_bootstrap
+    bootstrap = Settings().kafka
     done = await already_copied(bootstrap, topic, to_topic, starts, windows)
     _confirm(yes, f"Resume copy {entry.id} ({done.count()} of the window already there)?")
     await _audit("replay.resume", target, {"resumes": entry.id, "already_there": done.count()})
@@ -305,7 +305,7 @@ async def _run_copy(
     ) as bar:
         task = bar.add_task(f"{topic} -> {to_topic}", total=sum(w.count for w in windows))
         return await copy_window(
-            Settings().kafka_bootstrap,
+            Settings().kafka,
             topic,
             windows,
             to_topic,

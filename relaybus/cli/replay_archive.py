@@ -79,7 +79,7 @@ async def _replay(
         detail = {**span, "type": filters.type, "key": filters.key}
         async with session_factory(engine)() as session, session.begin():
             audit_id = (await record(session, "replay.archive", EXCHANGE, detail)).id
-        publisher = RabbitPublisher(settings.rabbitmq_url)
+        publisher = RabbitPublisher(settings.rabbitmq)
         await publisher.start()
         try:
             with Progress(

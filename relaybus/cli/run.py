@@ -54,7 +54,7 @@ def run(
         )
     console = make_console()
     shop = ShopSettings()
-    asyncio.run(ensure_shop_topics(Settings().kafka_bootstrap, shop))
+    asyncio.run(ensure_shop_topics(Settings().kafka, shop))
     processes = Shop(logs, shop, names=only or None)
     endpoints = processes.expose_metrics(metrics_port_base) if metrics_port_base else {}
     stop = threading.Event()

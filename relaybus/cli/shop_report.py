@@ -20,6 +20,7 @@ from consumers.naming import dlq_name
 from producers.contract import INVENTORY_COMMANDS, ORDER_TRANSITIONS, PAYMENT_COMMANDS
 from producers.payments.worker import charge_key
 from relaybus.brokers.kafka_admin import end_offsets, list_topics
+from relaybus.brokers.kafka_connection import KafkaTarget
 
 DLQ_TOPICS = tuple(dlq_name(t) for t in (INVENTORY_COMMANDS, PAYMENT_COMMANDS, ORDER_TRANSITIONS))
 
@@ -65,7 +66,7 @@ class ShopReport:
         return out
 
 
-async def dead_letter_count(bootstrap: str) -> int:
+async def dead_letter_count(bootstrap: KafkaTarget) -> int:
     """Records in the shop's dead-letter topics (0 for one that does not exist)."""
     existing = await list_topics(bootstrap)
     total = 0

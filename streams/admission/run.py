@@ -20,10 +20,10 @@ log = logging.getLogger("relaybus.admission")
 
 async def run_admission(settings: Settings, shop: ShopSettings) -> None:
     """Run until SIGTERM/SIGINT: the batch in hand is sent and committed first."""
-    await ensure_shop_topics(settings.kafka_bootstrap, shop)
+    await ensure_shop_topics(settings.kafka, shop)
     client = Redis.from_url(settings.redis_url)
     processor = AdmissionProcessor(RedisAdmission(client, shop.admission_decision_ttl), shop)
-    runner = KafkaStreamRunner(processor, settings.kafka_bootstrap)
+    runner = KafkaStreamRunner(processor, settings.kafka)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

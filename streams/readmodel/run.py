@@ -13,6 +13,7 @@ from producers.contract import ORDER_STATUS_EVENTS
 from producers.settings import ShopSettings
 from producers.topology import ensure_shop_topics
 from relaybus.brokers.kafka_admin import ensure_topic, start_group_at, topic_partitions
+from relaybus.brokers.kafka_connection import KafkaTarget
 from relaybus.settings import Settings
 from streams.readmodel.agent import APP_ID, CHANGELOG, create_read_model_app
 
@@ -23,7 +24,7 @@ class PartitionsMismatch(RuntimeError):
     """The input topic and the table's changelog have different partition counts."""
 
 
-async def ensure_read_model_topics(bootstrap: str, shop: ShopSettings) -> int:
+async def ensure_read_model_topics(bootstrap: KafkaTarget, shop: ShopSettings) -> int:
     """The shop topics and the table's changelog (compacted), before faust starts
     (the saga's start-up lesson: see ``streams.saga.run``). The changelog gets the
     input topic's actual partition count (faust requires them equal); returns it.
@@ -47,7 +48,7 @@ async def ensure_read_model_topics(bootstrap: str, shop: ShopSettings) -> int:
     return partitions
 
 
-async def replay_from_start(bootstrap: str, within: float = 120.0) -> None:
+async def replay_from_start(bootstrap: KafkaTarget, within: float = 120.0) -> None:
     """Point the read model's group at the beginning of its input, so the worker
     re-applies every event on top of the table it recovers from the changelog.
 
@@ -72,8 +73,8 @@ async def replay_from_start(bootstrap: str, within: float = 120.0) -> None:
 def run_read_model(settings: Settings, shop: ShopSettings, loglevel: str = "INFO") -> None:
     """Rewind to the start of the input (``replay_from_start``), then run until
     SIGTERM/SIGINT."""
-    partitions = asyncio.run(ensure_read_model_topics(settings.kafka_bootstrap, shop))
-    asyncio.run(replay_from_start(settings.kafka_bootstrap))
+    partitions = asyncio.run(ensure_read_model_topics(settings.kafka, shop))
+    asyncio.run(replay_from_start(settings.kafka))
     app = create_read_model_app(settings, shop, partitions)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

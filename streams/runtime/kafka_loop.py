@@ -21,6 +21,7 @@ from consumers.unreadable import skip_unreadable
 from relaybus.backoff import Backoff
 from relaybus.brokers.kafka import key_partition
 from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
+from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
 from streams.runtime.processor import Emit, StreamProcessor
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class KafkaStreamRunner:
     def __init__(
         self,
         processor: StreamProcessor,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         *,
         limits: WireLimits | None = None,
         batch_size: int = 1000,
@@ -116,7 +117,7 @@ class KafkaStreamRunner:
         for topic in self.processor.output_topics():
             await ensure_topic(self.bootstrap, topic)
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **kafka_client_options(self.bootstrap),
             acks="all",
             enable_idempotence=True,
             linger_ms=self.linger_ms,
@@ -127,7 +128,7 @@ class KafkaStreamRunner:
         )
         consumer = AIOKafkaConsumer(
             *self.processor.inputs,
-            bootstrap_servers=self.bootstrap,
+            **kafka_client_options(self.bootstrap),
             group_id=self.processor.name,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

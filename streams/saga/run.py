@@ -9,11 +9,12 @@ import faust
 from producers.settings import ShopSettings
 from producers.topology import ensure_shop_topics
 from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.brokers.kafka_connection import KafkaTarget
 from relaybus.settings import Settings
 from streams.saga.agent import CHANGELOG, create_saga_app
 
 
-async def ensure_saga_topics(bootstrap: str, shop: ShopSettings) -> None:
+async def ensure_saga_topics(bootstrap: KafkaTarget, shop: ShopSettings) -> None:
     """The shop topics and the table's changelog (compacted, same partition count).
 
     faust creates the changelog itself, but on a fresh cluster its metadata did not
@@ -34,7 +35,7 @@ async def ensure_saga_topics(bootstrap: str, shop: ShopSettings) -> None:
 def run_saga(settings: Settings, shop: ShopSettings, loglevel: str = "INFO") -> None:
     """Run the saga until SIGTERM/SIGINT (faust's worker handles both: it commits the
     open transaction and leaves the group). Creates its topics first."""
-    asyncio.run(ensure_saga_topics(settings.kafka_bootstrap, shop))
+    asyncio.run(ensure_saga_topics(settings.kafka, shop))
     app = create_saga_app(settings, shop)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

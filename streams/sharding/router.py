@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from consumers.incoming import Incoming, InvalidMessage
 from producers.contract import INVENTORY_COMMANDS, CommandType, StepCommand, parse_keyed
 from relaybus.brokers.kafka_admin import end_offsets, ensure_topic, group_offsets
+from relaybus.brokers.kafka_connection import KafkaTarget
 from streams.runtime.processor import Emit, Result
 from streams.sharding.directory import ShardDirectory, ShardEpoch, shard_group, shard_topic
 from streams.sharding.ring import HashRing
@@ -64,7 +65,7 @@ class InventoryRouter:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         *,
         partitions: int,
         replication: int = 1,

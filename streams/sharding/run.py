@@ -42,7 +42,7 @@ async def _keep(lock: Redlock, lease: Lease, ttl: float, stop: asyncio.Event) ->
 async def run_router(settings: Settings, shop: ShopSettings) -> None:
     """Take the router lease (waiting while another router holds it), then route until
     SIGTERM/SIGINT or until the lease is lost (exit 3: a supervisor restarts it)."""
-    await ensure_shop_topics(settings.kafka_bootstrap, shop)
+    await ensure_shop_topics(settings.kafka, shop)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -61,13 +61,13 @@ async def run_router(settings: Settings, shop: ShopSettings) -> None:
         log.info("router: holding %s with fence %d", LOCK, lease.fence)
         router = InventoryRouter(
             session_factory(engine),
-            settings.kafka_bootstrap,
+            settings.kafka,
             partitions=shop.shop_partitions,
             replication=shop.shop_replication,
             fence=lease.fence,
             probes=shop.inventory_ring_probes,
         )
-        runner = KafkaStreamRunner(router, settings.kafka_bootstrap, batch_size=500)
+        runner = KafkaStreamRunner(router, settings.kafka, batch_size=500)
         keeper = asyncio.create_task(_keep(lock, lease, shop.router_lease_ttl, stop))
         try:
             await runner.run(stop)

@@ -90,7 +90,7 @@ async def test_rabbitmq_down_30s_writes_continue_and_backlog_drains(
     agg = f"rdown{uuid7().hex[-10:]}"
     event_type = f"{agg}.tick"
     queue_name = f"test.{agg}"
-    connection = await aio_pika.connect(settings.rabbitmq_url)
+    connection = await aio_pika.connect(settings.rabbitmq)
     channel = await connection.channel()
     exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
     queue = await channel.declare_queue(
@@ -107,7 +107,7 @@ async def test_rabbitmq_down_30s_writes_continue_and_backlog_drains(
         await wait_drained(engine, agg, within=180)
     assert during > 100, f"only {during} writes succeeded while RabbitMQ was down"
 
-    connection = await aio_pika.connect(settings.rabbitmq_url)
+    connection = await aio_pika.connect(settings.rabbitmq)
     try:
         channel = await connection.channel()
         queue = await channel.declare_queue(queue_name, passive=True)

@@ -95,7 +95,7 @@ async def test_worker_sigkilled_five_times_in_10k_run_applies_each_once(
 async def _queue_exists(settings: Settings, queue: str) -> bool:
     import aio_pika
 
-    connection = await aio_pika.connect(settings.rabbitmq_url)
+    connection = await aio_pika.connect(settings.rabbitmq)
     try:
         channel = await connection.channel()
         try:

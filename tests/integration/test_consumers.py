@@ -55,7 +55,7 @@ class Case:
     def dead_letters(self, settings: Settings) -> DeadLetterStore:
         if self.broker == "kafka":
             return KafkaDeadLetters(settings.kafka_bootstrap)
-        return RabbitDeadLetters(settings.rabbitmq_url, settings.rabbitmq_management_url)
+        return RabbitDeadLetters(settings.rabbitmq, settings.rabbitmq_management)
 
 
 def new_case(broker: str, prefix: str) -> Case:

@@ -80,7 +80,7 @@ async def test_kafka_lag_matches_kafka_consumer_groups(settings: Settings) -> No
 async def test_lag_reads_queue_depths_and_the_outbox_backlog(settings: Settings) -> None:
     run = uuid.uuid4().hex[:8]
     queue = f"q.lag.{run}"
-    connection = await aio_pika.connect_robust(settings.rabbitmq_url)
+    connection = await aio_pika.connect_robust(settings.rabbitmq)
     try:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, durable=False, auto_delete=False)

@@ -238,7 +238,7 @@ async def test_unpublishable_rows_fail_block_their_key_and_operators_retry_or_sk
     )
     oversize, unroutable = ids[1], ids[14]
     env = {"RELAYBUS_KAFKA_MAX_REQUEST_SIZE": "20000"}
-    connection = await aio_pika.connect_robust(settings.rabbitmq_url)
+    connection = await aio_pika.connect_robust(settings.rabbitmq)
     try:
         with relay_fleet(tmp_path, routes, **env) as fleet:
             fleet.start("r1")

@@ -301,7 +301,7 @@ async def test_rabbitmq_replays_the_window_from_the_archive_once(
             ),
             [{**r, "payload": json.dumps({"n": r["seq"]})} for r in rows],
         )
-    connection = await aio_pika.connect(settings.rabbitmq_url)
+    connection = await aio_pika.connect(settings.rabbitmq)
     try:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(

@@ -11,7 +11,7 @@ from relaybus.settings import Settings
 
 
 async def test_publish_with_confirms_and_consume_with_manual_ack(settings: Settings) -> None:
-    connection = await aio_pika.connect_robust(settings.rabbitmq_url)
+    connection = await aio_pika.connect_robust(settings.rabbitmq)
     try:
         channel = await connection.channel(publisher_confirms=True)
         name = f"smoke.{uuid.uuid4().hex[:8]}"

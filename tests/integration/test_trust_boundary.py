@@ -148,7 +148,7 @@ async def send_foreign(settings: Settings, case: Case, record: Hostile) -> None:
         )
     else:
         await rabbit_foreign_send(
-            settings.rabbitmq_url, settings.rabbitmq_management_url, case.route, record
+            settings.rabbitmq, settings.rabbitmq_management, case.route, record
         )
 
 
@@ -247,7 +247,7 @@ async def test_replay_sends_only_where_the_dlq_name_says(
             else:
                 await asyncio.to_thread(
                     management_publish,
-                    settings.rabbitmq_management_url,
+                    settings.rabbitmq_management,
                     case.dlq,
                     body,
                     {k.decode(): v.decode() for k, v in headers},
@@ -296,7 +296,7 @@ async def test_rabbitmq_unroutable_copy_is_an_error_not_a_silent_ack(
     case = new_case("rabbitmq", "unroutable")
     app = make_app(case.name, **case.app_args())  # type: ignore[arg-type]
     bad = Hostile("truncated", b'{"n": ', envelope(), "not-json")
-    connection = await aio_pika.connect(settings.rabbitmq_url)
+    connection = await aio_pika.connect(settings.rabbitmq)
     try:
         channel = await connection.channel()
         async with running(app, settings) as worker:

@@ -141,7 +141,7 @@ def test_each_record_is_applied_once_or_dead_lettered_once(
     else:
         w.run(
             rabbit_foreign_send(
-                w.settings.rabbitmq_url, w.settings.rabbitmq_management_url, w.case.route, record
+                w.settings.rabbitmq, w.settings.rabbitmq_management, w.case.route, record
             )
         )
     deadline = time.monotonic() + 30

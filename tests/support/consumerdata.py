@@ -97,7 +97,7 @@ async def send(settings: Settings, broker: str, source: str, records: Sequence[R
     if broker == "kafka":
         await kafka_send(settings.kafka_bootstrap, source, records)
     else:
-        await rabbit_send(settings.rabbitmq_url, source, records)
+        await rabbit_send(settings.rabbitmq, source, records)
 
 
 async def prepare_effects(engine: AsyncEngine) -> None:

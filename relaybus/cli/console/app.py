@@ -70,8 +70,8 @@ class Console:
 
     def store(self, broker: str) -> DeadLetterStore:
         if broker == "kafka":
-            return KafkaDeadLetters(self.settings.kafka_bootstrap)
-        return RabbitDeadLetters(self.settings.rabbitmq_url, self.settings.rabbitmq_management_url)
+            return KafkaDeadLetters(self.settings.kafka)
+        return RabbitDeadLetters(self.settings.rabbitmq, self.settings.rabbitmq_management)
 
 
 def create_app(settings: Settings, password: PasswordHash, sessions: Sessions | None = None) -> Any:
