@@ -59,20 +59,34 @@ class KafkaNode:
 
 
 def _properties(
-    node: KafkaNode, quorum: str, replication: int, min_isr: int, secure: SecureListener | None
+    node: KafkaNode,
+    quorum: str,
+    replication: int,
+    min_isr: int,
+    secure: SecureListener | None,
+    proxied: tuple[int, int] | None,
 ) -> str:
     listeners = f"PLAINTEXT://{node.host}:{node.broker_port},CONTROLLER://{node.host}:{node.controller_port}"
+    advertised = listeners
     protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
     if secure is not None:
         listeners += f",SASL_SSL://{node.host}:{secure.port}"
+        advertised += f",SASL_SSL://{node.host}:{secure.port}"
         protocols += ",SASL_SSL:SASL_SSL"
+    if proxied is not None:
+        # Listens on one port, advertises the proxy's: clients that came through
+        # Toxiproxy are sent back through it for every broker connection.
+        listen, via = proxied
+        listeners += f",PROXIED://{node.host}:{listen}"
+        advertised += f",PROXIED://{node.host}:{via}"
+        protocols += ",PROXIED:PLAINTEXT"
     return "\n".join(
         [
             "process.roles=broker,controller",
             f"node.id={node.node_id}",
             quorum,
             f"listeners={listeners}",
-            f"advertised.listeners={listeners}",
+            f"advertised.listeners={advertised}",
             "controller.listener.names=CONTROLLER",
             f"listener.security.protocol.map={protocols}",
             "inter.broker.listener.name=PLAINTEXT",
@@ -154,6 +168,10 @@ class KafkaCluster:
         self.home = home
         self.nodes = nodes
         self.secure = secure
+        # Only the single dev node is reachable through Toxiproxy (fault matrix S6).
+        self.proxied = (
+            (settings.kafka_proxied_upstream_port, settings.kafka_proxied_port) if secure else None
+        )
         self.listener = (
             SecureListener(settings.kafka_secure_port, secure.kafka_keystore) if secure else None
         )
@@ -220,7 +238,9 @@ class KafkaCluster:
         replication, min_isr = (3, 2) if clustered else (1, 1)
         for node in self.nodes:
             private_dir(node.home)
-            node.config.write_text(_properties(node, quorum, replication, min_isr, self.listener))
+            node.config.write_text(
+                _properties(node, quorum, replication, min_isr, self.listener, self.proxied)
+            )
             if (node.home / "data" / "meta.properties").exists():
                 continue
             # "--cluster-id=<id>" in one argument: a URL-safe base64 id may start with
@@ -244,6 +264,8 @@ class KafkaCluster:
             require_free_port(node.host, node.controller_port, f"{self.name} node {node.node_id}")
             if self.listener is not None:
                 require_free_port(node.host, self.listener.port, f"{self.name} SASL_SSL")
+            if self.proxied is not None:
+                require_free_port(node.host, self.proxied[0], f"{self.name} PROXIED")
         if self.secure is not None:
             self.secure.ensure()
         self._format()
@@ -310,5 +332,8 @@ class KafkaCluster:
         for node in self.nodes:
             pid = node.pid()
             name = self.name if len(self.nodes) == 1 else f"{self.name}-{node.node_id}"
-            out.append(ServiceStatus(name, pid is not None, node.endpoint, pid, "KRaft"))
+            detail = "KRaft"
+            if self.listener is not None:
+                detail += f"; SASL_SSL (SCRAM-SHA-512) {node.host}:{self.listener.port}"
+            out.append(ServiceStatus(name, pid is not None, node.endpoint, pid, detail))
         return out

@@ -176,6 +176,7 @@ class RabbitMQ:
                 pid is not None,
                 f"amqp://guest:***@{s.host}:{s.rabbitmq_port}/",
                 pid,
-                f"management http://{s.host}:{s.rabbitmq_management_port}/",
+                f"management http://{s.host}:{s.rabbitmq_management_port}/; "
+                f"amqps://{RABBITMQ_USER}:***@{s.host}:{s.rabbitmq_tls_port}/{RABBITMQ_VHOST}",
             )
         ]

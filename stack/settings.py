@@ -37,6 +37,15 @@ class StackSettings(BaseSettings):
     # Kafka SASL_SSL with SCRAM-SHA-512, next to the plaintext dev listeners.
     rabbitmq_tls_port: int = 5671
     kafka_secure_port: int = 9094
+    # Toxiproxy (network faults, S6): its API, and the proxies' listening ports. The
+    # single Kafka node has a PROXIED listener on kafka_proxied_upstream_port that it
+    # advertises as kafka_proxied_port, so proxied clients stay behind the proxy.
+    toxiproxy_version: str = "v2.12.0"
+    toxiproxy_port: int = 8474
+    kafka_proxied_port: int = 9096
+    kafka_proxied_upstream_port: int = 9095
+    postgres_proxied_port: int = 5433
+    rabbitmq_proxied_port: int = 5673
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     # The 3-node KRaft cluster: node i listens on base + 10000*i (broker) and +1 (controller).

@@ -11,10 +11,12 @@ from stack.rabbitmq import RabbitMQ
 from stack.redis import RedisInstances
 from stack.service import Service, ServiceStatus
 from stack.settings import StackSettings
+from stack.toxiproxy import Toxiproxy
 
 
 class Stack:
-    """Kafka, RabbitMQ, PostgreSQL and Redis (plus, on request, a 3-node Kafka cluster).
+    """Kafka, RabbitMQ, PostgreSQL, Redis and Toxiproxy (plus, on request, a 3-node
+    Kafka cluster and Debezium).
 
     ``up`` installs missing Debian packages, then starts each service that is not
     running and waits for its readiness probe; it is idempotent. ``down`` stops only
@@ -30,6 +32,7 @@ class Stack:
             RedisInstances(s),
             RabbitMQ(s),
             KafkaCluster.single(s),
+            Toxiproxy(s),
         ]
         self.cluster = KafkaCluster.three_nodes(s)
         self.debezium = KafkaConnect(s)

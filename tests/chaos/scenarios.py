@@ -30,6 +30,7 @@ from stack.kafka_broker import KafkaCluster
 from stack.postgres import Postgres
 from stack.settings import StackSettings
 from tests.chaos.history import History, Report, Seen, check
+from tests.chaos.network import SCHEDULE, ToxiproxyAPI, proxied_env
 from tests.chaos.workload import KeyedWriter
 from tests.integration.test_trust_boundary import hostile_records
 from tests.support.consumer_apps import TEST_TYPE
@@ -60,9 +61,11 @@ class Run:
     max_backlog: int = 0
     poison_per_fault: int = 0
     poison: set[str] = field(default_factory=set)  # ids of injected hostile records
+    worker_env: dict[str, str] = field(default_factory=dict)  # S6: PostgreSQL via a proxy
 
     def worker(self, i: int) -> RelaybusProcess:
         env = {
+            **self.worker_env,
             "RELAYBUS_TEST_NAME": self.name,
             "RELAYBUS_TEST_BROKER": "kafka",
             "RELAYBUS_TEST_SOURCE": self.topic,
@@ -154,9 +157,13 @@ async def run(
         topic,
         poison_per_fault=max(1, messages // 100 // max(1, faults)),
     )
+    relay_env: dict[str, str] = {}
+    if scenario in PROXIED:
+        await ToxiproxyAPI().reset()  # no proxy left cut or poisoned by an earlier run
+        relay_env, r.worker_env = proxied_env(settings.database_url)
     fault_figures: list[dict[str, Any]] = []
     started = time.time()
-    with relay_fleet(tmp, [{"pattern": "*", "brokers": ["kafka"]}]) as fleet:
+    with relay_fleet(tmp, [{"pattern": "*", "brokers": ["kafka"]}], **relay_env) as fleet:
         r.relays = [fleet.start(f"{name}-r{i}") for i in range(relays)]
         r.workers = [r.worker(i) for i in range(workers)]
         for w in r.workers:
@@ -409,12 +416,25 @@ async def crash_postgres(r: Run, i: int) -> dict[str, Any]:
     return {"fault": f"PostgreSQL crash and restart ({time.monotonic() - began:.1f} s)"}
 
 
+async def network_fault(r: Run, i: int) -> dict[str, Any]:
+    """Through Toxiproxy, in turn: relay<->Kafka cut, worker<->PostgreSQL cut, relay<->
+    Kafka +1 s latency, worker<->PostgreSQL data dropped then closed, relay<->Kafka
+    connections reset, relay<->Kafka at 32 KB/s; each for 3-5 s, then healed."""
+    fault = SCHEDULE[i % len(SCHEDULE)]
+    held = await fault.inject(ToxiproxyAPI())
+    return {"fault": f"{fault.describe()} ({held:.1f} s)"}
+
+
+# Scenarios whose relays reach Kafka, and workers PostgreSQL, through Toxiproxy.
+PROXIED = {"S6"}
+
 # The matrix's scenarios that ``run`` drives (S5 has its own run: leader_fault.py).
 FAULTS: dict[str, Fault] = {
     "S1": kill_relay,
     "S2": kill_worker,
     "S3": duplicate_ids,
     "S4": restart_kafka,
+    "S6": network_fault,
     "S7": crash_postgres,
     "S8": inject_poison,
     "S10": churn_workers,
