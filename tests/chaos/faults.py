@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -48,3 +49,22 @@ async def leaders(node: KafkaNode, topic: str, timeout: float = 2.0) -> dict[int
 
 def node(cluster: KafkaCluster, node_id: int) -> KafkaNode:
     return next(n for n in cluster.nodes if n.node_id == node_id)
+
+
+def active_controller(cluster: KafkaCluster, exclude: int | None = None) -> tuple[int, int]:
+    """(node id, epoch) of the KRaft quorum's leader, the active controller, from the
+    newest ``quorum-state`` file the nodes (but ``exclude``) wrote; (-1, epoch) while
+    an election is on."""
+    best = (-1, -1)
+    for n in cluster.nodes:
+        if n.node_id == exclude:
+            continue
+        state_file = n.home / "data" / "__cluster_metadata-0" / "quorum-state"
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue  # being rewritten: the other nodes answer
+        epoch = int(state.get("leaderEpoch", -1))
+        if epoch > best[1]:
+            best = (int(state.get("leaderId", -1)), epoch)
+    return best

@@ -25,7 +25,7 @@ from outbox.admin import OutboxAdmin, StallStatus
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.ids import uuid7
 from stack.kafka_broker import KafkaCluster
-from tests.chaos.faults import leaders, node, paused
+from tests.chaos.faults import active_controller, leaders, node, paused
 from tests.chaos.history import History, Report, Seen, check
 from tests.chaos.workload import KeyedWriter
 from tests.support.outboxdata import Record, read_topic, wait_drained
@@ -61,11 +61,17 @@ def rate(records: list[Record], parts: set[int], start: float, end: float) -> fl
 
 
 async def leader_fault(
-    cluster: KafkaCluster, engine: AsyncEngine, tmp: Path, *, kill: bool = False
+    cluster: KafkaCluster,
+    engine: AsyncEngine,
+    tmp: Path,
+    *,
+    kill: bool = False,
+    controller: bool = False,
 ) -> LeaderFault:
-    """Write steadily, then freeze (or kill) the leader of partition 0 until
-    ``AFTER_ELECTION_S`` after its partitions have new leaders; thaw (or restart) it,
-    write 3 s more, drain, check."""
+    """Write steadily, then freeze (or kill) the leader of partition 0 (``controller``:
+    the active KRaft controller, which in this combined-mode cluster also leads some
+    partitions) until ``AFTER_ELECTION_S`` after its partitions have new leaders (and
+    the quorum a new controller); thaw (or restart) it, write 3 s more, drain, check."""
     agg = f"s5{uuid7().hex[-10:]}"
     topic = f"outbox.event.{agg}"
     await ensure_topic(
@@ -82,7 +88,8 @@ async def leader_fault(
 
     await eventually(assigned, within=30, what="leaders for every partition")
     before = await leaders(observer, topic)
-    victim_id = before[0]
+    old_controller, old_epoch = active_controller(cluster)
+    victim_id = old_controller if controller else before[0]
     affected = {p for p, leader in before.items() if leader == victim_id}
     unaffected = set(before) - affected
     survivor = next(n for n in cluster.nodes if n.node_id != victim_id)
@@ -93,14 +100,28 @@ async def leader_fault(
     admin = OutboxAdmin(engine)
     seen_stalls: list[StallStatus] = []
 
+    controller_moved_at: float | None = None
+
     async def elected() -> bool:
+        nonlocal controller_moved_at
+        if controller and controller_moved_at is None:
+            leader, epoch = active_controller(cluster, exclude=victim_id)
+            if leader not in (-1, victim_id) and epoch > old_epoch:
+                controller_moved_at = time.time()
+            else:
+                return False
         now = await leaders(survivor, topic)
         return all(now.get(p, -1) not in (-1, victim_id) for p in affected)
 
+    victim_partitions = {f"{topic}[{p}]" for p in affected}
+
     async def stall_reported() -> bool:
+        """A stall of a victim-led partition is shown. (Others may show first: with
+        acks=all the victim is an in-sync follower of every partition, so theirs wait
+        on it too until the ISR shrinks.)"""
         mine = [s for s in await admin.stalls() if s.destination.startswith(topic)]
         seen_stalls.extend(mine)
-        return bool(mine)
+        return any(s.destination in victim_partitions for s in mine)
 
     with relay_fleet(
         tmp,
@@ -115,7 +136,8 @@ async def leader_fault(
             if kill:
                 os.kill(victim_pid, signal.SIGKILL)
                 try:
-                    await eventually(stall_reported, within=30, what="the stall reported")
+                    if affected:
+                        await eventually(stall_reported, within=30, what="the stall reported")
                     await eventually(elected, within=60, what="new leaders elected")
                     election_at = time.time()
                     await asyncio.sleep(AFTER_ELECTION_S)  # down this long after the election
@@ -169,15 +191,25 @@ async def leader_fault(
     figures = {
         "messages": len(writer.sent),
         **checked,
-        "fault": f"{'SIGKILL' if kill else 'SIGSTOP'} leader node {victim_id}",
+        "fault": f"{'SIGKILL' if kill else 'SIGSTOP'} "
+        f"{'active controller' if controller else 'leader'} node {victim_id}",
         "affected partitions": sorted(affected),
         "election after fault (s)": round(election_at - fault_at, 1),
         "unaffected rate before (rec/s)": round(pre, 1),
         "unaffected until election (x before)": round(fenced / pre, 2) if pre else None,
         "unaffected after election (x before)": round(after / pre, 2) if pre else None,
         "affected resumed after election (s)": {p: round(s, 2) for p, s in resumed.items()},
-        "stall shown": f"{seen_stalls[0].destination} on {seen_stalls[0].leader}",
+        "stall shown": next(
+            (
+                f"{s.destination} on {s.leader}"
+                for s in seen_stalls
+                if s.destination in victim_partitions
+            ),
+            "-",
+        ),
     }
+    if controller_moved_at is not None:
+        figures["new controller after fault (s)"] = round(controller_moved_at - fault_at, 1)
     return LeaderFault(
         report,
         figures,

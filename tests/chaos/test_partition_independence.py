@@ -49,3 +49,19 @@ async def test_a_frozen_leader_holds_back_only_its_partitions_and_they_resume_on
         and f"node {run.victim}" in s.leader
         for s in run.stalls
     ), run.stalls
+
+
+async def test_the_active_controller_killed_hands_over_and_loses_nothing(
+    cluster: KafkaCluster, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """S5's kill, in CI: SIGKILL of the active KRaft controller (also a broker leading
+    some partitions): the quorum elects another controller, its partitions get new
+    leaders and resume before it is restarted, and the history holds."""
+    run = await leader_fault(cluster, engine, tmp_path, kill=True, controller=True)
+    print("S5 controller kill:", json.dumps(run.figures))
+    assert run.report.ok, run.report
+    assert "new controller after fault (s)" in run.figures
+    for p, first in run.resumed_at.items():
+        assert first < run.back_at, (
+            f"partition {p} resumed only when the old controller came back\n{run.relay_log[-3000:]}"
+        )
