@@ -48,27 +48,27 @@ SCENARIOS: dict[str, Scenario] = {
             "bench.latency_bench",
             "commit -> handler applied, open loop at 10/50/80 % of the maximum rate, "
             "Kafka and RabbitMQ, next to raw client pairs; NOTIFY on and off",
-            "--seconds 2 --max-events 1000 --loads 0.5 --rounds 1",
+            "--seconds 1 --max-events 600 --loads 0.5 --rounds 1",
         ),
         Scenario(
             "scaling",
             "bench.scaling_bench",
             "relay throughput with 1, 2 and 4 relay processes over 1 to 64 partitions, "
             "with the relays' and PostgreSQL's CPU",
-            "--events 2000 --rounds 1 --relays 1 2 --partitions 4",
+            "--events 1000 --rounds 1 --relays 1 2 --partitions 4",
         ),
         Scenario(
             "archive",
             "bench.archive_bench",
             "relay drain rate and `outbox status` time with 0, 1 M and 10 M archived rows",
-            "--events 2000 --rounds 1 --sizes 20000 --status-calls 3",
+            "--events 1000 --rounds 1 --sizes 5000 --status-calls 3",
         ),
         Scenario(
             "relay",
             "bench.relay_bench",
             "relay throughput vs raw aiokafka / aio-pika, outbox write cost, faststream-outbox "
             "and pgqueuer as peers",
-            "--events 2000 --rounds 1 --transactions 300 --insert-rounds 1 "
+            "--events 1000 --rounds 1 --transactions 300 --insert-rounds 1 "
             "--pgbench-seconds 1 --peer-events 1000",
         ),
         Scenario(
@@ -91,20 +91,20 @@ SCENARIOS: dict[str, Scenario] = {
             "bench.settle_bench",
             "PostgreSQL CPU per published row of the polling relay's settle and the archive's "
             "retention: one-table archive (0009), partitioned by day (0010), no archive",
-            "--rows 2000 --rounds 1",
+            "--rows 1000 --rounds 1",
         ),
         Scenario(
             "consumer",
             "bench.consumer_bench",
             "idempotent consumer vs raw aiokafka loop and FastStream; 1, 2 and 4 worker "
             "processes in one group",
-            "--messages 2000 --rounds 1 --workers 1 2",
+            "--messages 1000 --rounds 1 --workers 1 2",
         ),
         Scenario(
             "streams",
             "bench.streams_bench",
             "rate limiters, hash ring, caches, admission and router vs libraries and raw loops",
-            "--rounds 1 --records 2000 --ring-keys 5000",
+            "--rounds 1 --records 1000 --ring-keys 2000",
         ),
         Scenario(
             "inventory",

@@ -114,7 +114,7 @@ def _saga_row(r: dict[str, Any]) -> str:
     final = statuses.get("CONFIRMED", 0) + statuses.get("CANCELLED", 0)
     stuck = r["orders"] - final
     return (
-        f"| S9{'' if r['ok'] else ' **FAILED**'} | SIGKILL of each saga process in turn "
+        f"| S9{'' if r['ok'] else ' **FAILED**'} | each saga process SIGKILLed in turn, the gateway frozen 5 s "
         f"({', '.join(r['killed (in saga order)'])}), gateway declining 20 % and timing out "
         f"5 % | {r['orders']} orders | - | - | - | - | - | {r['dead letters']} | - | - | - "
         f"| stock conserved: {r['stock conserved']}; sagas stuck: {stuck}; "

@@ -2,17 +2,22 @@
 
 Besides the gateway's own failures at the payment step (declined charges, timeouts
 whose outcome the saga must find out) and the stock running out at the reservation
-step (compensation), every process a saga passes through is SIGKILLed once, in saga
-order, at evenly spaced points of the sale, and restarted: the relay (order placed),
-admission, the inventory router, an inventory shard (reserve / release), the payment
-gateway and the payments worker (charge / refund), the orders worker (confirm /
-cancel) and the saga agent itself. Pass: the shop report's invariants (stock
+step (compensation), every process a saga passes through fails once, in saga order,
+at evenly spaced points of the sale: SIGKILLed and restarted, the relay (order
+placed), admission, the inventory router, an inventory shard (reserve / release), the
+payments worker (charge / refund), the orders worker (confirm / cancel) and the saga
+agent itself; the payment gateway, a third party, is frozen for 5 s instead (an
+outage: calls hang and time out; killing the in-memory test double would erase its
+ledger, which no real provider does). Pass: the shop report's invariants (stock
 conserved exactly, every order final, so no saga stuck, charges exactly for the
 confirmed orders, refunds only for cancelled ones, no dead letters).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import time
 from typing import Any
 
@@ -22,7 +27,10 @@ from relaybus.cli.flashsale import Workload
 from relaybus.cli.processes import Shop
 from relaybus.cli.shop_report import ShopReport
 from relaybus.settings import Settings
+from stack.procs import pid_alive
 from tests.support.shop import shop_settings
+
+GATEWAY_OUTAGE_S = 5.0  # longer than the payments worker's call timeout
 
 # The processes an order's saga passes through, in that order.
 SAGA_STEPS = (
@@ -51,16 +59,38 @@ async def saga_faults(
     plan = {every * (n + 1): name for n, name in enumerate(SAGA_STEPS)}
     done: list[str] = []
     began = time.monotonic()
+    loop = asyncio.get_running_loop()
+    gateway = processes.children["gateway"]
+    frozen: list[int] = []
+
+    def thaw() -> None:
+        while frozen:
+            pid = frozen.pop()
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGCONT)
 
     def fault(placed: int) -> None:
         name = plan.get(placed)
-        if name is not None and name not in done:
-            processes.children[name].kill()  # SIGKILL: no flush, no hand-over
-            processes.children[name].start()
-            done.append(name)
+        if name is None or name in done:
+            return
+        done.append(name)
+        if name == "gateway":
+            # The third party's outage: frozen, so calls hang and time out; its
+            # charges survive (a SIGKILL would wipe the in-memory test double's
+            # ledger, a loss no real payment provider has).
+            assert gateway.proc is not None
+            os.kill(gateway.proc.pid, signal.SIGSTOP)
+            frozen.append(gateway.proc.pid)
+            loop.call_later(GATEWAY_OUTAGE_S, thaw)
+            return
+        processes.children[name].kill()  # SIGKILL: no flush, no hand-over
+        processes.children[name].start()
 
     workload = Workload(orders=orders, products=5, stock=orders // 12, seed=seed)
-    _, report = await run_flash_sale(settings, shop, workload, processes, 600, None, fault)
+    try:
+        _, report = await run_flash_sale(settings, shop, workload, processes, 600, None, fault)
+    finally:
+        thaw()  # never leave the gateway frozen, whatever happened
     figures = {
         "orders": report.orders,
         "killed (in saga order)": done,
