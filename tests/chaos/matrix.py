@@ -114,8 +114,9 @@ def _saga_row(r: dict[str, Any]) -> str:
     final = statuses.get("CONFIRMED", 0) + statuses.get("CANCELLED", 0)
     stuck = r["orders"] - final
     return (
-        f"| S9{'' if r['ok'] else ' **FAILED**'} | each saga process SIGKILLed in turn, the gateway frozen 5 s "
-        f"({', '.join(r['killed (in saga order)'])}), gateway declining 20 % and timing out "
+        f"| S9{'' if r['ok'] else ' **FAILED**'} | each saga process SIGKILLed in turn, "
+        f"the gateway frozen 5 s ({', '.join(r['killed (in saga order)'])}), the gateway "
+        "declining 20 % and timing out "
         f"5 % | {r['orders']} orders | - | - | - | - | - | {r['dead letters']} | - | - | - "
         f"| stock conserved: {r['stock conserved']}; sagas stuck: {stuck}; "
         f"{statuses.get('CONFIRMED', 0)} confirmed, {statuses.get('CANCELLED', 0)} cancelled "
