@@ -77,12 +77,13 @@ class Postgres:
         # PostgreSQL refuses to run as root; as root we hand the cluster to `postgres`.
         return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
-    def _pid(self) -> int | None:
+    def pid(self) -> int | None:
+        """The postmaster's pid, None when it is not running."""
         return read_pid(self.pgdata / "postmaster.pid")
 
     def start(self) -> None:
         """Create the cluster on first use, start it (``pg_ctl -w``), ensure role + db."""
-        if self._pid() is None:
+        if self.pid() is None:
             require_free_port(self.s.host, self.s.postgres_port, self.name)
             self._init_cluster()
             run(
@@ -185,7 +186,7 @@ class Postgres:
         """``pg_ctl stop -m MODE`` on our cluster (its postmaster pid), if it runs.
         ``fast``: roll back sessions, checkpoint, exit; ``immediate``: every process
         quits at once, as in a crash (the next start runs crash recovery)."""
-        if self._pid() is None:
+        if self.pid() is None:
             return False
         run(
             self._as_owner(
@@ -196,7 +197,7 @@ class Postgres:
         return True
 
     def status(self) -> list[ServiceStatus]:
-        pid = self._pid()
+        pid = self.pid()
         s = self.s
         endpoint = f"postgresql://{s.postgres_user}:***@{s.host}:{s.postgres_port}/{s.postgres_db}"
         detail = "wal_level=logical" if pid else tail(self.log, 1)

@@ -32,8 +32,8 @@ class Stack:
             RedisInstances(s),
             RabbitMQ(s),
             KafkaCluster.single(s),
-            Toxiproxy(s),
         ]
+        self.toxiproxy = Toxiproxy(s)
         self.cluster = KafkaCluster.three_nodes(s)
         self.debezium = KafkaConnect(s)
 
@@ -50,6 +50,10 @@ class Stack:
         services = [*self.core, self.cluster] if kafka_nodes == 3 else self.core
         for service in services:
             service.start()
+        # Network faults are for the fault matrix: without Go to build Toxiproxy the
+        # rest of the stack still runs (status shows it down, S6 says why it fails).
+        if self.toxiproxy.buildable():
+            self.toxiproxy.start()
         if debezium:
             if not self.postgres.has_table("outbox"):
                 raise StackError(
@@ -62,7 +66,12 @@ class Stack:
     def down(self) -> list[str]:
         """Stop every service of ours that runs; return the names of those stopped."""
         stopped = []
-        services: list[Service] = [self.debezium, self.cluster, *reversed(self.core)]
+        services: list[Service] = [
+            self.debezium,
+            self.toxiproxy,
+            self.cluster,
+            *reversed(self.core),
+        ]
         for service in services:
             if service.stop():
                 stopped.append(service.name)
@@ -70,7 +79,7 @@ class Stack:
 
     def status(self) -> list[ServiceStatus]:
         """One row per process: core services always, cluster nodes when any runs."""
-        rows = [row for service in self.core for row in service.status()]
+        rows = [row for service in [*self.core, self.toxiproxy] for row in service.status()]
         optionals: list[Service] = [self.cluster, self.debezium]
         for optional in optionals:
             extra = optional.status()

@@ -74,10 +74,17 @@ class Toxiproxy:
             },
         ]
 
+    def buildable(self) -> bool:
+        """Built already, or a ``go`` to build it with."""
+        return self._built().exists() or shutil.which("go") is not None
+
+    def _built(self) -> Path:
+        return self.s.cache_dir / f"toxiproxy-{self.s.toxiproxy_version}" / "server"
+
     def binary(self) -> Path:
         """The server binary, built once into the cache with ``go install``."""
-        folder = self.s.cache_dir / f"toxiproxy-{self.s.toxiproxy_version}"
-        binary = folder / "server"
+        binary = self._built()
+        folder = binary.parent
         if binary.exists():
             return binary
         go = shutil.which("go")

@@ -20,15 +20,37 @@ from stack.procs import pid_alive
 
 
 @contextlib.asynccontextmanager
-async def paused(pid: int) -> AsyncIterator[None]:
-    """SIGSTOP ``pid`` for the block; SIGCONT on the way out, whatever happens (a
-    frozen broker left behind would break every later test)."""
-    os.kill(pid, signal.SIGSTOP)
+async def paused(*pids: int) -> AsyncIterator[None]:
+    """SIGSTOP ``pids`` for the block; SIGCONT on the way out, whatever happens (a
+    frozen broker or database left behind would break every later test)."""
+    stopped = []
     try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
         yield
     finally:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGCONT)
+        for pid in stopped:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGCONT)
+
+
+def with_children(pid: int) -> list[int]:
+    """``pid`` and its direct children (a PostgreSQL postmaster and its backends),
+    read from /proc; children first, so none runs on while its parent is stopped."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                # "pid (comm) state ppid ...": comm may hold spaces; split after it.
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited while we looked
+        if ppid == pid:
+            children.append(int(entry))
+    return [*children, pid]
 
 
 async def leaders(node: KafkaNode, topic: str, timeout: float = 2.0) -> dict[int, int]:

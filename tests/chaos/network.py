@@ -34,8 +34,16 @@ class ToxiproxyAPI:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"{self.base}{path}", data=data, method=method)
         request.add_header("content-type", "application/json")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                raw = response.read()
+        except urllib.error.URLError as err:
+            if isinstance(err, urllib.error.HTTPError):
+                raise
+            raise RuntimeError(
+                f"Toxiproxy does not answer at {self.base} ({err.reason}): `relaybus stack "
+                "up` builds and starts it when Go is installed"
+            ) from err
         return json.loads(raw) if raw else None
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

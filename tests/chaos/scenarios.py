@@ -29,6 +29,7 @@ from relaybus.settings import Settings
 from stack.kafka_broker import KafkaCluster
 from stack.postgres import Postgres
 from stack.settings import StackSettings
+from tests.chaos.faults import paused, with_children
 from tests.chaos.history import History, Report, Seen, check
 from tests.chaos.network import SCHEDULE, ToxiproxyAPI, proxied_env
 from tests.chaos.workload import KeyedWriter
@@ -45,6 +46,7 @@ T = TypeVar("T")
 
 PARTITIONS = 6
 KAFKA_DOWN_S = 3.0
+POSTGRES_PAUSE_S = 5.0
 
 
 @dataclass
@@ -403,13 +405,20 @@ async def duplicate_ids(r: Run, i: int) -> dict[str, Any]:
 
 
 async def crash_postgres(r: Run, i: int) -> dict[str, Any]:
-    """PostgreSQL stopped in immediate mode (every process quits at once, as in a
-    crash; the start runs crash recovery) under the writer's, the relays' and the
-    workers' transactions, then started again. No event without its committed row,
-    no committed row without its event: indeterminate commits are resolved against
-    the database afterwards."""
+    """Even faults: PostgreSQL stopped in immediate mode (every process quits at once,
+    as in a crash; the start runs crash recovery) under the writer's, the relays' and
+    the workers' transactions, then started again. Odd faults: every PostgreSQL
+    process frozen (SIGSTOP) for ``POSTGRES_PAUSE_S``, mid-transaction, then thawed.
+    No event without its committed row, no committed row without its event:
+    indeterminate commits are resolved against the database afterwards."""
     postgres = Postgres(StackSettings())
     began = time.monotonic()
+    if i % 2 == 1:
+        postmaster = postgres.pid()
+        assert postmaster is not None, "PostgreSQL is not running"
+        async with paused(*with_children(postmaster)):
+            await asyncio.sleep(POSTGRES_PAUSE_S)  # the freeze is the fault
+        return {"fault": f"PostgreSQL frozen ({time.monotonic() - began:.1f} s)"}
     await asyncio.to_thread(postgres.stop, "immediate")
     await asyncio.to_thread(postgres.start)
     await r.engine.dispose()  # the run's own pooled connections died with it
