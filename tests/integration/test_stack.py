@@ -103,3 +103,19 @@ def test_kafka_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_pat
     cluster._format()
     meta = (cluster.nodes[0].home / "data" / "meta.properties").read_text()
     assert "cluster.id=-kQikDzhR6OfB1v61NOeVg" in meta
+
+
+def test_the_authenticated_endpoints_and_toxiproxy_run_and_their_secrets_are_private() -> None:
+    rows = {r.name: r for r in Stack().status()}
+    assert rows["toxiproxy"].running
+    assert "SASL_SSL" in rows["kafka"].detail
+    assert "amqps://relaybus:***@" in rows["rabbitmq"].detail
+    secure = StackSettings().data_dir / "secure"
+    assert secure.stat().st_mode & 0o777 == 0o700
+    for name in ("ca.key", "server.key", "kafka-keystore.pem", "credentials.json", "client.env"):
+        assert (secure / name).stat().st_mode & 0o777 == 0o600, name
+    # The passwords are nowhere in what `stack status` prints.
+    credentials = json.loads((secure / "credentials.json").read_text())
+    printed = run_cli("stack", "status", "--json").stdout + run_cli("stack", "status").stdout
+    for password in credentials.values():
+        assert password not in printed
