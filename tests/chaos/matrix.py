@@ -43,7 +43,7 @@ KINDS = {
     "S3": "5 applied ids written 3x at once by kcat",
     "S4": "Kafka stopped 3 s and restarted",
     "S6": "Toxiproxy: relay-Kafka cut / latency / reset / 32 KB/s, worker-PostgreSQL cut / dropped",
-    "S7": "PostgreSQL crash (immediate stop) and restart",
+    "S7": "PostgreSQL crash (immediate stop) and restart, or frozen 5 s, alternately",
     "S8": "hostile records (kcat, 1 % of traffic)",
     "S10": "a worker joins / leaves",
 }
