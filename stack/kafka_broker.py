@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import shutil
 import time
 import uuid
@@ -162,26 +163,29 @@ class KafkaCluster:
         home: Path,
         nodes: list[KafkaNode],
         secure: SecureMaterial | None = None,
+        proxied: tuple[int, int] | None = None,
     ):
+        """``secure`` adds the SASL_SSL listener; ``proxied`` = (listen port, the
+        Toxiproxy port it is advertised at) adds the PROXIED listener."""
         self.s = settings
         self.name = name
         self.home = home
         self.nodes = nodes
         self.secure = secure
-        # Only the single dev node is reachable through Toxiproxy (fault matrix S6).
-        self.proxied = (
-            (settings.kafka_proxied_upstream_port, settings.kafka_proxied_port) if secure else None
-        )
+        self.proxied = proxied
         self.listener = (
             SecureListener(settings.kafka_secure_port, secure.kafka_keystore) if secure else None
         )
 
     @classmethod
     def single(cls, s: StackSettings) -> KafkaCluster:
-        """The dev broker: plaintext on ``kafka_port``, SASL_SSL on ``kafka_secure_port``."""
+        """The dev broker: plaintext on ``kafka_port``, SASL_SSL on ``kafka_secure_port``,
+        PROXIED behind Toxiproxy."""
         home = s.data_dir / "kafka"
         node = KafkaNode(1, home, s.host, s.kafka_port, s.kafka_controller_port)
-        return cls(s, "kafka", home, [node], SecureMaterial(s))
+        # Only the dev node is reachable through Toxiproxy (the fault matrix's S6).
+        proxied = (s.kafka_proxied_upstream_port, s.kafka_proxied_port)
+        return cls(s, "kafka", home, [node], SecureMaterial(s), proxied)
 
     @classmethod
     def three_nodes(cls, s: StackSettings) -> KafkaCluster:
@@ -285,9 +289,10 @@ class KafkaCluster:
     def _ensure_scram_user(self, secure: SecureMaterial) -> None:
         """Create (or reset) the SCRAM-SHA-512 user over the plaintext listener. The
         password goes in a 0600 file (``--add-config-file``), never on the argv."""
-        marker = self.home / "scram-user"
+        marker = self.home / "scram-user"  # a digest of the password it was set to
         password = secure.credentials().kafka_password
-        if marker.exists() and marker.read_text() == secure.credentials_file.read_text():
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        if marker.exists() and marker.read_text() == digest:
             return
         config = secure.home / "kafka-scram.properties"
         # From a file the value is taken as is: no [brackets] as on the command line.
@@ -307,7 +312,7 @@ class KafkaCluster:
             raise StackError(str(err), err.detail.replace(password, "***")) from None
         finally:
             config.unlink(missing_ok=True)
-        write_private(marker, secure.credentials_file.read_text())
+        write_private(marker, digest)
 
     def _wait_started(self, node: KafkaNode, offset: int, deadline: float) -> None:
         what = f"{self.name} node {node.node_id}"
