@@ -236,7 +236,7 @@ async def run(
     ]
     applied_at = [(key, t) for _, key, t in applied_rows]
     # Each fault's window runs to the next fault (the last one's to the end of the run).
-    ends = [f["at"] for f in fault_figures[1:]] + [ended]
+    ends = [f["at"] for f in fault_figures[1:]] + [ended] if fault_figures else []
     per_fault = [
         {
             **{k: v for k, v in f.items() if k != "at"},
