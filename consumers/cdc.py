@@ -23,8 +23,9 @@ from relaybus.message import CONTENT_TYPE, SCHEMA_VERSION, rfc3339
 PACKED_HEADERS = "relaybus-outbox-headers"
 DEBEZIUM_PREFIX = "__debezium."
 _UNIX_EPOCH = datetime(1970, 1, 1)
-# Epoch microseconds of years 1970..9999: anything longer is not a timestamp.
-_MAX_MICROS_DIGITS = 18
+# Epoch microseconds up to the last instant ``datetime`` holds (year 9999): a larger
+# number is not a time Debezium wrote, and the record is refused.
+_MAX_MICROS = (datetime.max - _UNIX_EPOCH) // timedelta(microseconds=1)
 
 
 def is_debezium(headers: Mapping[str, str]) -> bool:
@@ -35,7 +36,8 @@ def is_debezium(headers: Mapping[str, str]) -> bool:
 def normalize(headers: Mapping[str, str]) -> dict[str, str]:
     """The headers the relay would have written for this Debezium record.
 
-    Raises ``ValueError`` if the packed headers are not a JSON object of strings
+    Raises ``ValueError`` if the packed headers are not a JSON object of strings, or
+    ``occurred_at`` is a number of epoch microseconds past year 9999
     (``incoming.decode`` dead-letters the record as ``bad-header``).
     """
     out = {k: v for k, v in headers.items() if not k.startswith(DEBEZIUM_PREFIX)}
@@ -48,8 +50,12 @@ def normalize(headers: Mapping[str, str]) -> dict[str, str]:
                 continue
             out[name] = value
     occurred = out.get("occurred_at", "")
-    if occurred.isdigit() and len(occurred) <= _MAX_MICROS_DIGITS:
-        out["occurred_at"] = rfc3339(_UNIX_EPOCH + timedelta(microseconds=int(occurred)))
+    # isascii: ``isdigit`` also accepts other scripts' digits, which int() may refuse.
+    if occurred.isascii() and occurred.isdigit():
+        micros = int(occurred) if len(occurred) <= 19 else _MAX_MICROS + 1
+        if micros > _MAX_MICROS:
+            raise ValueError(f"occurred_at {occurred[:40]!r} is past year 9999 in epoch µs")
+        out["occurred_at"] = rfc3339(_UNIX_EPOCH + timedelta(microseconds=micros))
     out.setdefault("content-type", CONTENT_TYPE)
     out.setdefault("schema_version", SCHEMA_VERSION)
     return out

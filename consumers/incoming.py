@@ -7,17 +7,24 @@ parsing is bounded, and every refusal is an ``InvalidMessage`` with a named reas
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import uuid
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from consumers import cdc
 from relaybus import headers as rh
+
+log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class InvalidMessage(ValueError):
@@ -31,6 +38,29 @@ class InvalidMessage(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def record_fault(decoder: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Make ``decoder`` total: any exception it raises is the record's fault.
+
+    A decoder reads bytes anyone with produce rights wrote, so an error it did not
+    foresee (an ``OverflowError`` from a timestamp, a ``TypeError`` from a shape) is
+    still about that record, never a reason to retry a batch: it becomes
+    ``InvalidMessage("undecodable", …)`` (dead-lettered, the loop goes on) and is
+    logged with its traceback once, because it also names a check we are missing.
+    """
+
+    @functools.wraps(decoder)
+    def total(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return decoder(*args, **kwargs)
+        except InvalidMessage:
+            raise
+        except Exception as err:  # converted into the record's verdict
+            log.warning("%s refused a record it did not foresee", decoder.__name__, exc_info=True)
+            raise InvalidMessage("undecodable", f"{type(err).__name__}: {str(err)[:200]}") from None
+
+    return total
 
 
 @dataclass(frozen=True)
@@ -78,6 +108,7 @@ class Incoming:
         return dict(self.headers)
 
 
+@record_fault
 def read_headers(pairs: Iterable[tuple[Any, Any]], limits: WireLimits) -> dict[str, str]:
     """Wire headers as text, bounded. Raises ``InvalidMessage``:
 
@@ -202,6 +233,7 @@ def _check_text(payload: Any) -> None:
                 ) from None
 
 
+@record_fault
 def parse_payload(raw: bytes, *, require_object: bool = False) -> Any:
     """The body as JSON, bounded; raises ``InvalidMessage``:
 
@@ -233,6 +265,7 @@ def parse_payload(raw: bytes, *, require_object: bool = False) -> Any:
     return payload
 
 
+@record_fault
 def decode(
     raw: bytes,
     headers: Mapping[str, str],
@@ -249,9 +282,10 @@ def decode(
     """Decode one delivery; raises ``InvalidMessage`` with a reason code:
 
     ``oversize``, ``missing-id``, ``bad-id``, ``missing-type``, ``unknown-type``,
-    ``bad-header`` (Debezium's packed headers malformed), and those of
-    ``parse_payload``. A record of Debezium's outbox router gets the headers the
-    relay would have written (``consumers.cdc.normalize``). ``attempt`` and the
+    ``bad-header`` (Debezium's packed headers or time malformed), those of
+    ``parse_payload``, and ``undecodable`` for anything unforeseen (``record_fault``).
+    A record of Debezium's outbox router gets the headers the relay would have
+    written (``consumers.cdc.normalize``). ``attempt`` and the
     origin (``source``, ``partition``, ``offset``) are decided by the caller from
     where the delivery came (a main topic: 1 and itself); reserved headers are
     dropped here, unread.

@@ -2,10 +2,45 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from relaybus.message import rfc3339
+
+log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def skips_unforeseen(reader: Callable[_P, _R | None]) -> Callable[_P, _R | None]:
+    """Make a faust agent's record reader total: whatever it raises is the record's
+    fault, so it is logged (with its traceback: it names a check we miss) and the
+    record is skipped (None) instead of crashing the agent on a record anyone with
+    produce rights can write again after every restart."""
+
+    @functools.wraps(reader)
+    def total(*args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+        try:
+            return reader(*args, **kwargs)
+        except Exception:  # the record's fault: logged and skipped, see above
+            log.warning("%s: skipping a record it cannot read", reader.__name__, exc_info=True)
+            return None
+
+    return total
+
+
+def record_key(key: object) -> str | None:
+    """A record's key as text, or None (absent, or not UTF-8: never ours)."""
+    if not isinstance(key, bytes | bytearray):
+        return None
+    try:
+        return bytes(key).decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def envelope(

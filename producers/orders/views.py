@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from consumers.incoming import InvalidMessage, parse_payload
+from consumers.incoming import parse_payload
 
 log = logging.getLogger("relaybus.orders_api")
 
@@ -83,9 +83,16 @@ class OrderViews:
                 payload = parse_payload(value, require_object=True)
                 order_id = int(payload["order_id"])
                 version = int(payload["version"])
-            except (InvalidMessage, KeyError, TypeError, ValueError):
+            except Exception as err:
+                # Any error reading one record is that record's fault (not JSON, no
+                # field, a number int() refuses): logged with its position and
+                # skipped; the tail goes on.
+                order_id, version = -1, -1
                 log.warning(
-                    "orders: an order.status record at %d/%d is unreadable", partition, offset
+                    "orders: an order.status record at %d/%d is unreadable: %.300s",
+                    partition,
+                    offset,
+                    err,
                 )
         self.invalidate(partition, offset, order_id, version)
 

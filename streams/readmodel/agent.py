@@ -40,7 +40,7 @@ from consumers.incoming import InvalidMessage, parse_payload
 from producers.contract import ORDER_STATUS_EVENTS, EventType
 from producers.settings import ShopSettings
 from relaybus.settings import Settings
-from streams.envelope import header
+from streams.envelope import header, skips_unforeseen
 from streams.faustapp import shop_faust_app, write_through
 from streams.readmodel.view import StatusEvent, fold
 
@@ -52,6 +52,7 @@ CHANGELOG = f"{APP_ID}-{TABLE}-changelog"
 MAX_INPUT_BYTES = 65_536
 
 
+@skips_unforeseen
 def read_event(headers: Any, value: bytes | None) -> StatusEvent | None:
     """An ``order.status`` event, or None (logged) if the record is not one."""
     if header(headers, "type") != EventType.ORDER_STATUS.value:

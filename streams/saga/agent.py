@@ -44,7 +44,7 @@ from producers.contract import (
 )
 from producers.settings import ShopSettings
 from relaybus.settings import Settings
-from streams.envelope import envelope, header
+from streams.envelope import envelope, header, record_key, skips_unforeseen
 from streams.faustapp import shop_faust_app, write_through
 from streams.saga.machine import Command, decide
 
@@ -73,6 +73,7 @@ TABLE = "order-sagas"
 CHANGELOG = f"{APP_ID}-{TABLE}-changelog"
 
 
+@skips_unforeseen
 def read_input(headers: Any, value: bytes | None) -> tuple[str, dict[str, Any]] | None:
     """An input event as ``(type, payload)``, or None (logged) if it is not one of the
     saga's events or does not fit its schema."""
@@ -146,9 +147,11 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
     @app.agent(inputs)
     async def order_saga(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            key = event.key.decode() if isinstance(event.key, bytes) else None
+            key = record_key(event.key)
             parsed = read_input(event.headers, event.value)
             if key is None or parsed is None:
+                if parsed is not None:
+                    log.warning("saga: skipping a %s whose key is not UTF-8", parsed[0])
                 continue
             event_type, payload = parsed
             if str(payload.get("order_id")) != key:
@@ -162,9 +165,10 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
             stored = sagas.get(key)
             try:
                 decision = decide(json.loads(stored) if stored else None, event_type, payload)
-            except (KeyError, ValueError, TypeError):
-                # A state this code cannot read: that order's event is skipped and
-                # logged for an operator; the agent goes on with the other orders.
+            except Exception:
+                # A state this code cannot read (or a bug of ours for this order): that
+                # order's event is skipped and logged for an operator; the agent goes
+                # on with the other orders.
                 log.exception("saga: cannot decide %s for order %r", event_type, key[:40])
                 continue
             causation = header(event.headers, "id")

@@ -41,6 +41,15 @@ def envelope(type_: str, key: str, *extra: Header) -> list[Header]:
     ]
 
 
+# A Debezium-shaped record whose occurred_at overflowed datetime (issue 31 §1): it made
+# the workers' and admission's loops retry their batch forever. Written to every
+# partition, so the real order placed afterwards follows it on its own partition.
+DEBEZIUM_OVERFLOW: tuple[Header, ...] = (
+    (b"__debezium.context.connectorName", b"postgresql"),
+    (b"occurred_at", b"9" * 18),
+)
+
+
 def status_garbage(key: str, order_id: int) -> list[tuple[bytes, list[Header]]]:
     """Records on the order-status topic, keyed ``key``, that are not a status event of
     ``order_id`` the read model (faust) or the API's tail may apply."""
@@ -64,6 +73,7 @@ def status_garbage(key: str, order_id: int) -> list[tuple[bytes, list[Header]]]:
             [(b"type", b"\xff\xfe"), (b"x-original-topic", b"shop.orders")],
         ),
         (b"x" * 500_000, status),
+        (f'{{"order_id": {order_id}, "version": 95}}'.encode(), [*status, *DEBEZIUM_OVERFLOW]),
     ]
 
 
@@ -142,6 +152,7 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
         (b'{"order_id": 1}', envelope("order.exploded", marker)),
         (b'{"order_id": 1}', [(b"type", b"\xff\xfe")]),
         (b"x" * 500_000, envelope("order.created", marker)),
+        (b'{"order_id": 1}', envelope("order.created", marker, *DEBEZIUM_OVERFLOW)),
     ]
 
     engine = create_engine(settings.database_url)
@@ -151,6 +162,21 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
         for topic, records in cases.items():
             for body, headers, _ in records:
                 kcat_produce(bootstrap, topic, marker.encode(), [body], headers)
+        overflow = {  # admission's input and a worker's: one on every partition
+            ORDER_REQUESTS: (b'{"order_id": 1}', envelope("order.requested", marker)),
+            INVENTORY_COMMANDS: (b'{"order_id": 1}', envelope("inventory.reserve", marker)),
+        }
+        for topic, (body, headers) in overflow.items():
+            for partition in range(shop.shop_partitions):
+                kcat_produce(
+                    bootstrap,
+                    topic,
+                    marker.encode(),
+                    [body],
+                    [*headers, *DEBEZIUM_OVERFLOW],
+                    partition=partition,
+                )
+                cases[topic].append((body, [], "bad-header"))
         for body, headers in saga_garbage:
             kcat_produce(
                 bootstrap, ORDER_EVENTS, marker.encode(), [body], headers, compression="zstd"

@@ -106,8 +106,20 @@ def hostile_records() -> list[Hostile]:
                 *envelope(),
                 (b"__debezium.context.connectorName", b"postgresql"),
                 (b"relaybus-outbox-headers", b'{"x-dlq-reason": "forged", "id": "x", "ok": "1"}'),
-                (b"occurred_at", b"9" * 40),
+                (b"occurred_at", b"-5"),  # not epoch micros: passed on as sent
             ],
+        ),
+        # An 18-digit epoch past year 9999 made normalize raise OverflowError, which
+        # both Kafka loops took for their own failure: the batch was retried forever.
+        Hostile(
+            "dbz-overflow-time",
+            b'{"n": 1}',
+            [
+                *envelope(),
+                (b"__debezium.context.connectorName", b"postgresql"),
+                (b"occurred_at", b"9" * 18),
+            ],
+            "bad-header",
         ),
         Hostile("missing-id", b'{"n": 1}', [(b"type", TEST_TYPE.encode())], "missing-id"),
         Hostile("bad-id", b'{"n": 1}', envelope("not-a-uuid"), "bad-id"),
