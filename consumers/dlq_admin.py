@@ -20,7 +20,7 @@ from consumers.incoming import header_text
 from consumers.naming import DLQ_SUFFIX, source_of_dlq
 from consumers.rabbit_worker import wire_pairs
 from relaybus import headers as h
-from relaybus.brokers.kafka_admin import topic_partitions
+from relaybus.brokers.kafka_admin import committed_reader, read_to, topic_partitions
 from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
 from relaybus.brokers.rabbit_management import management_get
 
@@ -210,9 +210,7 @@ class KafkaDeadLetters:
         ]
 
     async def _consumer(self) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(
-            **kafka_client_options(self.bootstrap), enable_auto_commit=False
-        )
+        consumer = committed_reader(self.bootstrap)
         await consumer.start()
         # Let the consumer's internal tasks begin: aiokafka's stop() raises
         # CancelledError for a group-less consumer stopped before they first ran.
@@ -241,19 +239,21 @@ class KafkaDeadLetters:
             consumer.assign(list(bounds))
             for tp, (start, _) in bounds.items():
                 consumer.seek(tp, start)  # explicit offsets: seek_to_beginning is lazy
+            ends = {tp: end for tp, (_, end) in bounds.items()}
             while live:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=PAGE)
+                batches = await consumer.getmany(*live, timeout_ms=1000, max_records=PAGE)
                 for tp, records in batches.items():
                     for r in records:
-                        if r.offset >= bounds[tp][1]:
+                        if r.offset >= ends[tp]:
                             live.discard(tp)
                             break
                         headers = {k: header_text(v) for k, v in r.headers}
                         key = r.key.decode("utf-8", errors="replace") if r.key else ""
                         pos = f"{r.partition}:{r.offset}"
                         yield DeadLetter.of(key, r.value or b"", headers, pos)
-                        if r.offset + 1 >= bounds[tp][1]:
-                            live.discard(tp)
+                # By position: a purge running meanwhile moves the start past the
+                # records asked for (the reset lands at the end), and the scan ends.
+                await read_to(consumer, live, ends)
         finally:
             await consumer.stop()
 

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -22,6 +23,37 @@ def reaching(bootstrap: KafkaTarget) -> Iterator[None]:
         yield
     except KafkaError as err:
         raise ConnectionError(f"Kafka at {bootstrap}: {err!r}") from err
+
+
+def committed_reader(bootstrap: KafkaTarget, **options: Any) -> AIOKafkaConsumer:
+    """A consumer (not started) that reads only what producers committed.
+
+    Every operator read (replay, lag, DLQ tools, the console) goes through this:
+    with the client default ``read_uncommitted`` a copy of a transactional topic
+    (the saga's) would republish records of *aborted* transactions. Its end offsets
+    are the last stable offsets. Never auto-commits.
+    """
+    return AIOKafkaConsumer(
+        **kafka_client_options(bootstrap),
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **options,
+    )
+
+
+async def read_to(
+    consumer: AIOKafkaConsumer, todo: set[TopicPartition], ends: Mapping[TopicPartition, int]
+) -> None:
+    """Drop from ``todo`` each partition whose position reached its end offset.
+
+    The end condition of every bounded read: a transactional topic's last offsets
+    are commit markers that are never returned as records, and a concurrent purge
+    moves the start past what was asked, so "the record at ``end - 1`` was seen"
+    may never happen, while the position always gets there.
+    """
+    for tp in list(todo):
+        if await consumer.position(tp) >= ends[tp]:
+            todo.discard(tp)
 
 
 async def ensure_topic(
@@ -79,8 +111,9 @@ async def topic_partitions(bootstrap: KafkaTarget, topic: str, timeout: float = 
 
 
 async def end_offsets(bootstrap: KafkaTarget, topic: str) -> dict[int, int]:
-    """The end offset of each partition of ``topic``."""
-    consumer = AIOKafkaConsumer(**kafka_client_options(bootstrap), enable_auto_commit=False)
+    """The end offset of each partition of ``topic`` (its last stable offset: what a
+    ``read_committed`` reader can reach)."""
+    consumer = committed_reader(bootstrap)
     await consumer.start()
     try:
         parts = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
@@ -188,7 +221,7 @@ async def _consumer_lag(bootstrap: KafkaTarget, group: str | None) -> list[Parti
     partitions = {tp for offsets in committed.values() for tp in offsets}
     if not partitions:
         return []
-    consumer = AIOKafkaConsumer(**kafka_client_options(bootstrap))
+    consumer = committed_reader(bootstrap)
     await consumer.start()
     try:
         ends = await consumer.end_offsets(list(partitions))
@@ -242,7 +275,7 @@ async def _time_window(
     if topic not in await list_topics(bootstrap):
         raise LookupError(f"kafka topic {topic!r} does not exist")
     partitions = await topic_partitions(bootstrap, topic, timeout=3.0)
-    consumer = AIOKafkaConsumer(**kafka_client_options(bootstrap), enable_auto_commit=False)
+    consumer = committed_reader(bootstrap)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
@@ -280,13 +313,15 @@ async def _timestamp_before(
         begin = max(start, end - step)
         consumer.seek(tp, begin)
         last: int | None = None
-        while True:
+        todo = {tp}
+        while todo:
             batch = await consumer.getmany(tp, timeout_ms=1000)
             records = [r for r in batch.get(tp, []) if r.offset < end]
             if records:
                 last = records[-1].timestamp
-            if not batch.get(tp) or batch[tp][-1].offset >= end - 1:
+            if len(records) < len(batch.get(tp, [])):
                 break
+            await read_to(consumer, todo, {tp: end})
         if last is not None or begin == start:
             return last
         step *= 16

@@ -14,16 +14,18 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from relaybus.brokers.kafka import key_partition
 from relaybus.brokers.kafka_admin import (
     PartitionWindow,
+    committed_reader,
     end_offsets,
     group_offsets,
     list_topics,
     reaching,
+    read_to,
     start_group_at,
 )
 from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
@@ -197,9 +199,7 @@ async def _mark_copied(
     since: Mapping[int, int],
     copied: CopiedSet,
 ) -> None:
-    consumer = AIOKafkaConsumer(
-        **kafka_client_options(bootstrap), enable_auto_commit=False, max_poll_records=FETCH_RECORDS
-    )
+    consumer = committed_reader(bootstrap, max_poll_records=FETCH_RECORDS)
     await consumer.start()
     try:
         tps = [TopicPartition(destination, p) for p in since]
@@ -210,15 +210,14 @@ async def _mark_copied(
             consumer.seek(tp, since[tp.partition])
         while todo:
             batches = await consumer.getmany(*todo, timeout_ms=1000)
-            for tp, records in batches.items():
+            for records in batches.values():
                 for r in records:
                     for name, value in r.headers:
                         if name == REPLAY_OF:
                             found = parse_replay_of(value, source)
                             if found is not None:
                                 copied.add(*found)
-                if records and records[-1].offset >= ends[tp] - 1:
-                    todo.discard(tp)
+            await read_to(consumer, todo, ends)
     finally:
         await consumer.stop()
 
@@ -256,11 +255,7 @@ async def copy_window(
         ends = {w.partition: w.end for w in windows if w.count}
         if not ends:
             return CopyResult(0, 0, 0, 0)
-        consumer = AIOKafkaConsumer(
-            **kafka_client_options(bootstrap),
-            enable_auto_commit=False,
-            max_poll_records=FETCH_RECORDS,
-        )
+        consumer = committed_reader(bootstrap, max_poll_records=FETCH_RECORDS)
         producer = AIOKafkaProducer(
             **kafka_client_options(bootstrap), acks="all", enable_idempotence=True, linger_ms=5
         )
@@ -283,7 +278,7 @@ async def copy_window(
                 for tp, records in batches.items():
                     end = ends[tp.partition]
                     inside = [r for r in records if r.offset < end]
-                    if len(inside) < len(records) or (inside and inside[-1].offset == end - 1):
+                    if len(inside) < len(records):
                         todo.discard(tp)
                     for r in inside:
                         read += 1
@@ -323,6 +318,9 @@ async def copy_window(
                         await asyncio.gather(*unacked)
                         unacked.clear()
                     progress(len(inside))
+                # The end is the consumer's position, not the last offset seen: a
+                # transactional topic ends with commit markers, never returned.
+                await read_to(consumer, todo, {tp: ends[tp.partition] for tp in todo})
             await asyncio.gather(*unacked)
         finally:
             await producer.stop()

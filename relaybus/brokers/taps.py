@@ -12,10 +12,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aio_pika
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from relaybus.brokers.kafka_admin import topic_partitions
-from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
+from relaybus.brokers.kafka_admin import committed_reader, topic_partitions
+from relaybus.brokers.kafka_connection import KafkaTarget
 from relaybus.brokers.rabbitmq import EXCHANGE
 
 
@@ -37,7 +37,7 @@ async def kafka_tap(bootstrap: KafkaTarget, topic: str) -> AsyncIterator[asyncio
     Starts at the end offsets of every partition, so only new records arrive; no
     consumer group (nothing is committed).
     """
-    consumer = AIOKafkaConsumer(**kafka_client_options(bootstrap), enable_auto_commit=False)
+    consumer = committed_reader(bootstrap)
     await consumer.start()
     queue: asyncio.Queue[Received] = asyncio.Queue()
     try:
