@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import io
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from rich.console import Console
 from rich.table import Table
 
+from consumers import failure
 from consumers.dlq_admin import DeadLetter, ReplayPlan
 from consumers.failure import CopyKind, FailurePath, Outcome, Verdict, describe
 from consumers.incoming import (
@@ -127,6 +129,39 @@ def test_exception_texts_mask_url_passwords() -> None:
     assert "s3cret" not in message
     assert "s3cret" not in stack
     assert "amqp://app:***@rabbit" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a." * 500_000, "x://" + "a:" * 500_000, "amqp://u:" + "p" * 1_000_000, "é" * 1_000_000],
+)
+def test_redaction_reads_a_bounded_prefix_of_any_text(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exception text cannot stall a worker (issue 31 §6): 1 MB of adversarial text is
+    cut before the pattern runs, and the pattern has no unbounded repetition, so each
+    match attempt costs a constant (the time of it: bench note, not asserted here)."""
+    seen: list[int] = []
+    pattern = failure._CREDENTIALS
+    monkeypatch.setattr(
+        failure, "_CREDENTIALS", SimpleNamespace(sub=lambda r, t: seen.append(len(t)) or t)
+    )
+    _, message, stack = describe(ValueError(text))
+    assert len(message) <= failure.MAX_EXCEPTION_MESSAGE
+    assert len(stack) <= failure.MAX_STACKTRACE
+    assert seen
+    assert max(seen) <= failure.MAX_STACKTRACE + failure._REDACT_MARGIN
+    quantifiers = pattern.pattern.replace("+.-", "")  # "+" inside the scheme's class
+    assert "*" not in quantifiers
+    assert "+" not in quantifiers
+
+
+def test_a_credential_across_the_cut_is_still_masked() -> None:
+    secret = "s3cret"
+    text = "x" * (failure.MAX_EXCEPTION_MESSAGE - 10) + f" postgresql://bob:{secret}@db/x"
+    assert secret not in describe(ValueError(text))[1]
+    stack_text = f"postgresql://bob:{secret}@db/x " + "y" * (failure.MAX_STACKTRACE - 20)
+    assert secret not in describe(ValueError(stack_text))[2]
 
 
 @pytest.mark.parametrize(
