@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -120,20 +121,35 @@ class ReplayPlan:
     select: Selector
     accepted: list[tuple[str, str]] = field(default_factory=list)
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # ref, id, origin
-    _refs: set[str] = field(default_factory=set, repr=False)
+    _unsent: Counter[str] = field(default_factory=Counter, repr=False)
 
     def consider(self, letter: DeadLetter) -> None:
         if not self.select(letter):
             return
-        if letter.original and letter.original != source_of_dlq(self.dlq):
+        if not self._from_source(letter):
             self.refused.append((letter.ref, letter.id, letter.original))
         else:
             self.accepted.append((letter.ref, letter.id))
-            self._refs.add(letter.ref)
+            self._unsent[letter.ref] += 1
 
-    def admits(self, letter: DeadLetter) -> bool:
-        """In the replay pass: is this letter one the plan accepted?"""
-        return letter.ref in self._refs and self.select(letter)
+    def take(self, letter: DeadLetter) -> bool:
+        """In the send pass: may this letter be sent? Each planned letter once.
+
+        The send pass reads the DLQ again, and what it meets is checked again in
+        full (selection and origin), not by its ``ref`` alone: on RabbitMQ the ref
+        is the message id, which the letter's writer chose, so a forged letter
+        carrying a planned letter's id and another origin must still be refused.
+        True consumes one planned occurrence of the ref.
+        """
+        if not self.select(letter) or not self._from_source(letter):
+            return False
+        if self._unsent[letter.ref] <= 0:
+            return False
+        self._unsent[letter.ref] -= 1
+        return True
+
+    def _from_source(self, letter: DeadLetter) -> bool:
+        return not letter.original or letter.original == source_of_dlq(self.dlq)
 
     def audit_detail(
         self, broker: str, sent: list[str], reason: str | None, type_: str | None
@@ -267,7 +283,7 @@ class KafkaDeadLetters:
         sent: list[str] = []
         try:
             async for d in self.letters(plan.dlq):
-                if not plan.admits(d):
+                if not plan.take(d):
                     continue
                 await producer.send_and_wait(
                     plan.target,
@@ -346,7 +362,7 @@ class RabbitDeadLetters:
                 if message is None:
                     break
                 letter = self._letter(message)
-                if not plan.admits(letter):
+                if not plan.take(letter):
                     continue
                 headers = letter.replay_headers()
                 if not letter.id:

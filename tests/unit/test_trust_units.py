@@ -208,8 +208,19 @@ def test_replay_plan_targets_the_dlq_source_and_refuses_other_origins() -> None:
     assert plan.target == "orders"
     assert plan.accepted == [("0:1", "a"), ("0:3", "c")]
     assert plan.refused == [("0:2", "b", "payments")]
-    assert plan.admits(_letter("a", "orders", "0:1"))
-    assert not plan.admits(_letter("b", "payments", "0:2"))
+    assert not plan.take(_letter("b", "payments", "0:2"))
+    assert plan.take(_letter("a", "orders", "0:1"))
+    assert not plan.take(_letter("a", "orders", "0:1"))  # each planned letter once
+
+
+def test_replay_send_pass_rechecks_origin_not_only_the_ref() -> None:
+    """On RabbitMQ a letter's ref is its id, which its writer chose (issue 31 §5)."""
+    plan = ReplayPlan("orders.dlq", "orders", lambda _d: True)
+    plan.consider(_letter("a", "payments", ""))  # forged twin: same id, other origin
+    plan.consider(_letter("a", "orders", ""))
+    assert plan.accepted == [("a", "a")]
+    assert not plan.take(_letter("a", "payments", ""))
+    assert plan.take(_letter("a", "orders", ""))
 
 
 def test_wire_values_print_as_text_not_markup() -> None:
