@@ -28,6 +28,8 @@ from relaybus.brokers.rabbit_management import management_get
 # What a broker outage looks like to callers of this module (the CLI reports it).
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, AMQPError, OSError)
 PAGE = 500  # letters fetched per broker round trip; none is kept beyond its page
+# Ids an audit row (and ``--json``) lists per kind; the counts stay complete.
+AUDIT_IDS = 1_000
 
 
 class DeadLetterError(LookupError):
@@ -155,16 +157,25 @@ class ReplayPlan:
         self, broker: str, sent: list[str], reason: str | None, type_: str | None
     ) -> dict[str, Any]:
         """The audit row's (and ``--json``'s) account of a replay: every id, every target."""
-        return {
+        cap = AUDIT_IDS
+        detail: dict[str, Any] = {
             "broker": broker,
             "target": self.target,
             "replayed": len(sent),
-            "ids": sent,
-            "planned": [{"id": i, "position": ref} for ref, i in self.accepted],
-            "refused": [{"id": i, "position": ref, "origin": o} for ref, i, o in self.refused],
+            "ids": sent[:cap],
+            "planned": [{"id": i[:64], "position": ref[:64]} for ref, i in self.accepted[:cap]],
+            "refused": [
+                {"id": i[:64], "position": ref[:64], "origin": o[:255]}
+                for ref, i, o in self.refused[:cap]
+            ],
+            "planned_count": len(self.accepted),
+            "refused_count": len(self.refused),
             "reason": reason,
             "type": type_,
         }
+        if max(len(sent), len(self.accepted), len(self.refused)) > cap:
+            detail["lists_cut_at"] = cap  # the counts above are complete
+        return detail
 
 
 async def plan_replay(
@@ -175,6 +186,57 @@ async def plan_replay(
     async for letter in store.letters(dlq):
         plan.consider(letter)
     return plan
+
+
+@dataclass(frozen=True)
+class BrowseLimits:
+    """What one look at a DLQ may cost: letters kept, letters read, seconds spent."""
+
+    letters: int = 200
+    scanned: int = 5_000
+    seconds: float = 10.0
+
+
+@dataclass
+class Browsed:
+    """The letters a bounded look found, and why it stopped early (None: it saw the
+    whole queue or found ``letters`` matches)."""
+
+    letters: list[DeadLetter]
+    cut: str | None = None
+
+
+async def browse(
+    store: DeadLetterStore, name: str, select: Selector, limits: BrowseLimits
+) -> Browsed:
+    """The first ``limits.letters`` letters of ``name`` that ``select`` accepts,
+    reading at most ``limits.scanned`` letters for at most ``limits.seconds``;
+    ``cut`` says which bound ended the look early (the page says so)."""
+    found = Browsed([])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.seconds
+    scanned = 0
+
+    async def look() -> None:
+        nonlocal scanned
+        async for letter in store.letters(name):
+            scanned += 1
+            if select(letter):
+                found.letters.append(letter)
+                if len(found.letters) >= limits.letters:
+                    return
+            if scanned >= limits.scanned:
+                found.cut = f"stopped after reading {scanned} letters"
+                return
+            if loop.time() >= deadline:
+                found.cut = f"stopped after {limits.seconds:g} s ({scanned} letters read)"
+                return
+
+    try:
+        await asyncio.wait_for(look(), timeout=limits.seconds + 5)
+    except TimeoutError:
+        found.cut = f"the broker did not answer within {limits.seconds:g} s"
+    return found
 
 
 async def collect(

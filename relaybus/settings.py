@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -91,6 +92,18 @@ class Settings(BaseSettings):
             make_url(value)
         except (ArgumentError, ValueError):
             raise ValueError("not a database URL (postgresql+asyncpg://user@host/db)") from None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/8)"
+                ) from None
         return value
 
     @field_validator("console_metrics_endpoints")
@@ -231,6 +244,27 @@ class Settings(BaseSettings):
     )
     console_session_idle_seconds: float = Field(
         1800, gt=0, description="A console session ends after this long without a request."
+    )
+    console_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values the console answers (JSON list, e.g. "
+        "'[\"ops.example.com\"]'); the bind address and, on loopback, localhost are always "
+        "allowed. Anything else is refused (DNS rebinding).",
+    )
+    console_tls_certfile: str | None = Field(
+        None, description="PEM certificate: the console serves HTTPS with it (and the key)."
+    )
+    console_tls_keyfile: str | None = Field(None, description="PEM private key of the above.")
+    console_behind_proxy: bool = Field(
+        False,
+        description="The console is bound beyond loopback without TLS because a proxy in "
+        "RELAYBUS_TRUSTED_PROXIES terminates it (cookies are Secure when it says https).",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (JSON list, e.g. '[\"10.0.0.5\"]') whose "
+        "X-Forwarded-For / -Proto the HTTP services believe. Default none: the client "
+        "address is the connection's peer, whatever a header says.",
     )
     console_metrics_endpoints: dict[str, str] = Field(
         default_factory=dict,

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from producers.orders.api import create_app
 from producers.payments.gateway import create_gateway
 from producers.settings import ShopSettings
+from relaybus.client_address import uvicorn_proxy_options
 from relaybus.settings import Settings
 
 SERVICES = ("orders-api", "gateway")
@@ -49,4 +50,6 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        # X-Forwarded-For is believed only from RELAYBUS_TRUSTED_PROXIES (default none).
+        **uvicorn_proxy_options(settings.trusted_proxies),
     )

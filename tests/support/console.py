@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -56,8 +57,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def console_process(folder: Path, **env: str) -> Iterator[ConsoleProcess]:
-    """Start ``relaybus console`` and wait until it answers; stop it afterwards."""
+def console_process(
+    folder: Path, host: str = "127.0.0.1", verify: bool | ssl.SSLContext = True, **env: str
+) -> Iterator[ConsoleProcess]:
+    """Start ``relaybus console`` on ``host`` and wait until it answers (HTTPS when
+    ``env`` names a certificate, checked against ``verify``); stop it afterwards."""
     password = secrets.token_urlsafe(18)
     hashed = hash_password(password)
     port = free_port()
@@ -65,18 +69,19 @@ def console_process(folder: Path, **env: str) -> Iterator[ConsoleProcess]:
     script = Path(sys.executable).parent / "relaybus"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(script), "console", "--port", str(port)],
+            [str(script), "console", "--host", host, "--port", str(port)],
             cwd=REPO,
             env={**os.environ, "RELAYBUS_CONSOLE_PASSWORD_HASH": hashed, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if "RELAYBUS_CONSOLE_TLS_CERTFILE" in env else "http"
+    url = f"{scheme}://{host}:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{url}/login", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/login", timeout=2, verify=verify).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -82,9 +82,29 @@ def test_signing_in_gives_a_new_id_and_token() -> None:
 
 
 def test_sessions_are_capped() -> None:
-    sessions = Sessions(idle=60, max_sessions=3)
+    sessions = Sessions(idle=60, max_anonymous=3)
     ids = [sessions.new(None)[0] for _ in range(5)]
     assert [sessions.get(i) is not None for i in ids] == [False, False, True, True, True]
+
+
+def test_anonymous_sessions_never_evict_a_signed_in_one() -> None:
+    """10 000 anonymous GET /login used to sign every operator out (issue 31 §4)."""
+    sessions = Sessions(idle=60, max_anonymous=100, max_signed_in=5)
+    operator, _ = sessions.new("operator")
+    for _ in range(10_000):
+        sessions.new(None)
+    assert sessions.get(operator) is not None
+    assert sessions.counts() == (100, 1)
+    signed = [sessions.new("operator")[0] for _ in range(5)]  # the signed-in cap
+    assert sessions.get(operator) is None  # the oldest signed-in one gave way
+    assert all(sessions.get(sid) is not None for sid in signed)
+
+
+def test_a_non_ascii_csrf_value_is_a_mismatch_not_an_error() -> None:
+    _, session = Sessions(idle=60).new(None)
+    assert not csrf_ok(session, "é" * 43)
+    assert not csrf_ok(session, "\udcff")
+    assert csrf_ok(session, session.csrf)
 
 
 def test_login_attempts_are_throttled_per_address() -> None:
@@ -95,3 +115,20 @@ def test_login_attempts_are_throttled_per_address() -> None:
     assert throttle.attempt("b") == 0  # another address is not held back
     clock.now += 60
     assert throttle.attempt("a") == 0
+
+
+def test_the_throttle_is_bounded_and_never_forgets_everyone_at_once() -> None:
+    """It used to clear every address once 10 000 had been seen (issue 31 §4)."""
+    clock = Clock()
+    throttle = LoginThrottle(limit=3, window=60, clock=clock, max_clients=100)
+    for _ in range(3):
+        throttle.attempt("attacker")
+    assert throttle.attempt("attacker") > 0
+    for n in range(98):  # the table fills up to its bound, the attacker still held
+        throttle.attempt(f"10.0.0.{n}")
+        assert throttle.attempt("attacker") > 0
+    assert len(throttle) == 99
+    clock.now += 61  # stale logs go first when room is needed
+    for n in range(500):
+        throttle.attempt(f"10.1.{n // 256}.{n % 256}")
+        assert len(throttle) <= 100

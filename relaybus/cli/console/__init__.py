@@ -11,6 +11,8 @@ import uvicorn
 
 from relaybus.cli.console.app import create_app
 from relaybus.cli.console.auth import BadPasswordHash, PasswordHash, hash_password
+from relaybus.cli.console.guard import allowed_hosts
+from relaybus.client_address import uvicorn_proxy_options
 from relaybus.settings import Settings
 from relaybus.terminal import make_console, plain
 
@@ -53,19 +55,38 @@ def console(
         raise typer.Exit(2) from None
     bind_host = host or settings.console_host
     bind_port = port or settings.console_port
+    tls = bool(settings.console_tls_certfile and settings.console_tls_keyfile)
     if bind_host not in LOOPBACK:
+        if not tls and not (settings.console_behind_proxy and settings.trusted_proxies):
+            err.print(
+                plain(
+                    f"relaybus console: {bind_host} is reachable from other machines: serve "
+                    "HTTPS (RELAYBUS_CONSOLE_TLS_CERTFILE and _KEYFILE) or, behind a proxy "
+                    "that terminates TLS, set RELAYBUS_CONSOLE_BEHIND_PROXY=true and name it "
+                    "in RELAYBUS_TRUSTED_PROXIES"
+                )
+            )
+            raise typer.Exit(2)
         err.print(plain(f"relaybus console: listening on {bind_host}, not only this machine"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    scheme = "https" if tls else "http"
     err.print(
-        plain(f"relaybus console on http://{bind_host}:{bind_port}/ (user {settings.console_user})")
+        plain(
+            f"relaybus console on {scheme}://{bind_host}:{bind_port}/ "
+            f"(user {settings.console_user})"
+        )
     )
+    hosts = allowed_hosts(bind_host, bind_port, settings.console_allowed_hosts)
     uvicorn.run(
-        create_app(settings, password),
+        create_app(settings, password, hosts=hosts),
         host=bind_host,
         port=bind_port,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        ssl_certfile=settings.console_tls_certfile if tls else None,
+        ssl_keyfile=settings.console_tls_keyfile if tls else None,
+        **uvicorn_proxy_options(settings.trusted_proxies),
     )
 
 

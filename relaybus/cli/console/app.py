@@ -26,21 +26,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers.dlq_admin import (
     BROKER_ERRORS,
+    Browsed,
+    BrowseLimits,
     DeadLetter,
     DeadLetterError,
     DeadLetterStore,
     KafkaDeadLetters,
     RabbitDeadLetters,
-    collect,
+    browse,
     plan_replay,
 )
 from consumers.naming import is_dlq
 from outbox.admin import OutboxAdmin
 from relaybus.audit import record
 from relaybus.cli.console.auth import LoginThrottle, PasswordHash, Session, Sessions
-from relaybus.cli.console.guard import COOKIE, Guard, session_id
+from relaybus.cli.console.guard import COOKIE, Guard, allowed_hosts, session_id
 from relaybus.cli.console.health import read_health
 from relaybus.cli.lag import gather_waiting
+from relaybus.client_address import limit_key
 from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
 
@@ -48,7 +51,11 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 BROKERS = ("kafka", "rabbitmq")
-LETTERS_SHOWN = 200
+# One DLQ page: at most 200 letters shown, 5 000 looked at, 10 s spent (a filter
+# that matches little must not read a whole queue per view).
+LETTERS_BROWSE = BrowseLimits(letters=200, scanned=5_000, seconds=10.0)
+HEADERS_SHOWN = 40
+HEADER_TEXT_SHOWN = 512
 FAILED_SHOWN = 200
 AUDIT_PAGE = 100
 BODY_SHOWN = 4096
@@ -74,9 +81,15 @@ class Console:
         return RabbitDeadLetters(self.settings.rabbitmq, self.settings.rabbitmq_management)
 
 
-def create_app(settings: Settings, password: PasswordHash, sessions: Sessions | None = None) -> Any:
+def create_app(
+    settings: Settings,
+    password: PasswordHash,
+    sessions: Sessions | None = None,
+    hosts: frozenset[str] | None = None,
+) -> Any:
     """The console as an ASGI app (the FastAPI app wrapped in its ``Guard``). Nothing
-    connects until it starts (lifespan): the database engine is made then."""
+    connects until it starts (lifespan): the database engine is made then. ``hosts``:
+    the Host values it answers (default: from the settings' bind address)."""
     console = Console(
         settings,
         password,
@@ -142,15 +155,16 @@ def create_app(settings: Settings, password: PasswordHash, sessions: Sessions | 
             sid = session_id(request.scope) or ""
         request.scope.setdefault("state", {})["session"] = session
         response = page(request, "login.html")
-        _set_cookie(response, sid, settings)
+        _set_cookie(response, sid, request, settings)
         return response
 
     @api.post("/login")
     async def login(
         request: Request, username: str = Form(""), password: str = Form("")
     ) -> Response:
-        client = request.client.host if request.client else "?"
-        wait = console.throttle.attempt(client)
+        # The peer, or what a proxy in RELAYBUS_TRUSTED_PROXIES says (uvicorn reads
+        # X-Forwarded-For from those only); IPv6 counted by its /64.
+        wait = console.throttle.attempt(limit_key(request.client.host if request.client else None))
         if wait > 0:
             return PlainText(f"too many sign-in attempts: try again in {wait:.0f} s", 429)
         # Both checked, always: the time taken does not say which one was wrong.
@@ -163,7 +177,7 @@ def create_app(settings: Settings, password: PasswordHash, sessions: Sessions | 
         console.sessions.end(session_id(request.scope))  # a new id: no session fixation
         sid, _ = console.sessions.new(username)
         response = RedirectResponse("/", status_code=303)
-        _set_cookie(response, sid, settings)
+        _set_cookie(response, sid, request, settings)
         return response
 
     @api.post("/logout")
@@ -247,12 +261,16 @@ def create_app(settings: Settings, password: PasswordHash, sessions: Sessions | 
         _check_dlq(broker, name)
         select = _selector([], reason, type_)
         found = await broker_call(
-            lambda: collect(console.store(broker), name, LETTERS_SHOWN, select)
+            lambda: browse(console.store(broker), name, select, LETTERS_BROWSE)
         )
+        shown = [_view(d) for d in found.letters] if isinstance(found, Browsed) else []
+        cut = found.cut if isinstance(found, Browsed) else None
+        if any(v["cut"] for v in shown):
+            cut = (cut + "; " if cut else "") + "long bodies and headers are shortened"
         return page(
             request, "letters.html", broker=broker, name=name, reason=reason, type=type_,
-            letters=[_view(d) for d in found] if isinstance(found, list) else [],
-            error=found if isinstance(found, str) else None, shown=LETTERS_SHOWN,
+            letters=shown, error=found if isinstance(found, str) else None,
+            shown=LETTERS_BROWSE.letters, cut=cut,
         )  # fmt: skip
 
     @api.post("/dlq/{broker}/{name}/replay")
@@ -309,7 +327,11 @@ def create_app(settings: Settings, password: PasswordHash, sessions: Sessions | 
         older = rows[-1]["id"] if len(rows) == AUDIT_PAGE else None
         return page(request, "audit.html", rows=rows, q=q, older=older)
 
-    return Guard(api, console.sessions)
+    if hosts is None:
+        hosts = allowed_hosts(
+            settings.console_host, settings.console_port, settings.console_allowed_hosts
+        )
+    return Guard(api, console.sessions, hosts)
 
 
 class PlainText(Response):
@@ -319,10 +341,13 @@ class PlainText(Response):
         super().__init__(content, status_code)
 
 
-def _set_cookie(response: Response, sid: str, settings: Settings) -> None:
+def _set_cookie(response: Response, sid: str, request: Request, settings: Settings) -> None:
+    # Secure follows the scheme in use (TLS here, or a trusted proxy's
+    # X-Forwarded-Proto), not a setting: a cookie marked Secure over plain HTTP is
+    # never sent back, one left unmarked over HTTPS could leak to plain HTTP.
     response.set_cookie(
         COOKIE, sid, httponly=True, samesite="strict", path="/",
-        secure=settings.console_host not in ("127.0.0.1", "localhost", "::1"),
+        secure=request.url.scheme == "https",
         max_age=int(settings.console_session_idle_seconds),
     )  # fmt: skip
 
@@ -353,9 +378,30 @@ def _selector(ids: list[str], reason: str, type_: str) -> Callable[[DeadLetter],
 
 
 def _view(letter: DeadLetter) -> dict[str, Any]:
+    """A letter as the page shows it: body, header values and the number of headers
+    each bounded (a page of 200 letters stays well under a few MB); ``cut`` says
+    whether anything was shortened."""
     summary = letter.summary()
     body = summary["body"]
-    summary["body"] = body[:BODY_SHOWN] + ("…" if len(body) > BODY_SHOWN else "")
+    cut = len(body) > BODY_SHOWN
+    summary["body"] = body[:BODY_SHOWN] + ("…" if cut else "")
+    headers: dict[str, str] = {}
+    for n, (name, value) in enumerate(letter.headers.items()):
+        if n == HEADERS_SHOWN:
+            headers["…"] = f"{len(letter.headers) - n} more header(s) not shown"
+            cut = True
+            break
+        headers[name[:HEADER_TEXT_SHOWN]] = value[:HEADER_TEXT_SHOWN] + (
+            "…" if len(value) > HEADER_TEXT_SHOWN else ""
+        )
+        cut = cut or len(value) > HEADER_TEXT_SHOWN or len(name) > HEADER_TEXT_SHOWN
+    summary["headers"] = headers
+    for field_name in ("exception", "type", "key", "reason", "original", "consumer", "id"):
+        text_value = summary[field_name]
+        if len(text_value) > HEADER_TEXT_SHOWN:
+            summary[field_name] = text_value[:HEADER_TEXT_SHOWN] + "…"
+            cut = True
+    summary["cut"] = cut
     return summary
 
 

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -89,68 +90,118 @@ class Session:
 @dataclass
 class Sessions:
     """Server-side sessions keyed by a random cookie value. ``idle`` seconds without
-    a request end a session; ``lifetime`` ends it in any case."""
+    a request end a session; ``lifetime`` ends it in any case.
+
+    Anonymous sessions (opened by anyone who loads ``/login``) and signed-in ones are
+    kept apart, each with its own cap: at ``max_anonymous`` the oldest anonymous
+    session gives way, so a flood of anonymous requests never signs an operator out.
+    Signed-in sessions need the password (throttled); at ``max_signed_in`` the oldest
+    of them gives way.
+    """
 
     idle: float
     lifetime: float = 8 * 3600.0
     clock: Callable[[], float] = time.monotonic
-    max_sessions: int = 10_000
-    _by_id: dict[str, Session] = field(default_factory=dict)
+    max_anonymous: int = 10_000
+    max_signed_in: int = 1_000
+    _anonymous: dict[str, Session] = field(default_factory=dict)
+    _signed_in: dict[str, Session] = field(default_factory=dict)
 
     def new(self, user: str | None) -> tuple[str, Session]:
-        """A fresh session (a new id: login never reuses a pre-login id). Beyond
-        ``max_sessions`` live ones, the oldest are dropped (anyone can open /login)."""
-        self._sweep()
-        while len(self._by_id) >= self.max_sessions:
-            del self._by_id[next(iter(self._by_id))]
+        """A fresh session (a new id: login never reuses a pre-login id)."""
+        pool, cap = (
+            (self._anonymous, self.max_anonymous)
+            if user is None
+            else (self._signed_in, self.max_signed_in)
+        )
+        self._sweep(pool)
+        while len(pool) >= cap:
+            del pool[next(iter(pool))]  # insertion order: the oldest
         now = self.clock()
         sid = secrets.token_urlsafe(32)
         session = Session(user, secrets.token_urlsafe(32), now + self.idle, now + self.lifetime)
-        self._by_id[sid] = session
+        pool[sid] = session
         return sid, session
 
     def get(self, sid: str | None) -> Session | None:
         """The live session for ``sid`` (renewed), or None if unknown or expired."""
-        if not sid:
+        if not sid or len(sid) > 64:
             return None
-        session = self._by_id.get(sid)
-        if session is None:
-            return None
-        now = self.clock()
-        if now >= session.expires or now >= session.hard_expiry:
-            del self._by_id[sid]
-            return None
-        session.expires = min(now + self.idle, session.hard_expiry)
-        return session
+        for pool in (self._signed_in, self._anonymous):
+            session = pool.get(sid)
+            if session is None:
+                continue
+            now = self.clock()
+            if now >= session.expires or now >= session.hard_expiry:
+                del pool[sid]
+                return None
+            session.expires = min(now + self.idle, session.hard_expiry)
+            return session
+        return None
 
     def end(self, sid: str | None) -> None:
         if sid:
-            self._by_id.pop(sid, None)
+            self._anonymous.pop(sid, None)
+            self._signed_in.pop(sid, None)
 
-    def _sweep(self) -> None:
+    def counts(self) -> tuple[int, int]:
+        """(anonymous, signed in) sessions held, expired ones included until swept."""
+        return len(self._anonymous), len(self._signed_in)
+
+    def _sweep(self, pool: dict[str, Session]) -> None:
         now = self.clock()
-        for sid in [s for s, v in self._by_id.items() if now >= min(v.expires, v.hard_expiry)]:
-            del self._by_id[sid]
+        for sid in [s for s, v in pool.items() if now >= min(v.expires, v.hard_expiry)]:
+            del pool[sid]
 
 
 def csrf_ok(session: Session, submitted: str | None) -> bool:
-    """The form's token is this session's (constant-time comparison)."""
-    return submitted is not None and hmac.compare_digest(session.csrf, submitted)
+    """The form's token is this session's (constant-time, compared as UTF-8 bytes:
+    ``compare_digest`` refuses non-ASCII text, and a form may carry any)."""
+    if submitted is None:
+        return False
+    return hmac.compare_digest(
+        session.csrf.encode(), submitted.encode("utf-8", errors="surrogateescape")
+    )
 
 
 @dataclass
 class LoginThrottle:
-    """At most ``limit`` login attempts per client address per ``window`` seconds
-    (an exact sliding log per address): guessing the password costs time."""
+    """At most ``limit`` login attempts per client per ``window`` seconds (an exact
+    sliding log per ``relaybus.client_address.limit_key``): guessing the password
+    costs time.
+
+    State is bounded without ever being reset: at most ``max_clients`` logs, least
+    recently used first out, and a log whose window has passed holds nothing worth
+    keeping, so those go first. Forgetting a client that is still inside its window
+    needs ``max_clients`` other addresses (or IPv6 /64s) to try in the meantime.
+    """
 
     limit: int = 10
     window: float = 60.0
     clock: Callable[[], float] = time.monotonic
-    _logs: dict[str, SlidingLog] = field(default_factory=dict)
+    max_clients: int = 10_000
+    _logs: OrderedDict[str, tuple[SlidingLog, float]] = field(default_factory=OrderedDict)
 
     def attempt(self, client: str) -> float:
         """0 if this attempt may go ahead, else seconds until one may."""
-        if len(self._logs) > 10_000:  # addresses seen long ago: forget them
-            self._logs.clear()
-        log = self._logs.setdefault(client, SlidingLog(self.limit, self.window))
-        return log.try_acquire(self.clock()).retry_after
+        now = self.clock()
+        entry = self._logs.pop(client, None)
+        if entry is None:
+            self._make_room(now)
+            entry = (SlidingLog(self.limit, self.window), now)
+        log = entry[0]
+        wait = log.try_acquire(now).retry_after
+        self._logs[client] = (log, now)  # most recently used last
+        return wait
+
+    def _make_room(self, now: float) -> None:
+        if len(self._logs) < self.max_clients:
+            return
+        stale = [c for c, (_, last) in self._logs.items() if now - last >= self.window]
+        for client in stale:
+            del self._logs[client]
+        while len(self._logs) >= self.max_clients:
+            self._logs.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._logs)

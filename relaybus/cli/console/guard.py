@@ -3,6 +3,9 @@ and security headers. Default deny: a route added later is protected without say
 so, because the gate knows only which paths are public (``PUBLIC``), not which are
 private.
 
+- A ``Host`` header that is not one the console is reached by (its bind address,
+  loopback names on loopback, ``RELAYBUS_CONSOLE_ALLOWED_HOSTS``) is 400 before
+  anything else: a DNS-rebinding page reaches the port under a name of its own.
 - No session with a user: a page (GET) redirects to ``/login``; anything else is 401.
 - Every request other than GET/HEAD must be an urlencoded form (bounded size) whose
   ``csrf`` field is the session's token, and must not come from another site
@@ -58,15 +61,19 @@ class Guard:
     """ASGI middleware: see the module docstring. Puts the live ``Session`` in
     ``scope["state"]["session"]`` for the routes."""
 
-    def __init__(self, app: ASGIApp, sessions: Sessions) -> None:
+    def __init__(self, app: ASGIApp, sessions: Sessions, hosts: frozenset[str]) -> None:
         self.app = app
         self.sessions = sessions
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         send = _with_headers(send)
+        if _host(scope) not in self.hosts:
+            await _respond(send, 400, b"unknown Host: reach the console by its own address")
+            return
         path: str = scope["path"]
         method: str = scope["method"]
         session = self.sessions.get(session_id(scope))
@@ -124,6 +131,25 @@ class Guard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return replay
+
+
+def allowed_hosts(bind_host: str, port: int, extra: list[str]) -> frozenset[str]:
+    """The ``Host`` values the console answers: its bind address, the loopback names
+    when it is bound to loopback, and ``extra`` (RELAYBUS_CONSOLE_ALLOWED_HOSTS); each
+    with and without ``:port``. A wildcard bind (0.0.0.0, ::) adds no name of its own."""
+    names = {h.lower() for h in extra}
+    if bind_host in ("127.0.0.1", "localhost", "::1"):
+        names |= {"127.0.0.1", "localhost", "[::1]"}
+    elif bind_host not in ("0.0.0.0", "::", ""):
+        names.add(f"[{bind_host}]" if ":" in bind_host else bind_host.lower())
+    return frozenset(names | {f"{name}:{port}" for name in names})
+
+
+def _host(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"host":
+            return str(value.decode("latin-1").lower())
+    return ""
 
 
 def _netloc(origin: bytes) -> str:
