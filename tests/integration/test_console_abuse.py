@@ -11,6 +11,7 @@ import json
 import ssl
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,9 +26,9 @@ from tests.support.foreign import kcat_produce
 
 
 @pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> ConsoleProcess:
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleProcess]:
     with console_process(tmp_path_factory.mktemp("abuse")) as running:
-        yield running  # type: ignore[misc]
+        yield running
 
 
 def test_forwarded_for_from_an_untrusted_peer_does_not_dodge_the_throttle(
