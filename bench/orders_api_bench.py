@@ -36,6 +36,7 @@ from sqlalchemy import text
 from bench.report import Comparison, Series, write
 from bench.writes_bench import NoEvent
 from producers.orders.api import create_app
+from producers.orders.credentials import issue_key
 from producers.orders.store import OrderStore, add_products
 from producers.settings import ShopSettings
 from relaybus.db import create_engine, session_factory
@@ -55,6 +56,7 @@ CLEAN_UP = (
     "DELETE FROM orders.history WHERE order_id IN "
     "(SELECT id FROM orders.orders WHERE customer = :c)",
     "DELETE FROM orders.orders WHERE customer = :c",
+    "DELETE FROM orders.api_keys WHERE customer = :c",
 )
 
 
@@ -77,12 +79,15 @@ def hey() -> str:
     return found
 
 
-def load(url: str, path: str, seconds: float, concurrency: int) -> float:
+def load(url: str, path: str, seconds: float, concurrency: int, key: str = "") -> float:
     """Requests/s ``hey`` completed in ``seconds`` with ``concurrency`` connections;
     every answer must be the success status (else the run fails)."""
     argv = [hey(), "-z", f"{seconds}s", "-c", str(concurrency)]
     if path == "/orders":
+        # hey takes headers on its command line only: the key is this run's throwaway
+        # customer's, revoked when the run ends (clean_up).
         argv += ["-m", "POST", "-T", "application/json", "-d", BODY]
+        argv += ["-H", f"Authorization: Bearer {key}"]
     out = subprocess.run([*argv, url + path], capture_output=True, text=True, check=True).stdout
     want = "[202]" if path == "/orders" else "[200]"
     codes = re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)
@@ -103,11 +108,14 @@ async def clean_up(settings: Settings) -> None:
     await engine.dispose()
 
 
-async def prepare(settings: Settings) -> None:
+async def prepare(settings: Settings) -> str:
+    """The product, and an API key for this run's customer (returned)."""
     engine = create_engine(settings.database_url)
     async with session_factory(engine)() as session, session.begin():
         await add_products(session, {SKU: 100})
+        issued = await issue_key(session, CUSTOMER)
     await engine.dispose()
+    return issued.token
 
 
 def wait_ready(url: str) -> None:
@@ -134,7 +142,7 @@ def start_servers() -> dict[str, subprocess.Popen[bytes]]:
 
 async def main(seconds: float, rounds: int, concurrency: int) -> None:
     settings = Settings()
-    await prepare(settings)
+    key = await prepare(settings)
     servers = start_servers()
     urls = {v: f"http://127.0.0.1:{port}" for v, port in PORTS.items()}
     series = {
@@ -146,10 +154,10 @@ async def main(seconds: float, rounds: int, concurrency: int) -> None:
         for url in urls.values():
             wait_ready(url)
         for v in PORTS:  # warm-up: connections, statement caches
-            load(urls[v], "/orders", 2, concurrency)
+            load(urls[v], "/orders", 2, concurrency, key)
         for n in range(rounds):
             for v in ("outbox", "plain") if n % 2 == 0 else ("plain", "outbox"):
-                series[v].values.append(load(urls[v], "/orders", seconds, concurrency))
+                series[v].values.append(load(urls[v], "/orders", seconds, concurrency, key))
             series["health"].values.append(load(urls["outbox"], "/healthz", seconds, concurrency))
             print(
                 f"round {n + 1}: "

@@ -153,6 +153,8 @@ class OrderRequested(BaseModel):
     order_id: int
     customer: str = Field(min_length=1, max_length=128)
     client_ip: str = Field(max_length=64)
+    # From the caller's API key (server-side data), never from a request body.
+    vip: bool = False
 
 
 class Decision(BaseModel):

@@ -45,6 +45,18 @@ class ShopSettings(BaseSettings):
         64 * 1024, ge=256, description="Largest request body the orders API reads (else 413)."
     )
     orders_api_workers_pool: int = Field(20, ge=1, description="Database connections of the API.")
+    orders_idempotency_retention: float = Field(
+        86_400.0,
+        ge=60,
+        description="Seconds an Idempotency-Key is remembered (per customer); older ones are "
+        "purged by the API's sweep, and the same key then makes a new order.",
+    )
+    orders_api_key_cache_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long the orders API trusts a verified API key without asking the "
+        "database again (a revoked key stops working within this time).",
+    )
     saga_deadline: float = Field(
         120.0, gt=0, description="Seconds an order may stay unfinished before compensation."
     )

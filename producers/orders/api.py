@@ -23,12 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from consumers.tail import KafkaTail, TailUnavailable
 from outbox.writer import Outbox
 from producers.contract import ORDER_STATUS_EVENTS, Line
+from producers.orders.auth import RequireApiKey, caller_of
+from producers.orders.credentials import ApiKeys
 from producers.orders.limits import BodyLimit
 from producers.orders.store import KeyReused, OrderStore, UnknownProducts
 from producers.orders.views import HttpReadModel, OrderViews, ViewCache
 from producers.settings import ShopSettings
 from relaybus.brokers.kafka import key_partition
 from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.client_address import limit_key
 from relaybus.db import create_engine, session_factory
 from relaybus.locks.postgres import PostgresLock
 from relaybus.settings import Settings
@@ -46,7 +49,9 @@ class OrderRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    customer: str = Field(min_length=1, max_length=128)
+    # Who orders comes from the API key; a client may still name its customer (it
+    # must then be the key's own: a mismatch is a 403, never an order for another).
+    customer: str | None = Field(None, min_length=1, max_length=128)
     items: list[Line] = Field(min_length=1, max_length=20)
 
     @field_validator("items")
@@ -95,6 +100,7 @@ class OrdersService:
         self.ids = WorkerIdLease(PostgresLock(self.engine))
         self.tail = KafkaTail(settings.kafka, ORDER_STATUS_EVENTS)
         self.read_model = HttpReadModel(shop.read_model_base_url, shop.read_model_timeout)
+        self.api_keys = ApiKeys(self.engine, shop.orders_api_key_cache_seconds)
         self.views = OrderViews(None, None, self.from_database, self.partition_of)
 
     async def from_database(self, order_id: int) -> dict[str, Any] | None:
@@ -125,13 +131,18 @@ class OrdersService:
         await self.tail.run(stop, self.views.on_record)
 
     async def sweep(self, stop: asyncio.Event) -> None:
-        """Every ``saga_sweep_interval``: announce orders past the saga deadline."""
+        """Every ``saga_sweep_interval``: announce orders past the saga deadline and
+        forget Idempotency-Keys past their retention."""
         while not stop.is_set():
             try:
                 async with self.sessions() as session, session.begin():
                     expired = await self.store.expire_overdue(session, self.shop.saga_deadline)
                 if expired:
                     log.warning("orders: %d orders passed the saga deadline", expired)
+                async with self.sessions() as session, session.begin():
+                    await self.store.purge_idempotency_keys(
+                        session, self.shop.orders_idempotency_retention
+                    )
             except Exception:  # the sweep is retried next interval; the API goes on
                 log.exception("orders: deadline sweep failed")
             try:
@@ -180,6 +191,8 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
         description="Orders are accepted (202) and finish CONFIRMED or CANCELLED by the saga.",
     )
     app.add_middleware(BodyLimit, max_bytes=shop.orders_api_max_body_bytes)
+    # Outermost: a request without a valid key is answered 401 before anything else.
+    app.add_middleware(RequireApiKey, keys=service.api_keys, paths=("/orders",))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
@@ -196,11 +209,23 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
         one transaction; the admission processor then admits it (it becomes PENDING and
         the saga runs) or rejects it (REJECTED, with the limit that refused it).
 
+        Authenticated: ``Authorization: Bearer <API key>`` (401 without a valid one).
+        The customer and its VIP flag are the key's; a ``customer`` in the body must be
+        the key's own (403 otherwise).
+
         With an ``Idempotency-Key`` header, a retried request gets the first answer
         and never makes a second order; the same key with another body is a 422.
-        The client address limited per IP is the connection's peer (a proxy's
-        ``X-Forwarded-For`` is not trusted).
+        Keys are per customer and forgotten after ``RELAYBUS_ORDERS_IDEMPOTENCY_RETENTION``.
+        The client address limited per IP is the connection's peer (``X-Forwarded-For``
+        only from ``RELAYBUS_TRUSTED_PROXIES``), IPv6 by its /64.
         """
+        caller = caller_of(request)
+        if body.customer is not None and body.customer != caller.customer:
+            raise HTTPException(
+                403,
+                [{"loc": ["body", "customer"], "msg": "this API key orders for another "
+                  "customer; leave 'customer' out (it comes from the key)"}],
+            )  # fmt: skip
         key = _valid_key(idempotency_key)
         order_id = service.ids.next_id()
         try:
@@ -208,10 +233,11 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
                 accepted = await service.store.place(
                     session,
                     order_id,
-                    body.customer,
+                    caller.customer,
                     body.items,
                     key,
-                    request.client.host if request.client else "",
+                    limit_key(request.client.host if request.client else None),
+                    vip=caller.vip,
                 )
         except UnknownProducts as err:
             raise HTTPException(
@@ -234,6 +260,7 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
 
     @app.get("/orders/{order_id}")
     async def get_order(
+        request: Request,
         order_id: Annotated[int, Path(gt=0, le=MAX_ID)],
         min_version: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     ) -> Any:
@@ -241,9 +268,12 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
         its ``version``. Served from the front cache, the order-status read model or
         the database (header ``X-Served-By``), never older than a status event this
         process has seen; pass the ``version`` you last saw as ``min_version`` to
-        never go back in time (read-your-writes)."""
+        never go back in time (read-your-writes). Only the order's own customer sees
+        it: anyone else gets the same 404 as for an order that does not exist
+        (snowflake ids are guessable)."""
+        caller = caller_of(request)
         order, source = await service.views.get(order_id, min_version)
-        if order is None:
+        if order is None or order.get("customer") != caller.customer:
             raise HTTPException(404, f"no order {order_id}")
         return JSONResponse(order, headers={"X-Served-By": source})
 

@@ -64,10 +64,20 @@ _LOCK_ORDER = text(
     "WHERE id = :id FOR UPDATE"
 )
 _CLAIM_KEY = text(
-    "INSERT INTO orders.idempotency_keys (key, request_hash, order_id) "
-    "VALUES (:key, :hash, :id) ON CONFLICT (key) DO NOTHING RETURNING order_id"
+    "INSERT INTO orders.idempotency_keys (customer, key, request_hash, order_id) "
+    "VALUES (:customer, :key, :hash, :id) ON CONFLICT (customer, key) DO NOTHING "
+    "RETURNING order_id"
 )
-_READ_KEY = text("SELECT request_hash, order_id FROM orders.idempotency_keys WHERE key = :key")
+_READ_KEY = text(
+    "SELECT request_hash, order_id FROM orders.idempotency_keys "
+    "WHERE customer = :customer AND key = :key"
+)
+# In slices, so a large purge never holds many row locks or a long transaction.
+_PURGE_KEYS = text(
+    "DELETE FROM orders.idempotency_keys WHERE ctid IN ("
+    " SELECT ctid FROM orders.idempotency_keys"
+    " WHERE created_at < now() - make_interval(secs => :age) LIMIT 5000)"
+)
 _PRICES = text("SELECT sku, price_cents FROM orders.products WHERE sku = ANY(:skus)")
 
 
@@ -117,11 +127,13 @@ class OrderStore:
         items: list[Line],
         idempotency_key: str | None,
         client_ip: str = "",
+        vip: bool = False,
     ) -> Accepted:
         """Write the order (REQUESTED), its first history step, ``order.requested`` (for
         admission) and ``order.status`` version 0, or find the order an earlier request
-        with ``idempotency_key`` made. ``client_ip`` is the peer address admission
-        limits by.
+        of the same ``customer`` with ``idempotency_key`` made (keys are per customer).
+        ``client_ip`` is the limit key of the caller's address and ``vip`` its key's
+        flag: admission reads both.
 
         Concurrent requests with one key: the key's row is inserted first, so the
         second waits on the first's uncommitted row and then sees it (``ON CONFLICT``);
@@ -130,11 +142,10 @@ class OrderStore:
         """
         digest = request_hash(customer, items)
         if idempotency_key is not None:
-            claimed = await session.scalar(
-                _CLAIM_KEY, {"key": idempotency_key, "hash": digest, "id": order_id}
-            )
+            scope = {"customer": customer, "key": idempotency_key}
+            claimed = await session.scalar(_CLAIM_KEY, {**scope, "hash": digest, "id": order_id})
             if claimed is None:
-                row = (await session.execute(_READ_KEY, {"key": idempotency_key})).one()
+                row = (await session.execute(_READ_KEY, scope)).one()
                 if row.request_hash != digest:
                     raise KeyReused(
                         "this Idempotency-Key was used with a different request body; "
@@ -155,7 +166,12 @@ class OrderStore:
             aggregate_type=ORDER_REQUEST_AGGREGATE,
             aggregate_id=str(order_id),
             type=EventType.ORDER_REQUESTED,
-            payload={"order_id": order_id, "customer": customer, "client_ip": client_ip},
+            payload={
+                "order_id": order_id,
+                "customer": customer,
+                "client_ip": client_ip,
+                "vip": vip,
+            },
             id=step_id(order_id, "requested"),
         )
         await session.execute(_FIRST_STEP, {"id": order_id})
@@ -168,6 +184,11 @@ class OrderStore:
             {"customer": customer, "items": lines, "amount_cents": amount},
         )
         return Accepted(order_id, replayed=False)
+
+    async def purge_idempotency_keys(self, session: AsyncSession, older_than: float) -> int:
+        """Forget up to 5 000 Idempotency-Keys older than ``older_than`` seconds."""
+        result = await session.execute(_PURGE_KEYS, {"age": older_than})
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def admit(self, session: AsyncSession, order_id: int) -> bool:
         """Admission let the request in: REQUESTED becomes PENDING and ``order.created``

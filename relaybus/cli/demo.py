@@ -18,7 +18,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from consumers.dlq_admin import BROKER_ERRORS
 from producers.settings import ShopSettings
 from producers.topology import ensure_shop_topics
-from relaybus.cli.flashsale import Placed, Workload, place_orders, seed, wait_final, warm_up
+from relaybus.cli.flashsale import (
+    Placed,
+    Workload,
+    customers_of,
+    issue_keys,
+    place_orders,
+    seed,
+    wait_final,
+    warm_up,
+)
 from relaybus.cli.processes import ChildFailed, Shop
 from relaybus.cli.shop_report import ShopReport, collect, dead_letter_count
 from relaybus.db import create_engine
@@ -48,6 +57,7 @@ async def run_flash_sale(
         warm = await warm_up(engine, shop.orders_api_url, run, wait)
         dead_before = await dead_letter_count(settings.kafka)
         skus = await seed(engine, workload, run)
+        keys = await issue_keys(engine, customers_of(workload))
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -67,6 +77,7 @@ async def run_flash_sale(
                 shop.orders_api_urls,
                 workload,
                 skus,
+                keys,
                 placed_one,
                 make_balancer(shop.orders_api_balancer, shop.orders_api_urls),
             )

@@ -11,7 +11,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from producers.inventory.stock import add_stock
+from producers.orders.credentials import issue_keys as issue_keys_for
 from producers.orders.store import add_products
 from relaybus.db import session_factory
 from streams.sharding.balancing import Balancer, RoundRobin
@@ -59,6 +60,7 @@ class Placed:
     latency_ms: list[float] = field(default_factory=list)
     replicas: Counter[str] = field(default_factory=Counter)  # requests per API replica
     transport_retries: int = 0  # requests sent again (same key) after a connection error
+    keys: dict[str, str] = field(default_factory=dict, repr=False)  # customer -> API key
 
     @property
     def rate(self) -> float:
@@ -77,6 +79,17 @@ async def seed(engine: AsyncEngine, workload: Workload, run: str) -> list[str]:
     return skus
 
 
+async def issue_keys(engine: AsyncEngine, customers: list[str]) -> dict[str, str]:
+    """An API key for each simulated customer (one transaction): the workload
+    authenticates as its customers, as real clients do."""
+    async with session_factory(engine)() as session, session.begin():
+        return await issue_keys_for(session, customers)
+
+
+def customers_of(workload: Workload) -> list[str]:
+    return [f"user-{n}" for n in range(workload.users)]
+
+
 def _weights(products: int) -> list[float]:
     if products == 1:
         return [1.0]
@@ -88,16 +101,18 @@ async def place_orders(
     api_urls: list[str],
     workload: Workload,
     skus: list[str],
+    keys: Mapping[str, str],
     on_placed: Callable[[int], None] = lambda n: None,
     balancer: Balancer | None = None,
 ) -> Placed:
     """POST ``workload.orders`` orders, ``concurrency`` at a time, each to the API
     replica ``balancer`` picks (by customer for the hash strategies; default
-    round-robin); retried requests reuse their key (on whichever replica) and must get
-    the same id back."""
+    round-robin), each with its customer's API key from ``keys`` (``issue_keys``);
+    retried requests reuse their key (on whichever replica) and must get the same id
+    back."""
     rng = random.Random(workload.seed)
     weights = _weights(len(skus))
-    placed = Placed()
+    placed = Placed(keys=dict(keys))
     queue: asyncio.Queue[tuple[str, dict[str, Any], bool]] = asyncio.Queue()
     for _ in range(workload.orders):
         chosen = rng.choices(skus, weights, k=2 if rng.random() < workload.two_line_share else 1)
@@ -115,7 +130,12 @@ async def place_orders(
             placed.replicas[replica] += 1
             try:
                 response = await client.post(
-                    f"{replica}/orders", json=body, headers={"Idempotency-Key": key}
+                    f"{replica}/orders",
+                    json=body,
+                    headers={
+                        "Idempotency-Key": key,
+                        "Authorization": f"Bearer {keys[body['customer']]}",
+                    },
                 )
                 break
             except httpx.TransportError as err:
@@ -166,10 +186,13 @@ async def warm_up(engine: AsyncEngine, api_url: str, run: str, within: float) ->
     process is then up, joined and recovered, so the measured workload does not
     include start-up. Returns the seconds it took; raises ``TimeoutError``."""
     skus = await seed(engine, Workload(products=1, stock=1), f"{run}-warmup")
+    key = (await issue_keys(engine, [f"warm-up-{run}"]))[f"warm-up-{run}"]
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
         response = await client.post(
-            "/orders", json={"customer": "warm-up", "items": [{"product": skus[0], "quantity": 1}]}
+            "/orders",
+            json={"items": [{"product": skus[0], "quantity": 1}]},
+            headers={"Authorization": f"Bearer {key}"},
         )
         response.raise_for_status()
     order_id = int(response.json()["id"])

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("relaybus.cli.worker", "worker"),
     "dlq": ("relaybus.cli.dlq", "app"),
     "shards": ("relaybus.cli.shards", "app"),
+    "keys": ("relaybus.cli.keys", "app"),
     "lag": ("relaybus.cli.lag", "lag"),
     "replay": ("relaybus.cli.replay", "replay"),
     "console": ("relaybus.cli.console", "console"),

@@ -37,7 +37,9 @@ class AdmissionProcessor:
     Redis, so a redelivered request produces the same message again (dropped by the
     orders inbox) and takes no second token.
 
-    A customer in ``admission_vip`` is admitted without touching any bucket. A request
+    A VIP (the request's ``vip``, which the orders API takes from the caller's API
+    key, or a customer in ``admission_vip``) is admitted without touching any bucket.
+    ``client_ip`` is already a limit key (``relaybus.client_address.limit_key``). A request
     whose body does not fit, or whose key is not its order id, is dead-lettered.
     Stateless apart from Redis: any number of instances share the buckets.
     """
@@ -83,7 +85,7 @@ class AdmissionProcessor:
                 requests.append(err)
                 continue
             requests.append(request)
-            if request.customer not in self.vip:
+            if not self._is_vip(request):
                 asks.append(
                     self._buckets_for(request.customer, request.client_ip, str(request.order_id))
                 )
@@ -120,7 +122,7 @@ class AdmissionProcessor:
                 results.append(outcome)
                 continue
             order = str(outcome.order_id)
-            if outcome.customer in self.vip:
+            if self._is_vip(outcome):
                 topic, template, step, reason = (
                     self.admitted_topic,
                     admitted,
@@ -142,6 +144,9 @@ class AdmissionProcessor:
             results.append([Emit(topic, order.encode(), body, headers)])
         await rest  # a future: awaiting it again is a no-op; no call is left behind
         return results
+
+    def _is_vip(self, request: OrderRequested) -> bool:
+        return request.vip or request.customer in self.vip
 
     def _buckets_for(self, customer: str, client_ip: str, request_id: str) -> Ask:
         """The question for one request: its customer's, its address's and the global

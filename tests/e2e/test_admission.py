@@ -1,7 +1,8 @@
 """The admission processor in the shop, on the real stack: with a tight per-customer
 limit it rejects exactly the over-limit requests, VIPs pass, every rejected request
 says which limit refused it (through ``GET /orders/{id}``), and admitted + rejected =
-sent."""
+sent. Who is a customer, and who is a VIP, comes from the API key: naming a VIP in
+the body is refused and skips no limit."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from relaybus.cli.flashsale import Workload, seed
 from relaybus.db import create_engine
 from relaybus.settings import Settings
 from tests.support.poll import eventually
-from tests.support.shop import ShopStarter, shop_settings
+from tests.support.shop import ShopStarter, api_key, bearer, shop_settings
 
 BURST = 3
 PER_USER = 5
@@ -35,17 +36,25 @@ async def test_a_tight_per_user_limit_rejects_exactly_the_excess_and_exempts_vip
         # customer are over the limit, however the test is scheduled.
         admission_user_rate=0.001,
         admission_user_burst=BURST,
-        admission_vip={vip},
     )
     engine = create_engine(settings.database_url)
     try:
         (sku,) = await seed(engine, Workload(products=1, stock=1000), run)
+        keys = {user: await api_key(engine, user) for user in users}
+        keys[vip] = await api_key(engine, vip, vip=True)  # the VIP flag is the key's
+        impostor = await api_key(engine, f"impostor-{run}")
         start_shop(shop, ["relay", "orders-api", "orders", "admission"])
         body = {"items": [{"product": sku, "quantity": 1}]}
         async with httpx.AsyncClient(base_url=shop.orders_api_url, timeout=30) as client:
+            # Naming the VIP (or anyone else) in the body with another key: refused.
+            for _ in range(PER_USER):
+                named = await client.post(
+                    "/orders", json={"customer": vip, **body}, headers=bearer(impostor)
+                )
+                assert named.status_code == 403, named.text
 
             async def place(customer: str) -> str:
-                answer = await client.post("/orders", json={"customer": customer, **body})
+                answer = await client.post("/orders", json=body, headers=bearer(keys[customer]))
                 assert answer.status_code == 202, answer.text
                 assert answer.json()["status"] == "REQUESTED"
                 return str(answer.json()["id"])
@@ -57,15 +66,21 @@ async def test_a_tight_per_user_limit_rejects_exactly_the_excess_and_exempts_vip
             )
             owners = [user for user in users for _ in range(PER_USER)] + [vip] * VIP_ORDERS
 
+            def auth(owner: str) -> dict[str, str]:
+                return bearer(keys[owner])
+
             async def decided() -> bool:
-                for order_id in sent:
-                    order = (await client.get(f"/orders/{order_id}")).json()
+                for owner, order_id in zip(owners, sent, strict=True):
+                    order = (await client.get(f"/orders/{order_id}", headers=auth(owner))).json()
                     if order["status"] == "REQUESTED":
                         return False
                 return True
 
             await eventually(decided, within=120, what="admission's decision on every request")
-            orders = [(await client.get(f"/orders/{order_id}")).json() for order_id in sent]
+            orders = [
+                (await client.get(f"/orders/{order_id}", headers=auth(owner))).json()
+                for owner, order_id in zip(owners, sent, strict=True)
+            ]
 
         outcome: dict[str, Counter[str]] = {owner: Counter() for owner in owners}
         for owner, order in zip(owners, orders, strict=True):

@@ -22,7 +22,7 @@ from relaybus.settings import Settings
 from streams.readmodel.view import StatusEvent, fold
 from tests.support.outboxdata import read_topic
 from tests.support.poll import eventually
-from tests.support.shop import ShopStarter, shop_settings
+from tests.support.shop import ShopStarter, bearer, shop_settings
 
 
 @pytest.mark.timeout(900)
@@ -85,7 +85,8 @@ async def test_the_read_model_equals_a_fold_of_the_topic_after_a_kill(
         sources = set()
         for key in sorted(ours)[:100]:
             for _ in range(2):
-                answer = await api.get(f"/orders/{key}")
+                owner = placed.keys[expected[key]["customer"]]
+                answer = await api.get(f"/orders/{key}", headers=bearer(owner))
                 assert answer.json()["status"] == expected[key]["status"]
                 assert answer.json()["version"] == expected[key]["version"]
                 sources.add(answer.headers["X-Served-By"])

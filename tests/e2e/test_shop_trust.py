@@ -26,7 +26,7 @@ from relaybus.settings import Settings
 from tests.support.foreign import kcat_produce
 from tests.support.outboxdata import read_topic
 from tests.support.poll import eventually
-from tests.support.shop import ShopStarter, shop_settings
+from tests.support.shop import ShopStarter, api_key, bearer, shop_settings
 
 Header = tuple[bytes, bytes]
 
@@ -202,10 +202,9 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
             assert sorted(got[topic]) == sorted(r for _, _, r in records), topic
 
         # The saga skipped its garbage and still runs a real order to the end.
-        async with httpx.AsyncClient(base_url=shop.orders_api_url) as client:
-            placed = await client.post(
-                "/orders", json={"customer": "z", "items": [{"product": sku, "quantity": 1}]}
-            )
+        key = await api_key(engine, f"z-{marker}")
+        async with httpx.AsyncClient(base_url=shop.orders_api_url, headers=bearer(key)) as client:
+            placed = await client.post("/orders", json={"items": [{"product": sku, "quantity": 1}]})
             order_id = placed.json()["id"]
             # Hostile status records about the real order, compressed as a foreign
             # producer may; the read model and the API's tail must skip every one.

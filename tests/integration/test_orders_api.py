@@ -1,5 +1,7 @@
-"""The orders API on the real database: idempotency keys, validation, nothing written on
-bad input, and the order with its history."""
+"""The orders API on the real database: who is calling (API keys: 401 without one, the
+customer from the key, an order visible to its own customer only), idempotency keys
+per customer with a retention, validation, nothing written on bad input, and the
+order with its history."""
 
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from producers.orders.store import OrderStore
 from relaybus.cli.flashsale import Workload, seed
-from tests.support.shop import running_shop, shop_settings
+from relaybus.db import session_factory
+from tests.support.shop import api_key, bearer, running_shop, shop_settings
 
 SHOP = shop_settings(orders_api_max_body_bytes=64 * 1024)
 
@@ -32,6 +36,13 @@ async def product(engine: AsyncEngine) -> str:
     return sku
 
 
+@pytest.fixture
+async def customer(engine: AsyncEngine) -> tuple[str, dict[str, str]]:
+    """A fresh customer and the Authorization header of its API key."""
+    name = f"cust-{uuid.uuid4().hex[:8]}"
+    return name, bearer(await api_key(engine, name))
+
+
 async def written(engine: AsyncEngine) -> tuple[int, int]:
     """(orders, order requests in outbox + archive): what a refused request must not move."""
     async with engine.connect() as conn:
@@ -46,16 +57,17 @@ async def written(engine: AsyncEngine) -> tuple[int, int]:
 
 
 async def test_same_key_five_times_concurrently_makes_one_order(
-    api: str, product: str, engine: AsyncEngine
+    api: str, product: str, engine: AsyncEngine, customer: tuple[str, dict[str, str]]
 ) -> None:
-    body = {"customer": "ann", "items": [{"product": product, "quantity": 2}]}
+    name, auth = customer
+    body = {"items": [{"product": product, "quantity": 2}]}
     key = str(uuid.uuid4())
     before = await written(engine)
-    async with httpx.AsyncClient(base_url=api) as client:
+    async with httpx.AsyncClient(base_url=api, headers=auth) as client:
         responses = await asyncio.gather(
             *(client.post("/orders", json=body, headers={"Idempotency-Key": key}) for _ in range(5))
         )
-    assert [r.status_code for r in responses] == [202] * 5
+    assert [r.status_code for r in responses] == [202] * 5, responses[0].text
     ids = {r.json()["id"] for r in responses}
     assert len(ids) == 1
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 4
@@ -76,26 +88,28 @@ async def test_same_key_five_times_concurrently_makes_one_order(
     assert event.type == "order.requested"
     assert event.payload == {
         "order_id": int(event.payload["order_id"]),
-        "customer": "ann",
+        "customer": name,  # from the key: the body named none
         "client_ip": "127.0.0.1",
+        "vip": False,
     }
 
 
 async def test_same_key_with_another_body_is_a_422_naming_the_key(
-    api: str, product: str, engine: AsyncEngine
+    api: str, product: str, engine: AsyncEngine, customer: tuple[str, dict[str, str]]
 ) -> None:
     key = str(uuid.uuid4())
-    async with httpx.AsyncClient(base_url=api) as client:
+    name, auth = customer
+    async with httpx.AsyncClient(base_url=api, headers=auth) as client:
         first = await client.post(
             "/orders",
-            json={"customer": "bo", "items": [{"product": product, "quantity": 1}]},
+            json={"customer": name, "items": [{"product": product, "quantity": 1}]},
             headers={"Idempotency-Key": key},
         )
         assert first.status_code == 202
         before = await written(engine)
         second = await client.post(
             "/orders",
-            json={"customer": "bo", "items": [{"product": product, "quantity": 3}]},
+            json={"customer": name, "items": [{"product": product, "quantity": 3}]},
             headers={"Idempotency-Key": key},
         )
     assert second.status_code == 422
@@ -105,7 +119,12 @@ async def test_same_key_with_another_body_is_a_422_naming_the_key(
 
 
 BAD_BODIES: list[tuple[str, Any, int, str]] = [
-    ("missing customer", {"items": [{"product": "P", "quantity": 1}]}, 422, "customer"),
+    (
+        "another customer than the key's",
+        {"customer": "someone-else", "items": [{"product": "P", "quantity": 1}]},
+        403,
+        "another customer",
+    ),
     ("missing items", {"customer": "c"}, 422, "items"),
     ("empty items", {"customer": "c", "items": []}, 422, "items"),
     (
@@ -162,12 +181,20 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("case", "body", "status", "names"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES]
 )
 async def test_invalid_bodies_are_4xx_naming_the_problem_and_write_nothing(
-    api: str, product: str, engine: AsyncEngine, case: str, body: Any, status: int, names: str
+    api: str,
+    product: str,
+    engine: AsyncEngine,
+    customer: tuple[str, dict[str, str]],
+    case: str,
+    body: Any,
+    status: int,
+    names: str,
 ) -> None:
-    # "P" in a case stands for this test's real product.
-    raw = json.dumps(body).replace('"P"', json.dumps(product))
+    # "P" in a case stands for this test's real product, "c" for the key's customer.
+    name, auth = customer
+    raw = json.dumps(body).replace('"P"', json.dumps(product)).replace('"c"', json.dumps(name))
     before = await written(engine)
-    async with httpx.AsyncClient(base_url=api) as client:
+    async with httpx.AsyncClient(base_url=api, headers=auth) as client:
         response = await client.post(
             "/orders",
             content=raw,
@@ -180,10 +207,10 @@ async def test_invalid_bodies_are_4xx_naming_the_problem_and_write_nothing(
 
 
 async def test_not_json_and_huge_bodies_are_refused_without_writing(
-    api: str, engine: AsyncEngine
+    api: str, engine: AsyncEngine, customer: tuple[str, dict[str, str]]
 ) -> None:
     before = await written(engine)
-    async with httpx.AsyncClient(base_url=api, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=api, timeout=60, headers=customer[1]) as client:
         not_json = await client.post(
             "/orders", content=b"{customer: <b>x</b>", headers={"content-type": "application/json"}
         )
@@ -202,8 +229,8 @@ async def test_not_json_and_huge_bodies_are_refused_without_writing(
         )
         bad_key = await client.post(
             "/orders",
-            json={"customer": "c", "items": [{"product": "x", "quantity": 1}]},
-            headers={"Idempotency-Key": "\u00e9".encode() * 3},
+            json={"items": [{"product": "x", "quantity": 1}]},
+            headers=[(b"Idempotency-Key", "\u00e9".encode() * 3)],
         )
     assert not_json.status_code == 422
     assert "json" in not_json.text.lower()
@@ -215,17 +242,18 @@ async def test_not_json_and_huge_bodies_are_refused_without_writing(
     assert await written(engine) == before
 
 
-async def test_get_returns_status_and_history_and_bad_ids_are_4xx(api: str, product: str) -> None:
-    async with httpx.AsyncClient(base_url=api) as client:
-        placed = await client.post(
-            "/orders", json={"customer": "cy", "items": [{"product": product, "quantity": 1}]}
-        )
+async def test_get_returns_status_and_history_and_bad_ids_are_4xx(
+    api: str, product: str, customer: tuple[str, dict[str, str]]
+) -> None:
+    async with httpx.AsyncClient(base_url=api, headers=customer[1]) as client:
+        placed = await client.post("/orders", json={"items": [{"product": product, "quantity": 1}]})
         order = (await client.get(f"/orders/{placed.json()['id']}")).json()
         missing = await client.get("/orders/1")
         not_an_id = await client.get("/orders/abc")
         too_big = await client.get(f"/orders/{2**70}")
         docs = await client.get("/openapi.json")
     assert order["status"] == "REQUESTED"
+    assert order["customer"] == customer[0]
     assert order["version"] == 0
     assert order["history"][0] == {
         **order["history"][0],
@@ -238,3 +266,107 @@ async def test_get_returns_status_and_history_and_bad_ids_are_4xx(api: str, prod
     assert "order_id" in not_an_id.text
     assert too_big.status_code == 422
     assert "/orders/{order_id}" in docs.json()["paths"]
+
+
+NO_KEY: list[tuple[str, dict[str, str]]] = [
+    ("no header", {}),
+    ("not bearer", {"Authorization": "Basic YTpi"}),
+    ("malformed", {"Authorization": "Bearer hunter2"}),
+    ("unknown key", {"Authorization": f"Bearer rbk_{'0' * 16}_{'A' * 43}"}),
+    ("x-api-key garbage", {"X-API-Key": "<script>"}),
+]
+
+
+@pytest.mark.parametrize(("case", "headers"), NO_KEY, ids=[c for c, _ in NO_KEY])
+async def test_without_a_valid_key_it_is_401_and_writes_nothing(
+    api: str, product: str, engine: AsyncEngine, case: str, headers: dict[str, str]
+) -> None:
+    before = await written(engine)
+    async with httpx.AsyncClient(base_url=api, headers=headers) as client:
+        good_body = await client.post(
+            "/orders",
+            json={"customer": "vip-alice", "items": [{"product": product, "quantity": 1}]},
+            headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
+        bad_body = await client.post("/orders", content=b"{nope")  # 401 before 422
+        read = await client.get("/orders/1")
+        health = await client.get("/healthz")
+    for answer in (good_body, bad_body, read):
+        assert answer.status_code == 401, (case, answer.text)
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert health.status_code == 200  # the probe stays open
+    assert await written(engine) == before
+
+
+async def test_a_customer_reads_only_its_own_orders(
+    api: str, product: str, engine: AsyncEngine, customer: tuple[str, dict[str, str]]
+) -> None:
+    other = bearer(await api_key(engine, f"other-{uuid.uuid4().hex[:8]}"))
+    async with httpx.AsyncClient(base_url=api) as client:
+        placed = await client.post(
+            "/orders", json={"items": [{"product": product, "quantity": 1}]}, headers=customer[1]
+        )
+        order_id = placed.json()["id"]
+        mine = await client.get(f"/orders/{order_id}", headers=customer[1])
+        theirs = await client.get(f"/orders/{order_id}", headers=other)
+        nobody = await client.get(f"/orders/{order_id}")
+    assert mine.status_code == 200
+    assert theirs.status_code == 404  # the same answer as an order that does not exist
+    assert theirs.json() == {"detail": f"no order {order_id}"}
+    assert nobody.status_code == 401
+
+
+async def test_idempotency_keys_are_per_customer_and_expire(
+    api: str, product: str, engine: AsyncEngine, customer: tuple[str, dict[str, str]]
+) -> None:
+    other = bearer(await api_key(engine, f"other-{uuid.uuid4().hex[:8]}"))
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    body = {"items": [{"product": product, "quantity": 1}]}
+    async with httpx.AsyncClient(base_url=api) as client:
+        first = await client.post("/orders", json=body, headers={**customer[1], **key})
+        # Another customer's same key is its own: a new order, never the first's answer.
+        theirs = await client.post("/orders", json=body, headers={**other, **key})
+        assert first.json()["id"] != theirs.json()["id"]
+        assert "Idempotent-Replayed" not in theirs.headers
+        again = await client.post("/orders", json=body, headers={**customer[1], **key})
+        assert again.json()["id"] == first.json()["id"]
+        # Past the retention (backdated here) the sweep forgets it: a new order.
+        async with session_factory(engine)() as session, session.begin():
+            await session.execute(
+                text(
+                    "UPDATE orders.idempotency_keys SET created_at = now() - interval '2 days' "
+                    "WHERE key = :k"
+                ),
+                {"k": key["Idempotency-Key"]},
+            )
+        async with session_factory(engine)() as session, session.begin():
+            purged = await OrderStore(None).purge_idempotency_keys(  # type: ignore[arg-type]
+                session, SHOP.orders_idempotency_retention
+            )
+        assert purged >= 2
+        later = await client.post("/orders", json=body, headers={**customer[1], **key})
+        assert later.status_code == 202
+        assert later.json()["id"] != first.json()["id"]
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_not_the_client_address(
+    api: str, product: str, engine: AsyncEngine, customer: tuple[str, dict[str, str]]
+) -> None:
+    """uvicorn's default believed X-Forwarded-For from loopback: a client picked its own
+    address per request, and 80 characters of it dead-lettered the order request."""
+    forged = {"X-Forwarded-For": "9" * 80, "X-Real-IP": "203.0.113.9"}
+    async with httpx.AsyncClient(base_url=api, headers=customer[1]) as client:
+        placed = await client.post(
+            "/orders", json={"items": [{"product": product, "quantity": 1}]}, headers=forged
+        )
+    assert placed.status_code == 202
+    async with engine.connect() as conn:
+        payload = await conn.scalar(
+            text(
+                "SELECT payload FROM outbox WHERE aggregateid = :id AND type = 'order.requested' "
+                "UNION ALL SELECT payload FROM outbox_archive WHERE aggregateid = :id "
+                "AND type = 'order.requested'"
+            ),
+            {"id": placed.json()["id"]},
+        )
+    assert payload["client_ip"] == "127.0.0.1"

@@ -8,8 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from producers.orders.credentials import issue_key
 from producers.settings import ShopSettings
 from relaybus.cli.processes import Shop
+from relaybus.db import session_factory
 
 # Test ports, away from the defaults a developer's own ``relaybus run`` uses.
 TEST_PORTS = {"orders_api_port": 18080, "gateway_port": 18090, "read_model_port": 18095}
@@ -65,3 +69,13 @@ class ShopStarter:
     def stop_all(self) -> None:
         for processes in self.started:
             processes.stop_all()
+
+
+async def api_key(engine: AsyncEngine, customer: str, *, vip: bool = False) -> str:
+    """A fresh API key of the orders API for ``customer`` (as ``relaybus keys issue``)."""
+    async with session_factory(engine)() as session, session.begin():
+        return (await issue_key(session, customer, vip=vip)).token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
