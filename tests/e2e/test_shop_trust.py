@@ -264,7 +264,7 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
         api_log = (tmp_path / "orders-api.log").read_text(errors="replace")
         assert "order.status record at" in api_log
         assert "Traceback" not in api_log
-        async with httpx.AsyncClient(base_url=shop.orders_api_url) as client:
+        async with httpx.AsyncClient(base_url=shop.orders_api_url, headers=bearer(key)) as client:
             fresh = await client.get(
                 f"/orders/{order_id}", params={"min_version": len(order["history"]) - 1}
             )
