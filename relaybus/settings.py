@@ -23,16 +23,25 @@ class Route(BaseModel):
 class Settings(BaseSettings):
     """Where the services are. Defaults are the loopback endpoints ``relaybus stack up`` starts.
 
-    Each field reads ``RELAYBUS_<FIELD>`` (e.g. ``RELAYBUS_DATABASE_URL``); a ``.env``
-    file in the working directory is read too. Built once per process, in its
+    Each field reads ``RELAYBUS_<FIELD>`` (e.g. ``RELAYBUS_DATABASE_URL``); files in
+    the working directory are read too, the environment winning over both: ``.env``,
+    then ``.stack/secure/local.env``, which ``relaybus stack up`` writes with the local
+    stack's generated credentials (no account of the stack has a well-known
+    password, so the defaults below carry none). Built once per process, in its
     composition root, and passed down: nothing reads the environment elsewhere.
     """
 
-    model_config = SettingsConfigDict(env_prefix="RELAYBUS_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RELAYBUS_",
+        # Later files win: a developer's own .env over the stack's generated one.
+        env_file=(".stack/secure/local.env", ".env"),
+        extra="ignore",
+    )
 
     database_url: str = Field(
-        "postgresql+asyncpg://relaybus:relaybus@127.0.0.1:5432/relaybus",
-        description="SQLAlchemy async URL of the PostgreSQL database.",
+        "postgresql+asyncpg://relaybus@127.0.0.1:5432/relaybus",
+        description="SQLAlchemy async URL of the PostgreSQL database (user:password@…; "
+        "the local stack's is in .stack/secure/local.env).",
     )
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers."
@@ -53,7 +62,7 @@ class Settings(BaseSettings):
         None, description="CA certificate (PEM) the broker's certificate is checked against."
     )
     rabbitmq_url: SecretStr = Field(
-        SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        SecretStr("amqp://127.0.0.1:5672/"),
         description="AMQP URL of RabbitMQ; amqps://user:password@host:5671/vhost?cafile=ca.pem "
         "for TLS (kept secret: it holds the password).",
     )
@@ -137,7 +146,7 @@ class Settings(BaseSettings):
         7, gt=0, description="Inbox rows older than this are purged by workers."
     )
     rabbitmq_management_url: SecretStr = Field(
-        SecretStr("http://guest:guest@127.0.0.1:15672"),
+        SecretStr("http://127.0.0.1:15672"),
         description="RabbitMQ management API (DLQ listing); kept secret: it holds the password.",
     )
     relay_batch_size: int = Field(500, ge=1, description="Rows per publish batch.")

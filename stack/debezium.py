@@ -14,6 +14,7 @@ from pathlib import Path
 from stack.errors import StackError
 from stack.kafka_jars import LOG4J_CONFIG, debezium_libs
 from stack.procs import private_dir, read_pid, require_free_port, spawn, stop_pid, tail
+from stack.secure import SecureMaterial
 from stack.service import ServiceStatus
 from stack.settings import StackSettings
 
@@ -32,12 +33,17 @@ def worker_properties(s: StackSettings, offsets: Path) -> str:
             f"offset.storage.file.filename={offsets}",
             "offset.flush.interval.ms=1000",
             f"listeners=http://{s.host}:{s.connect_port}",
+            # Secrets through a config provider: the REST API (GET /connectors/<name>/
+            # config) shows the ${file:…} reference, never the password.
+            "config.providers=file",
+            "config.providers.file.class="
+            "org.apache.kafka.common.config.provider.FileConfigProvider",
             "",
         ]
     )
 
 
-def connector_properties(s: StackSettings) -> str:
+def connector_properties(s: StackSettings, secrets: Path) -> str:
     """Debezium's PostgreSQL connector on ``public.outbox`` with the outbox router.
 
     What a probe found to work (issue 16): pgoutput, a filtered publication, no
@@ -64,7 +70,7 @@ def connector_properties(s: StackSettings) -> str:
             f"database.hostname={s.host}",
             f"database.port={s.postgres_port}",
             f"database.user={s.postgres_user}",
-            f"database.password={s.postgres_password}",
+            f"database.password=${{file:{secrets}:database.password}}",
             f"database.dbname={s.postgres_db}",
             "topic.prefix=relaybus",
             "plugin.name=pgoutput",
@@ -124,7 +130,7 @@ class KafkaConnect:
         worker.write_text(worker_properties(self.s, self.home / "connect.offsets"))
         fd = os.open(connector, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(connector_properties(self.s))
+            out.write(connector_properties(self.s, SecureMaterial(self.s).connect_secrets))
         offset = self.log.stat().st_size if self.log.exists() else 0
         argv = [
             java,

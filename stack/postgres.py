@@ -10,6 +10,7 @@ from pathlib import Path
 
 from stack.errors import StackError
 from stack.procs import read_pid, require_free_port, run, tail
+from stack.secure import SecureMaterial
 from stack.service import ServiceStatus
 from stack.settings import StackSettings
 
@@ -169,10 +170,16 @@ class Postgres:
         return found == "t"
 
     def _ensure_database(self) -> None:
-        user, db, pw = self.s.postgres_user, self.s.postgres_db, self.s.postgres_password
+        user, db = self.s.postgres_user, self.s.postgres_db
+        # A generated password (stack/secure.py), set on every start: an older stack's
+        # well-known one stops working. Piped in, never on a command line; a literal
+        # from token_urlsafe (no quote can occur in it).
+        pw = SecureMaterial(self.s).ensure().postgres_password
         if not self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'"):
             # CREATEDB: tests migrate throw-away databases; REPLICATION: Debezium.
             self._psql(f"CREATE ROLE {user} LOGIN CREATEDB REPLICATION PASSWORD '{pw}'", stdin=True)
+        else:
+            self._psql(f"ALTER ROLE {user} PASSWORD '{pw}'", stdin=True)
         if not self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'"):
             self._psql(f"CREATE DATABASE {db} OWNER {user}")
         # The bench reads (and resets) per-statement costs as the relaybus role.

@@ -22,7 +22,13 @@ from stack.procs import (
     tail,
     wait_until,
 )
-from stack.secure import RABBITMQ_USER, RABBITMQ_VHOST, SecureMaterial
+from stack.secure import (
+    RABBITMQ_ADMIN,
+    RABBITMQ_USER,
+    RABBITMQ_VHOST,
+    SecureMaterial,
+    write_private,
+)
 from stack.service import ServiceStatus
 from stack.settings import StackSettings
 
@@ -44,6 +50,7 @@ class RabbitMQ:
         self.home = settings.data_dir / "rabbitmq"
         self.log = self.home / "rabbitmq.out"
         self.pid_file = self.home / "beam.pid"
+        self.admin = (RABBITMQ_ADMIN, "")  # set from the credentials by start()
 
     def _env(self) -> dict[str, str]:
         h = self.home
@@ -62,15 +69,23 @@ class RabbitMQ:
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
 
-    def _write_config(self) -> None:
+    def _write_config(self, admin_password: str) -> None:
         private_dir(self.home)
         for sub in ("home", "mnesia", "log"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         (self.home / "enabled_plugins").write_text("[rabbitmq_management].\n")
-        (self.home / "rabbitmq.conf").write_text(
+        write_private(  # it holds the administrator's password
+            self.home / "rabbitmq.conf",
             f"listeners.tcp.1 = {self.s.host}:{self.s.rabbitmq_port}\n"
             f"management.tcp.ip = {self.s.host}\n"
             f"management.tcp.port = {self.s.rabbitmq_management_port}\n"
+            # A fresh node's first user is ours, with a generated password, not guest.
+            f"default_user = {RABBITMQ_ADMIN}\n"
+            f"default_pass = {admin_password}\n"
+            "default_user_tags.administrator = true\n"
+            "default_permissions.configure = .*\n"
+            "default_permissions.read = .*\n"
+            "default_permissions.write = .*\n"
             "loopback_users.guest = true\n"
             # AMQPS next to plain AMQP; clients check the server certificate, the server
             # asks for none (users log in with passwords).
@@ -79,7 +94,7 @@ class RabbitMQ:
             f"ssl_options.certfile = {self.secure.server_cert}\n"
             f"ssl_options.keyfile = {self.secure.server_key}\n"
             "ssl_options.verify = verify_none\n"
-            "ssl_options.fail_if_no_peer_cert = false\n"
+            "ssl_options.fail_if_no_peer_cert = false\n",
         )
 
     def _ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -95,18 +110,20 @@ class RabbitMQ:
     def start(self) -> None:
         """Start the node unless it runs; either way make sure the vhost user exists."""
         credentials = self.secure.ensure()
+        self.admin = (RABBITMQ_ADMIN, credentials.rabbitmq_admin_password)
         if read_pid(self.pid_file) is None:
-            self._start()
+            self._start(credentials.rabbitmq_admin_password)
+        self._ensure_admin()
         self._ensure_vhost_user(credentials.rabbitmq_password)
 
-    def _start(self) -> None:
+    def _start(self, admin_password: str) -> None:
         for port in (
             self.s.rabbitmq_port,
             self.s.rabbitmq_management_port,
             self.s.rabbitmq_tls_port,
         ):
             require_free_port(self.s.host, port, self.name)
-        self._write_config()
+        self._write_config(admin_password)
         spawn(
             [f"{RABBIT_BIN}/rabbitmq-server"],
             self.log,
@@ -121,6 +138,26 @@ class RabbitMQ:
             return self._ctl("await_startup", "--timeout", "5", timeout=15).returncode == 0
 
         wait_until(ready, self.s.start_timeout_s, self.name, self.log)
+
+    def _ensure_admin(self) -> None:
+        """Our administrator exists and ``guest`` does not. A node made before the
+        stack set ``default_user`` has guest/guest, which any local account can use:
+        guest creates our administrator once, then goes."""
+        if self._management("GET", "/api/whoami", None, self.admin, missing_ok=True) is None:
+            name, password = self.admin
+            self._management(
+                "PUT",
+                f"/api/users/{quote(name, safe='')}",
+                {"password": password, "tags": "administrator"},
+                ("guest", "guest"),
+            )
+            self._management(
+                "PUT",
+                f"/api/permissions/%2F/{quote(name, safe='')}",
+                {"configure": ".*", "write": ".*", "read": ".*"},
+                ("guest", "guest"),
+            )
+        self._management("DELETE", "/api/users/guest", None, self.admin, missing_ok=True)
 
     def _ensure_vhost_user(self, password: str) -> None:
         """The vhost ``relaybus`` and a user allowed only there (management tag so it
@@ -137,19 +174,33 @@ class RabbitMQ:
         )
 
     def _management_put(self, path: str, body: dict[str, str]) -> None:
+        self._management("PUT", path, body, self.admin)
+
+    def _management(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, str] | None,
+        login: tuple[str, str],
+        missing_ok: bool = False,
+    ) -> bytes | None:
+        """One management API call as ``login``; None for a 401/404 when
+        ``missing_ok`` (a user that cannot log in, a user already gone)."""
         url = f"http://{self.s.host}:{self.s.rabbitmq_management_port}{path}"
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT")
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method)
         request.add_header("content-type", "application/json")
-        # guest/guest: RabbitMQ's built-in user, which it admits from loopback only.
-        token = base64.b64encode(b"guest:guest").decode()
+        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
         request.add_header("authorization", f"Basic {token}")
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(request, timeout=10):
-                    return
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    return bytes(answer.read())
             except urllib.error.HTTPError as err:  # an answer: a real refusal
-                raise StackError(f"rabbitmq: PUT {path} refused ({err.code})") from None
+                if missing_ok and err.code in (401, 404):
+                    return None
+                raise StackError(f"rabbitmq: {method} {path} refused ({err.code})") from None
             except OSError as err:  # the management listener may lag await_startup
                 if time.monotonic() > deadline:
                     raise StackError(f"rabbitmq: management API unreachable: {err}") from None
@@ -174,7 +225,7 @@ class RabbitMQ:
             ServiceStatus(
                 self.name,
                 pid is not None,
-                f"amqp://guest:***@{s.host}:{s.rabbitmq_port}/",
+                f"amqp://{RABBITMQ_ADMIN}:***@{s.host}:{s.rabbitmq_port}/",
                 pid,
                 f"management http://{s.host}:{s.rabbitmq_management_port}/; "
                 f"amqps://{RABBITMQ_USER}:***@{s.host}:{s.rabbitmq_tls_port}/{RABBITMQ_VHOST}",

@@ -27,7 +27,6 @@ class StackSettings(BaseSettings):
     postgres_port: int = 5432
     postgres_db: str = "relaybus"
     postgres_user: str = "relaybus"
-    postgres_password: str = "relaybus"
     redis_port: int = 6379
     redlock_ports: tuple[int, ...] = (6380, 6381, 6382)
     rabbitmq_port: int = 5672
