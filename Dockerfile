@@ -1,5 +1,5 @@
 # The relaybus processes (relay, workers, API, CLI) for docker-compose.yml.
-FROM python:3.11-slim
+FROM python:3.11.11-slim-bookworm
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY pyproject.toml constraints.txt README.md ./
@@ -11,7 +11,8 @@ COPY streams ./streams
 COPY stack ./stack
 COPY migrations ./migrations
 COPY alembic.ini ./
-RUN pip install --no-cache-dir -c constraints.txt -e .
+RUN pip install --no-cache-dir -c constraints.txt -e . \
+    && install -d -o nobody -g nogroup /var/lib/relaybus
 USER nobody
 ENTRYPOINT []
 CMD ["relaybus", "--help"]

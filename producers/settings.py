@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,6 +29,11 @@ class ShopSettings(BaseSettings):
         4, ge=1, le=256, description="Partitions of every shop topic (all equal: co-partitioned)."
     )
     shop_replication: int = Field(1, ge=1, description="Replication factor of shop topics.")
+    faust_data_dir: Path = Field(
+        Path("."),
+        description="Where the faust apps (saga, read model) keep their data, one "
+        "'<app>-data' folder each (a writable volume in a container).",
+    )
     orders_api_host: str = Field("127.0.0.1", description="Address the orders API binds.")
     orders_api_port: int = Field(8080, ge=1, le=65535, description="Orders API port.")
     orders_api_replicas: int = Field(

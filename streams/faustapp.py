@@ -32,6 +32,8 @@ def shop_faust_app(
         "broker_heartbeat_interval": max(shop.saga_session_timeout / 5, 0.5),
         "consumer_auto_offset_reset": "earliest",
         "web_enabled": False,
+        # Not the working directory: in a container that is the read-only app folder.
+        "datadir": str(shop.faust_data_dir / f"{app_id}-data"),
         "autodiscover": False,
         "producer_acks": -1,
     }

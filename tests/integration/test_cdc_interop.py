@@ -7,8 +7,10 @@ with SIGKILL mid-stream loses nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from relaybus.db import create_engine, session_factory
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from stack.debezium import KafkaConnect
+from stack.secure import SecureMaterial
 from stack.settings import StackSettings
 from tests.support.cli import run_cli
 from tests.support.consumer_apps import TEST_TYPE, make_app
@@ -231,3 +234,14 @@ async def _cleanup(engine: AsyncEngine, agg: str) -> None:
     """Rows only Debezium read: nothing else will drain them."""
     async with engine.begin() as conn:
         await conn.execute(text("DELETE FROM outbox WHERE aggregatetype = :a"), {"a": agg})
+
+
+def test_the_connect_rest_api_never_shows_the_database_password(connect: KafkaConnect) -> None:
+    """Kafka Connect's REST API answers any local account: the connector's config
+    holds a FileConfigProvider reference, the password stays in a 0600 file."""
+    url = f"{connect.endpoint}/connectors/relaybus-outbox/config"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        config = json.load(answer)
+    password = SecureMaterial(StackSettings()).credentials().postgres_password
+    assert config["database.password"].startswith("${file:")
+    assert password not in json.dumps(config)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import socket
+import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from relaybus.settings import Settings
 from stack.errors import StackError
 from stack.kafka_broker import KafkaCluster
 from stack.redis import RedisInstances
+from stack.secure import _env_lines
 from stack.settings import StackSettings
 from stack.stack import Stack
 from tests.support.cli import run_cli
@@ -112,10 +119,60 @@ def test_the_authenticated_endpoints_and_toxiproxy_run_and_their_secrets_are_pri
     assert "amqps://relaybus:***@" in rows["rabbitmq"].detail
     secure = StackSettings().data_dir / "secure"
     assert secure.stat().st_mode & 0o777 == 0o700
-    for name in ("ca.key", "server.key", "kafka-keystore.pem", "credentials.json", "client.env"):
+    private = ("server.key", "kafka-keystore.pem", "credentials.json", "client.env", "local.env")
+    for name in (*private, "connect-secrets.properties"):
         assert (secure / name).stat().st_mode & 0o777 == 0o600, name
     # The passwords are nowhere in what `stack status` prints.
     credentials = json.loads((secure / "credentials.json").read_text())
     printed = run_cli("stack", "status", "--json").stdout + run_cli("stack", "status").stdout
     for password in credentials.values():
         assert password not in printed
+
+
+def test_no_account_of_the_stack_has_a_well_known_password(settings: Settings) -> None:
+    """On a shared host any local account reaches loopback (issue 31 §7): the
+    PostgreSQL role's password is generated, RabbitMQ's guest is gone, and the
+    clients find the generated credentials in .stack/secure/local.env."""
+    well_known = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "relaybus", "-d", "relaybus", "-c", "SELECT 1"],
+        env={**os.environ, "PGPASSWORD": "relaybus"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert well_known.returncode != 0
+    assert "password authentication failed" in well_known.stderr
+    guest = urllib.request.Request("http://127.0.0.1:15672/api/whoami")
+    guest.add_header("authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(guest, timeout=10)
+    assert refused.value.code == 401
+    assert "relaybus:relaybus@" not in settings.database_url
+    assert settings.database_url.startswith("postgresql+asyncpg://relaybus:")  # local.env's
+    assert run_cli("outbox", "status", "--json").returncode == 0  # a client still gets in
+
+
+def test_the_local_ca_signs_only_for_loopback_and_its_key_is_gone() -> None:
+    secure = StackSettings().data_dir / "secure"
+    assert not (secure / "ca.key").exists()
+    shown = subprocess.run(
+        ["openssl", "x509", "-in", str(secure / "ca.pem"), "-noout", "-ext", "nameConstraints"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "IP:127.0.0.1/255.255.255.255" in shown
+    assert "DNS:localhost" in shown
+
+
+def test_env_files_read_back_exactly_in_a_shell(tmp_path: Path) -> None:
+    odd = 'it\'s $HOME `x` \\ "q" @:/?='
+    path = tmp_path / "env"
+    path.write_text(_env_lines({"RELAYBUS_X": odd}))
+    shown = subprocess.run(
+        ["sh", "-c", f'. {path}; printf %s "$RELAYBUS_X"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert shown == odd
