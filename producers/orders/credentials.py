@@ -17,14 +17,13 @@ import hmac
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-
-from streams.cache import LRUCache
 
 PREFIX = "rbk"
 _TOKEN = re.compile(r"rbk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
@@ -155,8 +154,10 @@ class ApiKeys:
     ) -> None:
         self.engine = engine
         self.cache_seconds = cache_seconds
+        self.cache_size = cache_size
         self.clock = clock
-        self._known: LRUCache[str, tuple[Caller, bytes, float]] = LRUCache(cache_size)
+        # key id -> (caller, secret digest, valid until); least recently used first.
+        self._known: OrderedDict[str, tuple[Caller, bytes, float]] = OrderedDict()
 
     async def authenticate(self, token: str | None) -> Caller | None:
         """The caller a token stands for, or None (malformed, unknown, revoked, wrong)."""
@@ -168,6 +169,7 @@ class ApiKeys:
         now = self.clock()
         known = self._known.get(key_id)
         if known is not None and known[2] > now:
+            self._known.move_to_end(key_id)
             caller, stored, _ = known
             return caller if hmac.compare_digest(stored, digest) else None
         async with self.engine.connect() as conn:
@@ -175,5 +177,8 @@ class ApiKeys:
         if row is None or not hmac.compare_digest(bytes(row.secret_sha256), digest):
             return None
         caller = Caller(row.customer, bool(row.vip), key_id)
-        self._known.put(key_id, (caller, bytes(row.secret_sha256), now + self.cache_seconds))
+        self._known[key_id] = (caller, bytes(row.secret_sha256), now + self.cache_seconds)
+        self._known.move_to_end(key_id)
+        while len(self._known) > self.cache_size:
+            self._known.popitem(last=False)
         return caller

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from producers.orders.credentials import ApiKeys, issue_key, revoke_key
 from producers.orders.store import OrderStore
 from relaybus.cli.flashsale import Workload, seed
 from relaybus.db import session_factory
@@ -370,3 +371,29 @@ async def test_forwarded_for_from_an_untrusted_peer_is_not_the_client_address(
             {"id": placed.json()["id"]},
         )
     assert payload["client_ip"] == "127.0.0.1"
+
+
+async def test_a_key_is_checked_by_its_hash_and_stops_working_once_revoked(
+    engine: AsyncEngine,
+) -> None:
+    clock = [0.0]
+    keys = ApiKeys(engine, cache_seconds=30, clock=lambda: clock[0])
+    async with session_factory(engine)() as session, session.begin():
+        issued = await issue_key(session, f"rev-{uuid.uuid4().hex[:8]}", vip=True)
+    caller = await keys.authenticate(issued.token)
+    assert caller is not None
+    assert (caller.customer, caller.vip) == (issued.customer, True)
+    wrong_secret = issued.token[:-4] + ("AAAA" if not issued.token.endswith("AAAA") else "BBBB")
+    assert await keys.authenticate(wrong_secret) is None
+    async with engine.connect() as conn:
+        stored = await conn.scalar(
+            text("SELECT secret_sha256 FROM orders.api_keys WHERE key_id = :k"),
+            {"k": issued.key_id},
+        )
+    secret = issued.token[len("rbk_") + 17 :]
+    assert secret.encode() not in bytes(stored)  # only a digest
+    async with session_factory(engine)() as session, session.begin():
+        assert await revoke_key(session, issued.key_id) == issued.customer
+    assert await keys.authenticate(issued.token) is not None  # still cached
+    clock[0] += 31
+    assert await keys.authenticate(issued.token) is None
