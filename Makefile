@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint stack-up stack-down bench chaos soak
+.PHONY: install demo test check lint stack-up stack-down bench chaos soak
 
 # Python deps, pinned by constraints.txt (regenerate: uv pip compile pyproject.toml --extra dev -o constraints.txt)
 $(BIN)/relaybus: pyproject.toml constraints.txt
@@ -45,6 +45,11 @@ chaos: stack-up
 soak: stack-up
 	$(BIN)/relaybus db upgrade
 	$(BIN)/python -m tests.chaos.soak
+
+# The fast tier: lint, types, import contracts and every test that needs no service
+# (tests/unit), in a couple of minutes; iterate with this, then `make test`.
+check: lint
+	$(BIN)/pytest -q tests/unit
 
 lint: install
 	$(BIN)/ruff check .

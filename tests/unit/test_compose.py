@@ -106,3 +106,29 @@ def test_every_relaybus_command_names_something_that_exists(compose: dict[str, A
             assert args[1] in PROCESSORS, (name, args)
         result = run_cli(*args, "--help")
         assert result.returncode == 0, (name, args, result.stderr)
+
+
+def test_every_image_is_pinned_to_an_exact_version(repo: Path, compose: dict[str, Any]) -> None:
+    """A floating tag (postgres:16, redis:7) changes under a running deployment."""
+    exact = re.compile(r"^[\w./-]+:\d+\.\d+\.\d+[\w.-]*$")
+    postgres = re.compile(r"^postgres:\d+\.\d+$")  # two parts since PostgreSQL 10
+    for name, svc in compose["services"].items():
+        if "image" in svc:
+            image = svc["image"]
+            assert exact.match(image) or postgres.match(image), (name, image)
+    base = re.search(r"^FROM (\S+)", (repo / "Dockerfile").read_text(), re.MULTILINE)
+    assert base is not None
+    assert exact.match(base.group(1)), base.group(1)
+
+
+def test_the_shard_set_exists_before_the_router_and_faust_writes_only_volumes(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert services["shards"]["command"][:3] == ["relaybus", "shards", "set"]
+    router = services["inventory-router"]["depends_on"]
+    assert router["shards"]["condition"] == "service_completed_successfully"
+    data_dir = compose["x-relaybus-env"]["RELAYBUS_FAUST_DATA_DIR"]
+    for faust_app in ("saga", "order-status"):
+        mounts = [str(v).split(":", 1)[1] for v in services[faust_app]["volumes"]]
+        assert data_dir in mounts, faust_app
