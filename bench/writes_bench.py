@@ -127,6 +127,13 @@ def literal(value: Any, order_id: int) -> str:
         return "ARRAY[" + ", ".join(literal(v, order_id) for v in value) + "]"
     if not isinstance(value, str):
         value = json.dumps(value) if isinstance(value, dict) else str(value)
+    elif value.startswith("{"):
+        # pgbench reads ``:name`` as a variable even inside a literal: compact JSON's
+        # ``"vip":false`` would become a parameter. The same JSON with ": " is safe.
+        try:
+            value = json.dumps(json.loads(value))
+        except ValueError:
+            pass  # not JSON: kept as it is
     return "'" + value.replace("'", "''") + "'"
 
 
