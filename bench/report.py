@@ -48,7 +48,11 @@ class Comparison:
     target_on: str = "ratio"
 
     @property
-    def ratio(self) -> float:
+    def ratio(self) -> float | None:
+        """None when the baseline measured nothing (a quick run below the clock's
+        resolution): no ratio, rather than a division by zero."""
+        if self.baseline.median == 0:
+            return None
         return self.candidate.median / self.baseline.median
 
     @property
@@ -56,6 +60,8 @@ class Comparison:
         if self.target is None:
             return None
         measured = self.ratio if self.target_on == "ratio" else self.candidate.median
+        if measured is None:
+            return None
         return measured >= self.target if self.higher_is_better else measured <= self.target
 
 
@@ -106,7 +112,7 @@ def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> s
         lines.append(
             f"| {c.label} | {c.candidate.median:,.0f} {c.candidate.unit} "
             f"({c.candidate.name}) | {c.baseline.median:,.0f} {c.baseline.unit} "
-            f"({c.baseline.name}) | {c.ratio:.2f} | "
+            f"({c.baseline.name}) | {'—' if c.ratio is None else f'{c.ratio:.2f}'} | "
             + ("—" if c.target is None else f"{'≥' if c.higher_is_better else '≤'} {c.target}")
             + f" | {'—' if c.met is None else 'yes' if c.met else 'NO'} |"
         )

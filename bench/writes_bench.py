@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -130,10 +131,8 @@ def literal(value: Any, order_id: int) -> str:
     elif value.startswith("{"):
         # pgbench reads ``:name`` as a variable even inside a literal: compact JSON's
         # ``"vip":false`` would become a parameter. The same JSON with ": " is safe.
-        try:
+        with contextlib.suppress(ValueError):  # not JSON: kept as it is
             value = json.dumps(json.loads(value))
-        except ValueError:
-            pass  # not JSON: kept as it is
     return "'" + value.replace("'", "''") + "'"
 
 

@@ -20,6 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,6 +42,7 @@ from tests.support.compose_native import (
 from tests.support.poll import eventually
 
 ONE_SHOTS = ("migrate", "shards")
+ORDERS = 8
 APP_ROLE = "relaybus_app"
 
 
@@ -200,7 +202,7 @@ async def test_the_compose_file_runs_the_shop_natively_and_an_order_is_confirmed
         token = await asyncio.to_thread(_output, keys)
         engine = create_engine(str(compose_infra["database_url"]))
         try:
-            (sku,) = await seed(engine, Workload(products=1, stock=5), uuid.uuid4().hex[:8])
+            (sku,) = await seed(engine, Workload(products=1, stock=ORDERS), uuid.uuid4().hex[:8])
         finally:
             await engine.dispose()
         long_running = [s for n, s in services.items() if n not in ONE_SHOTS]
@@ -217,19 +219,32 @@ async def test_the_compose_file_runs_the_shop_natively_and_an_order_is_confirmed
 
             await eventually(api_up, within=180, what="the compose orders-api")
             auth = {"Authorization": f"Bearer {token}"}
-            placed = await client.post(
-                "/orders", json={"items": [{"product": sku, "quantity": 1}]}, headers=auth
-            )
-            assert placed.status_code == 202, placed.text
-            order_id = placed.json()["id"]
+            # Compose's gateway declines 20 % of charges and answers 5 % late (its
+            # defaults): several orders, every one final, at least one CONFIRMED.
+            order_ids = []
+            for _ in range(ORDERS):
+                placed = await client.post(
+                    "/orders", json={"items": [{"product": sku, "quantity": 1}]}, headers=auth
+                )
+                assert placed.status_code == 202, placed.text
+                order_ids.append(placed.json()["id"])
+
+            async def statuses() -> list[dict[str, Any]]:
+                return [
+                    (await client.get(f"/orders/{order_id}", headers=auth)).json()
+                    for order_id in order_ids
+                ]
 
             async def final() -> bool:
-                got = (await client.get(f"/orders/{order_id}", headers=auth)).json()
-                return bool(got["status"] in ("CONFIRMED", "CANCELLED", "REJECTED"))
+                return all(o["status"] in ("CONFIRMED", "CANCELLED") for o in await statuses())
 
-            await eventually(final, within=300, what="the order's end through compose's shop")
-            order = (await client.get(f"/orders/{order_id}", headers=auth)).json()
-        assert order["status"] == "CONFIRMED", (order, _tails(services))
+            await eventually(final, within=300, what="every order's end through compose's shop")
+            orders = await statuses()
+        confirmed = [o for o in orders if o["status"] == "CONFIRMED"]
+        assert confirmed, (orders, _tails(services))
+        for order in orders:
+            if order["status"] == "CANCELLED":  # only by the gateway: refused or late
+                assert any(w in (order["reason"] or "") for w in ("payment", "charging")), order
         for service in long_running:
             assert service.proc is not None
             assert service.proc.poll() is None, (service.name, _tails({service.name: service}))
