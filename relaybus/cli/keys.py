@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import typer
 from rich.table import Table
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from producers.orders.credentials import IssuedKey, issue_key, list_keys, revoke_key
 from relaybus.audit import record
-from relaybus.db import create_engine, session_factory
-from relaybus.settings import Settings
+from relaybus.cli.on_database import run_on_database
+from relaybus.db import session_factory
 from relaybus.terminal import make_console, plain
 
 app = typer.Typer(
     help="API keys of the orders API: issue one per customer, revoke, list (audited).",
     no_args_is_help=True,
 )
-T = TypeVar("T")
-
-
-def _run(action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    async def main() -> T:
-        engine = create_engine(Settings().database_url, pool_size=2)
-        try:
-            return await action(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except (OSError, DBAPIError) as err:
-        make_console(stderr=True).print(
-            plain(f"relaybus keys: database unreachable or not migrated: {type(err).__name__}")
-        )
-        raise typer.Exit(2) from None
 
 
 @app.command("issue")
@@ -61,7 +39,7 @@ def issue(
             await record(session, "keys.issue", issued.key_id, {"customer": customer, "vip": vip})
             return issued
 
-    issued = _run(make)
+    issued = run_on_database("keys", make)
     make_console(stderr=True).print(
         plain(f"key {issued.key_id} for {customer}{' (VIP)' if vip else ''}: shown once below")
     )
@@ -84,7 +62,7 @@ def revoke(
                 await record(session, "keys.revoke", key_id, {"customer": customer})
             return customer
 
-    customer = _run(drop)
+    customer = run_on_database("keys", drop)
     if customer is None:
         make_console(stderr=True).print(plain(f"relaybus keys: no live key {key_id[:64]!r}"))
         raise typer.Exit(1)
@@ -105,7 +83,7 @@ def ls(
         async with session_factory(engine)() as session:
             return await list_keys(session, customer)
 
-    found = _run(rows)
+    found = run_on_database("keys", rows)
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return

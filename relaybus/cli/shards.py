@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import typer
 from rich.table import Table
@@ -14,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from producers.settings import ShopSettings
 from relaybus.audit import record
-from relaybus.db import create_engine, session_factory
-from relaybus.settings import Settings
+from relaybus.cli.on_database import run_on_database
+from relaybus.db import session_factory
 from relaybus.terminal import make_console, plain
 from streams.sharding.directory import ShardDirectory
 
@@ -23,22 +20,6 @@ app = typer.Typer(
     help="The inventory shards: show the epochs, change the set (audited).",
     no_args_is_help=True,
 )
-T = TypeVar("T")
-
-
-def _run(action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    async def main() -> T:
-        engine = create_engine(Settings().database_url, pool_size=2)
-        try:
-            return await action(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except OSError as err:
-        make_console(stderr=True).print(f"relaybus shards: database unreachable: {err}")
-        raise typer.Exit(2) from None
 
 
 @app.command("show")
@@ -68,7 +49,7 @@ def show(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
                 for r in rows
             ]
 
-    found = _run(epochs)
+    found = run_on_database("shards", epochs)
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
@@ -122,7 +103,7 @@ def set_shards(
             )
             return epoch.epoch, True
 
-    epoch, changed = _run(publish)
+    epoch, changed = run_on_database("shards", publish)
     what = "published" if changed else "unchanged (already current)"
     make_console().print(
         f"epoch {epoch} {what}: shards {sorted(set(shards))}, {ring_vnodes} vnodes"

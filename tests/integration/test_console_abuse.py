@@ -124,17 +124,19 @@ async def test_dlq_pages_are_bounded_and_say_so(
     assert "<b>vvv" not in page.text  # and still escaped
 
 
-async def test_a_kafka_scan_ends_when_a_purge_runs_meanwhile(settings: Settings) -> None:
-    dlq = f"t.purge.{uuid.uuid4().hex[:8]}.dlq"
+async def _kafka_dlq_of(settings: Settings, letters: int) -> str:
+    """A new Kafka DLQ holding ``letters`` letters written by kcat."""
+    dlq = f"t.scan.{uuid.uuid4().hex[:8]}.dlq"
     await ensure_topic(settings.kafka_bootstrap, dlq, 1)
+    headers = [(b"id", str(uuid.uuid4()).encode())]
     await asyncio.to_thread(
-        kcat_produce,
-        settings.kafka_bootstrap,
-        dlq,
-        b"k",
-        [b"{}"] * 1_200,
-        [(b"id", str(uuid.uuid4()).encode())],
+        kcat_produce, settings.kafka_bootstrap, dlq, b"k", [b"{}"] * letters, headers
     )
+    return dlq
+
+
+async def test_a_kafka_scan_ends_when_a_purge_runs_meanwhile(settings: Settings) -> None:
+    dlq = await _kafka_dlq_of(settings, 1_200)
     store = KafkaDeadLetters(settings.kafka)
     seen = 0
     async with asyncio.timeout(60):  # a scan that never ends fails here
@@ -146,16 +148,7 @@ async def test_a_kafka_scan_ends_when_a_purge_runs_meanwhile(settings: Settings)
 
 
 async def test_a_look_at_a_dlq_reads_a_bounded_number_of_letters(settings: Settings) -> None:
-    dlq = f"t.browse.{uuid.uuid4().hex[:8]}.dlq"
-    await ensure_topic(settings.kafka_bootstrap, dlq, 1)
-    await asyncio.to_thread(
-        kcat_produce,
-        settings.kafka_bootstrap,
-        dlq,
-        b"k",
-        [b"{}"] * 300,
-        [(b"id", str(uuid.uuid4()).encode())],
-    )
+    dlq = await _kafka_dlq_of(settings, 300)
     store = KafkaDeadLetters(settings.kafka)
     nothing = await browse(store, dlq, lambda d: False, BrowseLimits(letters=10, scanned=100))
     assert nothing.letters == []
