@@ -21,6 +21,8 @@ from stack.kafka_broker import KafkaCluster
 from stack.settings import StackSettings
 from tests.chaos.leader_fault import leader_fault, rate
 
+pytestmark = pytest.mark.kafka3  # needs `relaybus stack up --kafka-nodes 3`
+
 
 @pytest.fixture
 def cluster() -> KafkaCluster:

@@ -18,6 +18,8 @@ from stack.procs import pid_alive
 from stack.settings import StackSettings
 from tests.support.poll import eventually
 
+pytestmark = pytest.mark.kafka3  # needs `relaybus stack up --kafka-nodes 3`
+
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[KafkaCluster]:
