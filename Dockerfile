@@ -4,14 +4,8 @@ WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY pyproject.toml constraints.txt README.md ./
 COPY relaybus ./relaybus
-COPY producers ./producers
-COPY outbox ./outbox
-COPY consumers ./consumers
-COPY streams ./streams
-COPY stack ./stack
-COPY migrations ./migrations
 COPY alembic.ini ./
-RUN pip install --no-cache-dir -c constraints.txt -e . \
+RUN pip install --no-cache-dir -c constraints.txt ".[shop,console]" \
     && install -d -o nobody -g nogroup /var/lib/relaybus
 USER nobody
 ENTRYPOINT []

@@ -25,25 +25,25 @@ stack-down: install
 # Main job: the real stack, migrations, events through Kafka and RabbitMQ, a report.
 demo: install
 	$(BIN)/relaybus stack up
-	$(BIN)/relaybus db upgrade
+	$(BIN)/relaybus shop-db upgrade
 	$(BIN)/relaybus demo
 
 # Every test, against the real services (started here if they are not running).
 test: stack-up
-	$(BIN)/relaybus db upgrade
+	$(BIN)/relaybus shop-db upgrade
 	@# Our own modules' bytecode too (the tests start hundreds of relaybus processes).
 	$(BIN)/python -m compileall -q relaybus tests bench > /dev/null
 	$(BIN)/pytest
 
 # The fault matrix at full size (~10 min): rewrites its table in docs/guarantees.md.
 chaos: stack-up
-	$(BIN)/relaybus db upgrade
+	$(BIN)/relaybus shop-db upgrade
 	$(BIN)/python -m tests.chaos.matrix
 
 # 10 minutes at 70 % of the measured max rate, a relay or worker killed every minute;
 # RSS, open files and backlog sampled, growth reported (not in CI).
 soak: stack-up
-	$(BIN)/relaybus db upgrade
+	$(BIN)/relaybus shop-db upgrade
 	$(BIN)/python -m tests.chaos.soak
 
 # The fast tier: lint, types, import contracts and every test that needs no service

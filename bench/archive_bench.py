@@ -37,10 +37,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.relay_bench import PAD, prefill_outbox, relay_drain, uuid7_sql
 from bench.report import Comparison, Series, amend, write
-from outbox.admin import OutboxAdmin
 from relaybus.brokers.kafka import KafkaPublisher
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.db import create_engine
+from relaybus.outbox.admin import OutboxAdmin
 from relaybus.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

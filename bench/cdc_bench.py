@@ -53,13 +53,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bench.cpu import cpu_seconds, server_cpu_seconds
 from bench.relay_bench import uuid7_sql
 from bench.report import Comparison, Series, amend, results_dir, write
-from outbox.writer import _event_sql
 from relaybus.brokers.kafka_admin import end_offsets, ensure_topic, topic_partitions
+from relaybus.outbox.writer import _event_sql
 from relaybus.settings import Settings
-from stack.debezium import KafkaConnect
-from stack.kafka_broker import KafkaCluster
-from stack.postgres import server_tool
-from stack.settings import StackSettings
+from relaybus.stack.debezium import KafkaConnect
+from relaybus.stack.kafka_broker import KafkaCluster
+from relaybus.stack.postgres import server_tool
+from relaybus.stack.settings import StackSettings
 
 REPO = Path(__file__).resolve().parents[1]
 # "wal-keep": the WAL relay without its clean-up (rows stay, as with Debezium).

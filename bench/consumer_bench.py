@@ -36,10 +36,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bench.cpu import SERVERS, cpu_seconds, pids_named
 from bench.report import Comparison, Series, amend, write
-from consumers.app import ConsumerApp
-from consumers.incoming import Incoming
-from consumers.worker import Worker
 from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.consumers.app import ConsumerApp
+from relaybus.consumers.incoming import Incoming
+from relaybus.consumers.worker import Worker
 from relaybus.db import create_engine, session_factory
 from relaybus.message import Message
 from relaybus.settings import Settings

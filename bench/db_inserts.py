@@ -20,8 +20,8 @@ from sqlalchemy import Insert
 from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.engine import make_url
 
-from outbox.writer import Outbox
-from stack.postgres import server_tool
+from relaybus.outbox.writer import Outbox
+from relaybus.stack.postgres import server_tool
 
 
 def pgbench_script(

@@ -25,10 +25,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bench.report import Comparison, Series, write
-from producers.contract import Line
-from producers.inventory import stock
 from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
+from relaybus.shop.contract import Line
+from relaybus.shop.producers.inventory import stock
 
 _ids = itertools.count(int(time.time() * 1000) * 1000)
 

@@ -13,8 +13,8 @@ import time
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from consumers.app import ConsumerApp
-from consumers.incoming import Incoming
+from relaybus.consumers.app import ConsumerApp
+from relaybus.consumers.incoming import Incoming
 
 EVENT = "bench.latency"
 HANDLER = "bench-latency"

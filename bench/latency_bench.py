@@ -42,10 +42,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.latency_app import EVENT, HANDLER, TABLE_DDL
 from bench.report import Comparison, Series, amend, results_dir, write
-from outbox.writer import Outbox
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.brokers.rabbit_management import queue_depths
 from relaybus.db import create_engine, session_factory
+from relaybus.outbox.writer import Outbox
 from relaybus.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

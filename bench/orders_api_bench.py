@@ -35,12 +35,12 @@ from sqlalchemy import text
 
 from bench.report import Comparison, Series, write
 from bench.writes_bench import NoEvent
-from producers.orders.api import create_app
-from producers.orders.credentials import issue_key
-from producers.orders.store import OrderStore, add_products
-from producers.settings import ShopSettings
 from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
+from relaybus.shop.producers.orders.api import create_app
+from relaybus.shop.producers.orders.credentials import issue_key
+from relaybus.shop.producers.orders.store import OrderStore, add_products
+from relaybus.shop.settings import ShopSettings
 
 PORTS = {"outbox": 18181, "plain": 18182}
 SKU = "bench-api-sku"

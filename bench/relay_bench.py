@@ -29,11 +29,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from bench.cpu import SERVERS, cpu_used
 from bench.db_inserts import pgbench_script, pgbench_tps
 from bench.report import Comparison, Series, amend, write
-from outbox.metrics import RelayMetrics
-from outbox.relay import Relay, RelayConfig
-from outbox.routing import Router
-from outbox.store import PostgresOutboxStore
-from outbox.writer import Outbox
 from relaybus.brokers.kafka import KafkaPublisher
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.brokers.publisher import Publisher
@@ -41,6 +36,11 @@ from relaybus.brokers.rabbitmq import EXCHANGE, RabbitPublisher
 from relaybus.db import create_engine, session_factory
 from relaybus.locks.postgres import PostgresLock
 from relaybus.message import Message
+from relaybus.outbox.metrics import RelayMetrics
+from relaybus.outbox.relay import Relay, RelayConfig
+from relaybus.outbox.routing import Router
+from relaybus.outbox.store import PostgresOutboxStore
+from relaybus.outbox.writer import Outbox
 from relaybus.settings import Route, Settings
 from relaybus.snowflake import Snowflake
 

@@ -42,9 +42,9 @@ from bench.archive_bench import database_url, drop_database
 from bench.cpu import server_cpu_seconds
 from bench.relay_bench import prefill_outbox, uuid7_sql
 from bench.report import Comparison, Series, amend, write
-from outbox.store import RELAY_SESSION_SETTINGS, PostgresOutboxStore
 from relaybus.db import create_engine
 from relaybus.locks.postgres import PostgresLock
+from relaybus.outbox.store import RELAY_SESSION_SETTINGS, PostgresOutboxStore
 from relaybus.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

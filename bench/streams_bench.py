@@ -1,11 +1,11 @@
 """Stream processors against the libraries that do the same, in one run.
 
-- ring lookups/s: ``streams.sharding.HashRing`` (multi-probe and classic) vs ``uhashring``
+- ring lookups/s: ``relaybus.streams.sharding.HashRing`` (multi-probe and classic) vs ``uhashring``
 - in-process limiter decisions/s: ``TokenBucket`` vs ``aiolimiter.AsyncLimiter``
 - Redis token bucket: our Lua script (one EVALSHA per decision, one client, and
   admission's pipelined batches) vs ``redis-benchmark`` running a trivial EVALSHA
   the same way; ops/s and p99
-- LRU: ``streams.cache.LRUCache`` vs ``cachetools.LRUCache`` on a Zipf trace
+- LRU: ``relaybus.streams.cache.LRUCache`` vs ``cachetools.LRUCache`` on a Zipf trace
 - admission processor and inventory router (relaybus's stream runtime) vs a raw
   aiokafka consume→produce loop over the same records (at-least-once, same batch
   commits); target ≥ 0.5x for admission
@@ -40,23 +40,23 @@ from aiolimiter import AsyncLimiter
 from redis.asyncio import Redis
 
 from bench.report import Comparison, Series, amend, write
-from consumers.incoming import Incoming
-from producers.contract import EventType, step_id
-from producers.settings import ShopSettings
 from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.consumers.incoming import Incoming
 from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
-from streams.admission.limits import RedisAdmission
-from streams.admission.processor import AdmissionProcessor
-from streams.cache import FIFOCache, LFUCache, LRUCache
-from streams.envelope import envelope
-from streams.ratelimit import TokenBucket
-from streams.ratelimit.redis_bucket import RedisTokenBucket
-from streams.runtime.kafka_loop import KafkaStreamRunner, fewer_collections
-from streams.runtime.processor import Emit
-from streams.sharding import HashRing
-from streams.sharding.directory import ShardEpoch
-from streams.sharding.router import InventoryRouter
+from relaybus.shop.contract import EventType, step_id
+from relaybus.shop.settings import ShopSettings
+from relaybus.shop.streams.admission.limits import RedisAdmission
+from relaybus.shop.streams.admission.processor import AdmissionProcessor
+from relaybus.shop.streams.sharding.directory import ShardEpoch
+from relaybus.shop.streams.sharding.router import InventoryRouter
+from relaybus.streams.cache import FIFOCache, LFUCache, LRUCache
+from relaybus.streams.envelope import envelope
+from relaybus.streams.ratelimit import TokenBucket
+from relaybus.streams.ratelimit.redis_bucket import RedisTokenBucket
+from relaybus.streams.runtime.kafka_loop import KafkaStreamRunner, fewer_collections
+from relaybus.streams.runtime.processor import Emit
+from relaybus.streams.sharding import HashRing
 
 SHARDS = [str(n) for n in range(10)]
 PARTITIONS = 4

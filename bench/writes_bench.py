@@ -40,12 +40,12 @@ from bench.relay_bench import (
     reset_insert_tables,
 )
 from bench.report import Comparison, Series, amend, write
-from outbox.writer import BusinessStatement, Outbox
-from producers.contract import ORDER_REQUEST_AGGREGATE, ORDER_STATUS_AGGREGATE, Line
-from producers.orders.store import OrderStore, add_products
 from relaybus.db import create_engine, session_factory
 from relaybus.ids import uuid7
+from relaybus.outbox.writer import BusinessStatement, Outbox
 from relaybus.settings import Settings
+from relaybus.shop.contract import ORDER_REQUEST_AGGREGATE, ORDER_STATUS_AGGREGATE, Line
+from relaybus.shop.producers.orders.store import OrderStore, add_products
 from relaybus.snowflake import Snowflake
 
 ONE_STATEMENT = "one statement (Outbox.write)"

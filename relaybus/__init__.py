@@ -1,7 +1,11 @@
-"""relaybus kernel: settings, envelope and ids, broker adapters, database, CLI.
+"""relaybus: a transactional outbox, a relay to Kafka/RabbitMQ, idempotent consumers
+and a stream runtime, in one import package.
 
-Imports none of ``producers``, ``outbox``, ``consumers`` or ``streams``; does no I/O
-at import time.
+The library is ``relaybus`` (the kernel: settings, message envelope, ids, brokers,
+database, locks), ``relaybus.outbox``, ``relaybus.consumers``, ``relaybus.streams``
+and ``relaybus.cli``; ``relaybus.shop`` is the reference flash-sale shop, the
+library's first user (the ``[shop]`` extra). Importing ``relaybus`` does no I/O and
+imports neither FastAPI, faust nor Jinja2.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from producers.settings import ShopSettings
-from producers.topology import ensure_shop_topics
 from relaybus.db import create_engine
 from relaybus.settings import Settings
+from relaybus.shop.settings import ShopSettings
+from relaybus.shop.topology import ensure_shop_topics
 from tests.support.consumerdata import prepare_effects
 
 REPO = Path(__file__).resolve().parent.parent

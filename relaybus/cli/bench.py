@@ -13,7 +13,7 @@ import typer
 
 from relaybus.terminal import make_console, plain
 
-CHECKOUT = Path(__file__).resolve().parents[2]
+CHECKOUT = Path(__file__).resolve().parents[2]  # relaybus/cli/bench.py -> the checkout
 
 
 def _harness() -> ModuleType:

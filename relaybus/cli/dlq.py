@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 import typer
 from rich.table import Table
 
-from consumers.dlq_admin import (
+from relaybus.audit import record
+from relaybus.consumers.dlq_admin import (
     BROKER_ERRORS,
     DeadLetter,
     DeadLetterError,
@@ -23,8 +24,7 @@ from consumers.dlq_admin import (
     collect,
     plan_replay,
 )
-from consumers.naming import is_dlq
-from relaybus.audit import record
+from relaybus.consumers.naming import is_dlq
 from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
 from relaybus.terminal import make_console, plain

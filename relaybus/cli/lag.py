@@ -10,10 +10,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from outbox.admin import OutboxAdmin
 from relaybus.brokers.kafka_admin import consumer_lag
 from relaybus.brokers.rabbit_management import queue_depths
 from relaybus.db import create_engine
+from relaybus.outbox.admin import OutboxAdmin
 from relaybus.settings import Settings
 from relaybus.terminal import make_console, plain
 

@@ -1,4 +1,6 @@
-"""Composition of the ``relaybus`` command: sub-commands are registered here only.
+"""Composition of the ``relaybus`` command: the library's sub-commands are listed
+here; an application adds its own through the ``relaybus.commands`` entry point group
+(the shop registers ``demo``, ``run``, ``serve``, … that way, as any user can).
 
 Each sub-command's module is imported only when that command runs (or when the
 top-level help lists them all): importing every one of them (the console's web app,
@@ -9,6 +11,8 @@ the brokers' clients, Alembic, …) took seconds, paid by every process the CLI 
 from __future__ import annotations
 
 import importlib
+from functools import cache
+from importlib.metadata import entry_points
 from typing import Any
 
 import typer
@@ -18,20 +22,14 @@ from relaybus.terminal import run_app
 
 # name -> (module, attribute): a Typer app (a command group) or a command function.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "stack": ("stack.cli", "app"),
+    "stack": ("relaybus.stack.cli", "app"),
     "db": ("relaybus.cli.db", "app"),
     "outbox": ("relaybus.cli.outbox", "app"),
-    "demo": ("relaybus.cli.demo", "demo"),
     "relay-demo": ("relaybus.cli.relay_demo", "relay_demo"),
-    "run": ("relaybus.cli.run", "run"),
-    "serve": ("relaybus.cli.serve", "serve"),
-    "stream": ("relaybus.cli.stream", "stream"),
     "publish": ("relaybus.cli.publish", "publish"),
     "relay": ("relaybus.cli.relay", "relay"),
     "worker": ("relaybus.cli.worker", "worker"),
     "dlq": ("relaybus.cli.dlq", "app"),
-    "shards": ("relaybus.cli.shards", "app"),
-    "keys": ("relaybus.cli.keys", "app"),
     "lag": ("relaybus.cli.lag", "lag"),
     "replay": ("relaybus.cli.replay", "replay"),
     "console": ("relaybus.cli.console", "console"),
@@ -39,11 +37,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+ENTRY_POINTS = "relaybus.commands"
+
+
+@cache
+def registered() -> dict[str, tuple[str, str]]:
+    """Every sub-command: the library's, then those installed packages register in the
+    ``relaybus.commands`` entry point group (``name = "module:attribute"``); a
+    registered name never replaces a library command."""
+    commands = dict(COMMANDS)
+    for point in entry_points(group=ENTRY_POINTS):
+        module, _, attribute = point.value.partition(":")
+        commands.setdefault(point.name, (module, attribute))
+    return commands
+
+
 def load_command(name: str) -> Any:
     """The click command of sub-command ``name`` (importing its module now); typed
-    ``Any`` because Typer vendors its own click."""
-    module, attribute = COMMANDS[name]
-    target: Any = getattr(importlib.import_module(module), attribute)
+    ``Any`` because Typer vendors its own click. A command whose optional dependencies
+    are not installed becomes one line naming the extra to install."""
+    module, attribute = registered()[name]
+    try:
+        target: Any = getattr(importlib.import_module(module), attribute)
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] == "relaybus":
+            raise
+        return _missing(name, err.name)
     if isinstance(target, typer.Typer):
         command: Any = typer.main.get_group(target)
     else:
@@ -58,10 +77,30 @@ class LazyCommands(TyperGroup):
     """The sub-commands of ``COMMANDS``, each loaded when asked for."""
 
     def list_commands(self, ctx: Any) -> list[str]:
-        return list(COMMANDS)
+        return list(registered())
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        return load_command(cmd_name) if cmd_name in COMMANDS else None
+        return load_command(cmd_name) if cmd_name in registered() else None
+
+
+def _missing(name: str, package: str) -> Any:
+    """A stand-in command that says which extra brings ``package``."""
+    extra = {"faust": "streams", "fastapi": "shop", "uvicorn": "console", "jinja2": "console"}
+    hint = extra.get(package, "shop")
+
+    def unavailable() -> None:
+        typer.echo(
+            f"relaybus {name}: needs {package}, which is not installed: "
+            f"pip install 'relaybus[{hint}]'",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+    single = typer.Typer(add_completion=False)
+    single.command(name=name, help=f"(needs relaybus[{hint}])")(unavailable)
+    command: Any = typer.main.get_command(single)
+    command.name = name
+    return command
 
 
 app = typer.Typer(

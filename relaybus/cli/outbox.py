@@ -13,8 +13,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from outbox.admin import OutboxAdmin, OutboxStatus, SlotStatus, StallStatus
 from relaybus.db import create_engine
+from relaybus.outbox.admin import OutboxAdmin, OutboxStatus, SlotStatus, StallStatus
 from relaybus.settings import Settings
 from relaybus.terminal import make_console, plain, safe_text
 

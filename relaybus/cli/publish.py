@@ -10,8 +10,8 @@ from typing import Any
 import typer
 from rich.progress import Progress
 
-from outbox.writer import Outbox, OutboxError
 from relaybus.db import create_engine, session_factory
+from relaybus.outbox.writer import Outbox, OutboxError
 from relaybus.settings import Settings
 from relaybus.terminal import make_console
 

@@ -11,20 +11,20 @@ from enum import StrEnum
 
 import typer
 
-from outbox.metrics import RelayMetrics
-from outbox.notify import OutboxListener
-from outbox.relay import Relay, RelayConfig
-from outbox.routed import RoutedPublisher
-from outbox.routing import Router
-from outbox.store import RELAY_SESSION_SETTINGS, PostgresOutboxStore
-from outbox.wal_relay import WalRelay, WalRelayConfig
-from outbox.wal_store import WalRelayStore
-from outbox.wal_stream import WalStream, libpq_dsn
 from relaybus.brokers.kafka import KafkaPublisher, prefixed_topic
 from relaybus.brokers.publisher import Publisher
 from relaybus.brokers.rabbitmq import RabbitPublisher
 from relaybus.db import create_engine
 from relaybus.locks.postgres import PostgresLock
+from relaybus.outbox.metrics import RelayMetrics
+from relaybus.outbox.notify import OutboxListener
+from relaybus.outbox.relay import Relay, RelayConfig
+from relaybus.outbox.routed import RoutedPublisher
+from relaybus.outbox.routing import Router
+from relaybus.outbox.store import RELAY_SESSION_SETTINGS, PostgresOutboxStore
+from relaybus.outbox.wal_relay import WalRelay, WalRelayConfig
+from relaybus.outbox.wal_store import WalRelayStore
+from relaybus.outbox.wal_stream import WalStream, libpq_dsn
 from relaybus.settings import Settings
 
 log = logging.getLogger("relaybus.relay")

@@ -15,16 +15,6 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from consumers.app import ConsumerApp
-from consumers.incoming import Incoming
-from consumers.worker import Worker
-from outbox.admin import OutboxAdmin
-from outbox.metrics import RelayMetrics
-from outbox.notify import OutboxListener
-from outbox.relay import Relay, RelayConfig
-from outbox.routing import Router
-from outbox.store import PostgresOutboxStore
-from outbox.writer import Outbox
 from relaybus.brokers.kafka_admin import (
     end_offsets,
     ensure_topic,
@@ -34,9 +24,19 @@ from relaybus.brokers.kafka_admin import (
 from relaybus.brokers.publisher import PublishError
 from relaybus.brokers.taps import Received, kafka_tap, rabbit_tap
 from relaybus.cli.relay import build_publishers
+from relaybus.consumers.app import ConsumerApp
+from relaybus.consumers.incoming import Incoming
+from relaybus.consumers.worker import Worker
 from relaybus.db import create_engine, session_factory
 from relaybus.ids import uuid7
 from relaybus.locks.postgres import PostgresLock
+from relaybus.outbox.admin import OutboxAdmin
+from relaybus.outbox.metrics import RelayMetrics
+from relaybus.outbox.notify import OutboxListener
+from relaybus.outbox.relay import Relay, RelayConfig
+from relaybus.outbox.routing import Router
+from relaybus.outbox.store import PostgresOutboxStore
+from relaybus.outbox.writer import Outbox
 from relaybus.settings import Route, Settings
 from relaybus.terminal import make_console
 

@@ -11,18 +11,18 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from outbox.archive_replay import (
-    ArchiveWindowError,
-    check_retention,
-    count_archived,
-    replay_archive,
-)
-from outbox.routing import Router
 from relaybus.audit import record
 from relaybus.brokers.kafka_replay import CopyFilter
 from relaybus.brokers.publisher import PublishError
 from relaybus.brokers.rabbitmq import EXCHANGE, RabbitPublisher
 from relaybus.db import create_engine, session_factory
+from relaybus.outbox.archive_replay import (
+    ArchiveWindowError,
+    check_retention,
+    count_archived,
+    replay_archive,
+)
+from relaybus.outbox.routing import Router
 from relaybus.settings import Settings
 from relaybus.terminal import make_console, plain
 

@@ -8,10 +8,10 @@ import signal
 
 import typer
 
-from consumers.app import ConsumerApp
-from consumers.inbox import Inbox
-from consumers.metrics import WorkerMetrics
-from consumers.worker import Worker, WorkerNotFound, load_app
+from relaybus.consumers.app import ConsumerApp
+from relaybus.consumers.inbox import Inbox
+from relaybus.consumers.metrics import WorkerMetrics
+from relaybus.consumers.worker import Worker, WorkerNotFound, load_app
 from relaybus.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from aiokafka.cluster import ClusterMetadata
 from aiokafka.conn import create_conn
 from aiokafka.protocol.metadata import MetadataRequest
 
-from stack.kafka_broker import KafkaCluster, KafkaNode
-from stack.procs import pid_alive
+from relaybus.stack.kafka_broker import KafkaCluster, KafkaNode
+from relaybus.stack.procs import pid_alive
 
 
 @contextlib.asynccontextmanager

@@ -21,10 +21,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.admin import OutboxAdmin, StallStatus
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.ids import uuid7
-from stack.kafka_broker import KafkaCluster
+from relaybus.outbox.admin import OutboxAdmin, StallStatus
+from relaybus.stack.kafka_broker import KafkaCluster
 from tests.chaos.faults import active_controller, leaders, node, paused
 from tests.chaos.history import History, Report, Seen, check
 from tests.chaos.workload import KeyedWriter

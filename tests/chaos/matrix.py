@@ -26,8 +26,8 @@ from typing import Any
 
 from relaybus.db import create_engine
 from relaybus.settings import Settings
-from stack.kafka_broker import KafkaCluster
-from stack.settings import StackSettings
+from relaybus.stack.kafka_broker import KafkaCluster
+from relaybus.stack.settings import StackSettings
 from tests.chaos.leader_fault import leader_fault
 from tests.chaos.saga_fault import saga_faults, saga_shop
 from tests.chaos.scenarios import FAULTS, run

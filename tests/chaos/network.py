@@ -20,8 +20,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from stack.settings import StackSettings
-from stack.toxiproxy import Toxiproxy
+from relaybus.stack.settings import StackSettings
+from relaybus.stack.toxiproxy import Toxiproxy
 
 
 class ToxiproxyAPI:

@@ -21,13 +21,13 @@ import signal
 import time
 from typing import Any
 
-from producers.settings import ShopSettings
-from relaybus.cli.demo import run_flash_sale
-from relaybus.cli.flashsale import Workload
-from relaybus.cli.processes import Shop
-from relaybus.cli.shop_report import ShopReport
 from relaybus.settings import Settings
-from stack.procs import pid_alive
+from relaybus.shop.cli.demo import run_flash_sale
+from relaybus.shop.cli.flashsale import Workload
+from relaybus.shop.cli.processes import Shop
+from relaybus.shop.cli.shop_report import ShopReport
+from relaybus.shop.settings import ShopSettings
+from relaybus.stack.procs import pid_alive
 from tests.support.shop import shop_settings
 
 GATEWAY_OUTAGE_S = 5.0  # longer than the payments worker's call timeout

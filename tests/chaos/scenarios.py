@@ -26,9 +26,9 @@ from relaybus.brokers.kafka_admin import ensure_topic, list_topics
 from relaybus.db.errors import database_unavailable
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
-from stack.kafka_broker import KafkaCluster
-from stack.postgres import Postgres
-from stack.settings import StackSettings
+from relaybus.stack.kafka_broker import KafkaCluster
+from relaybus.stack.postgres import Postgres
+from relaybus.stack.settings import StackSettings
 from tests.chaos.faults import paused, with_children
 from tests.chaos.history import History, Report, Seen, check
 from tests.chaos.network import SCHEDULE, ToxiproxyAPI, proxied_env

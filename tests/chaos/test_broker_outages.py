@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybus.brokers.rabbitmq import EXCHANGE
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
-from stack.kafka_broker import KafkaCluster
-from stack.rabbitmq import RabbitMQ
-from stack.settings import StackSettings
+from relaybus.stack.kafka_broker import KafkaCluster
+from relaybus.stack.rabbitmq import RabbitMQ
+from relaybus.stack.settings import StackSettings
 from tests.support.outboxdata import Event, enqueue, make_topic, read_topic, wait_drained
 from tests.support.relayproc import relay_fleet
 

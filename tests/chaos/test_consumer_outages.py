@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.worker import Worker
+from relaybus.consumers.worker import Worker
 from relaybus.settings import Settings
-from stack.kafka_broker import KafkaCluster
-from stack.rabbitmq import RabbitMQ
-from stack.settings import StackSettings
+from relaybus.stack.kafka_broker import KafkaCluster
+from relaybus.stack.rabbitmq import RabbitMQ
+from relaybus.stack.settings import StackSettings
 from tests.support.consumer_apps import make_app
 from tests.support.consumerdata import effect_count, event, running, send, unique
 from tests.support.poll import eventually

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybus.brokers.kafka_admin import list_topics
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
-from stack.postgres import Postgres
-from stack.settings import StackSettings
+from relaybus.stack.postgres import Postgres
+from relaybus.stack.settings import StackSettings
 from tests.support.consumer_apps import make_app
 from tests.support.consumerdata import effect_count, event, running, send, unique
 from tests.support.outboxdata import Event, enqueue, make_topic, read_topic, wait_drained

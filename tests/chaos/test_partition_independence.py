@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from stack.kafka_broker import KafkaCluster
-from stack.settings import StackSettings
+from relaybus.stack.kafka_broker import KafkaCluster
+from relaybus.stack.settings import StackSettings
 from tests.chaos.leader_fault import leader_fault, rate
 
 pytestmark = pytest.mark.kafka3  # needs `relaybus stack up --kafka-nodes 3`

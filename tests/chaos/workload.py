@@ -18,10 +18,10 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.writer import Outbox
 from relaybus.db import session_factory
 from relaybus.db.errors import database_unavailable
 from relaybus.ids import uuid7
+from relaybus.outbox.writer import Outbox
 from tests.chaos.history import Sent
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from relaybus.cli.flashsale import Workload, seed
 from relaybus.db import create_engine
 from relaybus.settings import Settings
+from relaybus.shop.cli.flashsale import Workload, seed
 from tests.support.poll import eventually
 from tests.support.shop import ShopStarter, api_key, bearer, shop_settings
 

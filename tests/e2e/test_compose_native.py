@@ -25,12 +25,12 @@ from typing import Any
 import httpx
 import pytest
 
-from relaybus.cli.flashsale import Workload, seed
 from relaybus.db import create_engine
 from relaybus.settings import Settings
-from stack.postgres import Postgres, server_tool
-from stack.secure import RABBITMQ_USER, SecureMaterial
-from stack.settings import StackSettings
+from relaybus.shop.cli.flashsale import Workload, seed
+from relaybus.stack.postgres import Postgres, server_tool
+from relaybus.stack.secure import RABBITMQ_USER, SecureMaterial
+from relaybus.stack.settings import StackSettings
 from tests.support.cli import REPO
 from tests.support.compose_native import (
     NativeService,
@@ -107,7 +107,7 @@ def compose_infra(settings: Settings) -> Iterator[dict[str, object]]:
     }
     _superuser_sql(_drop_leftovers_sql())  # a crashed earlier run's database and role
     _superuser_sql(f"CREATE DATABASE {database};")
-    init = REPO / "stack" / "compose" / "postgres-init.sh"
+    init = REPO / "relaybus" / "stack" / "compose" / "postgres-init.sh"
     _as_postgres(
         ["sh", str(init)],
         {"POSTGRES_USER": "postgres", "POSTGRES_DB": database, "APP_DB_PASSWORD": values[

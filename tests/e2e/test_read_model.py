@@ -12,14 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from producers.contract import ORDER_STATUS_EVENTS
 from relaybus.brokers.kafka import key_partition
 from relaybus.brokers.kafka_admin import topic_partitions
-from relaybus.cli.demo import run_flash_sale
-from relaybus.cli.flashsale import Workload
-from relaybus.cli.processes import Shop
 from relaybus.settings import Settings
-from streams.readmodel.view import StatusEvent, fold
+from relaybus.shop.cli.demo import run_flash_sale
+from relaybus.shop.cli.flashsale import Workload
+from relaybus.shop.cli.processes import Shop
+from relaybus.shop.contract import ORDER_STATUS_EVENTS
+from relaybus.shop.streams.readmodel.view import StatusEvent, fold
 from tests.support.outboxdata import read_topic
 from tests.support.poll import eventually
 from tests.support.shop import ShopStarter, bearer, shop_settings

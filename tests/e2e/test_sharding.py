@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from producers.settings import ShopSettings
-from relaybus.cli.demo import run_flash_sale
-from relaybus.cli.flashsale import Workload
-from relaybus.cli.processes import default_names
 from relaybus.db import create_engine
 from relaybus.settings import Settings
-from streams.sharding import HashRing
+from relaybus.shop.cli.demo import run_flash_sale
+from relaybus.shop.cli.flashsale import Workload
+from relaybus.shop.cli.processes import default_names
+from relaybus.shop.settings import ShopSettings
+from relaybus.streams.sharding import HashRing
 from tests.support.cli import run_cli
 from tests.support.shop import ShopStarter, env_of, shop_settings
 

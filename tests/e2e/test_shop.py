@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from producers.settings import ShopSettings
-from relaybus.cli.demo import run_flash_sale
-from relaybus.cli.flashsale import Workload
 from relaybus.settings import Settings
+from relaybus.shop.cli.demo import run_flash_sale
+from relaybus.shop.cli.flashsale import Workload
+from relaybus.shop.settings import ShopSettings
 from tests.chaos.saga_fault import SAGA_STEPS, saga_faults, saga_shop
 from tests.support.cli import run_cli
 from tests.support.shop import ShopStarter, env_of, shop_settings

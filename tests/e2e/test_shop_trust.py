@@ -11,8 +11,11 @@ from pathlib import Path
 
 import httpx
 
-from consumers.naming import dlq_name
-from producers.contract import (
+from relaybus.consumers.naming import dlq_name
+from relaybus.db import create_engine
+from relaybus.settings import Settings
+from relaybus.shop.cli.flashsale import Workload, seed
+from relaybus.shop.contract import (
     INVENTORY_COMMANDS,
     ORDER_EVENTS,
     ORDER_REQUESTS,
@@ -20,9 +23,6 @@ from producers.contract import (
     ORDER_TRANSITIONS,
     PAYMENT_COMMANDS,
 )
-from relaybus.cli.flashsale import Workload, seed
-from relaybus.db import create_engine
-from relaybus.settings import Settings
 from tests.support.foreign import kcat_produce
 from tests.support.outboxdata import read_topic
 from tests.support.poll import eventually

@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from relaybus.settings import Settings
-from streams.admission.limits import Ask, Limit, RedisAdmission
+from relaybus.shop.streams.admission.limits import Ask, Limit, RedisAdmission
 
 REPO = Path(__file__).resolve().parents[2]
 USER = Limit("per-user", 0.001, 3)
@@ -101,7 +101,7 @@ HAMMER = """
 import asyncio, json, sys
 import pytest
 from redis.asyncio import Redis
-from streams.admission.limits import Ask, Limit, RedisAdmission
+from relaybus.shop.streams.admission.limits import Ask, Limit, RedisAdmission
 
 async def main(url, prefix, who):
     client = Redis.from_url(url)

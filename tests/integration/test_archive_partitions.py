@@ -12,9 +12,9 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.admin import OutboxAdmin
-from outbox.store import PostgresOutboxStore
 from relaybus.ids import uuid7
+from relaybus.outbox.admin import OutboxAdmin
+from relaybus.outbox.store import PostgresOutboxStore
 from tests.support.cli import run_cli
 from tests.support.outboxdata import delete_archived
 

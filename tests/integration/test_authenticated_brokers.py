@@ -20,15 +20,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.incoming import Incoming
-from consumers.naming import dlq_name
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.brokers.kafka_connection import KafkaConnection
+from relaybus.consumers.incoming import Incoming
+from relaybus.consumers.naming import dlq_name
 from relaybus.settings import Settings
-from stack.settings import StackSettings
-from streams.envelope import envelope
-from streams.runtime import Emit, KafkaStreamRunner
-from streams.runtime.processor import Result
+from relaybus.stack.settings import StackSettings
+from relaybus.streams.envelope import envelope
+from relaybus.streams.runtime import Emit, KafkaStreamRunner
+from relaybus.streams.runtime.processor import Result
 from tests.support.cli import run_cli
 from tests.support.consumer_apps import TEST_TYPE
 from tests.support.consumerdata import effect_count, unique

@@ -20,15 +20,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.incoming import WireLimits, decode, read_headers
-from outbox.writer import Outbox
 from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.consumers.incoming import WireLimits, decode, read_headers
 from relaybus.db import create_engine, session_factory
 from relaybus.ids import uuid7
+from relaybus.outbox.writer import Outbox
 from relaybus.settings import Settings
-from stack.debezium import KafkaConnect
-from stack.secure import SecureMaterial
-from stack.settings import StackSettings
+from relaybus.stack.debezium import KafkaConnect
+from relaybus.stack.secure import SecureMaterial
+from relaybus.stack.settings import StackSettings
 from tests.support.cli import run_cli
 from tests.support.consumer_apps import TEST_TYPE, make_app
 from tests.support.consumerdata import effect_count, effects, running

@@ -17,11 +17,11 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.store import PostgresOutboxStore
 from relaybus.brokers.stalls import Stall
 from relaybus.cli.console.app import create_app
 from relaybus.cli.console.auth import PasswordHash, hash_password
 from relaybus.cli.console.guard import PUBLIC
+from relaybus.outbox.store import PostgresOutboxStore
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
 from tests.support.console import ConsoleProcess, console_process, csrf_of

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from consumers.dlq_admin import BrowseLimits, KafkaDeadLetters, browse
 from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.consumers.dlq_admin import BrowseLimits, KafkaDeadLetters, browse
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
 from tests.support.console import ConsoleProcess, console_process, csrf_of

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.policy import RetryPolicy
+from relaybus.consumers.policy import RetryPolicy
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
 from tests.support.consumer_apps import make_app

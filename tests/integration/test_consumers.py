@@ -9,11 +9,16 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.breaker import BreakerState, CircuitBreaker
-from consumers.dlq_admin import DeadLetterStore, KafkaDeadLetters, RabbitDeadLetters, collect
-from consumers.inbox import Inbox
-from consumers.policy import RetryPolicy
 from relaybus import headers as h
+from relaybus.consumers.breaker import BreakerState, CircuitBreaker
+from relaybus.consumers.dlq_admin import (
+    DeadLetterStore,
+    KafkaDeadLetters,
+    RabbitDeadLetters,
+    collect,
+)
+from relaybus.consumers.inbox import Inbox
+from relaybus.consumers.policy import RetryPolicy
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from tests.support.cli import run_cli

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from producers.payments.client import GatewayClient, GatewayUnavailable
+from relaybus.shop.producers.payments.client import GatewayClient, GatewayUnavailable
 from tests.support.shop import running_shop, shop_settings
 
 SLOW = shop_settings(

@@ -11,10 +11,10 @@ from itertools import count
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from producers.contract import Line
-from producers.inventory import stock
 from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
+from relaybus.shop.contract import Line
+from relaybus.shop.producers.inventory import stock
 
 _ids = count(int(uuid.uuid4().int % 10**12) * 1000)
 

@@ -13,9 +13,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stack.kafka_broker import KafkaCluster
-from stack.procs import pid_alive
-from stack.settings import StackSettings
+from relaybus.stack.kafka_broker import KafkaCluster
+from relaybus.stack.procs import pid_alive
+from relaybus.stack.settings import StackSettings
 from tests.support.poll import eventually
 
 pytestmark = pytest.mark.kafka3  # needs `relaybus stack up --kafka-nodes 3`

@@ -12,8 +12,8 @@ import aio_pika
 
 from relaybus.brokers.kafka_admin import ensure_topic, produce_records, start_group_at
 from relaybus.settings import Settings
-from stack.kafka_jars import kafka_libs
-from stack.settings import StackSettings
+from relaybus.stack.kafka_jars import kafka_libs
+from relaybus.stack.settings import StackSettings
 from tests.support.cli import run_cli
 from tests.support.poll import eventually
 

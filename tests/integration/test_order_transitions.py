@@ -10,11 +10,11 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.writer import Outbox
-from producers.contract import Line, OrderStatus, Transition
-from producers.orders.store import OrderStore
-from relaybus.cli.flashsale import Workload, seed
 from relaybus.db import session_factory
+from relaybus.outbox.writer import Outbox
+from relaybus.shop.cli.flashsale import Workload, seed
+from relaybus.shop.contract import Line, OrderStatus, Transition
+from relaybus.shop.producers.orders.store import OrderStore
 
 
 async def _requested(engine: AsyncEngine, store: OrderStore) -> int:

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from producers.orders.credentials import ApiKeys, issue_key, revoke_key
-from producers.orders.store import OrderStore
-from relaybus.cli.flashsale import Workload, seed
 from relaybus.db import session_factory
+from relaybus.shop.cli.flashsale import Workload, seed
+from relaybus.shop.producers.orders.credentials import ApiKeys, issue_key, revoke_key
+from relaybus.shop.producers.orders.store import OrderStore
 from tests.support.shop import api_key, bearer, running_shop, shop_settings
 
 SHOP = shop_settings(orders_api_max_body_bytes=64 * 1024)

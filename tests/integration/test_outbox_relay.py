@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.writer import Outbox, OutboxError, partition_for
 from relaybus.brokers.rabbitmq import EXCHANGE
 from relaybus.db import session_factory
 from relaybus.ids import uuid7
+from relaybus.outbox.writer import Outbox, OutboxError, partition_for
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
 from tests.support.outboxdata import (

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import BigInteger, Column, MetaData, Table, Text, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.notify import CHANNEL, asyncpg_dsn
-from outbox.writer import Outbox, OutboxError
 from relaybus.db import session_factory
 from relaybus.ids import uuid7
+from relaybus.outbox.notify import CHANNEL, asyncpg_dsn
+from relaybus.outbox.writer import Outbox, OutboxError
 from relaybus.settings import Settings
 from tests.support.outboxdata import Event, enqueue, make_topic, wait_drained
 from tests.support.poll import eventually

@@ -12,13 +12,13 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from relaybus.settings import Settings
-from streams.ratelimit.redis_bucket import RedisTokenBucket
+from relaybus.streams.ratelimit.redis_bucket import RedisTokenBucket
 
 REPO = Path(__file__).resolve().parents[2]
 HAMMER = """
 import asyncio, json, sys, time
 from redis.asyncio import Redis
-from streams.ratelimit.redis_bucket import RedisTokenBucket
+from relaybus.streams.ratelimit.redis_bucket import RedisTokenBucket
 
 async def main(url, key, seconds):
     client = Redis.from_url(url)

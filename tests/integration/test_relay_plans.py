@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from outbox.store import RELAY_SESSION_SETTINGS, PostgresOutboxStore
 from relaybus.db import create_engine
+from relaybus.outbox.store import RELAY_SESSION_SETTINGS, PostgresOutboxStore
 from relaybus.settings import Settings
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from relaybus.settings import Settings
-from stack.errors import StackError
-from stack.kafka_broker import KafkaCluster
-from stack.redis import RedisInstances
-from stack.secure import _env_lines
-from stack.settings import StackSettings
-from stack.stack import Stack
+from relaybus.stack.errors import StackError
+from relaybus.stack.kafka_broker import KafkaCluster
+from relaybus.stack.redis import RedisInstances
+from relaybus.stack.secure import _env_lines
+from relaybus.stack.settings import StackSettings
+from relaybus.stack.stack import Stack
 from tests.support.cli import run_cli
 
 

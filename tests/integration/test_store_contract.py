@@ -13,15 +13,15 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import text
 
-from outbox.memory import InMemoryOutboxStore
-from outbox.store import OutboxStore, PostgresOutboxStore
-from outbox.writer import partition_for
 from relaybus.db import create_engine
 from relaybus.ids import uuid7
 from relaybus.locks.base import LockBackend
 from relaybus.locks.memory import InMemoryLock
 from relaybus.locks.postgres import PostgresLock
 from relaybus.message import Message
+from relaybus.outbox.memory import InMemoryOutboxStore
+from relaybus.outbox.store import OutboxStore, PostgresOutboxStore
+from relaybus.outbox.writer import partition_for
 from relaybus.settings import Settings
 from tests.support.outboxdata import Event, enqueue
 

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consumers.incoming import Incoming
 from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.consumers.incoming import Incoming
 from relaybus.settings import Settings
-from streams.envelope import envelope
-from streams.runtime import Emit, KafkaStreamRunner
-from streams.runtime.processor import Result
+from relaybus.streams.envelope import envelope
+from relaybus.streams.runtime import Emit, KafkaStreamRunner
+from relaybus.streams.runtime.processor import Result
 from tests.support.poll import eventually
 
 PARTITIONS = 3

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.dlq_admin import collect
-from consumers.rabbit_worker import QUORUM
 from relaybus import headers as rh
+from relaybus.consumers.dlq_admin import collect
+from relaybus.consumers.rabbit_worker import QUORUM
 from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from tests.integration.test_consumers import BROKERS, Case, new_case

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.dlq_admin import DeadLetterStore, collect
-from consumers.worker import Worker
+from relaybus.consumers.dlq_admin import DeadLetterStore, collect
+from relaybus.consumers.worker import Worker
 from relaybus.db import create_engine
 from relaybus.ids import uuid7
 from relaybus.settings import Settings

@@ -14,19 +14,19 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.metrics import RelayMetrics
-from outbox.routed import RoutedPublisher
-from outbox.routing import Route, Router
-from outbox.wal_relay import WalRelay, WalRelayConfig
-from outbox.wal_store import WalRelayStore
-from outbox.wal_stream import WalStream, libpq_dsn
-from outbox.writer import Outbox
 from relaybus.brokers.kafka import KafkaPublisher, prefixed_topic
 from relaybus.brokers.publisher import Outcome, PublishError
 from relaybus.db import session_factory
 from relaybus.ids import uuid7
 from relaybus.locks.postgres import PostgresLock
 from relaybus.message import Message
+from relaybus.outbox.metrics import RelayMetrics
+from relaybus.outbox.routed import RoutedPublisher
+from relaybus.outbox.routing import Route, Router
+from relaybus.outbox.wal_relay import WalRelay, WalRelayConfig
+from relaybus.outbox.wal_store import WalRelayStore
+from relaybus.outbox.wal_stream import WalStream, libpq_dsn
+from relaybus.outbox.writer import Outbox
 from relaybus.settings import Settings
 from tests.support.cli import run_cli
 from tests.support.outboxdata import Event, Record, enqueue, pending, read_topic, row_states

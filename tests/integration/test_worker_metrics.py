@@ -15,11 +15,11 @@ from urllib.request import urlopen
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.breaker import CircuitBreaker
-from consumers.metrics import WorkerMetrics
-from consumers.policy import RetryPolicy
-from consumers.worker import Worker
 from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.consumers.breaker import CircuitBreaker
+from relaybus.consumers.metrics import WorkerMetrics
+from relaybus.consumers.policy import RetryPolicy
+from relaybus.consumers.worker import Worker
 from relaybus.settings import Settings
 from tests.support.cli import REPO
 from tests.support.consumer_apps import Switches, make_app

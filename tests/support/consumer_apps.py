@@ -14,10 +14,10 @@ from collections.abc import Callable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from consumers.app import ConsumerApp, Dedupe, HandlerFunc
-from consumers.breaker import CircuitBreaker
-from consumers.incoming import Incoming, InvalidMessage
-from consumers.policy import RetryPolicy
+from relaybus.consumers.app import ConsumerApp, Dedupe, HandlerFunc
+from relaybus.consumers.breaker import CircuitBreaker
+from relaybus.consumers.incoming import Incoming, InvalidMessage
+from relaybus.consumers.policy import RetryPolicy
 
 EFFECTS_DDL = (
     "CREATE TABLE IF NOT EXISTS consumer_effects (consumer text NOT NULL, "

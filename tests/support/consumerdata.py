@@ -15,9 +15,9 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.app import ConsumerApp
-from consumers.worker import Worker
 from relaybus.brokers.rabbitmq import EXCHANGE
+from relaybus.consumers.app import ConsumerApp
+from relaybus.consumers.worker import Worker
 from relaybus.ids import uuid7
 from relaybus.message import Message
 from relaybus.settings import Settings

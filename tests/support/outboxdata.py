@@ -11,9 +11,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.writer import Outbox
 from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
 from relaybus.db import session_factory
+from relaybus.outbox.writer import Outbox
 from tests.support.poll import eventually
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from producers.orders.credentials import issue_key
-from producers.settings import ShopSettings
-from relaybus.cli.processes import Shop
 from relaybus.db import session_factory
+from relaybus.shop.cli.processes import Shop
+from relaybus.shop.producers.orders.credentials import issue_key
+from relaybus.shop.settings import ShopSettings
 
 # Test ports, away from the defaults a developer's own ``relaybus run`` uses.
 TEST_PORTS = {"orders_api_port": 18080, "gateway_port": 18090, "read_model_port": 18095}

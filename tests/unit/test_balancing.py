@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from streams.sharding.balancing import (
+from relaybus.streams.sharding.balancing import (
     STRATEGIES,
     Balancer,
     ConsistentHashBalancer,

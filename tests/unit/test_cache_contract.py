@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.cache import FIFOCache, LFUCache, LRUCache
+from relaybus.streams.cache import FIFOCache, LFUCache, LRUCache
 
 
 class Reference:

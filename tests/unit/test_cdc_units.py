@@ -10,9 +10,10 @@ from datetime import datetime
 
 import pytest
 
-from consumers.cdc import PACKED_HEADERS, normalize
-from consumers.incoming import InvalidMessage, decode
-from outbox.pgoutput import (
+from relaybus.consumers.cdc import PACKED_HEADERS, normalize
+from relaybus.consumers.incoming import InvalidMessage, decode
+from relaybus.message import Message
+from relaybus.outbox.pgoutput import (
     Begin,
     Commit,
     Insert,
@@ -22,10 +23,9 @@ from outbox.pgoutput import (
     lsn_text,
     parse_lsn,
 )
-from outbox.pgoutput import decode as decode_pgoutput
-from outbox.wal_rows import OutboxWalDecoder, WalBadRow, WalCommit, WalEvent
-from outbox.wal_stream import WalMessage
-from relaybus.message import Message
+from relaybus.outbox.pgoutput import decode as decode_pgoutput
+from relaybus.outbox.wal_rows import OutboxWalDecoder, WalBadRow, WalCommit, WalEvent
+from relaybus.outbox.wal_stream import WalMessage
 
 MESSAGE_ID = uuid.UUID("01a2370b-aa6a-7469-975a-883d9d84e61b")
 

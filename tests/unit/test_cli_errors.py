@@ -46,7 +46,7 @@ def test_unknown_shop_process_names_are_one_line_errors() -> None:
     for args, hint in (
         (("serve", "nope"), "use one of orders-api, gateway"),
         (("stream", "nope"), "use one of saga"),
-        (("worker", "nope"), "built-in name (inventory, orders, payments)"),
+        (("worker", "nope"), "registered name (inventory, orders, payments)"),
         (("run", "--only", "nope"), "unknown process nope"),
     ):
         proc = run_cli(*args)

@@ -15,9 +15,9 @@ import jsonschema
 import pytest
 import yaml
 
-from consumers.worker import load_app
-from relaybus.cli.serve import SERVICES
-from relaybus.cli.stream import PROCESSORS
+from relaybus.consumers.worker import load_app
+from relaybus.shop.cli.serve import SERVICES
+from relaybus.shop.cli.stream import PROCESSORS
 from tests.support.cli import run_cli
 
 INFRA = ("kafka", "rabbitmq", "postgres", "redis")
@@ -85,7 +85,7 @@ def test_no_password_has_a_default_in_the_file(repo: Path) -> None:
 def test_the_application_uses_a_non_superuser_role(repo: Path, compose: dict[str, Any]) -> None:
     url = compose["x-relaybus-env"]["RELAYBUS_DATABASE_URL"]
     assert url.startswith("postgresql+asyncpg://relaybus_app:")
-    init = (repo / "stack" / "compose" / "postgres-init.sh").read_text()
+    init = (repo / "relaybus" / "stack" / "compose" / "postgres-init.sh").read_text()
     assert "NOSUPERUSER" in init
     redis = compose["services"]["redis"]
     assert "--requirepass" in " ".join(redis["command"])

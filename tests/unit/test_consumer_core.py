@@ -8,12 +8,12 @@ import uuid
 
 import pytest
 
-from consumers.breaker import BreakerState, CircuitBreaker
-from consumers.failure import FailurePath
-from consumers.incoming import InvalidMessage, WireLimits, decode
-from consumers.policy import RetryPolicy
-from consumers.worker import WorkerNotFound, load_app
 from relaybus import headers as h
+from relaybus.consumers.breaker import BreakerState, CircuitBreaker
+from relaybus.consumers.failure import FailurePath
+from relaybus.consumers.incoming import InvalidMessage, WireLimits, decode
+from relaybus.consumers.policy import RetryPolicy
+from relaybus.consumers.worker import WorkerNotFound, load_app
 from tests.support.cli import run_cli
 
 GOOD = {"id": str(uuid.uuid4()), "type": "order.created"}

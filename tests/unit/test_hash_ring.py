@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from streams.sharding import HashRing
+from relaybus.streams.sharding import HashRing
 
 KEYS = [f"product-{n}" for n in range(1_000_000)]
 SHARDS = [f"shard-{n}" for n in range(10)]

@@ -7,9 +7,9 @@ from uuid import UUID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.contract import step_id, step_id_text
 from relaybus.ids import uuid7
-from streams.envelope import EnvelopeTemplate, envelope
+from relaybus.shop.contract import step_id, step_id_text
+from relaybus.streams.envelope import EnvelopeTemplate, envelope
 
 
 def test_uuid7_has_version_7_and_rfc_variant() -> None:

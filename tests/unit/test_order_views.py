@@ -13,8 +13,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.orders.views import OrderViews
-from streams.cache import LFUCache, LRUCache
+from relaybus.shop.producers.orders.views import OrderViews
+from relaybus.streams.cache import LFUCache, LRUCache
 
 ORDERS = (1, 2)
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.ratelimit import (
+from relaybus.streams.ratelimit import (
     FixedWindow,
     LeakyShaper,
     RateLimiter,

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers import cdc
-from consumers.incoming import InvalidMessage, WireLimits, decode, read_headers
-from producers.orders.views import OrderViews
-from streams.readmodel.agent import read_event
-from streams.saga.agent import read_input
+from relaybus.consumers import cdc
+from relaybus.consumers.incoming import InvalidMessage, WireLimits, decode, read_headers
+from relaybus.shop.producers.orders.views import OrderViews
+from relaybus.shop.streams.readmodel.agent import read_event
+from relaybus.shop.streams.saga.agent import read_input
 
 DEBEZIUM = "__debezium.context.connectorName"
 NAMES = ["id", "type", "occurred_at", "note", DEBEZIUM, cdc.PACKED_HEADERS, "x-attempts"]

@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from outbox.memory import InMemoryOutboxStore
-from outbox.metrics import RelayMetrics
-from outbox.relay import Relay, RelayConfig
-from outbox.routing import Router
-from outbox.store import Backlog, Fetched
 from relaybus.brokers.memory import InMemoryPublisher
 from relaybus.locks.memory import InMemoryLock
 from relaybus.message import Message
+from relaybus.outbox.memory import InMemoryOutboxStore
+from relaybus.outbox.metrics import RelayMetrics
+from relaybus.outbox.relay import Relay, RelayConfig
+from relaybus.outbox.routing import Router
+from relaybus.outbox.store import Backlog, Fetched
 from relaybus.settings import Route
 from tests.support.poll import eventually
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from producers.contract import CommandType, EventType, OrderStatus
-from streams.saga.machine import Decision, decide
+from relaybus.shop.contract import CommandType, EventType, OrderStatus
+from relaybus.shop.streams.saga.machine import Decision, decide
 
 ORDER = {
     "order_id": 7,

@@ -14,10 +14,12 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from consumers import failure
-from consumers.dlq_admin import DeadLetter, ReplayPlan
-from consumers.failure import CopyKind, FailurePath, Outcome, Verdict, describe
-from consumers.incoming import (
+from relaybus import headers as rh
+from relaybus.backoff import Backoff
+from relaybus.consumers import failure
+from relaybus.consumers.dlq_admin import DeadLetter, ReplayPlan
+from relaybus.consumers.failure import CopyKind, FailurePath, Outcome, Verdict, describe
+from relaybus.consumers.incoming import (
     InvalidMessage,
     WireLimits,
     decode,
@@ -25,11 +27,9 @@ from consumers.incoming import (
     retry_due,
     strict_int,
 )
-from consumers.naming import dlq_name, retry_name, source_of_dlq
-from consumers.policy import RetryPolicy
-from outbox.writer import Outbox, OutboxError
-from relaybus import headers as rh
-from relaybus.backoff import Backoff
+from relaybus.consumers.naming import dlq_name, retry_name, source_of_dlq
+from relaybus.consumers.policy import RetryPolicy
+from relaybus.outbox.writer import Outbox, OutboxError
 from relaybus.terminal import plain
 
 ID = str(uuid.uuid4())

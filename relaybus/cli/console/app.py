@@ -24,7 +24,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.dlq_admin import (
+from relaybus.audit import record
+from relaybus.cli.console.auth import LoginThrottle, PasswordHash, Session, Sessions
+from relaybus.cli.console.guard import COOKIE, Guard, allowed_hosts, session_id
+from relaybus.cli.console.health import read_health
+from relaybus.cli.lag import gather_waiting
+from relaybus.client_address import limit_key
+from relaybus.consumers.dlq_admin import (
     BROKER_ERRORS,
     Browsed,
     BrowseLimits,
@@ -36,15 +42,9 @@ from consumers.dlq_admin import (
     browse,
     plan_replay,
 )
-from consumers.naming import is_dlq
-from outbox.admin import OutboxAdmin
-from relaybus.audit import record
-from relaybus.cli.console.auth import LoginThrottle, PasswordHash, Session, Sessions
-from relaybus.cli.console.guard import COOKIE, Guard, allowed_hosts, session_id
-from relaybus.cli.console.health import read_health
-from relaybus.cli.lag import gather_waiting
-from relaybus.client_address import limit_key
+from relaybus.consumers.naming import is_dlq
 from relaybus.db import create_engine, session_factory
+from relaybus.outbox.admin import OutboxAdmin
 from relaybus.settings import Settings
 
 T = TypeVar("T")

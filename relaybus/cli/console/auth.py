@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from streams.ratelimit.sliding_window import SlidingLog
+from relaybus.streams.ratelimit.sliding_window import SlidingLog
 
 # scrypt's cost (N=2^15, r=8, p=1: ~32 MiB and ~0.1 s per check): slow for a guesser,
 # fine for a login form.

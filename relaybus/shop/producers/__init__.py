@@ -1,0 +1,2 @@
+"""The shop's business services: each writes its domain rows plus outbox rows in one
+transaction (orders API, inventory, payments)."""

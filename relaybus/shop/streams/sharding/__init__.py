@@ -1,0 +1,1 @@
+"""The shop's sharded inventory routing: the shard directory (epochs) and the router."""

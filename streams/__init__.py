@@ -1,2 +1,0 @@
-"""faust-streaming processors: rate limiting, caching, sharded routing, the order
-saga. Arrives with the streams issues."""

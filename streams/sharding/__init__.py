@@ -1,5 +1,0 @@
-"""Sharded routing: a consistent-hash ring with virtual nodes."""
-
-from streams.sharding.ring import HashRing, blake2b64
-
-__all__ = ["HashRing", "blake2b64"]
