@@ -62,7 +62,7 @@ def load_command(name: str) -> Any:
     except ModuleNotFoundError as err:
         if err.name is None or err.name.split(".")[0] == "relaybus":
             raise
-        return _missing(name, err.name)
+        return _missing(name, err.name, module)
     if isinstance(target, typer.Typer):
         command: Any = typer.main.get_group(target)
     else:
@@ -83,21 +83,29 @@ class LazyCommands(TyperGroup):
         return load_command(cmd_name) if cmd_name in registered() else None
 
 
-def _missing(name: str, package: str) -> Any:
-    """A stand-in command that says which extra brings ``package``."""
-    extra = {"faust": "streams", "fastapi": "shop", "uvicorn": "console", "jinja2": "console"}
-    hint = extra.get(package, "shop")
+def _missing(name: str, package: str, module: str) -> Any:
+    """A stand-in command that says what to install for ``package``."""
+    if module.startswith("relaybus.shop."):
+        install = "pip install 'relaybus[shop]'"
+    elif module.startswith("relaybus.cli.console"):
+        install = "pip install 'relaybus[console]'"
+    elif module.startswith("relaybus."):
+        install = "pip install 'relaybus[streams]'"
+    else:
+        install = f"install {package}"
 
-    def unavailable() -> None:
+    def unavailable(ctx: typer.Context) -> None:
         typer.echo(
-            f"relaybus {name}: needs {package}, which is not installed: "
-            f"pip install 'relaybus[{hint}]'",
+            f"relaybus {name}: needs {package}, which is not installed: {install}",
             err=True,
         )
         raise typer.Exit(2)
 
     single = typer.Typer(add_completion=False)
-    single.command(name=name, help=f"(needs relaybus[{hint}])")(unavailable)
+    anything = {"allow_extra_args": True, "ignore_unknown_options": True}
+    single.command(name=name, help=f"(needs {package}: {install})", context_settings=anything)(
+        unavailable
+    )
     command: Any = typer.main.get_command(single)
     command.name = name
     return command

@@ -24,43 +24,62 @@ class StackSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RELAYBUS_STACK_")
 
-    data_dir: Path = Field(default_factory=lambda: _repo_root() / ".stack")
-    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "relaybus")
-    host: str = "127.0.0.1"
-    postgres_port: int = 5432
-    postgres_db: str = "relaybus"
-    postgres_user: str = "relaybus"
-    redis_port: int = 6379
-    redlock_ports: tuple[int, ...] = (6380, 6381, 6382)
-    rabbitmq_port: int = 5672
-    rabbitmq_management_port: int = 15672
-    rabbitmq_dist_port: int = 25672
-    # The authenticated endpoints (stack/secure.py): AMQPS with a vhost-limited user,
-    # Kafka SASL_SSL with SCRAM-SHA-512, next to the plaintext dev listeners.
-    rabbitmq_tls_port: int = 5671
-    kafka_secure_port: int = 9094
-    # Toxiproxy (network faults, S6): its API, and the proxies' listening ports. The
-    # single Kafka node has a PROXIED listener on kafka_proxied_upstream_port that it
-    # advertises as kafka_proxied_port, so proxied clients stay behind the proxy.
-    toxiproxy_version: str = "v2.12.0"
-    toxiproxy_port: int = 8474
-    kafka_proxied_port: int = 9096
-    kafka_proxied_upstream_port: int = 9095
-    postgres_proxied_port: int = 5433
-    rabbitmq_proxied_port: int = 5673
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
-    # The 3-node KRaft cluster: node i listens on base + 10000*i (broker) and +1 (controller).
-    kafka_cluster_base_port: int = 9092
-    kafka_version: str = "4.3.1"
-    kafka_heap: str = "512m"
-    # Kafka Connect (standalone) running Debezium's PostgreSQL connector, on request.
-    debezium_version: str = "3.6.1.Final"
-    connect_port: int = 8083
-    connect_heap: str = "384m"
-    # Debezium's outbox router publishes to '<prefix><aggregatetype>': apart from the
-    # relay's topics by default, so both can run side by side (docs/cdc.md).
-    debezium_topic_prefix: str = "debezium.outbox.event."
-    debezium_slot: str = "debezium_outbox"
-    debezium_poll_interval_ms: int = 20
-    start_timeout_s: float = 120.0
+    data_dir: Path = Field(
+        default_factory=lambda: _repo_root() / ".stack",
+        description="Where the services keep their data, logs and generated secrets.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "relaybus",
+        description="Downloaded Kafka, Kafka Connect and Debezium jars, Toxiproxy builds.",
+    )
+    host: str = Field("127.0.0.1", description="The address every service binds (loopback).")
+    postgres_port: int = Field(5432, description="PostgreSQL.")
+    postgres_db: str = Field("relaybus", description="The application database.")
+    postgres_user: str = Field("relaybus", description="The application role (not superuser).")
+    redis_port: int = Field(6379, description="Redis (dedupe, rate limits, locks).")
+    redlock_ports: tuple[int, ...] = Field(
+        (6380, 6381, 6382), description="The independent Redis servers of Redlock."
+    )
+    rabbitmq_port: int = Field(5672, description="RabbitMQ AMQP (dev listener).")
+    rabbitmq_management_port: int = Field(15672, description="RabbitMQ management API.")
+    rabbitmq_dist_port: int = Field(25672, description="RabbitMQ's Erlang distribution port.")
+    rabbitmq_tls_port: int = Field(
+        5671, description="AMQPS with a vhost-limited user (the authenticated endpoint)."
+    )
+    kafka_secure_port: int = Field(
+        9094, description="Kafka SASL_SSL with SCRAM-SHA-512 (the authenticated endpoint)."
+    )
+    toxiproxy_version: str = Field("v2.12.0", description="Toxiproxy built with go install.")
+    toxiproxy_port: int = Field(8474, description="Toxiproxy's HTTP API (network faults).")
+    kafka_proxied_port: int = Field(
+        9096,
+        description="Toxiproxy's Kafka proxy; the single node advertises its PROXIED "
+        "listener here, so proxied clients stay behind the proxy.",
+    )
+    kafka_proxied_upstream_port: int = Field(
+        9095, description="The single Kafka node's PROXIED listener (behind the proxy)."
+    )
+    postgres_proxied_port: int = Field(5433, description="Toxiproxy's PostgreSQL proxy.")
+    rabbitmq_proxied_port: int = Field(5673, description="Toxiproxy's RabbitMQ proxy.")
+    kafka_port: int = Field(9092, description="The single Kafka node (KRaft) broker.")
+    kafka_controller_port: int = Field(9093, description="The single node's controller.")
+    kafka_cluster_base_port: int = Field(
+        9092,
+        description="The 3-node KRaft cluster: node i listens on base + 10000*i (broker) "
+        "and +1 (controller).",
+    )
+    kafka_version: str = Field("4.3.1", description="Kafka, from Maven Central.")
+    kafka_heap: str = Field("512m", description="Each Kafka node's heap.")
+    debezium_version: str = Field(
+        "3.6.1.Final", description="Debezium's PostgreSQL connector (`stack up --debezium`)."
+    )
+    connect_port: int = Field(8083, description="Kafka Connect's REST API.")
+    connect_heap: str = Field("384m", description="Kafka Connect's heap.")
+    debezium_topic_prefix: str = Field(
+        "debezium.outbox.event.",
+        description="Debezium's outbox router publishes to <prefix><aggregatetype>: apart "
+        "from the relay's topics, so both can run side by side (docs/cdc.md).",
+    )
+    debezium_slot: str = Field("debezium_outbox", description="Debezium's replication slot.")
+    debezium_poll_interval_ms: int = Field(20, description="Debezium's poll interval.")
+    start_timeout_s: float = Field(120.0, description="How long `stack up` waits per service.")
