@@ -35,7 +35,8 @@ test: stack-up
 	$(BIN)/python -m compileall -q relaybus tests bench > /dev/null
 	$(BIN)/pytest
 
-# The fault matrix at full size (~10 min): rewrites its table in docs/guarantees.md.
+# The fault matrix at full size (~25 min: the last run's scenarios took 19 min, plus S5's
+# three cluster faults): rewrites its table in docs/guarantees.md.
 chaos: stack-up
 	$(BIN)/relaybus shop-db upgrade
 	$(BIN)/python -m tests.chaos.matrix

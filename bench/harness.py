@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.report import results_dir
+from bench.report import ratio_text, results_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
@@ -219,7 +219,8 @@ def render(results: Path, command_line: str) -> str:
             met = c["met"]
             lines.append(
                 f"| {c['label']} | {cand['median']:,.4g} {cand['unit']} ({cand['name']}) | "
-                f"{base['median']:,.4g} {base['unit']} ({base['name']}) | {c['ratio']:.2f} | "
+                f"{base['median']:,.4g} {base['unit']} ({base['name']}) | "
+                f"{ratio_text(c['ratio'], target, met)} | "
                 f"{spread} | {len(cand['values'])} | {target_text} | "
                 f"{'—' if met is None else 'yes' if met else '**no**'} |"
             )

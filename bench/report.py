@@ -65,6 +65,17 @@ class Comparison:
         return measured >= self.target if self.higher_is_better else measured <= self.target
 
 
+def ratio_text(ratio: float | None, target: float | None, met: bool | None) -> str:
+    """A ratio with two decimals, or three where two would contradict ``met`` (0.749
+    against a 0.75 floor reads "0.749", not "0.75 ... no")."""
+    if ratio is None:
+        return "—"
+    text = f"{ratio:.2f}"
+    if target is not None and met is not None and (float(text) == target) != (ratio == target):
+        text = f"{ratio:.3f}"
+    return text
+
+
 def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> str:
     """Write ``<results>/<name>.json`` and ``<results>/<name>.md``; return the markdown."""
     folder = results_dir()
@@ -112,7 +123,7 @@ def write(name: str, params: dict[str, Any], comparisons: list[Comparison]) -> s
         lines.append(
             f"| {c.label} | {c.candidate.median:,.0f} {c.candidate.unit} "
             f"({c.candidate.name}) | {c.baseline.median:,.0f} {c.baseline.unit} "
-            f"({c.baseline.name}) | {'—' if c.ratio is None else f'{c.ratio:.2f}'} | "
+            f"({c.baseline.name}) | {ratio_text(c.ratio, c.target, c.met)} | "
             + ("—" if c.target is None else f"{'≥' if c.higher_is_better else '≤'} {c.target}")
             + f" | {'—' if c.met is None else 'yes' if c.met else 'NO'} |"
         )
