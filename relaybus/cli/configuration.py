@@ -25,7 +25,11 @@ SECTIONS: list[tuple[str, type[BaseSettings], str]] = [
         "Where the services are and how the outbox, relay and consumers behave.",
     ),
     ("The shop (`relaybus[shop]`)", ShopSettings, "The reference shop's knobs."),
-    ("The local stack (`relaybus stack`)", StackSettings, "Ports, versions and data of the dev stack."),
+    (
+        "The local stack (`relaybus stack`)",
+        StackSettings,
+        "Ports, versions and data of the dev stack.",
+    ),
 ]
 
 
@@ -71,9 +75,8 @@ def render() -> str:
         for name, field in cls.model_fields.items():
             default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
             variable = f"{prefix}{name}".upper()
-            out.append(
-                f"| `{variable}` | `{_cell(_default(default))}` | {_cell(field.description or '')} |"
-            )
+            meaning = _cell(field.description or "")
+            out.append(f"| `{variable}` | `{_cell(_default(default))}` | {meaning} |")
     return "\n".join(out) + "\n"
 
 
