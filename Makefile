@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test check lint stack-up stack-down bench chaos soak
+.PHONY: install demo test check lint docs stack-up stack-down bench chaos soak
 
 # Python deps, pinned by constraints.txt (regenerate: uv pip compile pyproject.toml --extra dev -o constraints.txt)
 $(BIN)/relaybus: pyproject.toml constraints.txt
@@ -28,12 +28,15 @@ demo: install
 	$(BIN)/relaybus shop-db upgrade
 	$(BIN)/relaybus demo
 
-# Every test, against the real services (started here if they are not running).
-test: stack-up
+# Every test, against the real services (started here if they are not running), in
+# phases (tests/phases.py: integration next to e2e, then the faults, then the 3-node
+# cluster, started for that phase only, next to the unit tests); a table of times last.
+test: install
+	$(BIN)/relaybus stack up
 	$(BIN)/relaybus shop-db upgrade
 	@# Our own modules' bytecode too (the tests start hundreds of relaybus processes).
-	$(BIN)/python -m compileall -q relaybus tests bench > /dev/null
-	$(BIN)/pytest
+	$(BIN)/python -m compileall -q relaybus tests bench examples > /dev/null
+	$(BIN)/python -m tests.phases
 
 # The fault matrix at full size (~25 min: the last run's scenarios took 19 min, plus S5's
 # three cluster faults): rewrites its table in docs/guarantees.md.
@@ -48,9 +51,13 @@ soak: stack-up
 	$(BIN)/python -m tests.chaos.soak
 
 # The fast tier: lint, types, import contracts and every test that needs no service
-# (tests/unit), in a couple of minutes; iterate with this, then `make test`.
+# (tests/unit, the CLI in-process), under two minutes; iterate with this, then `make test`.
 check: lint
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+# docs/configuration.md from the settings classes (a unit test fails when it is stale).
+docs: install
+	$(BIN)/python -m relaybus.cli.configuration > docs/configuration.md
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,35 +10,36 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 
 from relaybus import headers as rh
 from relaybus.backoff import Backoff
-from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
-from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
+from relaybus.brokers.kafka_connection import KafkaTarget
 from relaybus.consumers.app import Handler, KafkaSource
-from relaybus.consumers.failure import Copy, FailurePath, Outcome, salvage_headers
-from relaybus.consumers.incoming import (
-    Incoming,
-    InvalidMessage,
-    decode,
-    read_headers,
-    retry_due,
-    strict_int,
+from relaybus.consumers.failure import Copy, FailurePath, Outcome
+from relaybus.consumers.incoming import Incoming, InvalidMessage, retry_due, strict_int
+from relaybus.consumers.kafka_subscription import (
+    REQUEST_OVERHEAD,
+    Batches,
+    CopyProducer,
+    KafkaTransport,
+    Record,
+    Refused,
+    Transport,
+    Unreadable,
+    decode_record,
+    record_headers,
 )
 from relaybus.consumers.naming import dlq_name, retry_name
 from relaybus.consumers.processor import Processor
-from relaybus.consumers.unreadable import skip_unreadable
 
 log = logging.getLogger(__name__)
 
 # A worker started while Kafka cannot be reached tries again this often (doubling).
 START_RETRY_INITIAL = 0.5
 START_RETRY_MAX = 10.0
-# Produce-request framing beyond a record's body and headers (generous).
-REQUEST_OVERHEAD = 16 * 1024
 
 
 class KafkaWorker:
@@ -65,16 +66,20 @@ class KafkaWorker:
         self,
         handler: Handler,
         processor: Processor,
-        bootstrap: KafkaTarget,
+        bootstrap: KafkaTarget | None,
         session_timeout_ms: int = 10_000,
+        transport: Transport | None = None,
     ) -> None:
         assert isinstance(handler.source, KafkaSource)
+        if transport is None:
+            assert bootstrap is not None, "a Kafka target or a transport"
+            transport = KafkaTransport(bootstrap)
+        self.transport = transport
         self.session_timeout_ms = session_timeout_ms
         self.handler = handler
         self.source: KafkaSource = handler.source
         self.processor = processor
-        self.bootstrap = bootstrap
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: CopyProducer | None = None
         self.ready = asyncio.Event()
         self.tiers = 0 if self.source.ordered else handler.retry.tiers
         self.failures = FailurePath(handler.name, self.source.topic, self.tiers, handler.limits)
@@ -115,25 +120,12 @@ class KafkaWorker:
     async def _prepare(self) -> None:
         """The source topic, its tier and DLQ topics, and a started producer."""
         topic = self.source.topic
-        await ensure_topic(self.bootstrap, topic)
-        partitions = len(await topic_partitions(self.bootstrap, topic))
         # Copies may be as large as the wire limits let a delivery in, plus relaybus's
         # headers: the tier/DLQ topics and the producer must accept that much.
         copy_limit = self.failures.copy_budget + REQUEST_OVERHEAD
         extras = [dlq_name(topic), *(retry_name(topic, n) for n in range(1, self.tiers + 1))]
-        for extra in extras:
-            await ensure_topic(
-                self.bootstrap,
-                extra,
-                partitions=partitions,
-                config={"max.message.bytes": str(copy_limit)},
-            )
-        producer = AIOKafkaProducer(
-            **kafka_client_options(self.bootstrap),
-            acks="all",
-            enable_idempotence=True,
-            max_request_size=copy_limit,
-        )
+        await self.transport.prepare(topic, extras, copy_limit)
+        producer = self.transport.producer(copy_limit)
         try:
             await producer.start()
         except BaseException:
@@ -146,9 +138,9 @@ class KafkaWorker:
         assert self.producer is not None
         ack = await self.producer.send(
             copy.destination,
-            value=copy.body,
-            key=key,
-            headers=[(k, v.encode("utf-8", "surrogatepass")) for k, v in copy.headers.items()],
+            copy.body,
+            key,
+            [(k, v.encode("utf-8", "surrogatepass")) for k, v in copy.headers.items()],
         )
         await ack
 
@@ -160,24 +152,13 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
         self.topic = topic
         self.tier = tier
-        self.consumer = AIOKafkaConsumer(
-            **kafka_client_options(worker.bootstrap),
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # Transactional writers (the faust saga, exactly-once) may abort: read only
-            # what they committed. Non-transactional records are unaffected.
-            isolation_level="read_committed",
-            max_poll_records=500,
-            session_timeout_ms=worker.session_timeout_ms,
-            heartbeat_interval_ms=max(100, worker.session_timeout_ms // 5),
+        self.subscription = worker.transport.subscription(
+            [topic], group=group, max_records=500, session_timeout_ms=worker.session_timeout_ms
         )
         self._inflight: asyncio.Task[dict[TopicPartition, int]] | None = None
         self._done: dict[TopicPartition, int] = {}
-        # Offset after the last record getmany handed us, per partition.
-        self._next: dict[TopicPartition, int] = {}
 
-    async def _skip_unreadable(self, err: Exception) -> None:
+    async def _skip_unreadable(self, err: Unreadable) -> None:
         """Get past a record the client cannot parse (``skip_unreadable``); on the main
         topic it gets a stub dead letter, in a retry tier it is only skipped."""
         worker = self.worker
@@ -187,25 +168,20 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                 await worker.send(worker.failures.unreadable(tp.partition, position, bad), None)
                 worker.processor.stats["invalid"] += 1
 
-        self._done.update(await skip_unreadable(self.consumer, err, self._next, dead_letter))
+        self._done.update(await self.subscription.skip(err, dead_letter))
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = self.consumer
-        consumer.subscribe([self.topic], listener=self)
-        await consumer.start()
+        subscription = self.subscription
+        await subscription.start(listener=self)
         backoff = Backoff(initial=0.5, maximum=10.0)
         try:
             while not stop.is_set():
                 try:
-                    batches = await consumer.getmany(timeout_ms=300)
-                except KafkaError:
-                    raise
-                except Exception as err:  # the client could not parse a record
+                    batches = await subscription.fetch(timeout_ms=300)
+                except Unreadable as err:
                     await self._skip_unreadable(err)
                     continue
-                for tp, records in batches.items():
-                    self._next[tp] = records[-1].offset + 1
-                if self.tier == 0 and consumer.assignment():
+                if self.tier == 0 and subscription.assigned():
                     self.worker.ready.set()
                 if not batches:
                     continue
@@ -227,10 +203,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                         delay,
                         exc_info=not isinstance(err, KafkaError | OSError),
                     )
-                    for tp, records in batches.items():
-                        self._next[tp] = records[0].offset
-                        with contextlib.suppress(IllegalStateError):
-                            consumer.seek(tp, records[0].offset)
+                    subscription.rewind(batches)
                     await asyncio.sleep(delay)
                     continue
                 finally:
@@ -242,7 +215,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._commit()
             except (KafkaError, OSError) as err:
                 log.warning("%s: final commit failed (redelivered later): %r", self.topic, err)
-            await consumer.stop()
+            await subscription.stop()
 
     async def _finish(self, task: asyncio.Task[Any], stop: asyncio.Event) -> bool:
         """Wait for the batch; once ``stop`` is set, give it ``handler.timeout`` more
@@ -266,8 +239,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
     # -- rebalance -----------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Finish the batch in hand and commit it before the partitions move on."""
-        for tp in revoked:
-            self._next.pop(tp, None)  # whoever owns it next decides where it resumes
+        self.subscription.forget(revoked)
         task = self._inflight
         if task is not None:
             try:
@@ -282,20 +254,13 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
     async def _commit(self) -> None:
-        if not self._done:
-            return
+        # A commit the group refuses (it moved on) is logged by the subscription: the
+        # new owner redelivers, and the inbox makes those duplicates, not double effects.
         offsets, self._done = self._done, {}
-        try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as err:
-            # The group moved on: whoever owns the partitions now redelivers these
-            # records, and the inbox turns that into duplicates, not double effects.
-            log.warning("%s: commit of %s failed: %r", self.topic, offsets, err)
+        await self.subscription.commit(offsets)
 
     # -- processing ----------------------------------------------------------------
-    async def _process(
-        self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
-    ) -> dict[TopicPartition, int]:
+    async def _process(self, batches: Batches) -> dict[TopicPartition, int]:
         """Run every record; returns the offsets to commit.
 
         Records are spread over ``concurrency`` buckets by (partition, key), so one
@@ -304,17 +269,17 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         ``batch_size``) for SQL handlers; anything else runs one by one.
         """
         handler = self.worker.handler
-        buckets: dict[int, list[ConsumerRecord[Any, Any]]] = defaultdict(list)
+        buckets: dict[int, list[Record]] = defaultdict(list)
         for tp, records in batches.items():
             for record in records:
                 buckets[hash((tp.partition, record.key)) % handler.concurrency].append(record)
         await asyncio.gather(*(self._bucket(records) for records in buckets.values()))
         return {tp: records[-1].offset + 1 for tp, records in batches.items()}
 
-    async def _bucket(self, records: list[ConsumerRecord[Any, Any]]) -> None:
+    async def _bucket(self, records: list[Record]) -> None:
         handler = self.worker.handler
         chunk_size = handler.batch_size if handler.uses_sql and not self.tier else 1
-        chunk: list[tuple[Incoming, ConsumerRecord[Any, Any]]] = []
+        chunk: list[tuple[Incoming, Record]] = []
         for record in records:
             message = await self._decode(record)
             if message is None:
@@ -326,7 +291,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         if chunk:
             await self._run_chunk(chunk)
 
-    async def _run_chunk(self, chunk: list[tuple[Incoming, ConsumerRecord[Any, Any]]]) -> None:
+    async def _run_chunk(self, chunk: list[tuple[Incoming, Record]]) -> None:
         processor = self.worker.processor
         if len(chunk) > 1 and await processor.process_together([m for m, _ in chunk]):
             return
@@ -335,7 +300,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         for message, record in chunk:
             await self._one(message, record)
 
-    async def _decode(self, record: ConsumerRecord[Any, Any]) -> Incoming | None:
+    async def _decode(self, record: Record) -> Incoming | None:
         """The record as a message; None if it is not ours or was dead-lettered.
 
         Headers are untrusted: on the main topic the reserved ones are dropped
@@ -345,16 +310,13 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         they are plain numbers.
         """
         worker, handler = self.worker, self.worker.handler
-        raw = record.value or b""
-        attempt = self.tier + 1
-        partition, offset = record.partition, record.offset
-        pairs = record.headers or ()
-        try:
-            headers = read_headers(pairs, handler.limits)
-        except InvalidMessage as err:
+        partition: int | None = record.partition
+        offset: int | None = record.offset
+        headers = record_headers(record, handler.limits)
+        if isinstance(headers, Refused):
             if self.tier:
                 return None  # not a copy relaybus wrote: never ours to handle
-            await self._dead_letter_invalid(record, salvage_headers(pairs, handler.limits), err)
+            await self._dead_letter_invalid(record, headers.headers, headers.error)
             return None
         if self.tier:
             if headers.get(rh.CONSUMER) != handler.name:
@@ -363,27 +325,25 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
                 await asyncio.sleep(wait)  # the tier's delay: records in a tier are FIFO
             partition = strict_int(headers.get(rh.ORIGINAL_PARTITION), low=0, high=1_000_000)
             offset = strict_int(headers.get(rh.ORIGINAL_OFFSET), low=0, high=2**63 - 1)
-        key = record.key.decode("utf-8", errors="replace") if record.key else ""
-        try:
-            return decode(
-                raw,
-                headers,
-                key=key,
-                source=worker.source.topic,
-                partition=partition,
-                offset=offset,
-                attempt=attempt,
-                accepted_types=handler.types,
-                max_bytes=handler.max_bytes,
-                require_object=handler.require_object,
-            )
-        except InvalidMessage as err:
-            await self._dead_letter_invalid(record, headers, err, partition, offset)
+        message = decode_record(
+            record,
+            headers,
+            handler.limits,
+            source=worker.source.topic,
+            partition=partition,
+            offset=offset,
+            attempt=self.tier + 1,
+            accepted_types=handler.types,
+            require_object=handler.require_object,
+        )
+        if isinstance(message, Refused):
+            await self._dead_letter_invalid(record, headers, message.error, partition, offset)
             return None
+        return message
 
     async def _dead_letter_invalid(
         self,
-        record: ConsumerRecord[Any, Any],
+        record: Record,
         headers: dict[str, str],
         err: InvalidMessage,
         partition: int | None = None,
@@ -409,7 +369,7 @@ class _Loop(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         await worker.send(copy, record.key)
 
-    async def _one(self, message: Incoming, record: ConsumerRecord[Any, Any]) -> None:
+    async def _one(self, message: Incoming, record: Record) -> None:
         worker = self.worker
         while True:
             verdict = await worker.processor.process(message)

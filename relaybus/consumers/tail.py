@@ -6,13 +6,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from relaybus.backoff import Backoff
 from relaybus.brokers.kafka_admin import topic_partitions
-from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
-from relaybus.consumers.unreadable import skip_unreadable
+from relaybus.brokers.kafka_connection import KafkaTarget
+from relaybus.consumers.kafka_subscription import KafkaSubscription, Unreadable
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class KafkaTail:
         self.topic = topic
         self.position: dict[int, int] = {}
         self.partitions = 0
-        self._consumer: AIOKafkaConsumer | None = None
+        self._subscription: KafkaSubscription | None = None
 
     async def start(self) -> None:
         """Assign every partition at its end (the records after this are delivered)."""
@@ -49,46 +49,45 @@ class KafkaTail:
             TopicPartition(self.topic, p)
             for p in await topic_partitions(self.bootstrap, self.topic)
         ]
-        consumer = AIOKafkaConsumer(
-            **kafka_client_options(self.bootstrap),
-            enable_auto_commit=False,
-            isolation_level="read_committed",
+        subscription = KafkaSubscription(
+            self.bootstrap, [self.topic], group=None, max_records=1000, name=f"tail {self.topic}"
         )
-        await consumer.start()
+        await subscription.start()
+        consumer = subscription.consumer
         consumer.assign(parts)
         await consumer.seek_to_end(*parts)
         for tp in parts:
-            self.position[tp.partition] = await consumer.position(tp) - 1
+            end = await consumer.position(tp)
+            self.position[tp.partition] = end - 1
+            subscription.positions[tp] = end
         self.partitions = len(parts)
-        self._consumer = consumer
+        self._subscription = subscription
 
     async def run(self, stop: asyncio.Event, on_record: OnRecord) -> None:
         """Call ``on_record(partition, offset, key, value)`` for each record, in
         partition order, until ``stop``; then close. Broker errors are retried with
         backoff (the positions stay where they were)."""
-        consumer = self._consumer
-        assert consumer is not None, "start() first"
+        subscription = self._subscription
+        assert subscription is not None, "start() first"
         backoff = Backoff(initial=0.2, maximum=5.0)
-        positions = {TopicPartition(self.topic, p): o + 1 for p, o in self.position.items()}
         try:
             while not stop.is_set():
                 try:
-                    batches = await consumer.getmany(timeout_ms=200, max_records=1000)
+                    batches = await subscription.fetch(timeout_ms=200)
                 except KafkaError as err:
                     log.warning("tail %s: %r; retrying", self.topic, err)
                     await asyncio.sleep(backoff.next_delay())
                     continue
-                except Exception as err:  # the client could not parse a record
-                    await skip_unreadable(consumer, err, positions, _ignore)
+                except Unreadable as err:
+                    await subscription.skip(err, _ignore)
                     continue
                 backoff.reset()
                 for tp, records in batches.items():
                     for record in records:
                         on_record(tp.partition, record.offset, record.key, record.value)
                         self.position[tp.partition] = record.offset
-                    positions[tp] = records[-1].offset + 1
         finally:
-            await consumer.stop()
+            await subscription.stop()
 
 
 async def _ignore(tp: TopicPartition, offset: int, error: Exception) -> None:

@@ -1,4 +1,4 @@
-"""A broker stopped for 30 s while writes continue: the outbox keeps accepting writes,
+"""A broker stopped for 15 s while writes continue: the outbox keeps accepting writes,
 the relay backs off, and after the broker returns the backlog drains with nothing lost."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from relaybus.stack.settings import StackSettings
 from tests.support.outboxdata import Event, enqueue, make_topic, read_topic, wait_drained
 from tests.support.relayproc import relay_fleet
 
-OUTAGE_S = 30.0
+# Longer than the relay's longest backoff (10 s), so it waits at its cap, then recovers.
+OUTAGE_S = 15.0
 
 
 class Writer:
@@ -57,7 +58,7 @@ async def _outage(writer: Writer, stop: Callable[[], object], start: Callable[[]
     try:
         await asyncio.to_thread(stop)
         down_at = time.monotonic()
-        # The scenario itself is "down for 30 s while writes continue": wait it out.
+        # The scenario itself is "down for 15 s while writes continue": wait it out.
         await asyncio.sleep(OUTAGE_S)
         up_at = time.monotonic()
         await asyncio.to_thread(start)
@@ -67,7 +68,7 @@ async def _outage(writer: Writer, stop: Callable[[], object], start: Callable[[]
         await task
 
 
-async def test_kafka_down_30s_writes_continue_and_backlog_drains(
+async def test_kafka_down_15s_writes_continue_and_backlog_drains(
     settings: Settings, engine: AsyncEngine, tmp_path: Path
 ) -> None:
     agg = f"kdown{uuid7().hex[-10:]}"
@@ -78,13 +79,13 @@ async def test_kafka_down_30s_writes_continue_and_backlog_drains(
         fleet.start("r1")
         during = await _outage(writer, kafka.stop, kafka.start)
         await wait_drained(engine, agg, within=180)
-    assert during > 100, f"only {during} writes succeeded while Kafka was down"
+    assert during > 50, f"only {during} writes succeeded while Kafka was down"
     records = await read_topic(settings.kafka_bootstrap, topic)
     assert {r.headers["id"] for r in records} == {str(i) for i in writer.ids}
     print(f"\nKafka outage: {during} writes during {OUTAGE_S:.0f}s, {len(writer.ids)} delivered")
 
 
-async def test_rabbitmq_down_30s_writes_continue_and_backlog_drains(
+async def test_rabbitmq_down_15s_writes_continue_and_backlog_drains(
     settings: Settings, engine: AsyncEngine, tmp_path: Path
 ) -> None:
     agg = f"rdown{uuid7().hex[-10:]}"
@@ -105,7 +106,7 @@ async def test_rabbitmq_down_30s_writes_continue_and_backlog_drains(
         fleet.start("r1")
         during = await _outage(writer, rabbit.stop, rabbit.start)
         await wait_drained(engine, agg, within=180)
-    assert during > 100, f"only {during} writes succeeded while RabbitMQ was down"
+    assert during > 50, f"only {during} writes succeeded while RabbitMQ was down"
 
     connection = await aio_pika.connect(settings.rabbitmq)
     try:

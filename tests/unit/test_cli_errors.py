@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.support.cli import run_cli
+from tests.support.cli import invoke as run_cli
 
 
 def test_unknown_stack_subcommand_is_one_line_error() -> None:
@@ -71,7 +71,7 @@ def test_bad_settings_are_one_line_errors_that_name_the_variable_not_the_value()
             "RELAYBUS_DATABASE_URL: not a database URL",
         ),
     ):
-        proc = run_cli(*args, env=env, timeout=60)
+        proc = run_cli(*args, env=env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, proc.stderr

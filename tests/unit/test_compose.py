@@ -18,7 +18,7 @@ import yaml
 from relaybus.consumers.worker import load_app
 from relaybus.shop.cli.serve import SERVICES
 from relaybus.shop.cli.stream import PROCESSORS
-from tests.support.cli import run_cli
+from tests.support.cli import invoke as run_cli
 
 INFRA = ("kafka", "rabbitmq", "postgres", "redis")
 

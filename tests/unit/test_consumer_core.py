@@ -14,7 +14,7 @@ from relaybus.consumers.failure import FailurePath
 from relaybus.consumers.incoming import InvalidMessage, WireLimits, decode
 from relaybus.consumers.policy import RetryPolicy
 from relaybus.consumers.worker import WorkerNotFound, load_app
-from tests.support.cli import run_cli
+from tests.support.cli import invoke as run_cli
 
 GOOD = {"id": str(uuid.uuid4()), "type": "order.created"}
 

@@ -11,7 +11,9 @@ import pytest
 
 from relaybus.streams.sharding import HashRing
 
-KEYS = [f"product-{n}" for n in range(1_000_000)]
+# 200 000 keys: 20 000 a shard, so sampling moves a shard's share by under 1 %
+# against the 10 % bound (the ring's docstring figures were measured with 1 M).
+KEYS = [f"product-{n}" for n in range(200_000)]
 SHARDS = [f"shard-{n}" for n in range(10)]
 
 
@@ -46,7 +48,7 @@ def test_virtual_nodes_even_out_the_classic_ring() -> None:
 
 def test_classic_ring_keys_follow_the_arcs() -> None:
     ring = HashRing(SHARDS, vnodes=160, probes=1)
-    load = Counter(ring.node_for(key) for key in KEYS[:300_000])
+    load = Counter(ring.node_for(key) for key in KEYS)
     keyed = max(load.values()) / statistics.mean(load.values())
     assert keyed == pytest.approx(arc_imbalance(ring), abs=0.03)
 
@@ -80,7 +82,7 @@ def test_removing_a_shard_moves_only_its_keys(placed: tuple[HashRing, list[str]]
     _, before = placed
     smaller = HashRing(SHARDS, vnodes=160)
     smaller.remove("shard-3")
-    for key, owner in zip(KEYS[:200_000], before[:200_000], strict=True):
+    for key, owner in zip(KEYS[:100_000], before[:100_000], strict=True):
         now = smaller.node_for(key)
         assert now == owner or owner == "shard-3"
         assert now != "shard-3"

@@ -9,23 +9,33 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from relaybus.backoff import Backoff
 from relaybus.brokers.kafka import key_partition
-from relaybus.brokers.kafka_admin import ensure_topic, topic_partitions
-from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
-from relaybus.consumers.failure import Copy, FailurePath, salvage_headers
-from relaybus.consumers.incoming import Incoming, InvalidMessage, WireLimits, decode, read_headers
+from relaybus.brokers.kafka_admin import ensure_topic
+from relaybus.brokers.kafka_connection import KafkaTarget
+from relaybus.consumers.failure import Copy, FailurePath
+from relaybus.consumers.incoming import Incoming, InvalidMessage, WireLimits
+from relaybus.consumers.kafka_subscription import (
+    REQUEST_OVERHEAD,
+    Batches,
+    KafkaSubscription,
+    Record,
+    Refused,
+    Unreadable,
+    copy_producer,
+    decode_record,
+    prepare_copy_topics,
+    record_headers,
+)
 from relaybus.consumers.naming import dlq_name
-from relaybus.consumers.unreadable import skip_unreadable
 from relaybus.streams.runtime.processor import Emit, StreamProcessor
 
 log = logging.getLogger(__name__)
-Record: TypeAlias = ConsumerRecord[Any, Any]
 
 
 @contextlib.contextmanager
@@ -55,7 +65,7 @@ class _InFlight:
     """A batch handed to the producer: its acknowledgements and its records."""
 
     acks: list[asyncio.Future[Any]]
-    batches: dict[TopicPartition, list[Record]]
+    batches: Batches
 
 
 class KafkaStreamRunner:
@@ -100,48 +110,35 @@ class KafkaStreamRunner:
         }
         self.stats: Counter[str] = Counter()
         self.ready = asyncio.Event()
-        self._positions: dict[TopicPartition, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until ``stop`` is set; then commit what was sent and leave the group."""
-        copy_limit = next(iter(self.failures.values())).copy_budget + 16 * 1024
+        copy_limit = next(iter(self.failures.values())).copy_budget + REQUEST_OVERHEAD
         for topic in self.processor.inputs:
-            await ensure_topic(self.bootstrap, topic)
-            partitions = len(await topic_partitions(self.bootstrap, topic))
-            await ensure_topic(
-                self.bootstrap,
-                dlq_name(topic),
-                partitions=partitions,
-                config={"max.message.bytes": str(copy_limit)},
-            )
+            await prepare_copy_topics(self.bootstrap, topic, [dlq_name(topic)], copy_limit)
         for topic in self.processor.output_topics():
             await ensure_topic(self.bootstrap, topic)
-        producer = AIOKafkaProducer(
-            **kafka_client_options(self.bootstrap),
-            acks="all",
-            enable_idempotence=True,
+        producer = copy_producer(
+            self.bootstrap,
+            copy_limit,
             linger_ms=self.linger_ms,
-            max_request_size=copy_limit,
             # Batches are built per partition in ``_issue``: big enough that a
             # poll's worth of records for one partition is one or two batches.
             max_batch_size=min(copy_limit, 256 * 1024),
         )
-        consumer = AIOKafkaConsumer(
-            *self.processor.inputs,
-            **kafka_client_options(self.bootstrap),
-            group_id=self.processor.name,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_records=self.batch_size,
+        subscription = KafkaSubscription(
+            self.bootstrap,
+            self.processor.inputs,
+            group=self.processor.name,
+            max_records=self.batch_size,
             session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=max(100, self.session_timeout_ms // 5),
+            name=self.processor.name,
         )
         with fewer_collections():
-            await self._loop(producer, consumer, stop)
+            await self._loop(producer, subscription, stop)
 
     async def _loop(
-        self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, stop: asyncio.Event
+        self, producer: AIOKafkaProducer, consumer: KafkaSubscription, stop: asyncio.Event
     ) -> None:
         await producer.start()
         await consumer.start()
@@ -155,27 +152,21 @@ class KafkaStreamRunner:
         try:
             while not stop.is_set():
                 try:
-                    batches = await consumer.getmany(timeout_ms=300, max_records=self.batch_size)
-                except KafkaError:
-                    raise
-                except Exception as err:  # the client could not parse a record
+                    batches = await consumer.fetch(timeout_ms=300)
+                except Unreadable as err:
                     # Skipping commits past the bad record: settle what is in flight first.
                     settled = await self._settle(consumer, in_flight, {}, backoff, stop)
                     in_flight = None
                     if settled:
-                        skipped = await skip_unreadable(
-                            consumer, err, self._positions, self._unreadable_sender(producer)
-                        )
-                        await self._commit(consumer, skipped)
+                        skipped = await consumer.skip(err, self._unreadable_sender(producer))
+                        await consumer.commit(skipped)
                     continue
-                if consumer.assignment():
+                if consumer.assigned():
                     self.ready.set()
                 if not batches:
                     await self._settle(consumer, in_flight, {}, backoff, stop)
                     in_flight = None
                     continue
-                for tp, records in batches.items():
-                    self._positions[tp] = records[-1].offset + 1
                 try:
                     sends = await self._prepare(batches)
                 except Exception as err:
@@ -204,9 +195,9 @@ class KafkaStreamRunner:
 
     async def _settle(
         self,
-        consumer: AIOKafkaConsumer,
+        consumer: KafkaSubscription,
         in_flight: _InFlight | None,
-        after: dict[TopicPartition, list[Record]],
+        after: Batches,
         backoff: Backoff,
         stop: asyncio.Event,
     ) -> bool:
@@ -221,18 +212,18 @@ class KafkaStreamRunner:
             await self._offer_again(consumer, failed, backoff, stop, in_flight.batches, after)
             return False
         backoff.reset()
-        await self._commit(
-            consumer, {tp: records[-1].offset + 1 for tp, records in in_flight.batches.items()}
+        await consumer.commit(
+            {tp: records[-1].offset + 1 for tp, records in in_flight.batches.items()}
         )
         return True
 
     async def _offer_again(
         self,
-        consumer: AIOKafkaConsumer,
+        consumer: KafkaSubscription,
         err: BaseException,
         backoff: Backoff,
         stop: asyncio.Event,
-        *polled: dict[TopicPartition, list[Record]],
+        *polled: Batches,
     ) -> None:
         """Seek each partition back to the first record of ``polled`` (earliest
         first) and wait a capped backoff: nothing is lost, nothing skipped."""
@@ -249,20 +240,11 @@ class KafkaStreamRunner:
             ),
         )
         self.stats["batch-retries"] += 1
-        rewind: dict[TopicPartition, int] = {}
-        for batches in polled:
-            for tp, records in batches.items():
-                rewind[tp] = min(rewind.get(tp, records[0].offset), records[0].offset)
-        for tp, offset in rewind.items():
-            self._positions[tp] = offset
-            with contextlib.suppress(IllegalStateError):  # revoked meanwhile
-                consumer.seek(tp, offset)
+        consumer.rewind(*polled)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
 
-    async def _prepare(
-        self, batches: dict[TopicPartition, list[Record]]
-    ) -> list[tuple[Emit | Copy, bytes | None]]:
+    async def _prepare(self, batches: Batches) -> list[tuple[Emit | Copy, bytes | None]]:
         """Decode and process one poll's records: what to send, in order (outputs
         and dead letters); nothing is sent yet."""
         records = [record for group in batches.values() for record in group]
@@ -297,30 +279,24 @@ class KafkaStreamRunner:
     def _decode(
         self, record: Record, sends: list[tuple[Emit | Copy, bytes | None]]
     ) -> Incoming | None:
-        pairs = record.headers or ()
-        raw = record.value or b""
-        try:
-            headers = read_headers(pairs, self.limits)
-        except InvalidMessage as err:
-            headers = salvage_headers(pairs, self.limits)
-            sends.append((self._invalid(record, headers, err), record.key))
+        headers = record_headers(record, self.limits)
+        if isinstance(headers, Refused):
+            sends.append((self._invalid(record, headers.headers, headers.error), record.key))
             return None
-        key = record.key.decode("utf-8", errors="replace") if record.key else ""
-        try:
-            return decode(
-                raw,
-                headers,
-                key=key,
-                source=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                accepted_types=self.processor.accepted_types,
-                max_bytes=self.limits.max_bytes,
-                require_object=True,
-            )
-        except InvalidMessage as err:
-            sends.append((self._invalid(record, headers, err), record.key))
+        message = decode_record(
+            record,
+            headers,
+            self.limits,
+            source=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            accepted_types=self.processor.accepted_types,
+            require_object=True,
+        )
+        if isinstance(message, Refused):
+            sends.append((self._invalid(record, headers, message.error), record.key))
             return None
+        return message
 
     def _invalid(self, record: Record, headers: dict[str, str], err: InvalidMessage) -> Copy:
         self.stats["dead-letters"] += 1
@@ -399,14 +375,3 @@ class KafkaStreamRunner:
                 batch.close()  # ours alone: ``send`` must not append to it
                 acks.append(await producer.send_batch(batch, topic, partition=partition))
         return acks
-
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as err:
-            # The group moved on: the new owner redelivers these records, and the
-            # processor answers them the same way (same ids): duplicates, dropped
-            # downstream.
-            log.warning("%s: commit of %s failed: %r", self.processor.name, offsets, err)
