@@ -1,9 +1,9 @@
 """The flash sale end to end on the real stack: every shop process a real child, orders
 over HTTP, and the invariants read from each service's own tables and the gateway.
 
-- 800 orders over 5 products of 100 units (more orders than units), 20 % declined payments, 5 % gateway
-  timeouts: stock conserved exactly, every order final, charges exactly for confirmed
-  orders, refunds only for cancelled ones, no dead letters.
+- 800 orders over 5 products of 100 units (more orders than units), 20 % declined
+  payments, 5 % gateway timeouts: stock conserved exactly, every order final, charges
+  exactly for confirmed orders, refunds only for cancelled ones, no dead letters.
 - S9 of the fault matrix: the same with every process of the saga SIGKILLed once, in
   saga order, and restarted: the same invariants.
 """
