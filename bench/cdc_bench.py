@@ -54,7 +54,7 @@ from bench.cpu import cpu_seconds, server_cpu_seconds
 from bench.relay_bench import uuid7_sql
 from bench.report import Comparison, Series, amend, results_dir, write
 from relaybus.brokers.kafka_admin import end_offsets, ensure_topic, topic_partitions
-from relaybus.outbox.writer import _event_sql
+from relaybus.outbox.writer import event_sql
 from relaybus.settings import Settings
 from relaybus.stack.debezium import KafkaConnect
 from relaybus.stack.kafka_broker import KafkaCluster
@@ -82,7 +82,7 @@ PAYLOAD = json.dumps({"order": 12345, "items": [{"sku": "A-1", "qty": 2}], "pad"
 def writer_script(aggregate: str, events_per_tx: int = EVENTS_PER_TX) -> str:
     """One pgbench transaction: ``events_per_tx`` outbox inserts as ``Outbox.enqueue``
     sends them (key lock, NOTIFY check, insert) for one random key of ``KEYS``."""
-    sql = " ".join(_event_sql(with_headers=False).split())
+    sql = " ".join(event_sql(with_headers=False).split())
     sql = sql.replace(":rb_id", uuid7_sql()).replace(":rb_aggregatetype", f"'{aggregate}'")
     sql = sql.replace(":rb_aggregateid", "('k' || :k)").replace(":rb_type", "'bench.event'")
     sql = sql.replace(":rb_partition", "(:k % 16)").replace(":rb_payload", ":payload")
@@ -475,7 +475,7 @@ async def statement_costs(engine: AsyncEngine) -> list[dict[str, Any]]:
             "left(regexp_replace(query, '\\s+', ' ', 'g'), 140) AS query "
             "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8"
         ))  # fmt: skip
-        return [dict(r._mapping) for r in rows]
+        return [dict(m) for m in rows.mappings()]
 
 
 async def reset_statements(engine: AsyncEngine) -> None:

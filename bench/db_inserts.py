@@ -35,7 +35,7 @@ def pgbench_script(
     dialect; its ``$n`` placeholders become pgbench ``:name`` variables.
     """
     # The writer's own combined statement (a private method: this is diagnostic code).
-    executed = outbox._combine(statement)[0] if outbox else statement
+    executed = outbox.combine(statement)[0] if outbox else statement
     compiled = executed.compile(dialect=asyncpg.dialect())
     names = list(compiled.positiontup or [])
 

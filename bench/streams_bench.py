@@ -171,7 +171,7 @@ async def redis_rounds(
             p99["redis-benchmark p99 ms"] = bench_p99
             limiter = RedisAdmission(client, 600, prefix=f"bench:{run}:{n}")
             processor = AdmissionProcessor(limiter, shop)
-            asks = [processor._buckets_for(f"c{i % 500}", "127.0.0.1", str(i)) for i in range(ops)]
+            asks = [processor.buckets_for(f"c{i % 500}", "127.0.0.1", str(i)) for i in range(ops)]
             started = time.perf_counter()
             for start in range(0, ops, 100):
                 await limiter.decide(asks[start : start + 100])
@@ -427,9 +427,7 @@ async def processor_rounds(rounds: int, records: int, settings: Settings) -> lis
             )
             router.inputs = (commands,)
             # Routing by a fixed epoch: the bench leaves the shop's shard set alone.
-            router.epoch = ShardEpoch(0, tuple(range(10)), 160)
-            router.ring = HashRing(SHARDS, vnodes=160)
-            router._next_check = float("inf")
+            router.pin(ShardEpoch(0, tuple(range(10)), 160), HashRing(SHARDS, vnodes=160))
             routed.values.append(await runner_rate(router, bootstrap, records))
             print(
                 f"round {n + 1}: raw {raw_a.values[-1]:,.0f}/s, runtime "

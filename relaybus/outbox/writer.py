@@ -22,7 +22,7 @@ from relaybus.settings import Settings
 KEY_LOCK_CLASS = 0x5242  # "RB"
 
 
-def _event_sql(with_headers: bool) -> str:
+def event_sql(with_headers: bool) -> str:
     """The outbox INSERT: one event row, its key lock and, if a relay waits, a NOTIFY.
 
     - ``pg_advisory_xact_lock`` per key: rows of one key get their ``sequence`` in
@@ -182,8 +182,8 @@ class Outbox:
         self.delete_on_write = delete_on_write
         # Indexed by "has headers": without any, the column keeps its default.
         self._event_inserts: tuple[TextClause, TextClause] = (
-            text(_event_sql(with_headers=False)),
-            text(_event_sql(with_headers=True)),
+            text(event_sql(with_headers=False)),
+            text(event_sql(with_headers=True)),
         )
         self._event_ctes: tuple[CTE, CTE] = (
             self._event_inserts[0].columns().cte("rb_outbox_event"),
@@ -279,7 +279,7 @@ class Outbox:
         )
         combined = self._combined.get(statement)
         if combined is None:
-            combined = self._combine(statement)
+            combined = self.combine(statement)
             if len(self._combined) >= 256:
                 self._combined.clear()
             self._combined[statement] = combined
@@ -289,10 +289,11 @@ class Outbox:
             await session.execute(_DELETE_WRITTEN, {"rb_id": message_id})
         return message_id, result
 
-    def _combine(self, statement: BusinessStatement) -> tuple[BusinessStatement, BusinessStatement]:
-        # The event INSERT rides along as a data-modifying CTE (PostgreSQL runs each
-        # exactly once, read or not), so the statement's result stays its own:
-        # rowcount, RETURNING rows, no wrapper to describe.
+    def combine(self, statement: BusinessStatement) -> tuple[BusinessStatement, BusinessStatement]:
+        """``statement`` with the event INSERT as a data-modifying CTE (without and with
+        user headers): what ``write`` executes, for callers that measure it. PostgreSQL
+        runs each CTE exactly once, read or not, so the statement's result stays its
+        own: rowcount, RETURNING rows, no wrapper to describe."""
         return statement.add_cte(self._event_ctes[0]), statement.add_cte(self._event_ctes[1])
 
     def _event(

@@ -87,7 +87,7 @@ class AdmissionProcessor:
             requests.append(request)
             if not self._is_vip(request):
                 asks.append(
-                    self._buckets_for(request.customer, request.client_ip, str(request.order_id))
+                    self.buckets_for(request.customer, request.client_ip, str(request.order_id))
                 )
         # Two script calls, the second running in Redis while the first half's
         # decisions are built here (the calls are in order: the second is sent
@@ -148,7 +148,7 @@ class AdmissionProcessor:
     def _is_vip(self, request: OrderRequested) -> bool:
         return request.vip or request.customer in self.vip
 
-    def _buckets_for(self, customer: str, client_ip: str, request_id: str) -> Ask:
+    def buckets_for(self, customer: str, client_ip: str, request_id: str) -> Ask:
         """The question for one request: its customer's, its address's and the global
         bucket, all or nothing."""
         return Ask(

@@ -93,6 +93,12 @@ class InventoryRouter:
         self._next_check = 0.0
         self._last_seq = 0
 
+    def pin(self, epoch: ShardEpoch, ring: HashRing) -> None:
+        """Route by ``epoch`` and ``ring`` from now on, never reading the directory
+        again (a benchmark's or a test's fixed shard set)."""
+        self.epoch, self.ring = epoch, ring
+        self._next_check = float("inf")
+
     def output_topics(self) -> list[str]:
         return []  # shard topics are created when an epoch is switched to
 
