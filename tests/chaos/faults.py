@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiokafka import TopicPartition
 from aiokafka.cluster import ClusterMetadata
@@ -33,6 +33,17 @@ async def paused(*pids: int) -> AsyncIterator[None]:
         for pid in stopped:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def stopped(stop: Callable[[], object], start: Callable[[], object]) -> AsyncIterator[None]:
+    """A service stopped for the block and started again on the way out, whatever
+    happens (a service left down would break every later test)."""
+    await asyncio.to_thread(stop)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(start)
 
 
 def with_children(pid: int) -> list[int]:

@@ -29,7 +29,7 @@ from relaybus.settings import Settings
 from relaybus.stack.kafka_broker import KafkaCluster
 from relaybus.stack.postgres import Postgres
 from relaybus.stack.settings import StackSettings
-from tests.chaos.faults import paused, with_children
+from tests.chaos.faults import paused, stopped, with_children
 from tests.chaos.history import History, Report, Seen, check
 from tests.chaos.network import SCHEDULE, ToxiproxyAPI, proxied_env
 from tests.chaos.workload import KeyedWriter
@@ -316,9 +316,8 @@ async def restart_kafka(r: Run, i: int) -> dict[str, Any]:
     workers reconnect and resume from their committed offsets."""
     kafka = KafkaCluster.single(StackSettings())
     began = time.monotonic()
-    await asyncio.to_thread(kafka.stop)
-    await asyncio.sleep(KAFKA_DOWN_S)  # the outage is the fault
-    await asyncio.to_thread(kafka.start)
+    async with stopped(kafka.stop, kafka.start):
+        await asyncio.sleep(KAFKA_DOWN_S)  # the outage is the fault
     return {"fault": f"Kafka stop, {KAFKA_DOWN_S:g} s, start ({time.monotonic() - began:.1f} s)"}
 
 
@@ -419,8 +418,8 @@ async def crash_postgres(r: Run, i: int) -> dict[str, Any]:
         async with paused(*with_children(postmaster)):
             await asyncio.sleep(POSTGRES_PAUSE_S)  # the freeze is the fault
         return {"fault": f"PostgreSQL frozen ({time.monotonic() - began:.1f} s)"}
-    await asyncio.to_thread(postgres.stop, "immediate")
-    await asyncio.to_thread(postgres.start)
+    async with stopped(lambda: postgres.stop("immediate"), postgres.start):
+        pass  # a crash: stopped at once, crash recovery on the start
     await r.engine.dispose()  # the run's own pooled connections died with it
     return {"fault": f"PostgreSQL crash and restart ({time.monotonic() - began:.1f} s)"}
 

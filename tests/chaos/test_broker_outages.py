@@ -19,6 +19,7 @@ from relaybus.settings import Settings
 from relaybus.stack.kafka_broker import KafkaCluster
 from relaybus.stack.rabbitmq import RabbitMQ
 from relaybus.stack.settings import StackSettings
+from tests.chaos.faults import stopped
 from tests.support.outboxdata import Event, enqueue, make_topic, read_topic, wait_drained
 from tests.support.relayproc import relay_fleet
 
@@ -56,12 +57,11 @@ async def _outage(writer: Writer, stop: Callable[[], object], start: Callable[[]
     """Stop a broker, keep writing for OUTAGE_S, start it again; return writes during it."""
     task = asyncio.create_task(writer.run())
     try:
-        await asyncio.to_thread(stop)
-        down_at = time.monotonic()
-        # The scenario itself is "down for 15 s while writes continue": wait it out.
-        await asyncio.sleep(OUTAGE_S)
-        up_at = time.monotonic()
-        await asyncio.to_thread(start)
+        async with stopped(stop, start):
+            down_at = time.monotonic()
+            # The scenario itself is "down for 15 s while writes continue": wait it out.
+            await asyncio.sleep(OUTAGE_S)
+            up_at = time.monotonic()
         return writer.written_between(down_at, up_at)
     finally:
         writer.stop()

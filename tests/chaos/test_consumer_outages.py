@@ -12,6 +12,7 @@ from relaybus.settings import Settings
 from relaybus.stack.kafka_broker import KafkaCluster
 from relaybus.stack.rabbitmq import RabbitMQ
 from relaybus.stack.settings import StackSettings
+from tests.chaos.faults import stopped
 from tests.support.consumer_apps import make_app
 from tests.support.consumerdata import effect_count, event, running, send, unique
 from tests.support.poll import eventually
@@ -39,8 +40,8 @@ async def test_worker_reconnects_after_broker_restart(
             return await effect_count(engine, name) == (n, n)
 
         await eventually(lambda: applied(100), within=60, what="first 100 applied")
-        await asyncio.to_thread(stop)
-        await asyncio.to_thread(start)
+        async with stopped(stop, start):
+            pass
         more = [event(f"k{i}", {"n": i}) for i in range(100, 200)]
         await send(settings, broker, route, more)
         await eventually(lambda: applied(200), within=180, what="all 200 after the restart")

@@ -18,6 +18,7 @@ from relaybus.ids import uuid7
 from relaybus.settings import Settings
 from relaybus.stack.postgres import Postgres
 from relaybus.stack.settings import StackSettings
+from tests.chaos.faults import stopped
 from tests.support.consumer_apps import make_app
 from tests.support.consumerdata import effect_count, event, running, send, unique
 from tests.support.outboxdata import Event, enqueue, make_topic, read_topic, wait_drained
@@ -28,8 +29,8 @@ from tests.support.relayproc import relay_fleet
 async def restart_database(engine: AsyncEngine) -> None:
     """Stop and start the stack's PostgreSQL; drop this test's own broken connections."""
     postgres = Postgres(StackSettings())
-    await asyncio.to_thread(postgres.stop)
-    await asyncio.to_thread(postgres.start)
+    async with stopped(postgres.stop, postgres.start):
+        pass
     await engine.dispose()
 
 

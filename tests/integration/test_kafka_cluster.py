@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from functools import partial
@@ -56,7 +57,10 @@ async def test_rf3_topic_accepts_acks_all_after_one_broker_is_killed(
     try:
         await admin.create_topics([NewTopic(topic, 3, 3)])
         described = await admin.describe_topics([topic])
+        deadline = time.monotonic() + 30
         while not described[0]["partitions"]:
+            assert time.monotonic() < deadline, f"{topic} has no partitions after 30 s"
+            await asyncio.sleep(0.05)
             described = await admin.describe_topics([topic])
         partitions = described[0]["partitions"]
         assert all(len(p["replicas"]) == 3 for p in partitions)
