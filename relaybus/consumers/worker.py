@@ -16,6 +16,7 @@ from relaybus.consumers.kafka_worker import KafkaWorker
 from relaybus.consumers.metrics import WorkerMetrics
 from relaybus.consumers.processor import Processor
 from relaybus.consumers.rabbit_worker import RabbitWorker
+from relaybus.consumers.subscriber import Subscriber
 from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
 
@@ -82,7 +83,7 @@ class Worker:
         self.engine = create_engine(settings.database_url, pool_size=pool + 2) if needs_db else None
         self.redis = Redis.from_url(settings.redis_url) if needs_redis else None
         sessions = session_factory(self.engine) if self.engine is not None else None
-        self.runners: list[KafkaWorker | RabbitWorker] = []
+        self.runners: list[Subscriber] = []
         for handler in app.handlers:
             processor = Processor(handler, sessions, self.redis)
             if metrics is not None:
