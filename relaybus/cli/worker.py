@@ -56,7 +56,9 @@ async def _purge_inbox(worker: Worker, settings: Settings, stop: asyncio.Event) 
 
 
 def worker(
-    name: str = typer.Argument(..., help="A built-in worker name or module:attribute."),
+    name: str = typer.Argument(
+        ..., help="module:attribute, or a name an installed package registers (orders, …)."
+    ),
     metrics_port: int = typer.Option(
         -1, "--metrics-port", help="Prometheus /metrics port (0 = off; default: settings)."
     ),
