@@ -41,7 +41,8 @@ def fresh_venv(path: Path, *requirements: str) -> Path:
         check=True,
         capture_output=True,
     )
-    install(path / "bin", *requirements)
+    if requirements:
+        install(path / "bin", *requirements)
     return path / "bin"
 
 
