@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Sequence
@@ -44,6 +45,8 @@ _PROGRESS = """
            instance = EXCLUDED.instance
 """
 
+log = logging.getLogger(__name__)
+
 
 def name_problem(kind: str, name: str) -> str | None:
     """Why ``name`` cannot be a slot/publication name, or None."""
@@ -60,7 +63,10 @@ class WalRelayStore:
         self._engine = engine
 
     async def ensure_publication(self, publication: str, table: str = "outbox") -> bool:
-        """Create the publication of ``table``'s inserts if missing; True if created.
+        """Create the publication of ``table``'s inserts if missing, or add ``table`` to
+        it if it lost it (a dropped and recreated table leaves its publication empty,
+        and a relay on it would wait forever for inserts it is never sent); True if it
+        changed anything.
 
         Inserts only: updates and deletes of the table (settling, the writer's
         same-transaction delete) are never decoded for us.
@@ -75,7 +81,20 @@ class WalRelayStore:
                 )
             ).first()
             if exists is not None:
-                return False
+                member = (
+                    await conn.execute(
+                        text(
+                            "SELECT 1 FROM pg_publication_tables WHERE pubname = :name "
+                            "AND schemaname = current_schema() AND tablename = :table"
+                        ),
+                        {"name": publication, "table": table},
+                    )
+                ).first()
+                if member is not None:
+                    return False
+                log.warning("publication %s had lost table %s: added again", publication, table)
+                await conn.execute(text(f"ALTER PUBLICATION {publication} ADD TABLE {table}"))
+                return True
             await conn.execute(
                 text(
                     f"CREATE PUBLICATION {publication} FOR TABLE {table} WITH (publish = 'insert')"

@@ -515,3 +515,29 @@ async def test_a_stop_during_a_broker_outage_ends_promptly_and_confirms_nothing_
         assert (await slot_state(engine, slot) or (False, 0))[1] == before
         assert await pending(engine, agg) == len(ids)  # not cleaned up: never published
     await _remove_rows(engine, agg)
+
+
+async def test_a_publication_that_lost_its_table_gets_it_back(engine: AsyncEngine) -> None:
+    """A dropped and recreated outbox table leaves its publication empty; the relay's
+    start puts the table back instead of waiting forever for inserts never sent."""
+    name = f"t_pub_{uuid.uuid4().hex[:12]}"
+    store = WalRelayStore(engine)
+
+    async def tables() -> list[str]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT tablename FROM pg_publication_tables WHERE pubname = :n"), {"n": name}
+            )
+            return [r[0] for r in rows]
+
+    try:
+        assert await store.ensure_publication(name) is True  # created
+        assert await store.ensure_publication(name) is False  # as it should be
+        async with engine.begin() as conn:
+            await conn.execute(text(f"ALTER PUBLICATION {name} DROP TABLE outbox"))
+        assert await tables() == []
+        assert await store.ensure_publication(name) is True  # repaired
+        assert await tables() == ["outbox"]
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP PUBLICATION IF EXISTS {name}"))
