@@ -20,8 +20,7 @@ from relaybus.shop.cli.demo import run_flash_sale
 from relaybus.shop.cli.flashsale import Workload
 from relaybus.shop.settings import ShopSettings
 from tests.chaos.saga_fault import SAGA_STEPS, saga_faults, saga_shop
-from tests.support.cli import run_cli
-from tests.support.shop import ShopStarter, env_of, shop_settings
+from tests.support.shop import ShopStarter, shop_settings
 
 
 def _shop(**overrides: object) -> ShopSettings:
@@ -73,27 +72,3 @@ async def test_s9_a_failure_at_each_saga_step_keeps_every_invariant(
     assert report.statuses["CONFIRMED"] + report.statuses["CANCELLED"] == 800
     assert report.cancelled_by_reason.get("out of stock", 0) > 0
     assert report.cancelled_by_reason.get("payment failed", 0) > 0
-
-
-@pytest.mark.timeout(600)
-def test_demo_command_prints_the_report_as_json(tmp_path: Path) -> None:
-    proc = run_cli(
-        "demo",
-        "--orders",
-        "60",
-        "--products",
-        "2",
-        "--stock",
-        "20",
-        "--json",
-        "--logs",
-        str(tmp_path),
-        timeout=400,
-        env=env_of(shop_settings()),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
-    assert report["ok"] is True
-    assert report["orders"] == 60
-    assert report["statuses"]["CONFIRMED"] + report["statuses"]["CANCELLED"] == 60
-    assert all(p["conserved"] for p in report["products"])
