@@ -40,7 +40,7 @@ def load_app(name: str) -> ConsumerApp:
     """The ``ConsumerApp`` for ``name``: ``module:attribute`` (an app, or a
     zero-argument function returning one) importable from the current directory, or a
     short name an installed package registers (``relaybus.workers`` entry points)."""
-    known = registered_workers()
+    known = {} if ":" in name else registered_workers()
     target = known.get(name, name)
     if ":" not in target:
         names = ", ".join(sorted(known)) or "none installed"
