@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,21 +14,8 @@ from relaybus.settings import Settings
 from relaybus.shop.settings import ShopSettings
 from relaybus.shop.topology import ensure_shop_topics
 from tests.support.consumerdata import prepare_effects
-from tests.support.db import use_database
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """``RELAYBUS_TEST_DATABASE=name``: this run (and every process it starts) uses
-    database ``name`` next to the configured one, created and migrated (relaybus's
-    tables and the shop's) if needed; ``tests/phases.py`` runs the integration and
-    the end-to-end tests side by side this way, neither seeing the other's outbox."""
-    name = os.environ.get("RELAYBUS_TEST_DATABASE")
-    if not name:
-        return
-    url = use_database(Settings().database_url, name)
-    os.environ["RELAYBUS_DATABASE_URL"] = url
 
 
 @pytest.fixture(scope="session")

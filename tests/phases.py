@@ -3,10 +3,9 @@
 A phase is one or more pytest runs side by side; they may share a phase only when
 they cannot disturb each other:
 
-1. **services** — ``tests/integration`` next to ``tests/e2e``: each in a database of its
-   own (``RELAYBUS_TEST_DATABASE``), so one's relays never publish the other's outbox
-   rows; the shop (e2e only) has its topics, groups and ports to itself. Neither
-   restarts a service.
+1. **services** — ``tests/integration`` then ``tests/e2e``: nothing here stops a
+   service. (Side by side, each in a database of its own, they took longer than one
+   after the other on a 2-core machine: the CPU, not waiting, bounds them.)
 2. **faults** — ``tests/chaos`` without the cluster tests: they stop, freeze and
    restart the shared services, so they run alone.
 3. **cluster** — ``relaybus stack up --kafka-nodes 3`` (started here, only for this

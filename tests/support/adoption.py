@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiokafka import TopicPartition
 
-from relaybus.brokers.kafka_admin import committed_reader
+from relaybus.brokers.kafka_admin import committed_reader, list_topics, topic_partitions
 from relaybus.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,12 +141,12 @@ def background(cwd: Path, env: dict[str, str]) -> Iterator[Background]:
 async def start_group_at_end(settings: Settings, topic: str, group: str) -> None:
     """Commit ``group``'s offsets at ``topic``'s end (if the topic exists), so a
     README's consumer group sees only what this run writes, as on a fresh stack."""
+    if topic not in await list_topics(settings.kafka_bootstrap):
+        return
+    partitions = await topic_partitions(settings.kafka_bootstrap, topic)
     reader = committed_reader(settings.kafka_bootstrap, group_id=group)
     await reader.start()
     try:
-        if topic not in await reader.topics():
-            return
-        partitions = reader.partitions_for_topic(topic) or set()
         assigned = [TopicPartition(topic, p) for p in partitions]
         reader.assign(assigned)
         ends = await reader.end_offsets(assigned)

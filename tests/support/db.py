@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,33 +50,3 @@ async def _drop(database_url: str, name: str) -> None:
             if "being accessed by other users" not in str(err) or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
-
-
-def use_database(database_url: str, name: str) -> str:
-    """The URL of database ``name`` next to ``database_url``'s, created if missing and
-    brought to head (relaybus's tables, then the shop's)."""
-    from alembic import command
-
-    from relaybus.db.migrations import LIBRARY, alembic_config
-    from relaybus.shop.cli.db import SHOP
-
-    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-        raise ValueError(f"RELAYBUS_TEST_DATABASE: not a plain database name: {name!r}")
-    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
-
-    async def create() -> None:
-        engine = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                found = await conn.exec_driver_sql(
-                    "SELECT 1 FROM pg_database WHERE datname = $1", (name,)
-                )
-                if found.first() is None:
-                    await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        finally:
-            await engine.dispose()
-
-    asyncio.run(create())
-    command.upgrade(alembic_config(url, LIBRARY), "head")
-    command.upgrade(alembic_config(url, SHOP), "head")
-    return url

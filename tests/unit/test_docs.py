@@ -18,7 +18,6 @@ DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), *REPO.glob("ex
 # Environment variables the docs may name that are not settings fields.
 NOT_SETTINGS = {
     "RELAYBUS_CHECKOUT",  # the README's path to this repository
-    "RELAYBUS_TEST_DATABASE",  # tests/conftest.py: a test run's own database
 }
 STALE = [
     r"\bissue \d+",
