@@ -17,7 +17,7 @@ $(BIN)/relaybus: pyproject.toml constraints.txt
 install: $(BIN)/relaybus
 
 stack-up: install
-	$(BIN)/relaybus stack up --kafka-nodes 3
+	$(BIN)/relaybus stack up
 
 stack-down: install
 	$(BIN)/relaybus stack down
