@@ -40,7 +40,8 @@ test: install
 
 # The fault matrix at full size (~25 min: the last run's scenarios took 19 min, plus S5's
 # three cluster faults): rewrites its table in docs/guarantees.md.
-chaos: stack-up
+chaos: install
+	$(BIN)/relaybus stack up --kafka-nodes 3
 	$(BIN)/relaybus shop-db upgrade
 	$(BIN)/python -m tests.chaos.matrix
 
