@@ -93,7 +93,9 @@ class KafkaWorker:
             try:
                 await self._prepare()
                 break
-            except (KafkaError, OSError) as err:
+            # LookupError: a topic just created has no metadata yet (a broker that
+            # has only just come back can take a while to serve it).
+            except (KafkaError, OSError, LookupError) as err:
                 delay = backoff.next_delay()
                 log.warning(
                     "%s: Kafka not reachable at start (%r); trying again in %.1fs",
