@@ -73,12 +73,14 @@ PHASES = [
 ]
 
 
-def _pump(run: Run, proc: subprocess.Popen[str], lock: threading.Lock) -> None:
+def _pump(run: Run, proc: subprocess.Popen[str], lock: threading.Lock, begun: float) -> None:
+    """Relay the run's output, named; its wall time ends with its output."""
     assert proc.stdout is not None
     for line in proc.stdout:
         with lock:
             sys.stdout.write(f"[{run.name}] {line}")
             sys.stdout.flush()
+    run.seconds = time.monotonic() - begun
 
 
 def run_phase(phase: Phase, extra: list[str]) -> bool:
@@ -89,7 +91,7 @@ def run_phase(phase: Phase, extra: list[str]) -> bool:
             phase.seconds = time.monotonic() - started
             return False
     lock = threading.Lock()
-    procs: list[tuple[Run, subprocess.Popen[str], threading.Thread, float]] = []
+    procs: list[tuple[Run, subprocess.Popen[str], threading.Thread]] = []
     for run in phase.runs:
         command = [str(BIN / "pytest"), "-p", "no:cacheprovider", *run.args, *extra]
         print(f"::: {phase.name}/{run.name}: {' '.join(command[1:])}", flush=True)
@@ -102,13 +104,12 @@ def run_phase(phase: Phase, extra: list[str]) -> bool:
             text=True,
             bufsize=1,
         )
-        pump = threading.Thread(target=_pump, args=(run, proc, lock), daemon=True)
+        pump = threading.Thread(target=_pump, args=(run, proc, lock, time.monotonic()))
         pump.start()
-        procs.append((run, proc, pump, time.monotonic()))
-    for run, proc, pump, begun in procs:
+        procs.append((run, proc, pump))
+    for run, proc, pump in procs:
         run.code = proc.wait()
         pump.join()
-        run.seconds = time.monotonic() - begun
     phase.seconds = time.monotonic() - started
     # pytest's 5: nothing collected (a marker selecting nothing) is not a failure
     return all(run.code in (0, 5) for run in phase.runs)
