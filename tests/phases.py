@@ -52,17 +52,7 @@ class Phase:
 PHASES = [
     Phase(
         "services",
-        [
-            Run("integration", ["tests/integration", "-m", "not kafka3"]),
-            Run(
-                "e2e",
-                ["tests/e2e", "-m", "not kafka3"],
-                {
-                    "RELAYBUS_TEST_DATABASE": "relaybus_e2e",
-                    "RELAYBUS_REDIS_URL": "redis://127.0.0.1:6379/1",
-                },
-            ),
-        ],
+        [Run("integration+e2e", ["tests/integration", "tests/e2e", "-m", "not kafka3"])],
     ),
     Phase("faults", [Run("chaos", ["tests/chaos", "-m", "not kafka3"])]),
     Phase(
