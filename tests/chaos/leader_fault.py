@@ -84,7 +84,10 @@ async def leader_fault(
     observer = cluster.nodes[0]
 
     async def assigned() -> bool:
-        return all(v >= 0 for v in (await leaders(observer, topic)).values())
+        # Every partition known to the observer (a cluster just started may not have
+        # the topic's metadata yet: an empty answer is not "all led") and led.
+        seen = await leaders(observer, topic)
+        return len(seen) == PARTITIONS and all(v >= 0 for v in seen.values())
 
     await eventually(assigned, within=30, what="leaders for every partition")
     before = await leaders(observer, topic)
