@@ -30,11 +30,11 @@ async def test_the_read_model_equals_a_fold_of_the_topic_after_a_kill(
     tmp_path: Path, settings: Settings, start_shop: ShopStarter
 ) -> None:
     shop = shop_settings(gateway_failure_rate=0.2, gateway_timeout_rate=0.0)
-    workload = Workload(orders=500, products=4, stock=80, seed=7, users=5000)
+    workload = Workload(orders=300, products=4, stock=40, seed=7, users=5000)
     killed: list[int] = []
 
     def kill_read_model(processes: Shop, placed: int) -> None:
-        if placed == 200 and not killed:
+        if placed == 120 and not killed:
             processes.children["order-status"].kill()  # SIGKILL: no commit, no hand-over
             processes.children["order-status"].start()
             killed.append(placed)
@@ -49,7 +49,7 @@ async def test_the_read_model_equals_a_fold_of_the_topic_after_a_kill(
         None,
         on_placed=lambda n: kill_read_model(processes, n),
     )
-    assert killed == [200]
+    assert killed == [120]
     assert report.ok, report.problems[:20]
     ours = {str(order_id) for order_id in placed.order_ids}
 

@@ -29,16 +29,16 @@ async def test_a_shard_added_during_the_sale_loses_nothing_and_keeps_per_product
     shop: ShopSettings = shop_settings(
         gateway_failure_rate=0.1, gateway_timeout_rate=0.0, inventory_shards=[0, 1]
     )
-    workload = Workload(orders=900, products=12, stock=60, seed=5, users=5000)
+    workload = Workload(orders=450, products=12, stock=30, seed=5, users=5000)
     resharded: list[int] = []
 
     outcome: list[int] = []
 
     def add_a_shard(placed: int) -> None:
-        # In line: the new epoch exists before order 301 is placed, so commands are
+        # In line: the new epoch exists before order 151 is placed, so commands are
         # still flowing when the router meets it. (The sale's client waits meanwhile;
         # a connection the API closed in between is retried with the same key.)
-        if placed == 300 and not resharded:
+        if placed == 150 and not resharded:
             proc = run_cli("shards", "set", "0", "1", "2", "--note", "test", env=env_of(shop))
             outcome.append(proc.returncode)
             resharded.append(placed)
@@ -49,7 +49,7 @@ async def test_a_shard_added_during_the_sale_loses_nothing_and_keeps_per_product
     placed, report = await run_flash_sale(
         settings, shop, workload, processes, 600, None, on_placed=add_a_shard
     )
-    assert resharded == [300]
+    assert resharded == [150]
     assert outcome == [0]
     assert report.ok, report.problems[:20]
     assert len(placed.order_ids) == workload.orders

@@ -1,7 +1,7 @@
 """The flash sale end to end on the real stack: every shop process a real child, orders
 over HTTP, and the invariants read from each service's own tables and the gateway.
 
-- 800 orders over 5 products of 100 units (more orders than units), 20 % declined
+- 400 orders over 5 products of 40 units (more orders than units), 20 % declined
   payments, 5 % gateway timeouts: stock conserved exactly, every order final, charges
   exactly for confirmed orders, refunds only for cancelled ones, no dead letters.
 - S9 of the fault matrix: the same with every process of the saga SIGKILLed once, in
@@ -43,12 +43,12 @@ async def test_flash_sale_keeps_every_invariant(
     tmp_path: Path, settings: Settings, start_shop: ShopStarter
 ) -> None:
     shop = _shop()
-    workload = Workload(orders=800, products=5, stock=100, seed=1)
+    workload = Workload(orders=400, products=5, stock=40, seed=1)
     processes = start_shop(shop)
     placed, report = await run_flash_sale(settings, shop, workload, processes, 600, None)
     assert report.ok, _explain(report.problems, tmp_path)
-    assert len(placed.order_ids) == 800
-    assert report.statuses["CONFIRMED"] + report.statuses["CANCELLED"] == 800
+    assert len(placed.order_ids) == 400
+    assert report.statuses["CONFIRMED"] + report.statuses["CANCELLED"] == 400
     assert sum(line.sold for line in report.products) > 0
     # The workload exercised every path: refusals, declines and at least one timeout.
     assert report.cancelled_by_reason.get("out of stock", 0) > 0
@@ -61,14 +61,14 @@ async def test_flash_sale_keeps_every_invariant(
 async def test_s9_a_failure_at_each_saga_step_keeps_every_invariant(
     tmp_path: Path, settings: Settings, start_shop: ShopStarter
 ) -> None:
-    """The fault matrix's S9 (tests/chaos/saga_fault.py), CI size: 800 orders, every
+    """The fault matrix's S9 (tests/chaos/saga_fault.py), CI size: 450 orders, every
     process of the saga SIGKILLed once in saga order, the gateway failing 25 %."""
     shop = saga_shop()
     processes = start_shop(shop)
-    report, figures = await saga_faults(settings, shop, processes, orders=800)
+    report, figures = await saga_faults(settings, shop, processes, orders=450)
     print("S9", json.dumps(figures))
     assert figures["killed (in saga order)"] == list(SAGA_STEPS)
     assert report.ok, _explain(report.problems, tmp_path)
-    assert report.statuses["CONFIRMED"] + report.statuses["CANCELLED"] == 800
+    assert report.statuses["CONFIRMED"] + report.statuses["CANCELLED"] == 450
     assert report.cancelled_by_reason.get("out of stock", 0) > 0
     assert report.cancelled_by_reason.get("payment failed", 0) > 0

@@ -43,7 +43,7 @@ def _names(broker: str, prefix: str) -> tuple[str, str, str]:
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-async def test_worker_sigkilled_five_times_in_6k_run_applies_each_once(
+async def test_worker_sigkilled_three_times_in_3k_run_applies_each_once(
     broker: str, settings: Settings, engine: AsyncEngine, tmp_path: Path
 ) -> None:
     name, source, route = _names(broker, "kill")
@@ -59,7 +59,7 @@ async def test_worker_sigkilled_five_times_in_6k_run_applies_each_once(
     worker = RelaybusProcess(
         name, env, tmp_path / "worker.log", ["worker", "tests.support.consumer_apps:effects"]
     )
-    total = 6_000  # five kills, each after 800 more effects, then the rest
+    total = 3_000  # three kills, each after 600 more effects, then the rest
     worker.start()
     try:
         if broker == "rabbitmq":
@@ -70,11 +70,11 @@ async def test_worker_sigkilled_five_times_in_6k_run_applies_each_once(
             await eventually(declared, within=60, what="queue declared")
         await send(settings, broker, route, [event(f"k{i % 97}", {"n": i}) for i in range(total)])
         kills = 0
-        while kills < 5:
+        while kills < 3:
             rows_before = (await effect_count(engine, name))[0]
 
             async def progressed(floor: int = rows_before) -> bool:
-                return (await effect_count(engine, name))[0] >= floor + 800
+                return (await effect_count(engine, name))[0] >= floor + 600
 
             await eventually(progressed, within=120, what=f"progress before kill {kills + 1}")
             worker.signal(signal.SIGKILL)
@@ -84,11 +84,11 @@ async def test_worker_sigkilled_five_times_in_6k_run_applies_each_once(
         async def all_applied() -> bool:
             return (await effect_count(engine, name))[1] == total
 
-        await eventually(all_applied, within=240, what="all 6k messages applied")
+        await eventually(all_applied, within=240, what="all 3k messages applied")
     finally:
         worker.stop()
     rows, distinct = await effect_count(engine, name)
-    print(f"\n{broker}: 5 SIGKILLs, {rows} effect rows for {distinct} messages")
+    print(f"\n{broker}: 3 SIGKILLs, {rows} effect rows for {distinct} messages")
     assert (rows, distinct) == (total, total)
 
 
