@@ -29,8 +29,8 @@ demo: install
 	$(BIN)/relaybus demo
 
 # Every test, against the real services (started here if they are not running), in
-# phases (tests/phases.py: integration next to e2e, then the faults, then the 3-node
-# cluster, started for that phase only, next to the unit tests); a table of times last.
+# runs side by side (tests/phases.py: integration then e2e on this stack, the faults on
+# a stack of their own, the 3-node cluster's tests, the unit tests); a table of times last.
 test: install
 	$(BIN)/relaybus stack up
 	$(BIN)/relaybus shop-db upgrade

@@ -36,16 +36,17 @@ RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 
 
 class RabbitMQ:
-    """A RabbitMQ node named ``relaybus@localhost`` with data under the stack's folder.
+    """A RabbitMQ node named ``rabbitmq_node`` (``relaybus@localhost``) with data under
+    the stack's folder.
 
     Ready means ``rabbitmqctl await_startup`` succeeded: the broker, not just the port.
     """
 
     name = "rabbitmq"
-    node = "relaybus@localhost"
 
     def __init__(self, settings: StackSettings) -> None:
         self.s = settings
+        self.node = settings.rabbitmq_node
         self.secure = SecureMaterial(settings)
         self.home = settings.data_dir / "rabbitmq"
         self.log = self.home / "rabbitmq.out"

@@ -43,6 +43,10 @@ class StackSettings(BaseSettings):
     rabbitmq_port: int = Field(5672, description="RabbitMQ AMQP (dev listener).")
     rabbitmq_management_port: int = Field(15672, description="RabbitMQ management API.")
     rabbitmq_dist_port: int = Field(25672, description="RabbitMQ's Erlang distribution port.")
+    rabbitmq_node: str = Field(
+        "relaybus@localhost",
+        description="RabbitMQ's Erlang node name (a second stack on one host needs its own).",
+    )
     rabbitmq_tls_port: int = Field(
         5671, description="AMQPS with a vhost-limited user (the authenticated endpoint)."
     )

@@ -124,7 +124,7 @@ def _as_consumed(records: list[Record]) -> dict[str, tuple[object, ...]]:
     return out
 
 
-async def test_the_same_5000_events_from_each_source_read_and_apply_the_same(
+async def test_the_same_2000_events_from_each_source_read_and_apply_the_same(
     settings: Settings,
     engine: AsyncEngine,
     tmp_path: Path,
@@ -143,16 +143,16 @@ async def test_the_same_5000_events_from_each_source_read_and_apply_the_same(
         with relay_fleet(tmp_path, KAFKA_ONLY, **env) as fleet:
             fleet.start("wal")
             await wait_active(engine, slot)
-            ids = await _write(engine, agg, 5000)
+            ids = await _write(engine, agg, 2000)
 
             async def wal_and_debezium_have_all() -> bool:
                 for source in ("wal", "debezium"):
-                    if len(await read_topic(settings.kafka_bootstrap, topics[source])) < 5000:
+                    if len(await read_topic(settings.kafka_bootstrap, topics[source])) < 2000:
                         return False
                 return True
 
             await eventually(
-                wal_and_debezium_have_all, within=120, what="5000 via WAL and Debezium"
+                wal_and_debezium_have_all, within=120, what="2000 via WAL and Debezium"
             )
     with relay_fleet(tmp_path, KAFKA_ONLY, RELAYBUS_KAFKA_TOPIC_PREFIX=PREFIXES["poll"]) as fleet:
         fleet.start("poll")
@@ -160,7 +160,7 @@ async def test_the_same_5000_events_from_each_source_read_and_apply_the_same(
         async def drained() -> bool:
             return await pending(engine, agg) == 0
 
-        await eventually(drained, within=120, what="polling relay drained the 5000 rows")
+        await eventually(drained, within=120, what="polling relay drained the 2000 rows")
 
     consumed = {
         source: _as_consumed(await read_topic(settings.kafka_bootstrap, topic))
@@ -176,7 +176,7 @@ async def test_the_same_5000_events_from_each_source_read_and_apply_the_same(
         async with running(app, settings):
 
             async def applied(name: str = f"{agg}-{source}") -> bool:
-                return (await effect_count(engine, name))[1] >= 5000
+                return (await effect_count(engine, name))[1] >= 2000
 
             await eventually(applied, within=120, what=f"effects from {source}")
     applied = {
@@ -187,7 +187,7 @@ async def test_the_same_5000_events_from_each_source_read_and_apply_the_same(
         for source in topics
     }
     assert applied["wal"] == applied["poll"] == applied["debezium"]
-    assert len(applied["poll"]) == 5000
+    assert len(applied["poll"]) == 2000
 
 
 async def test_kafka_connect_killed_mid_stream_loses_nothing_and_the_inbox_dedupes(
