@@ -59,6 +59,7 @@ check: lint
 # docs/configuration.md from the settings classes (a unit test fails when it is stale).
 docs: install
 	$(BIN)/python -m relaybus.cli.configuration > docs/configuration.md
+	$(BIN)/python -m relaybus.shop.system > docs/asyncapi.yaml
 
 lint: install
 	$(BIN)/ruff check .

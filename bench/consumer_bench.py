@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -41,6 +42,7 @@ from relaybus.consumers.app import ConsumerApp
 from relaybus.consumers.incoming import Incoming
 from relaybus.consumers.worker import Worker
 from relaybus.db import create_engine, session_factory
+from relaybus.events import event
 from relaybus.message import Message
 from relaybus.settings import Settings
 
@@ -94,13 +96,30 @@ async def wait_for_effects(engine: AsyncEngine, run: str, messages: int) -> None
         await asyncio.sleep(0.2)
 
 
-def bench_app(run: str, topic: str, inbox: bool, batch_size: int) -> ConsumerApp:
-    """The benchmark's consumer: one effect row per message, group and name ``run``."""
+@event("bench.event")
+class BenchEvent(BaseModel):
+    """The prefilled payload as an event class (the typed handler's parameter)."""
+
+    n: int
+    pad: str
+
+
+def bench_app(
+    run: str, topic: str, inbox: bool, batch_size: int, typed: bool = False
+) -> ConsumerApp:
+    """The benchmark's consumer: one effect row per message, group and name ``run``;
+    ``typed``: the same handler taking ``BenchEvent`` (validated) instead of the dict."""
     app = ConsumerApp(run)
 
     async def handle(message: Incoming, session: AsyncSession | None) -> None:
         assert session is not None  # a SQL handler: the runtime's transaction
         await session.execute(EFFECT, {"run": run, "id": message.id, "n": message.payload["n"]})
+
+    async def handle_typed(
+        payload: BenchEvent, session: AsyncSession | None, message: Incoming
+    ) -> None:
+        assert session is not None
+        await session.execute(EFFECT, {"run": run, "id": message.id, "n": payload.n})
 
     # Identical but for the inbox: both get the runtime's (batched) transactions.
     dedupe = "inbox" if inbox else "none"
@@ -112,7 +131,7 @@ def bench_app(run: str, topic: str, inbox: bool, batch_size: int) -> ConsumerApp
         sql=True,
         concurrency=CONCURRENCY,
         batch_size=batch_size,
-    )(handle)
+    )(handle_typed if typed else handle)
     return app
 
 
@@ -123,9 +142,10 @@ async def relaybus_round(
     messages: int,
     inbox: bool,
     batch_size: int = 20,
+    typed: bool = False,
 ) -> float:
     run = f"rb-{'inbox' if inbox else 'plain'}-{uuid.uuid4().hex[:8]}"
-    worker = Worker(bench_app(run, topic, inbox, batch_size), settings)
+    worker = Worker(bench_app(run, topic, inbox, batch_size, typed), settings)
     stop = asyncio.Event()
     started = time.monotonic()
     task = asyncio.create_task(worker.run(stop))
@@ -276,6 +296,7 @@ async def main(args: argparse.Namespace) -> None:
     await prefill(settings.kafka_bootstrap, topic, args.messages, args.keys)
     inbox = Series("relaybus consumer + inbox", "msg/s")
     plain = Series("relaybus consumer, no inbox", "msg/s")
+    typed = Series("relaybus consumer, no inbox, typed handler (event class)", "msg/s")
     single = Series("relaybus consumer, no inbox, 1 message per transaction", "msg/s")
     raw = Series("raw aiokafka loop", "msg/s")
     fs = Series("FastStream subscriber", "msg/s")
@@ -298,6 +319,9 @@ async def main(args: argparse.Namespace) -> None:
             await rounds(1, lambda: relaybus_round(settings, engine, topic, m, True), m, inbox)
             await rounds(1, lambda: relaybus_round(settings, engine, topic, m, False), m, plain)
             await rounds(
+                1, lambda: relaybus_round(settings, engine, topic, m, False, typed=True), m, typed
+            )
+            await rounds(
                 1,
                 lambda: relaybus_round(settings, engine, topic, m, False, batch_size=1),
                 m,
@@ -312,6 +336,7 @@ async def main(args: argparse.Namespace) -> None:
         await engine.dispose()
     comparisons = [
         Comparison("inbox consumer/same consumer without inbox", inbox, plain, 0.8),
+        Comparison("typed handler (event class)/same handler with the dict", typed, plain, 0.9),
         Comparison("relaybus consumer (no inbox)/raw aiokafka loop", plain, raw, None),
         Comparison("relaybus, 1 message per transaction/raw aiokafka loop", single, raw, None),
         Comparison("relaybus consumer (no inbox)/FastStream", plain, fs, None),

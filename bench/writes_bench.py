@@ -13,6 +13,9 @@ with ``NoEvent`` (the same store whose outbox writes nothing). Then the database
 alone: the SQL those two variants send, captured from one real call each, run by
 ``pgbench`` (a C client) with a fresh order id per transaction.
 
+(c) Typed events: ``Outbox.enqueue`` of an event instance (``relaybus.events``)
+against the same payload and header as a dict, 8 writers, interleaved rounds.
+
 Run (stack up, database migrated):  python -m bench.writes_bench
 """
 
@@ -28,6 +31,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import event, text
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -41,6 +45,7 @@ from bench.relay_bench import (
 )
 from bench.report import Comparison, Series, amend, write
 from relaybus.db import create_engine, session_factory
+from relaybus.events import event as declare_event
 from relaybus.ids import uuid7
 from relaybus.outbox.writer import BusinessStatement, Outbox
 from relaybus.settings import Settings
@@ -76,7 +81,9 @@ class NoEvent(Outbox):
     ) -> tuple[uuid.UUID, Result[Any]]:
         return uuid7(), await session.execute(statement, params)
 
-    async def enqueue(self, session: AsyncSession, **event: Any) -> uuid.UUID:
+    async def enqueue(  # type: ignore[override]
+        self, session: AsyncSession, event: Any = None, **fields: Any
+    ) -> uuid.UUID:
         return uuid7()
 
 
@@ -230,6 +237,74 @@ async def shop_transaction(
     ], scripts  # fmt: skip
 
 
+TYPED_AGGREGATE = "bench-typed"
+
+
+@declare_event("bench.typed", version=2, aggregate_type=TYPED_AGGREGATE, key="order_id")
+class BenchOrderPlaced(BaseModel):
+    """The payload the dict variant writes, as an event class (version 2: the
+    ``schema_version`` header is written too)."""
+
+    order_id: str
+    customer: str
+    lines: list[Line]
+    amount_cents: int
+
+
+async def typed_sweep(
+    engine: AsyncEngine, transactions: int, rounds: int, writers: int = SHOP_WRITERS
+) -> list[Comparison]:
+    """(c): ``Outbox.enqueue`` of an event instance against the same payload as a dict
+    (with the same header), ``writers`` concurrent writers, one event per transaction."""
+    outbox = Outbox()
+    lines = [line.model_dump() for line in LINES]
+    sessions = session_factory(engine)
+
+    async def run(typed: bool) -> float:
+        per_writer = transactions // writers
+
+        async def writer(w: int) -> None:
+            for n in range(per_writer):
+                key = f"{w}-{n}"
+                async with sessions() as session, session.begin():
+                    if typed:
+                        placed = BenchOrderPlaced(
+                            order_id=key, customer=CUSTOMER, lines=LINES, amount_cents=1299
+                        )
+                        await outbox.enqueue(session, placed)
+                    else:
+                        await outbox.enqueue(
+                            session,
+                            aggregate_type=TYPED_AGGREGATE,
+                            aggregate_id=key,
+                            type="bench.typed",
+                            payload={"order_id": key, "customer": CUSTOMER, "lines": lines,
+                                     "amount_cents": 1299},
+                            headers={"schema_version": "2"},
+                        )  # fmt: skip
+
+        began = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        return per_writer * writers / (time.perf_counter() - began)
+
+    dicts = Series(f"enqueue, dict payload, {writers} writers", "tx/s")
+    typed = Series(f"enqueue, event instance, {writers} writers", "tx/s")
+    for _ in range(rounds):
+        for series, is_typed in ((dicts, False), (typed, True)):
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text("DELETE FROM outbox WHERE aggregatetype = :a"), {"a": TYPED_AGGREGATE}
+                )
+            series.values.append(await run(is_typed))
+        print(f"  enqueue: dict {dicts.values[-1]:,.0f} tx/s, event class "
+              f"{typed.values[-1]:,.0f} tx/s", flush=True)  # fmt: skip
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("DELETE FROM outbox WHERE aggregatetype = :a"), {"a": TYPED_AGGREGATE}
+        )
+    return [Comparison("outbox enqueue, event class / dict payload", typed, dicts, 0.9)]
+
+
 async def main(args: argparse.Namespace) -> None:
     settings = Settings()
     engine = create_engine(settings.database_url, pool_size=max(args.writers) + 2)
@@ -241,6 +316,7 @@ async def main(args: argparse.Namespace) -> None:
             engine, settings.database_url, args.orders, args.rounds, args.pgbench_seconds
         )
         comparisons += shop
+        comparisons += await typed_sweep(engine, args.transactions, args.rounds)
     finally:
         async with engine.begin() as conn:  # leave no bench rows for a relay to find
             await conn.execute(text("DROP TABLE IF EXISTS bench_orders"))

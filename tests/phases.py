@@ -14,6 +14,9 @@ Runs share the machine only where they cannot disturb each other:
   the other runs use), with a database of their own on the main server
   (``CLUSTER_DATABASE``): the integration tests' WAL relays read every outbox row of
   their database, and the outbox's per-key locks are per database.
+  The benchmark smoke run (``bench`` marker) follows them in that run and database
+  (on the single Kafka node): about four minutes of CPU taken out of the longest run
+  and spent while the integration tests wait on brokers.
 - ``unit`` — ``tests/unit``: no service.
 
 The integration tests wait on brokers about half of the time and the fault tests
@@ -134,9 +137,9 @@ class Run:
 
 CLIENTS = {"faults": faults_clients, "cluster": cluster_clients}
 RUNS = [
-    Run("integration+e2e", ["tests/integration", "tests/e2e", "-m", "not kafka3"]),
+    Run("integration+e2e", ["tests/integration", "tests/e2e", "-m", "not kafka3 and not bench"]),
     Run("chaos", ["tests/chaos", "-m", "not kafka3"], env_of="faults", after=stop_faults_stack),
-    Run("kafka3", ["tests", "-m", "kafka3"], env_of="cluster", after=stop_cluster),
+    Run("kafka3+bench", ["tests", "-m", "kafka3 or bench"], env_of="cluster", after=stop_cluster),
     Run("unit", ["tests/unit"]),
 ]
 

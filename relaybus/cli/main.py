@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("relaybus.cli.replay", "replay"),
     "console": ("relaybus.cli.console", "console"),
     "bench": ("relaybus.cli.bench", "bench"),
+    "asyncapi": ("relaybus.cli.schema", "asyncapi"),
+    "schema": ("relaybus.cli.schema", "schema_app"),
 }
 
 

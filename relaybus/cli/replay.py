@@ -31,6 +31,7 @@ from relaybus.brokers.kafka_replay import (
     reset_group,
 )
 from relaybus.cli.replay_archive import replay_from_archive
+from relaybus.cli.replay_shadow import run_shadow, show_shadow
 from relaybus.cli.timespec import parse_instant
 from relaybus.db import create_engine, session_factory
 from relaybus.settings import Settings
@@ -66,6 +67,13 @@ def replay(
     rate: float = typer.Option(None, "--rate", min=1, help="At most this many records/s."),
     undo: int = typer.Option(None, "--undo", help="Undo the group reset of this audit row."),
     broker: Broker = typer.Option(Broker.kafka, "--broker", help="Which broker's messages."),
+    shadow: str = typer.Option(
+        None,
+        "--shadow",
+        help="module:attribute of a ConsumerApp: run the window through its handlers, "
+        "rolled back, invisible to the live system; exit 1 if they fail what the live "
+        "consumer applied.",
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -79,12 +87,16 @@ def replay(
                    plus x-replay-of; --type/--key filter, --resume finishes
     --reprocess    copies get new ids: consumers apply them again (audited)
     --broker rabbitmq  republish from the outbox archive, same ids
+    --shadow APP   the window through APP's handlers in rolled-back
+                   transactions (nothing published, committed or acked);
+                   outcomes per type vs the live inbox and DLQ (deploy gate)
 
     \b
     Example: relaybus replay shop.order.admitted --since 2h --until 1h --dry-run
     Example: relaybus replay shop.order.admitted --since 2h --group orders
     Example: relaybus replay outbox.event.order --since 15m --to-topic order.copy
     Example: relaybus replay --undo 42
+    Example: relaybus replay outbox.event.order --since 1d --shadow new_code.workers:app
     """
     now = datetime.now(UTC)
     if undo is not None:
@@ -94,6 +106,16 @@ def replay(
     if topic is None:
         _usage("give the topic to replay (or --undo AUDIT_ID)", "TOPIC")
     filters = CopyFilter(type_, key)
+    if shadow is not None:
+        if group or to_topic or resume or reprocess or dry_run or type_ or key or rate:
+            _usage("--shadow only runs the window through handlers: drop the other actions",
+                   "--shadow")  # fmt: skip
+        start, end = _window(since, until, now)
+        report = _guard(lambda: run_shadow(Settings(), broker.value, topic, shadow, start, end))
+        show_shadow(report, as_json)
+        if report.failed:
+            raise typer.Exit(1)
+        return
     if broker is Broker.rabbitmq:
         if group or to_topic or resume or reprocess:
             _usage("RabbitMQ replay republishes from the outbox archive only", "--broker")

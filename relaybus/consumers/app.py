@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybus.consumers.breaker import CircuitBreaker
 from relaybus.consumers.incoming import Incoming, WireLimits
 from relaybus.consumers.policy import RetryPolicy
+from relaybus.consumers.typed import event_classes, typed
+from relaybus.events import EventCatalog, spec_of
 
 HandlerFunc = Callable[[Incoming, AsyncSession | None], Awaitable[None]]
 Dedupe = Literal["inbox", "redis", "none"]
+# A handler: of ``Incoming``, or of an event class (``relaybus.consumers.typed``).
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 
 
 @dataclass(frozen=True)
@@ -84,11 +88,32 @@ class Handler:
 
 
 class ConsumerApp:
-    """A named set of handlers run together by ``relaybus worker module:attr``."""
+    """A named set of handlers run together by ``relaybus worker module:attr``.
 
-    def __init__(self, name: str) -> None:
+    A handler's first parameter may be annotated with an ``@event`` class (or a union
+    of them): it then receives the validated instance (``relaybus.consumers.typed``),
+    older versions lifted by ``events``' upcasters, and ``types`` defaults to the
+    classes' types. ``events`` collects every event class the handlers name, for the
+    AsyncAPI document too.
+    """
+
+    def __init__(self, name: str, events: EventCatalog | None = None) -> None:
         self.name = name
         self.handlers: list[Handler] = []
+        self.events = events if events is not None else EventCatalog()
+
+    def _handler(
+        self,
+        name: str,
+        func: Callable[..., Awaitable[None]],
+        source: KafkaSource | RabbitSource,
+        options: dict[str, object],
+    ) -> Handler:
+        classes = event_classes(func)
+        if classes:
+            options.setdefault("types", frozenset(spec_of(cls).type for cls in classes))
+            func = typed(func, classes, self.events)
+        return Handler(name, func, source, **options)  # type: ignore[arg-type]
 
     def kafka(
         self,
@@ -98,14 +123,14 @@ class ConsumerApp:
         name: str | None = None,
         ordered: bool = False,
         **options: object,
-    ) -> Callable[[HandlerFunc], HandlerFunc]:
+    ) -> Callable[[F], F]:
         """Register ``func`` for ``topic``; ``group`` and ``name`` default to the
         function's name. ``options`` are ``Handler`` fields (dedupe, retry, …)."""
 
-        def register(func: HandlerFunc) -> HandlerFunc:
+        def register(func: F) -> F:
             handler_name = name or func.__name__
             source = KafkaSource(topic, group or handler_name, ordered)
-            self.handlers.append(Handler(handler_name, func, source, **options))  # type: ignore[arg-type]
+            self.handlers.append(self._handler(handler_name, func, source, dict(options)))
             return func
 
         return register
@@ -117,13 +142,13 @@ class ConsumerApp:
         binding: str = "#",
         name: str | None = None,
         **options: object,
-    ) -> Callable[[HandlerFunc], HandlerFunc]:
+    ) -> Callable[[F], F]:
         """Register ``func`` for ``queue`` (declared, bound with ``binding``)."""
 
-        def register(func: HandlerFunc) -> HandlerFunc:
+        def register(func: F) -> F:
             handler_name = name or func.__name__
             source = RabbitSource(queue, binding)
-            self.handlers.append(Handler(handler_name, func, source, **options))  # type: ignore[arg-type]
+            self.handlers.append(self._handler(handler_name, func, source, dict(options)))
             return func
 
         return register

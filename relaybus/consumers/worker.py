@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-import os
-import sys
 from importlib.metadata import entry_points
 
 from redis.asyncio import Redis
 
 from relaybus.consumers.app import ConsumerApp, KafkaSource
 from relaybus.consumers.kafka_worker import KafkaWorker
+from relaybus.consumers.loading import TargetNotFound, load_target
 from relaybus.consumers.metrics import WorkerMetrics
 from relaybus.consumers.processor import Processor
 from relaybus.consumers.rabbit_worker import RabbitWorker
@@ -32,7 +30,7 @@ def registered_workers() -> dict[str, str]:
     return {point.name: point.value for point in entry_points(group=ENTRY_POINTS)}
 
 
-class WorkerNotFound(LookupError):
+class WorkerNotFound(TargetNotFound):
     """``relaybus worker NAME`` names nothing importable."""
 
 
@@ -47,20 +45,12 @@ def load_app(name: str) -> ConsumerApp:
         raise WorkerNotFound(
             f"unknown worker {name!r}: give 'module:attribute' or a registered name ({names})"
         )
-    module_name, _, attr = target.partition(":")
-    # Like uvicorn: apps in the current directory are importable without installing.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise WorkerNotFound(f"cannot import {module_name!r}: {err}") from None
-    obj = getattr(module, attr, None)
-    if callable(obj) and not isinstance(obj, ConsumerApp):
-        obj = obj()
-    if not isinstance(obj, ConsumerApp):
-        raise WorkerNotFound(f"{target!r} is not a ConsumerApp (or a function returning one)")
-    return obj
+        app = load_target(target, (ConsumerApp,), "a ConsumerApp")
+    except TargetNotFound as err:
+        raise WorkerNotFound(str(err)) from None
+    assert isinstance(app, ConsumerApp)
+    return app
 
 
 class Worker:

@@ -7,13 +7,16 @@ import re
 import uuid
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import CTE, Delete, Insert, Result, TextClause, Update, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybus import headers as rh
+from relaybus.events import spec_of
 from relaybus.ids import uuid7
 from relaybus.outbox.notify import CHANNEL
 from relaybus.settings import Settings
@@ -65,6 +68,13 @@ _DELETE_WRITTEN = text("DELETE FROM outbox WHERE id = :rb_id")
 
 # One encoder for every payload: ``json.dumps`` with options builds a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    """A body already serialised (an event instance's ``model_dump_json``)."""
+
+    text: str
 
 
 class OutboxError(ValueError):
@@ -156,6 +166,59 @@ def partition_for(aggregate_id: str, partitions: int) -> int:
     return zlib.crc32(aggregate_id.encode()) % partitions
 
 
+Described = tuple[str, str, str, Any, Mapping[str, str] | None]
+
+
+def describe(
+    event: BaseModel | None,
+    aggregate_type: str | None,
+    aggregate_id: str | None,
+    type: str | None,
+    payload: Any,
+    headers: Mapping[str, str] | None,
+) -> Described:
+    """An event's ``(aggregate_type, aggregate_id, type, body, headers)``: from an
+    ``@event`` instance (its body serialised once, as ``_Encoded``; its declared type,
+    aggregate and version) or from the arguments. ``OutboxError`` if they contradict
+    each other or something is missing. A version above 1 adds the ``schema_version``
+    header; version 1 writes none (no header means version 1, and the statement
+    without headers is the cheaper one)."""
+    if event is None:
+        if aggregate_type is None or aggregate_id is None or type is None:
+            raise OutboxError(
+                "give an event instance, or aggregate_type, aggregate_id, type and payload"
+            )
+        return aggregate_type, aggregate_id, type, payload, headers
+    try:
+        spec = spec_of(event)
+    except TypeError as err:
+        raise OutboxError(str(err)) from None
+    if type is not None and type != spec.type:
+        raise OutboxError(f"type {type!r} contradicts the event's {spec.type!r}")
+    if payload is not None:
+        raise OutboxError("an event instance is its own payload: give one or the other")
+    aggregate_type = aggregate_type or spec.aggregate_type
+    if aggregate_type is None:
+        raise OutboxError(f"{spec.type}: no aggregate_type (declare it with @event or pass it)")
+    if aggregate_id is None:
+        if spec.key is None:
+            raise OutboxError(f"{spec.type}: no aggregate_id (declare key= or pass it)")
+        aggregate_id = str(getattr(event, spec.key))
+    body = _Encoded(event.model_dump_json())
+    if spec.version == 1:
+        return aggregate_type, aggregate_id, spec.type, body, headers
+    version = str(spec.version)
+    if headers and headers.get("schema_version", version) != version:
+        raise OutboxError(f"schema_version header contradicts the event's v{version}")
+    return (
+        aggregate_type,
+        aggregate_id,
+        spec.type,
+        body,
+        {**(headers or {}), "schema_version": version},
+    )
+
+
 class Outbox:
     """Writes outbox rows inside the caller's ``AsyncSession`` transaction.
 
@@ -200,6 +263,10 @@ class Outbox:
             body = _JSON.encode(payload)
         except (TypeError, ValueError) as err:
             raise OutboxError(f"payload is not JSON-serialisable: {err}") from err
+        return self.check_size(body)
+
+    def check_size(self, body: str) -> str:
+        """``body`` (JSON text) if within the payload cap; else ``OutboxError``."""
         # A character is at most 4 UTF-8 bytes: most payloads need no encoding to check.
         if len(body) * 4 <= self.max_payload_bytes:
             return body
@@ -213,15 +280,21 @@ class Outbox:
     async def enqueue(
         self,
         session: AsyncSession,
+        event: BaseModel | None = None,
         *,
-        aggregate_type: str,
-        aggregate_id: str,
-        type: str,
-        payload: Any,
+        aggregate_type: str | None = None,
+        aggregate_id: str | None = None,
+        type: str | None = None,
+        payload: Any = None,
         headers: Mapping[str, str] | None = None,
         id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         """Add one event to ``session``'s transaction; return its message id (UUIDv7).
+
+        Either an ``event`` instance (a class declared with ``relaybus.events.event``:
+        serialised once, ``type`` and ``schema_version`` from its declaration, the
+        aggregate from its declaration or the arguments), or ``aggregate_type``,
+        ``aggregate_id``, ``type`` and a JSON-serialisable ``payload``.
 
         ``headers`` may carry ``traceparent``, ``correlation_id``, ``causation_id`` or
         custom string headers; not relaybus's envelope names (``id``, ``type``, …) nor
@@ -229,8 +302,9 @@ class Outbox:
         invalid input (see ``name_problem`` and ``headers_problem``).
         """
         params: dict[str, Any] = {}
-        message_id = self._event(params, aggregate_type, aggregate_id, type, payload, headers, id)
-        await session.execute(self._event_inserts[bool(headers)], params)
+        described = describe(event, aggregate_type, aggregate_id, type, payload, headers)
+        message_id = self._event(params, *described, id)
+        await session.execute(self._event_inserts[bool(described[4])], params)
         if self.delete_on_write:
             await session.execute(_DELETE_WRITTEN, {"rb_id": message_id})
         return message_id
@@ -250,10 +324,11 @@ class Outbox:
         statement: BusinessStatement,
         params: Mapping[str, Any] | None = None,
         *,
-        aggregate_type: str,
-        aggregate_id: str,
-        type: str,
-        payload: Any,
+        event: BaseModel | None = None,
+        aggregate_type: str | None = None,
+        aggregate_id: str | None = None,
+        type: str | None = None,
+        payload: Any = None,
         headers: Mapping[str, str] | None = None,
         id: uuid.UUID | None = None,
     ) -> tuple[uuid.UUID, Result[Any]]:
@@ -267,6 +342,7 @@ class Outbox:
         ``aggregate_id`` must be known beforehand (e.g. a snowflake id from
         ``relaybus.snowflake``). Returns the message id and the business statement's
         own result (``rowcount``, ``RETURNING`` rows), as ``session.execute`` would.
+        The event is an ``event=`` instance or the four arguments, as for ``enqueue``.
 
         ``params`` are the business statement's parameters, as for
         ``session.execute(statement, params)``; their names must not start with
@@ -274,16 +350,15 @@ class Outbox:
         once (at most 256 distinct statements kept).
         """
         all_params = dict(params) if params else {}
-        message_id = self._event(
-            all_params, aggregate_type, aggregate_id, type, payload, headers, id
-        )
+        described = describe(event, aggregate_type, aggregate_id, type, payload, headers)
+        message_id = self._event(all_params, *described, id)
         combined = self._combined.get(statement)
         if combined is None:
             combined = self.combine(statement)
             if len(self._combined) >= 256:
                 self._combined.clear()
             self._combined[statement] = combined
-        result = await session.execute(combined[bool(headers)], all_params)
+        result = await session.execute(combined[bool(described[4])], all_params)
         if self.delete_on_write:
             # A separate statement: a sibling CTE would not see the row it inserts.
             await session.execute(_DELETE_WRITTEN, {"rb_id": message_id})
@@ -318,7 +393,11 @@ class Outbox:
             if (problem := headers_problem(headers)) is not None:
                 raise OutboxError(problem)
             params["rb_headers"] = json.dumps(dict(headers))
-        params["rb_payload"] = self.encode_payload(payload)
+        params["rb_payload"] = (
+            self.check_size(payload.text)
+            if isinstance(payload, _Encoded)
+            else self.encode_payload(payload)
+        )
         message_id = id or uuid7()
         params["rb_id"] = message_id
         params["rb_aggregatetype"] = aggregate_type

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relaybus.consumers.incoming import InvalidMessage
+from relaybus.events import EventCatalog, event
 
 # Outbox aggregate types (the relay publishes them to ``outbox.event.<aggregatetype>``).
 ORDER_AGGREGATE = "order"
@@ -134,8 +135,9 @@ class Line(BaseModel):
     quantity: int = Field(gt=0, le=1000)
 
 
-class OrderCreated(BaseModel):
-    """``order.created``: the order the saga starts from."""
+@event("order.created", version=1, aggregate_type=ORDER_AGGREGATE, key="order_id")
+class OrderCreatedV1(BaseModel):
+    """``order.created`` v1: the order the saga starts from (before currencies)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -145,6 +147,30 @@ class OrderCreated(BaseModel):
     amount_cents: int
 
 
+@event("order.created", version=2, aggregate_type=ORDER_AGGREGATE, key="order_id")
+class OrderCreated(BaseModel):
+    """``order.created`` v2: the order the saga starts from, with its amount's currency
+    (ISO 4217). A v1 event is lifted by ``order_created_v1_to_v2``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    order_id: int
+    customer: str
+    items: list[Line]
+    amount_cents: int
+    currency: str = Field(min_length=3, max_length=3, pattern="^[A-Z]{3}$")
+
+
+# Every order before v2 was priced in euros (the shop's only currency then).
+V1_CURRENCY = "EUR"
+
+
+def order_created_v1_to_v2(v1: dict[str, Any]) -> dict[str, Any]:
+    """``order.created`` v1 → v2: the currency every v1 order was priced in."""
+    return {**v1, "currency": V1_CURRENCY}
+
+
+@event("order.requested", aggregate_type=ORDER_REQUEST_AGGREGATE, key="order_id")
 class OrderRequested(BaseModel):
     """``order.requested``: who asked, from where; admission reads only these fields."""
 
@@ -164,6 +190,16 @@ class Decision(BaseModel):
 
     order_id: int
     reason: str = Field(max_length=500)
+
+
+@event("order.admitted", key="order_id")
+class Admitted(Decision):
+    """``order.admitted``: admission let the request in."""
+
+
+@event("order.throttled", key="order_id")
+class Throttled(Decision):
+    """``order.throttled``: a rate limit refused the request."""
 
 
 class StepCommand(BaseModel):
@@ -187,6 +223,78 @@ class Reply(BaseModel):
     amount_cents: int = 0
 
 
+@event("stock.reserved", aggregate_type=INVENTORY_AGGREGATE, key="order_id")
+class StockReserved(Reply):
+    """The order's units are held."""
+
+
+@event("stock.refused", aggregate_type=INVENTORY_AGGREGATE, key="order_id")
+class StockRefused(Reply):
+    """Not enough stock: nothing is held."""
+
+
+@event("stock.released", aggregate_type=INVENTORY_AGGREGATE, key="order_id")
+class StockReleased(Reply):
+    """The order's units are back in stock (compensation)."""
+
+
+@event("payment.charged", aggregate_type=PAYMENT_AGGREGATE, key="order_id")
+class PaymentCharged(Reply):
+    """The order is paid."""
+
+
+@event("payment.failed", aggregate_type=PAYMENT_AGGREGATE, key="order_id")
+class PaymentFailed(Reply):
+    """The gateway declined or did not answer in time."""
+
+
+@event("payment.refunded", aggregate_type=PAYMENT_AGGREGATE, key="order_id")
+class PaymentRefunded(Reply):
+    """The charge is returned (compensation)."""
+
+
+@event("order.expired", aggregate_type=ORDER_AGGREGATE, key="order_id")
+class OrderExpired(Reply):
+    """The orders service saw the saga miss its deadline."""
+
+
+@event("order.status", aggregate_type=ORDER_STATUS_AGGREGATE, key="order_id")
+class OrderStatusChanged(BaseModel):
+    """``order.status``: the order took ``status`` at ``version`` (its history step);
+    the first (REQUESTED) also carries what was ordered."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    order_id: int
+    version: int = Field(ge=0)
+    status: OrderStatus
+    reason: str | None = Field(None, max_length=2000)
+    customer: str | None = Field(None, max_length=128)
+    items: list[Line] | None = None
+    amount_cents: int | None = None
+
+
+@event("inventory.reserve", key="order_id")
+class Reserve(StepCommand):
+    """Hold the order's units."""
+
+
+@event("inventory.release", key="order_id")
+class Release(StepCommand):
+    """Return the order's units."""
+
+
+@event("payment.charge", key="order_id")
+class Charge(StepCommand):
+    """Charge the order's amount."""
+
+
+@event("payment.refund", key="order_id")
+class Refund(StepCommand):
+    """Refund the order's charge."""
+
+
+@event("order.transition", key="order_id")
 class Transition(BaseModel):
     """``order.transition``: the saga moved an order to ``status`` at step ``step``."""
 
@@ -222,3 +330,17 @@ def parse_keyed(model: type[M], payload: object, key: str) -> M:
     if str(order_id) != key:
         raise InvalidMessage("key-mismatch", f"keyed {key[:40]!r}, about {order_id}")
     return message
+
+
+def shop_events() -> EventCatalog:
+    """Every event and command class of the shop, every version, with the upcasters:
+    what the saga reads with, and what the AsyncAPI document lists."""
+    events = EventCatalog(
+        OrderRequested, OrderCreatedV1, OrderCreated, OrderStatusChanged, OrderExpired,
+        Admitted, Throttled, Transition,
+        StockReserved, StockRefused, StockReleased,
+        PaymentCharged, PaymentFailed, PaymentRefunded,
+        Reserve, Release, Charge, Refund,
+    )  # fmt: skip
+    events.upcaster(EventType.ORDER_CREATED, from_version=1)(order_created_v1_to_v2)
+    return events

@@ -182,12 +182,14 @@ class Postgres:
             self._psql(f"ALTER ROLE {user} PASSWORD '{pw}'", stdin=True)
         if not self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'"):
             self._psql(f"CREATE DATABASE {db} OWNER {user}")
-        # The bench reads (and resets) per-statement costs as the relaybus role.
-        self._psql(
-            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; "
-            f"GRANT EXECUTE ON FUNCTION pg_stat_statements_reset TO {user};",
-            db,
-        )
+        # The bench reads (and resets) per-statement costs as the relaybus role, in
+        # this database and in those the tests create (from template1).
+        for database in (db, "template1"):
+            self._psql(
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; "
+                f"GRANT EXECUTE ON FUNCTION pg_stat_statements_reset TO {user};",
+                database,
+            )
 
     def stop(self, mode: str = "fast") -> bool:
         """``pg_ctl stop -m MODE`` on our cluster (its postmaster pid), if it runs.

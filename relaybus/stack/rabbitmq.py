@@ -136,7 +136,12 @@ class RabbitMQ:
         def ready() -> bool:
             if read_pid(self.home / "launcher.pid") is None and read_pid(self.pid_file) is None:
                 raise StackError("rabbitmq: the server exited during start", tail(self.log))
-            return self._ctl("await_startup", "--timeout", "5", timeout=15).returncode == 0
+            try:
+                return self._ctl("await_startup", "--timeout", "5", timeout=30).returncode == 0
+            except subprocess.TimeoutExpired:
+                # rabbitmqctl is an Erlang VM of its own: on a busy machine starting it
+                # can outlast the probe. Not ready yet; the deadline decides.
+                return False
 
         wait_until(ready, self.s.start_timeout_s, self.name, self.log)
 

@@ -15,6 +15,7 @@ from tests.support.cli import REPO, run_cli
 
 @pytest.mark.timeout(900)  # every scenario in turn: longer than one test's default
 @pytest.mark.slow
+@pytest.mark.bench
 def test_every_scenario_runs_in_quick_mode(tmp_path: Path) -> None:
     committed = {p.name: p.read_bytes() for p in (REPO / "bench" / "results").glob("*.json")}
     doc = REPO / "docs" / "benchmarks.md"

@@ -153,6 +153,10 @@ async def test_hostile_records_are_dead_lettered_or_skipped_and_the_shop_goes_on
         (b'{"order_id": 1}', [(b"type", b"\xff\xfe")]),
         (b"x" * 500_000, envelope("order.created", marker)),
         (b'{"order_id": 1}', envelope("order.created", marker, *DEBEZIUM_OVERFLOW)),
+        # Versions the saga's catalog cannot lift: skipped, not guessed.
+        (b'{"order_id": 1}', envelope("order.created", marker, (b"schema_version", b"3"))),
+        (b'{"order_id": 1}', envelope("order.created", marker, (b"schema_version", b"-1"))),
+        (b"{}", envelope("order.created", marker, (b"schema_version", b"9" * 5000))),
     ]
 
     engine = create_engine(settings.database_url)

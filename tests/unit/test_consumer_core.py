@@ -158,6 +158,8 @@ def test_load_app_explains_what_is_wrong() -> None:
         load_app("no_such_module_xyz:app")
     with pytest.raises(WorkerNotFound, match="not a ConsumerApp"):
         load_app("json:dumps_nothing")
+    with pytest.raises(WorkerNotFound, match="function of no arguments"):
+        load_app("json:dumps")  # a function that needs arguments is not a factory
 
 
 def test_worker_command_bad_name_is_one_line() -> None:

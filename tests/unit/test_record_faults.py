@@ -18,12 +18,22 @@ from hypothesis import strategies as st
 
 from relaybus.consumers import cdc
 from relaybus.consumers.incoming import InvalidMessage, WireLimits, decode, read_headers
+from relaybus.shop.contract import shop_events
 from relaybus.shop.producers.orders.views import OrderViews
 from relaybus.shop.streams.readmodel.agent import read_event
 from relaybus.shop.streams.saga.agent import read_input
 
 DEBEZIUM = "__debezium.context.connectorName"
-NAMES = ["id", "type", "occurred_at", "note", DEBEZIUM, cdc.PACKED_HEADERS, "x-attempts"]
+NAMES = [
+    "id",
+    "type",
+    "occurred_at",
+    "note",
+    DEBEZIUM,
+    cdc.PACKED_HEADERS,
+    "x-attempts",
+    "schema_version",
+]
 
 timestamps = st.one_of(
     st.integers(min_value=2 * 10**17, max_value=10**19).map(str),
@@ -65,7 +75,7 @@ def test_every_decode_entry_point_returns_or_refuses(
     with contextlib.suppress(InvalidMessage):  # dead-lettered: the record's verdict
         _decode(pairs, body)
     # The faust agents' readers and the API's tail never raise: they skip.
-    read_input(pairs, body)
+    read_input(pairs, body, shop_events())
     read_event(pairs, body)
     OrderViews(None, None, None, lambda order: 0).on_record(0, 1, b"k", body)  # type: ignore[arg-type]
 

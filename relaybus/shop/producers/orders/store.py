@@ -23,6 +23,7 @@ from relaybus.shop.contract import (
     ORDER_STATUS_AGGREGATE,
     EventType,
     Line,
+    OrderCreated,
     OrderStatus,
     Transition,
     step_id,
@@ -116,8 +117,9 @@ class OrderStore:
     """Places and reads orders; applies transitions. Stateless; methods take a session
     whose transaction the caller owns (and commits)."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, currency: str = "EUR") -> None:
         self.outbox = outbox
+        self.currency = currency  # ISO 4217, of every amount (order.created v2)
 
     async def place(
         self,
@@ -200,19 +202,16 @@ class OrderStore:
             return False
         if order.status != OrderStatus.REQUESTED:
             return True
-        await self.outbox.enqueue(
-            session,
-            aggregate_type=ORDER_AGGREGATE,
-            aggregate_id=str(order_id),
-            type=EventType.ORDER_CREATED,
-            payload={
+        created = OrderCreated.model_validate(
+            {
                 "order_id": order_id,
                 "customer": order.customer,
                 "items": order.items,
                 "amount_cents": order.amount_cents,
-            },
-            id=step_id(order_id, "created"),
+                "currency": self.currency,
+            }
         )
+        await self.outbox.enqueue(session, created, id=step_id(order_id, "created"))
         await self._record(session, order_id, OrderStatus.PENDING, "admitted", 0)
         return True
 

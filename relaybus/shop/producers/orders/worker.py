@@ -23,7 +23,7 @@ from relaybus.shop.contract import (
 from relaybus.shop.producers.orders.store import OrderStore
 
 
-def orders_app(settings: Settings | None = None) -> ConsumerApp:
+def orders_app(settings: Settings | None = None, store: OrderStore | None = None) -> ConsumerApp:
     """The orders service's consumer: admission's decisions and the saga's transitions.
 
     Each message is applied once (inbox) in the transaction that records it, with the
@@ -32,7 +32,7 @@ def orders_app(settings: Settings | None = None) -> ConsumerApp:
     """
     settings = settings or Settings()
     app = ConsumerApp("orders")
-    store = OrderStore(Outbox.from_settings(settings))
+    store = store or OrderStore(Outbox.from_settings(settings))
 
     @app.kafka(
         ORDERS_ADMITTED,

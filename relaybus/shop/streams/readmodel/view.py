@@ -4,23 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from relaybus.shop.contract import OrderStatusChanged as StatusEvent
 
-from relaybus.shop.contract import Line, OrderStatus
-
-
-class StatusEvent(BaseModel):
-    """``order.status``: the order took ``status`` at ``version`` (its history step)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    order_id: int
-    version: int = Field(ge=0)
-    status: OrderStatus
-    reason: str | None = Field(None, max_length=2000)
-    customer: str | None = Field(None, max_length=128)
-    items: list[Line] | None = None
-    amount_cents: int | None = None
+__all__ = ["StatusEvent", "fold"]
 
 
 def fold(view: dict[str, Any] | None, event: StatusEvent) -> dict[str, Any]:

@@ -26,9 +26,10 @@ import logging
 from typing import Any
 
 import faust
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from relaybus.consumers.incoming import InvalidMessage, parse_payload
+from relaybus.events import EventCatalog, EventRefused, parse_version
 from relaybus.settings import Settings
 from relaybus.shop.contract import (
     INVENTORY_COMMANDS,
@@ -40,7 +41,14 @@ from relaybus.shop.contract import (
     CommandType,
     EventType,
     OrderCreated,
-    Reply,
+    OrderExpired,
+    PaymentCharged,
+    PaymentFailed,
+    PaymentRefunded,
+    StockRefused,
+    StockReleased,
+    StockReserved,
+    shop_events,
     step_id,
 )
 from relaybus.shop.settings import ShopSettings
@@ -50,15 +58,17 @@ from relaybus.streams.envelope import envelope, header, record_key, skips_unfore
 
 log = logging.getLogger("relaybus.saga")
 
+# What the saga reads each input as: the newest class of its type (older versions are
+# lifted by the shop's upcasters first).
 _SCHEMAS: dict[str, type[BaseModel]] = {
     EventType.ORDER_CREATED.value: OrderCreated,
-    EventType.ORDER_EXPIRED.value: Reply,
-    EventType.STOCK_RESERVED.value: Reply,
-    EventType.STOCK_REFUSED.value: Reply,
-    EventType.STOCK_RELEASED.value: Reply,
-    EventType.PAYMENT_CHARGED.value: Reply,
-    EventType.PAYMENT_FAILED.value: Reply,
-    EventType.PAYMENT_REFUNDED.value: Reply,
+    EventType.ORDER_EXPIRED.value: OrderExpired,
+    EventType.STOCK_RESERVED.value: StockReserved,
+    EventType.STOCK_REFUSED.value: StockRefused,
+    EventType.STOCK_RELEASED.value: StockReleased,
+    EventType.PAYMENT_CHARGED.value: PaymentCharged,
+    EventType.PAYMENT_FAILED.value: PaymentFailed,
+    EventType.PAYMENT_REFUNDED.value: PaymentRefunded,
 }
 _COMMAND_TOPIC = {
     CommandType.RESERVE: INVENTORY_COMMANDS,
@@ -74,9 +84,12 @@ CHANGELOG = f"{APP_ID}-{TABLE}-changelog"
 
 
 @skips_unforeseen
-def read_input(headers: Any, value: bytes | None) -> tuple[str, dict[str, Any]] | None:
+def read_input(
+    headers: Any, value: bytes | None, events: EventCatalog
+) -> tuple[str, dict[str, Any]] | None:
     """An input event as ``(type, payload)``, or None (logged) if it is not one of the
-    saga's events or does not fit its schema."""
+    saga's events, is of a version ``events`` cannot lift to the saga's, or does not
+    fit its schema. An older version is upcast first (``order.created`` v1 → v2)."""
     event_type = header(headers, "type")
     schema = _SCHEMAS.get(event_type or "")
     if schema is None or event_type is None:
@@ -88,18 +101,20 @@ def read_input(headers: Any, value: bytes | None) -> tuple[str, dict[str, Any]] 
     try:
         # The same bounded parser the workers use: no recursion, size or number bombs.
         body = parse_payload(value, require_object=True)
-        payload = schema.model_validate(body).model_dump(mode="json")
+        version = parse_version(header(headers, "schema_version"))
+        payload = events.read(schema, version, body).model_dump(mode="json")
     except InvalidMessage as err:
         log.warning("saga: skipping a %s that is not readable: %.300s", event_type, err)
         return None
-    except ValidationError as err:
-        log.warning("saga: skipping a %s that does not fit its schema: %.300s", event_type, err)
+    except EventRefused as err:
+        log.warning("saga: skipping a %s (%s): %.300s", event_type, err.reason, err.detail)
         return None
     return event_type, payload
 
 
 def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
     """The saga's faust app (nothing connects until its worker starts)."""
+    events = shop_events()
     app = shop_faust_app(APP_ID, settings, shop, shop.shop_partitions, producer_linger=0.005)
     inputs = app.topic(*SAGA_INPUTS, key_serializer="raw", value_serializer="raw", allow_empty=True)
     outputs = {
@@ -148,7 +163,7 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
     async def order_saga(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             key = record_key(event.key)
-            parsed = read_input(event.headers, event.value)
+            parsed = read_input(event.headers, event.value, events)
             if key is None or parsed is None:
                 if parsed is not None:
                     log.warning("saga: skipping a %s whose key is not UTF-8", parsed[0])
