@@ -289,8 +289,9 @@ async def typed_sweep(
 
     dicts = Series(f"enqueue, dict payload, {writers} writers", "tx/s")
     typed = Series(f"enqueue, event instance, {writers} writers", "tx/s")
-    for _ in range(rounds):
-        for series, is_typed in ((dicts, False), (typed, True)):
+    for round_no in range(rounds):
+        pair = [(dicts, False), (typed, True)]
+        for series, is_typed in pair if round_no % 2 == 0 else reversed(pair):
             async with engine.begin() as conn:
                 await conn.execute(
                     text("DELETE FROM outbox WHERE aggregatetype = :a"), {"a": TYPED_AGGREGATE}

@@ -29,6 +29,7 @@ from relaybus.brokers.kafka_admin import (
     start_group_at,
 )
 from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
+from relaybus.brokers.kafka_window import read_window
 from relaybus.headers import REPLAY_OF
 
 # Batches read per partition and records in flight before the copy waits for acks:
@@ -251,80 +252,61 @@ async def copy_window(
     source partition's records (idempotent producer: no gaps, no reordering), and a
     resume finds them by their ``x-replay-of``. ``progress`` is called with the
     number of window records dealt with since the last call."""
+    if not any(w.count for w in windows):
+        return CopyResult(0, 0, 0, 0)
     with reaching(bootstrap):
-        ends = {w.partition: w.end for w in windows if w.count}
-        if not ends:
-            return CopyResult(0, 0, 0, 0)
-        consumer = committed_reader(bootstrap, max_poll_records=FETCH_RECORDS)
         producer = AIOKafkaProducer(
             **kafka_client_options(bootstrap), acks="all", enable_idempotence=True, linger_ms=5
         )
-        await consumer.start()
         await producer.start()
         read = copied = filtered = present = 0
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
             out_parts = sorted(await producer.partitions_for(destination))
-            tps = [TopicPartition(source, p) for p in ends]
-            consumer.assign(tps)
-            for w in windows:
-                if w.count:
-                    consumer.seek(TopicPartition(source, w.partition), w.start)
-            todo = set(tps)
             unacked: list[asyncio.Future[object]] = []
-            while todo:
-                batches = await consumer.getmany(*todo, timeout_ms=1000)
-                for tp, records in batches.items():
-                    end = ends[tp.partition]
-                    inside = [r for r in records if r.offset < end]
-                    if len(inside) < len(records):
-                        todo.discard(tp)
-                    for r in inside:
-                        read += 1
-                        headers = [(n, v) for n, v in r.headers if n != REPLAY_OF]
-                        if (tp.partition, r.offset) in skip:
-                            present += 1
-                            continue
-                        if not select.wants(r.key, dict(headers)):
-                            filtered += 1
-                            continue
-                        headers.append((REPLAY_OF, replay_of(source, tp.partition, r.offset)))
-                        if rewrite is not None:
-                            headers = rewrite(tp.partition, r.offset, headers)
-                        if keep_partitions:
-                            partition: int | None = tp.partition
-                        elif r.key is not None:
-                            partition = out_parts[key_partition(r.key, len(out_parts))]
-                        else:
-                            partition = None
-                        unacked.append(
-                            await producer.send(
-                                destination,
-                                value=r.value,
-                                key=r.key,
-                                headers=headers,
-                                partition=partition,
-                                timestamp_ms=r.timestamp if keep_timestamps else None,
-                            )
+            async for batch in read_window(bootstrap, source, windows):
+                for r in batch:
+                    read += 1
+                    headers = [(n, v) for n, v in r.headers if n != REPLAY_OF]
+                    if (r.partition, r.offset) in skip:
+                        present += 1
+                        continue
+                    if not select.wants(r.key, dict(headers)):
+                        filtered += 1
+                        continue
+                    headers.append((REPLAY_OF, replay_of(source, r.partition, r.offset)))
+                    if rewrite is not None:
+                        headers = rewrite(r.partition, r.offset, headers)
+                    if keep_partitions:
+                        partition: int | None = r.partition
+                    elif r.key is not None:
+                        partition = out_parts[key_partition(r.key, len(out_parts))]
+                    else:
+                        partition = None
+                    unacked.append(
+                        await producer.send(
+                            destination,
+                            value=r.value,
+                            key=r.key,
+                            headers=headers,
+                            partition=partition,
+                            timestamp_ms=r.timestamp if keep_timestamps else None,
                         )
-                        copied += 1
-                        if rate is not None:
-                            # Paced, not bursty: wait until this record's slot comes.
-                            ahead = began + copied / rate - loop.time()
-                            if ahead > 0:
-                                await asyncio.sleep(ahead)
-                    if len(unacked) >= MAX_UNACKED:
-                        await asyncio.gather(*unacked)
-                        unacked.clear()
-                    progress(len(inside))
-                # The end is the consumer's position, not the last offset seen: a
-                # transactional topic ends with commit markers, never returned.
-                await read_to(consumer, todo, {tp: ends[tp.partition] for tp in todo})
+                    )
+                    copied += 1
+                    if rate is not None:
+                        # Paced, not bursty: wait until this record's slot comes.
+                        ahead = began + copied / rate - loop.time()
+                        if ahead > 0:
+                            await asyncio.sleep(ahead)
+                if len(unacked) >= MAX_UNACKED:
+                    await asyncio.gather(*unacked)
+                    unacked.clear()
+                progress(len(batch))
             await asyncio.gather(*unacked)
         finally:
             await producer.stop()
-            await consumer.stop()
         return CopyResult(read, copied, filtered, present)
 
 

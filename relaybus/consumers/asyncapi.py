@@ -221,16 +221,26 @@ class _Builder:
         return ids
 
     # channels -------------------------------------------------------------------
-    def kafka_channel(self, topic: str, ids: list[str], description: str = "") -> str:
-        self.servers_used.add("kafka")
-        cid = ident(f"kafka.{topic}")
+    def channel(
+        self,
+        server: str,
+        cid: str,
+        address: str,
+        ids: list[str],
+        bindings: dict[str, Any],
+        description: str = "",
+    ) -> str:
+        """Channel ``cid`` on ``server`` (made on first use), with ``ids`` among its
+        messages; the first description given stays."""
+        self.servers_used.add(server)
+        cid = ident(cid)
         channel = self.channels.setdefault(
             cid,
             {
-                "address": topic,
-                "servers": [{"$ref": "#/servers/kafka"}],
+                "address": address,
+                "servers": [{"$ref": f"#/servers/{server}"}],
                 "messages": {},
-                "bindings": {"kafka": {"topic": topic, "bindingVersion": KAFKA_BINDING}},
+                "bindings": bindings,
             },
         )
         if description and "description" not in channel:
@@ -239,63 +249,34 @@ class _Builder:
             channel["messages"][mid] = {"$ref": f"#/components/messages/{mid}"}
         return cid
 
+    def kafka_channel(self, topic: str, ids: list[str], description: str = "") -> str:
+        bindings = {"kafka": {"topic": topic, "bindingVersion": KAFKA_BINDING}}
+        return self.channel("kafka", f"kafka.{topic}", topic, ids, bindings, description)
+
     def amqp_routing_key(self, type_: str, ids: list[str]) -> str:
-        self.servers_used.add("rabbitmq")
-        cid = ident(f"amqp.{EXCHANGE}.{type_}")
-        channel = self.channels.setdefault(
-            cid,
-            {
-                "address": type_,
-                "description": f"routing key {type_!r} on the topic exchange {EXCHANGE}",
-                "servers": [{"$ref": "#/servers/rabbitmq"}],
-                "messages": {},
-                "bindings": {
-                    "amqp": {
-                        "is": "routingKey",
-                        "exchange": {
-                            "name": EXCHANGE,
-                            "type": "topic",
-                            "durable": True,
-                            "autoDelete": False,
-                            "vhost": "/",
-                        },
-                        "bindingVersion": AMQP_BINDING,
-                    }
-                },
-            },
+        exchange = {"name": EXCHANGE, "type": "topic", "durable": True, "autoDelete": False}
+        bindings = {
+            "amqp": {
+                "is": "routingKey",
+                "exchange": {**exchange, "vhost": "/"},
+                "bindingVersion": AMQP_BINDING,
+            }
+        }
+        description = f"routing key {type_!r} on the topic exchange {EXCHANGE}"
+        return self.channel(
+            "rabbitmq", f"amqp.{EXCHANGE}.{type_}", type_, ids, bindings, description
         )
-        for mid in ids:
-            channel["messages"][mid] = {"$ref": f"#/components/messages/{mid}"}
-        return cid
 
     def amqp_queue(self, queue: str, ids: list[str], description: str) -> str:
-        self.servers_used.add("rabbitmq")
-        cid = ident(f"amqp.queue.{queue}")
-        channel = self.channels.setdefault(
-            cid,
-            {
-                "address": queue,
-                "description": description,
-                "servers": [{"$ref": "#/servers/rabbitmq"}],
-                "messages": {},
-                "bindings": {
-                    "amqp": {
-                        "is": "queue",
-                        "queue": {
-                            "name": queue,
-                            "durable": True,
-                            "exclusive": False,
-                            "autoDelete": False,
-                            "vhost": "/",
-                        },
-                        "bindingVersion": AMQP_BINDING,
-                    }
-                },
-            },
-        )
-        for mid in ids:
-            channel["messages"][mid] = {"$ref": f"#/components/messages/{mid}"}
-        return cid
+        declared = {"name": queue, "durable": True, "exclusive": False, "autoDelete": False}
+        bindings = {
+            "amqp": {
+                "is": "queue",
+                "queue": {**declared, "vhost": "/"},
+                "bindingVersion": AMQP_BINDING,
+            }
+        }
+        return self.channel("rabbitmq", f"amqp.queue.{queue}", queue, ids, bindings, description)
 
     # operations -----------------------------------------------------------------
     def operation(self, oid: str, action: str, cid: str, ids: list[str], **extra: Any) -> None:
