@@ -28,7 +28,6 @@ status: 0 only if every run passed. Extra arguments go to every pytest run.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -40,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dotenv import dotenv_values
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url
 
-from relaybus.db import create_engine
 from relaybus.settings import Settings
+from relaybus.stack.postgres import Postgres
+from relaybus.stack.settings import StackSettings
 from relaybus.stack.stack import Stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,15 +100,10 @@ def cluster_clients() -> dict[str, str]:
     return {"RELAYBUS_DATABASE_URL": url.render_as_string(hide_password=False)}
 
 
-async def _recreate_cluster_database() -> None:
-    engine = create_engine(Settings().database_url)
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{CLUSTER_DATABASE}"'))
-            await conn.execute(text(f'CREATE DATABASE "{CLUSTER_DATABASE}"'))
-    finally:
-        await engine.dispose()
+def _recreate_cluster_database() -> None:
+    # As the server's superuser (through the stack): the bench smoke run that follows
+    # the cluster tests needs pg_stat_statements, which the relaybus role cannot create.
+    Postgres(StackSettings()).recreate_database(CLUSTER_DATABASE)
 
 
 def stop_faults_stack() -> None:
@@ -160,7 +155,7 @@ def start_stacks() -> bool:
     ]
     if any(proc.wait() != 0 for proc in started):
         return False
-    asyncio.run(_recreate_cluster_database())
+    _recreate_cluster_database()
     migrated = [
         _step("faults stack", [RELAYBUS, "shop-db", "upgrade"], faults_clients()),
         _step("cluster database", [RELAYBUS, "shop-db", "upgrade"], cluster_clients()),

@@ -55,6 +55,7 @@ async def shadow_kafka(
     engine = create_engine(settings.database_url, pool_size=2)
     try:
         runner = ShadowRunner(engine, handlers)
+        live_dead = await _live_dead_letters(settings, topic, since_ms)
         async for batch in read_window(settings.kafka, topic, windows):
             for record in batch:
                 await runner.run(
@@ -67,7 +68,7 @@ async def shadow_kafka(
                         record.offset,
                     )
                 )
-        await runner.compare_with_live(await _live_dead_letters(settings, topic, since_ms))
+            await runner.compare_with_live(live_dead)
         return runner.report
     finally:
         await engine.dispose()
@@ -118,7 +119,7 @@ async def shadow_archive(
                     ),
                     routing_key=message.type,
                 )
-        await runner.compare_with_live({})
+            await runner.compare_with_live({})
         return runner.report
     finally:
         await engine.dispose()

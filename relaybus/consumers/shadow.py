@@ -246,10 +246,13 @@ class ShadowRunner:
                 await transaction.rollback()
 
     async def compare_with_live(self, live_dead: Mapping[str, set[uuid.UUID]]) -> None:
-        """Fill in the comparison: the live inbox's rows for these ids (read only) and
-        ``live_dead`` (handler name -> ids its dead-letter queue holds)."""
+        """Compare the outcomes since the last call with the live records: the live
+        inbox's rows for these ids (read only) and ``live_dead`` (handler name -> ids
+        its dead-letter queue holds); then forget them. Called after each batch, so a
+        window of any size holds one batch of outcomes (plus its regressions)."""
         by_handler: dict[str, list[Outcome]] = {}
-        for outcome in self.outcomes:
+        compared, self.outcomes = self.outcomes, []
+        for outcome in compared:
             if outcome.message_id is not None:
                 by_handler.setdefault(outcome.handler, []).append(outcome)
         async with self.engine.connect() as conn:

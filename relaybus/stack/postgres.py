@@ -182,14 +182,26 @@ class Postgres:
             self._psql(f"ALTER ROLE {user} PASSWORD '{pw}'", stdin=True)
         if not self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'"):
             self._psql(f"CREATE DATABASE {db} OWNER {user}")
-        # The bench reads (and resets) per-statement costs as the relaybus role, in
-        # this database and in those the tests create (from template1).
-        for database in (db, "template1"):
-            self._psql(
-                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; "
-                f"GRANT EXECUTE ON FUNCTION pg_stat_statements_reset TO {user};",
-                database,
-            )
+        self._bench_ready(db)
+
+    def _bench_ready(self, db: str) -> None:
+        # The bench reads (and resets) per-statement costs as the relaybus role.
+        self._psql(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; "
+            f"GRANT EXECUTE ON FUNCTION pg_stat_statements_reset TO {self.s.postgres_user};",
+            db,
+        )
+
+    def recreate_database(self, name: str) -> None:
+        """Drop ``name`` if it exists and create it empty, owned by the stack's role and
+        ready for the bench (``pg_stat_statements``): a second database on this server
+        for test runs that must not share the first one's outbox. ``name`` is a plain
+        identifier (letters, digits, ``_``)."""
+        if not name.replace("_", "").isalnum() or not name.isascii():
+            raise ValueError(f"database name {name!r}: letters, digits and _ only")
+        self._psql(f'DROP DATABASE IF EXISTS "{name}"')
+        self._psql(f'CREATE DATABASE "{name}" OWNER {self.s.postgres_user}')
+        self._bench_ready(name)
 
     def stop(self, mode: str = "fast") -> bool:
         """``pg_ctl stop -m MODE`` on our cluster (its postmaster pid), if it runs.

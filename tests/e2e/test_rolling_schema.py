@@ -10,8 +10,9 @@ import uuid
 from pathlib import Path
 
 import httpx
+from aiokafka.admin import AIOKafkaAdminClient
 
-from relaybus.brokers.kafka_replay import group_members
+from relaybus.brokers.kafka_connection import kafka_client_options
 from relaybus.db import create_engine
 from relaybus.settings import Settings
 from relaybus.shop.cli.flashsale import Workload, seed
@@ -46,7 +47,21 @@ async def test_old_and_new_producers_side_by_side_every_order_is_confirmed(
         old.start()
 
         async def both_releases_consume() -> bool:
-            return len(await group_members(settings.kafka, "orders-admitted")) == 2
+            """The group settled with partitions assigned to both workers (two members
+            listed is not enough: until the rebalance ends the first still has all)."""
+            admin = AIOKafkaAdminClient(**kafka_client_options(settings.kafka))
+            await admin.start()
+            try:
+                described = await admin.describe_consumer_groups(["orders-admitted"])
+            finally:
+                await admin.close()
+            for response in described:
+                for group in response.groups:
+                    state, members = group[2], group[5]
+                    # An assignment with no partition is 10 bytes (version, no topic, no data).
+                    if state == "Stable" and len(members) == 2:
+                        return all(len(member[4]) > 10 for member in members)
+            return False
 
         await eventually(both_releases_consume, within=90, what="old and new orders workers")
         body = {"items": [{"product": sku, "quantity": 1}]}
