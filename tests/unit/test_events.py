@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -137,6 +137,8 @@ def test_a_class_declared_twice_for_one_version_is_refused() -> None:
 
 # Property: a chain of n upcasters, each appending its step, applies every step once and
 # in order, from any start version to any later target.
+# Drawing inside the test (st.data) is slow on a loaded machine: no time health check.
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     length=st.integers(min_value=1, max_value=12),
     data=st.data(),
@@ -155,6 +157,7 @@ def test_a_chain_of_upcasters_applies_each_step_once_in_order(length: int, data:
     assert lifted == {"steps": list(range(start, target))}
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     versions=st.lists(st.integers(min_value=1, max_value=10), min_size=1, max_size=9, unique=True),
     start=st.integers(min_value=1, max_value=10),
