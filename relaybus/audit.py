@@ -47,6 +47,14 @@ async def record(
     return entry
 
 
+async def amend(session: AsyncSession, entry_id: int, detail: dict[str, Any]) -> None:
+    """Replace the detail of audit row ``entry_id`` (an action recorded before it ran,
+    completed with what it did: ``dlq.replay`` lists what it sent)."""
+    entry = await session.get(AuditEntry, entry_id)
+    if entry is not None:
+        entry.detail = detail
+
+
 async def find(session: AsyncSession, entry_id: int) -> AuditEntry | None:
     """The audit row ``entry_id``, or None."""
     return await session.get(AuditEntry, entry_id)

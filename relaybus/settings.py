@@ -275,6 +275,17 @@ class Settings(BaseSettings):
         "X-Forwarded-For / -Proto the HTTP services believe. Default none: the client "
         "address is the connection's peer, whatever a header says.",
     )
+    tracing_trust_client_context: bool = Field(
+        False,
+        description="The HTTP services continue a client's W3C traceparent/tracestate "
+        "(set it when the callers are your own traced services). Default off: each "
+        "request starts its own trace, whatever a header says.",
+    )
+    tracing_jaeger_url: str | None = Field(
+        None,
+        description="Jaeger's query API (e.g. http://127.0.0.1:16686) that `relaybus "
+        "trace` and the console read traces from; `relaybus stack up --tracing` starts one.",
+    )
     console_metrics_endpoints: dict[str, str] = Field(
         default_factory=dict,
         description='Prometheus endpoints the console reads and links to (JSON: {"relay": '

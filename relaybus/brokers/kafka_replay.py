@@ -31,6 +31,8 @@ from relaybus.brokers.kafka_admin import (
 from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
 from relaybus.brokers.kafka_window import read_window
 from relaybus.headers import REPLAY_OF
+from relaybus.tracing import tracer
+from relaybus.tracing.redrive import redriven_pairs
 
 # Batches read per partition and records in flight before the copy waits for acks:
 # what bounds the copy's memory, whatever the window's size.
@@ -308,6 +310,24 @@ async def copy_window(
         finally:
             await producer.stop()
         return CopyResult(read, copied, filtered, present)
+
+
+def traced_copies(
+    rewrite: Rewrite | None, *, action: str, destination: str, audit_id: int | None
+) -> Rewrite | None:
+    """``rewrite`` followed, when tracing is on, by a replay span per copy linked to
+    the original's trace (``relaybus.tracing.redrive``); ``rewrite`` itself when off."""
+    if not tracer().enabled:
+        return rewrite
+
+    def traced(
+        partition: int, offset: int, headers: list[tuple[str, bytes]]
+    ) -> list[tuple[str, bytes]]:
+        if rewrite is not None:
+            headers = rewrite(partition, offset, headers)
+        return redriven_pairs(headers, action=action, destination=destination, audit_id=audit_id)
+
+    return traced
 
 
 def reprocess_ids(salt: str) -> Rewrite:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import typer
 from rich.table import Table
 
-from relaybus.audit import record
+from relaybus.audit import amend, record
 from relaybus.consumers.dlq_admin import (
     BROKER_ERRORS,
     DeadLetter,
@@ -73,11 +73,20 @@ def _dump(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-async def _audit(action: str, target: str, detail: dict[str, Any]) -> None:
+async def _audit(action: str, target: str, detail: dict[str, Any]) -> int:
     engine = create_engine(Settings().database_url, pool_size=1)
     try:
         async with session_factory(engine)() as session, session.begin():
-            await record(session, action, target, detail)
+            return (await record(session, action, target, detail)).id
+    finally:
+        await engine.dispose()
+
+
+async def _amend(entry_id: int, detail: dict[str, Any]) -> None:
+    engine = create_engine(Settings().database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await amend(session, entry_id, detail)
     finally:
         await engine.dispose()
 
@@ -214,9 +223,13 @@ def replay(
     question = f"Send {len(plan.accepted)} letters from {name} to {plan.target} ({broker})?"
     if not yes and not typer.confirm(question):
         raise typer.Exit(1)
+    # Recorded before sending (what is about to go), completed after: the replayed
+    # messages' spans name this row.
+    planned = {**plan.audit_detail(str(broker), [], reason, type_), "state": "sending"}
+    plan.audit_id = asyncio.run(_audit("dlq.replay", name, planned))
     sent = _run(broker, lambda s: s.replay(plan))
     detail = plan.audit_detail(str(broker), sent, reason, type_)
-    asyncio.run(_audit("dlq.replay", name, detail))
+    asyncio.run(_amend(plan.audit_id, detail))
     if as_json:
         _dump(detail)
     else:

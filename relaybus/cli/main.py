@@ -18,6 +18,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from relaybus import tracing
 from relaybus.terminal import run_app
 
 # name -> (module, attribute): a Typer app (a command group) or a command function.
@@ -36,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("relaybus.cli.bench", "bench"),
     "asyncapi": ("relaybus.cli.schema", "asyncapi"),
     "schema": ("relaybus.cli.schema", "schema_app"),
+    "trace": ("relaybus.cli.trace", "trace"),
 }
 
 
@@ -124,8 +126,12 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(ctx: typer.Context) -> None:
     """relaybus: transactional outbox, relay to Kafka/RabbitMQ, idempotent consumers."""
+    # The one composition root of every relaybus process: tracing from the standard
+    # OTEL_* variables (docs/tracing.md), named after the command unless
+    # OTEL_SERVICE_NAME says otherwise.
+    tracing.configure(f"relaybus-{ctx.invoked_subcommand or 'cli'}")
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from relaybus.brokers.kafka_replay import (
     destination_ends,
     reprocess_ids,
     reset_group,
+    traced_copies,
 )
 from relaybus.cli.replay_archive import replay_from_archive
 from relaybus.cli.replay_shadow import run_shadow, show_shadow
@@ -334,7 +335,12 @@ async def _run_copy(
             keep_partitions=sorted(starts) == sorted(w.partition for w in windows),
             select=filters,
             skip=skip,
-            rewrite=reprocess_ids(str(audit_id)) if reprocess else None,
+            rewrite=traced_copies(
+                reprocess_ids(str(audit_id)) if reprocess else None,
+                action=COPY_ACTIONS[1] if reprocess else COPY_ACTIONS[0],
+                destination=to_topic,
+                audit_id=audit_id,
+            ),
             # A reprocessed copy is a new message: stamped now, so it is not found
             # again in the original's time window.
             keep_timestamps=not reprocess,

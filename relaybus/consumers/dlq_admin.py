@@ -24,6 +24,7 @@ from relaybus.brokers.rabbit_management import management_get
 from relaybus.consumers.incoming import header_text
 from relaybus.consumers.naming import DLQ_SUFFIX, source_of_dlq
 from relaybus.consumers.rabbit_worker import wire_pairs
+from relaybus.tracing.redrive import redriven_headers
 
 # What a broker outage looks like to callers of this module (the CLI reports it).
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, AMQPError, OSError)
@@ -123,6 +124,8 @@ class ReplayPlan:
     select: Selector
     accepted: list[tuple[str, str]] = field(default_factory=list)
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # ref, id, origin
+    # The audit row recorded before sending: the replayed messages' spans name it.
+    audit_id: int | None = None
     _unsent: Counter[str] = field(default_factory=Counter, repr=False)
 
     def consider(self, letter: DeadLetter) -> None:
@@ -176,6 +179,17 @@ class ReplayPlan:
         if max(len(sent), len(self.accepted), len(self.refused)) > cap:
             detail["lists_cut_at"] = cap  # the counts above are complete
         return detail
+
+
+def replayed_headers(letter: DeadLetter, plan: ReplayPlan) -> dict[str, str]:
+    """The headers a replayed letter is sent with: the original's, with a replay span's
+    trace context linked to the original's when tracing is on."""
+    return redriven_headers(
+        letter.replay_headers(),
+        action="dlq.replay",
+        destination=plan.target,
+        audit_id=plan.audit_id,
+    )
 
 
 async def plan_replay(
@@ -351,7 +365,7 @@ class KafkaDeadLetters:
                     plan.target,
                     value=d.body,
                     key=d.key.encode() if d.key else None,
-                    headers=[(k, v.encode()) for k, v in d.replay_headers().items()],
+                    headers=[(k, v.encode()) for k, v in replayed_headers(d, plan).items()],
                 )
                 sent.append(d.id)
         finally:
@@ -426,7 +440,7 @@ class RabbitDeadLetters:
                 letter = self._letter(message)
                 if not plan.take(letter):
                     continue
-                headers = letter.replay_headers()
+                headers = replayed_headers(letter, plan)
                 if not letter.id:
                     headers[h.NO_ID] = "1"  # the client invents a message_id; not an id
                 await channel.default_exchange.publish(

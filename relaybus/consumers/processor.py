@@ -8,6 +8,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 
 from redis.asyncio import Redis
 from sqlalchemy.exc import DBAPIError
@@ -21,6 +22,7 @@ from relaybus.consumers.inbox import Inbox
 from relaybus.consumers.incoming import Incoming, InvalidMessage
 from relaybus.consumers.redis_dedupe import Claim, RedisDedupe
 from relaybus.db.errors import database_unavailable
+from relaybus.tracing import Span, Tracer, tracer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,12 @@ class Processor:
         """Apply ``message`` once and return its verdict; never raises for a handler
         failure.
 
+        Tracing (when on): one ``process`` span per delivery, a child of the context
+        the delivery carries and linked to it (a new trace when it carries none or a
+        malformed one), current while the handler runs (so what it writes to its
+        outbox joins the trace), with the inbox outcome, attempt, dead-letter reason
+        and breaker state.
+
         Waits while the worker's own database is unreachable (a refused or broken
         connection, a server restarting): the attempt is tried again in place with
         backoff, without using up an attempt, since the message is not at fault.
@@ -70,6 +78,26 @@ class Processor:
         deterministically still reaches the dead-letter queue after
         ``max_attempts`` probes instead of holding the handler forever.
         """
+        traced = tracer()
+        if not traced.enabled:
+            return await self._process(message)
+        with self._span(traced, message) as span:
+            verdict = await self._process(message)
+            settle_span(span, verdict)
+            if self.handler.breaker is not None:
+                span.set("relaybus.breaker", str(self.handler.breaker.state))
+            return verdict
+
+    def _span(self, traced: Tracer, message: Incoming) -> AbstractContextManager[Span]:
+        return traced.span(
+            f"process {message.source}",
+            kind="consumer",
+            parent=message.headers,
+            links=[(message.headers, {})],
+            attributes=delivery_attributes(message, self.handler.name),
+        )
+
+    async def _process(self, message: Incoming) -> Verdict:
         handler = self.handler
         waiting_for_db = Backoff(DB_WAIT_INITIAL, DB_WAIT_MAX)
         while True:
@@ -136,6 +164,9 @@ class Processor:
             return False
         applied = 0
         began = time.perf_counter()
+        traced = tracer()
+        outcomes: list[Verdict] = []
+        spans: list[Span] = []
         try:
             async with self.sessions() as session, session.begin():
                 fresh = {m.id for m in messages}
@@ -143,16 +174,31 @@ class Processor:
                     fresh = await self.inbox.claim_many(session, handler.name, list(fresh))
                 for message in messages:
                     if message.id not in fresh:
+                        outcomes.append(DUPLICATE)
+                        if traced.enabled:
+                            with self._span(traced, message) as span:
+                                spans.append(span)
                         continue
                     fresh.discard(message.id)  # a repeated id in the batch is a duplicate
-                    async with asyncio.timeout(handler.timeout):
-                        await handler.func(message, session)
+                    if traced.enabled:
+                        with self._span(traced, message) as span:
+                            spans.append(span)
+                            async with asyncio.timeout(handler.timeout):
+                                await handler.func(message, session)
+                    else:
+                        async with asyncio.timeout(handler.timeout):
+                            await handler.func(message, session)
+                    outcomes.append(DONE)
                     applied += 1
         except Exception as err:
+            for span in spans:
+                span.event("relaybus.rolled-back", {"error": type(err).__name__})
             log.info(
                 "%s: shared transaction of %d rolled back: %r", handler.name, len(messages), err
             )
             return False
+        for span, verdict in zip(spans, outcomes, strict=False):
+            settle_span(span, verdict)
         if self.observe is not None:
             elapsed = time.perf_counter() - began
             for _ in messages:
@@ -215,6 +261,38 @@ class Processor:
         assert self.sessions is not None
         async with self.sessions() as session, session.begin(), stage.handler():
             await self.handler.func(message, session)
+
+
+def delivery_attributes(message: Incoming, handler: str) -> dict[str, str | int]:
+    """A delivery's span attributes (messaging semantic conventions, relaybus's own)."""
+    attributes: dict[str, str | int] = {
+        "messaging.operation.type": "process",
+        "messaging.destination.name": message.source[:255],
+        "messaging.message.id": str(message.id),
+        "relaybus.handler": handler,
+        "relaybus.type": message.type[:255],
+        "relaybus.attempt": message.attempt,
+    }
+    if message.partition is not None:
+        attributes["messaging.destination.partition.id"] = str(message.partition)
+    if message.offset is not None:
+        attributes["messaging.kafka.offset"] = message.offset
+    return attributes
+
+
+def settle_span(span: Span, verdict: Verdict) -> None:
+    """Record a verdict on a delivery's span: the inbox outcome (``applied``,
+    ``duplicate``), or the retry / dead-letter decision and its error."""
+    outcome = {Outcome.DONE: "applied", Outcome.DUPLICATE: "duplicate"}.get(
+        verdict.outcome, str(verdict.outcome)
+    )
+    span.set("relaybus.outcome", outcome)
+    if verdict.reason:
+        span.set("relaybus.dlq.reason", verdict.reason)
+    if verdict.outcome is Outcome.RETRY:
+        span.set("relaybus.retry.delay_s", verdict.delay)
+    if verdict.error is not None:
+        span.fail(verdict.error)
 
 
 class _Stage:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Mapping
+from datetime import UTC
 
 from relaybus.brokers.publisher import Outcome, Publisher, PublishError
 from relaybus.brokers.stalls import Stall
 from relaybus.message import Message
 from relaybus.outbox.metrics import RelayMetrics
 from relaybus.outbox.routing import Router
+from relaybus.tracing import Span, Tracer, tracer
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,51 @@ class RoutedPublisher:
         broker refused it (or no route matches); deferred otherwise. Raises
         ``PublishError`` when a broker cannot be reached (nothing is known acked).
         """
+        traced = tracer()
+        if not traced.enabled:
+            return await self._publish(messages)
+        spans = [self._publish_span(traced, m) for m in messages]
+        sent = [
+            dataclasses.replace(m, traceparent=span.traceparent or m.traceparent)
+            for m, span in zip(messages, spans, strict=True)
+        ]
+        try:
+            outcomes = await self._publish(sent)
+        except PublishError as err:
+            for span in spans:
+                span.set("relaybus.outcome", "unreachable")
+                span.fail(err)
+                span.end()
+            raise
+        for span, outcome in zip(spans, outcomes, strict=True):
+            if outcome.error is not None:
+                span.set("relaybus.outcome", "refused")
+                span.fail(outcome.error)
+            else:
+                span.set("relaybus.outcome", "deferred" if outcome.deferred else "published")
+            span.end()
+        return outcomes
+
+    def _publish_span(self, traced: Tracer, message: Message) -> Span:
+        occurred = message.occurred_at
+        if occurred.tzinfo is None:  # rows store UTC without a zone
+            occurred = occurred.replace(tzinfo=UTC)
+        waited = max(0.0, time.time() - occurred.timestamp())
+        return traced.start(
+            f"publish {message.type}",
+            kind="producer",
+            parent={"traceparent": message.traceparent} if message.traceparent else {},
+            attributes={
+                "messaging.operation.type": "send",
+                "messaging.system": ",".join(self.router.brokers_for(message.type)) or "none",
+                "messaging.message.id": str(message.id),
+                "relaybus.type": message.type,
+                "relaybus.aggregate": f"{message.aggregatetype}/{message.aggregateid}"[:300],
+                "relaybus.outbox.wait_ms": round(waited * 1000, 3),
+            },
+        )
+
+    async def _publish(self, messages: list[Message]) -> list[Outcome]:
         routes = {self.router.brokers_for(t) for t in {m.type for m in messages}}
         if len(routes) == 1 and len(single := next(iter(routes))) == 1:
             # The common case: every message goes to the same one broker, outcomes as-is.

@@ -20,6 +20,7 @@ from relaybus.events import spec_of
 from relaybus.ids import uuid7
 from relaybus.outbox.notify import CHANNEL
 from relaybus.settings import Settings
+from relaybus.tracing import NULL_SPAN, Span, Tracer, tracer
 
 # pg_advisory_xact_lock(class, key): the class keeps our keys apart from other users'.
 KEY_LOCK_CLASS = 0x5242  # "RB"
@@ -169,6 +170,36 @@ def partition_for(aggregate_id: str, partitions: int) -> int:
 Described = tuple[str, str, str, Any, Mapping[str, str] | None]
 
 
+def _write_span(
+    traced: Tracer, described: Described, id: uuid.UUID | None
+) -> tuple[Span, Described, uuid.UUID]:
+    """The span of one outbox write (a child of the caller's current span, or of the
+    ``traceparent`` the caller put in ``headers``) and the event with that span's
+    context stored in its row's ``headers``: the trace starts at the write, and every
+    relay (polling, WAL, Debezium: the column travels as a header) continues it."""
+    aggregate_type, aggregate_id, type_, body, headers = described
+    message_id = id or uuid7()
+    given = headers.get("traceparent") if headers else None
+    span = traced.start(
+        f"create {type_}",
+        kind="producer",
+        parent={"traceparent": given} if given else None,
+        attributes={
+            "messaging.operation.type": "create",
+            "messaging.message.id": str(message_id),
+            "db.system.name": "postgresql",
+            "db.operation.name": "INSERT",
+            "db.collection.name": "outbox",
+            "relaybus.type": type_,
+            "relaybus.aggregate": f"{aggregate_type}/{aggregate_id}"[:300],
+        },
+    )
+    stored = span.traceparent
+    if stored is not None:
+        headers = {**(headers or {}), "traceparent": stored}
+    return span, (aggregate_type, aggregate_id, type_, body, headers), message_id
+
+
 def describe(
     event: BaseModel | None,
     aggregate_type: str | None,
@@ -303,8 +334,20 @@ class Outbox:
         """
         params: dict[str, Any] = {}
         described = describe(event, aggregate_type, aggregate_id, type, payload, headers)
-        message_id = self._event(params, *described, id)
-        await session.execute(self._event_inserts[bool(described[4])], params)
+        traced = tracer()
+        if traced.enabled:
+            span, described, id = _write_span(traced, described, id)
+            try:
+                message_id = self._event(params, *described, id)
+                await session.execute(self._event_inserts[bool(described[4])], params)
+            except BaseException as err:
+                span.fail(err)
+                raise
+            finally:
+                span.end()
+        else:
+            message_id = self._event(params, *described, id)
+            await session.execute(self._event_inserts[bool(described[4])], params)
         if self.delete_on_write:
             await session.execute(_DELETE_WRITTEN, {"rb_id": message_id})
         return message_id
@@ -351,14 +394,24 @@ class Outbox:
         """
         all_params = dict(params) if params else {}
         described = describe(event, aggregate_type, aggregate_id, type, payload, headers)
-        message_id = self._event(all_params, *described, id)
-        combined = self._combined.get(statement)
-        if combined is None:
-            combined = self.combine(statement)
-            if len(self._combined) >= 256:
-                self._combined.clear()
-            self._combined[statement] = combined
-        result = await session.execute(combined[bool(described[4])], all_params)
+        traced = tracer()
+        span = NULL_SPAN
+        if traced.enabled:
+            span, described, id = _write_span(traced, described, id)
+        try:
+            message_id = self._event(all_params, *described, id)
+            combined = self._combined.get(statement)
+            if combined is None:
+                combined = self.combine(statement)
+                if len(self._combined) >= 256:
+                    self._combined.clear()
+                self._combined[statement] = combined
+            result = await session.execute(combined[bool(described[4])], all_params)
+        except BaseException as err:
+            span.fail(err)
+            raise
+        finally:
+            span.end()
         if self.delete_on_write:
             # A separate statement: a sibling CTE would not see the row it inserts.
             await session.execute(_DELETE_WRITTEN, {"rb_id": message_id})

@@ -39,6 +39,12 @@ def up(
         help="Also run Kafka Connect with Debezium's PostgreSQL connector on the outbox "
         "(after `relaybus db upgrade`; docs/cdc.md).",
     ),
+    tracing: bool = typer.Option(
+        False,
+        "--tracing",
+        help="Also build (once, minutes) and run Jaeger: OTLP in, query API and UI out "
+        "(docs/tracing.md).",
+    ),
 ) -> None:
     """Install what is missing and start every service; harmless if already up.
 
@@ -46,12 +52,19 @@ def up(
     """
     stack = Stack()
     try:
-        installed = stack.up(kafka_nodes=kafka_nodes, install=install, debezium=debezium)
+        installed = stack.up(
+            kafka_nodes=kafka_nodes, install=install, debezium=debezium, tracing=tracing
+        )
     except StackError as err:
         raise _fail(err) from None
     if installed:
         typer.echo(f"installed: {', '.join(installed)}")
     _print_table(stack)
+    if tracing:
+        typer.echo(
+            "traces: export OTEL_EXPORTER_OTLP_ENDPOINT="
+            f"{stack.jaeger.otlp_endpoint} RELAYBUS_TRACING_JAEGER_URL={stack.jaeger.query_url}"
+        )
 
 
 @app.command()

@@ -124,6 +124,7 @@ def run(
     what: str,
     env: Mapping[str, str] | None = None,
     stdin: str | None = None,
+    cwd: Path | None = None,
 ) -> str:
     """Run a command to completion; raise ``StackError`` with its output if it fails.
 
@@ -136,6 +137,7 @@ def run(
         input=stdin,
         env={**os.environ, **(env or {})},
         check=False,
+        cwd=cwd,
     )
     if proc.returncode != 0:
         raise StackError(f"{what} failed (exit {proc.returncode})", proc.stdout + proc.stderr)

@@ -55,6 +55,14 @@ class StackSettings(BaseSettings):
     )
     toxiproxy_version: str = Field("v2.12.0", description="Toxiproxy built with go install.")
     toxiproxy_port: int = Field(8474, description="Toxiproxy's HTTP API (network faults).")
+    jaeger_version: str = Field(
+        "v1.75.0", description="Jaeger (`stack up --tracing`), built with go get -tool."
+    )
+    jaeger_otlp_port: int = Field(4318, description="Jaeger's OTLP/HTTP receiver (traces in).")
+    jaeger_query_port: int = Field(16686, description="Jaeger's query API and UI (traces out).")
+    jaeger_max_traces: int = Field(
+        100_000, description="Traces Jaeger's in-memory store keeps (oldest dropped)."
+    )
     kafka_proxied_port: int = Field(
         9096,
         description="Toxiproxy's Kafka proxy; the single node advertises its PROXIED "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from relaybus.stack.debezium import KafkaConnect
 from relaybus.stack.debian import ensure_packages
 from relaybus.stack.errors import StackError
+from relaybus.stack.jaeger import Jaeger
 from relaybus.stack.kafka_broker import KafkaCluster
 from relaybus.stack.postgres import Postgres
 from relaybus.stack.rabbitmq import RabbitMQ
@@ -36,12 +37,20 @@ class Stack:
         self.toxiproxy = Toxiproxy(s)
         self.cluster = KafkaCluster.three_nodes(s)
         self.debezium = KafkaConnect(s)
+        self.jaeger = Jaeger(s)
 
-    def up(self, kafka_nodes: int = 1, install: bool = True, debezium: bool = False) -> list[str]:
+    def up(
+        self,
+        kafka_nodes: int = 1,
+        install: bool = True,
+        debezium: bool = False,
+        tracing: bool = False,
+    ) -> list[str]:
         """Start everything; return the Debian packages that had to be installed.
 
         ``debezium`` also starts Kafka Connect with Debezium on the outbox table, which
-        must exist by then (``relaybus db upgrade``).
+        must exist by then (``relaybus db upgrade``). ``tracing`` also builds (once)
+        and starts Jaeger (docs/tracing.md).
         """
         if kafka_nodes not in (1, 3):
             raise StackError(f"--kafka-nodes must be 1 or 3, not {kafka_nodes}")
@@ -61,12 +70,15 @@ class Stack:
                     "then `relaybus stack up --debezium` again"
                 )
             self.debezium.start()
+        if tracing:
+            self.jaeger.start()
         return installed
 
     def down(self) -> list[str]:
         """Stop every service of ours that runs; return the names of those stopped."""
         stopped = []
         services: list[Service] = [
+            self.jaeger,
             self.debezium,
             self.toxiproxy,
             self.cluster,
@@ -80,7 +92,7 @@ class Stack:
     def status(self) -> list[ServiceStatus]:
         """One row per process: core services always, cluster nodes when any runs."""
         rows = [row for service in [*self.core, self.toxiproxy] for row in service.status()]
-        optionals: list[Service] = [self.cluster, self.debezium]
+        optionals: list[Service] = [self.cluster, self.debezium, self.jaeger]
         for optional in optionals:
             extra = optional.status()
             if any(r.running for r in extra):

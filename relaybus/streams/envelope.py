@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 from relaybus.message import rfc3339
+from relaybus.tracing.w3c import TRACEPARENT, TRACESTATE
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +102,23 @@ def header(headers: Any, name: str) -> str | None:
             except UnicodeDecodeError:
                 return None
     return None
+
+
+def trace_carrier(headers: Any) -> dict[str, str]:
+    """The W3C trace headers of a faust record, as a carrier for ``Tracer`` (values are
+    checked when read: ``relaybus.tracing.w3c``)."""
+    carrier: dict[str, str] = {}
+    for name in (TRACEPARENT, TRACESTATE):
+        value = header(headers, name)
+        if value is not None:
+            carrier[name] = value
+    return carrier
+
+
+def traced_headers(
+    headers: list[tuple[str, bytes]], traceparent: str | None
+) -> list[tuple[str, bytes]]:
+    """``headers`` carrying ``traceparent`` (none kept from before) when there is one."""
+    if traceparent is None:
+        return headers
+    return [*(h for h in headers if h[0] != TRACEPARENT), (TRACEPARENT, traceparent.encode())]

@@ -24,11 +24,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybus.audit import record
+from relaybus.audit import amend, record
 from relaybus.cli.console.auth import LoginThrottle, PasswordHash, Session, Sessions
 from relaybus.cli.console.guard import COOKIE, Guard, allowed_hosts, session_id
 from relaybus.cli.console.health import read_health
 from relaybus.cli.lag import gather_waiting
+from relaybus.cli.trace import stories
 from relaybus.client_address import limit_key
 from relaybus.consumers.dlq_admin import (
     BROKER_ERRORS,
@@ -46,6 +47,7 @@ from relaybus.consumers.naming import is_dlq
 from relaybus.db import create_engine, session_factory
 from relaybus.outbox.admin import OutboxAdmin
 from relaybus.settings import Settings
+from relaybus.tracing.jaeger_query import JaegerQuery, TraceStoreError, TraceView
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -292,13 +294,25 @@ def create_app(
 
         async def run() -> dict[str, Any]:
             plan = await plan_replay(store, name, select)
-            sent = await store.replay(plan) if plan.accepted else []
-            return plan.audit_detail(broker, sent, reason or None, type_ or None)
+            if not plan.accepted:
+                nothing = plan.audit_detail(broker, [], reason or None, type_ or None)
+                await _audit(console.db(), "dlq.replay", name, nothing, session.user)
+                return nothing
+            # Recorded before sending, completed after: the replayed messages' spans
+            # name this row.
+            planned = plan.audit_detail(broker, [], reason or None, type_ or None)
+            plan.audit_id = await _audit(
+                console.db(), "dlq.replay", name, {**planned, "state": "sending"}, session.user
+            )
+            sent = await store.replay(plan)
+            detail = plan.audit_detail(broker, sent, reason or None, type_ or None)
+            async with session_factory(console.db())() as db, db.begin():
+                await amend(db, plan.audit_id, detail)
+            return detail
 
         outcome = await broker_call(run)
         if isinstance(outcome, str):
             return back(request, here, f"replay failed: {outcome}")
-        await _audit(console.db(), "dlq.replay", name, outcome, session.user)
         refused = len(outcome["refused"])
         note = f" ({refused} refused: recorded origin is not this DLQ's source)" if refused else ""
         return back(request, here, f"replayed {outcome['replayed']} to {outcome['target']}{note}")
@@ -314,6 +328,26 @@ def create_app(
         await _audit(console.db(), "dlq.purge", name, {"broker": broker, "purged": purged},
                      session.user)  # fmt: skip
         return back(request, here, f"purged {purged} dead letters")
+
+    # -- an order's or a message's story (traces in Jaeger) ------------------------------
+
+    @api.get("/trace", response_class=HTMLResponse)
+    async def trace_page(
+        request: Request, ident: str = Query("", alias="id", max_length=64)
+    ) -> Response:
+        ident = ident.strip()
+        views: list[TraceView] = []
+        problem = None
+        if ident and not ident.replace("-", "").isalnum():
+            problem = "give a message id (UUID), an order id or a trace id"
+        elif ident and not settings.tracing_jaeger_url:
+            problem = "no trace store configured: set RELAYBUS_TRACING_JAEGER_URL"
+        elif ident and settings.tracing_jaeger_url:
+            try:
+                views = await stories(JaegerQuery(settings.tracing_jaeger_url), ident)
+            except TraceStoreError as err:
+                problem = str(err)
+        return page(request, "trace.html", ident=ident, views=views, problem=problem)
 
     # -- the audit log ----------------------------------------------------------------
 
@@ -407,9 +441,9 @@ def _view(letter: DeadLetter) -> dict[str, Any]:
 
 async def _audit(
     engine: AsyncEngine, action: str, target: str, detail: dict[str, Any], actor: str | None
-) -> None:
+) -> int:
     async with session_factory(engine)() as session, session.begin():
-        await record(session, action, target, detail, actor=actor)
+        return (await record(session, action, target, detail, actor=actor)).id
 
 
 async def _audit_rows(engine: AsyncEngine, q: str, before: int | None) -> list[dict[str, Any]]:

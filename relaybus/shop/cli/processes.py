@@ -80,10 +80,14 @@ class Child:
     restarts: int = 0
 
     def start(self) -> None:
+        env = {**os.environ, **self.env}
+        # Each child is its own service in a trace (orders-api-1, saga, …) unless the
+        # operator named them all with OTEL_SERVICE_NAME.
+        env.setdefault("OTEL_SERVICE_NAME", f"shop-{self.name}")
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "relaybus.cli", *self.argv],
-                env={**os.environ, **self.env},
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

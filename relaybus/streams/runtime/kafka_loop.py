@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +35,9 @@ from relaybus.consumers.kafka_subscription import (
     record_headers,
 )
 from relaybus.consumers.naming import dlq_name
-from relaybus.streams.runtime.processor import Emit, StreamProcessor
+from relaybus.streams.runtime.processor import Emit, Result, StreamProcessor
+from relaybus.tracing import Tracer, tracer
+from relaybus.tracing.w3c import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,50 @@ def fewer_collections(threshold: int = 50_000) -> Iterator[None]:
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+def trace_decision(
+    traced: Tracer, processor: str, message: Incoming, result: Result, began_ns: int
+) -> Result:
+    """Record one input's decision as a span (a child of the context the input carries,
+    linked to it; ``relaybus.decision`` names the output topics or the dead-letter
+    reason) with a ``send`` child per output, whose ``traceparent`` the output carries
+    instead of any it had. Returns the outputs to send."""
+    with traced.span(
+        f"process {message.source}",
+        kind="consumer",
+        parent=message.headers,
+        links=[(message.headers, {})],
+        attributes={
+            "messaging.operation.type": "process",
+            "messaging.destination.name": message.source[:255],
+            "messaging.message.id": str(message.id),
+            "relaybus.processor": processor,
+            "relaybus.type": message.type[:255],
+        },
+    ) as span:
+        span.event("relaybus.batch-began", {"ns": began_ns})
+        if isinstance(result, InvalidMessage):
+            span.set("relaybus.decision", f"dead-letter:{result.reason}")
+            span.fail(str(result))
+            return result
+        span.set("relaybus.decision", ",".join(emit.topic for emit in result) or "nothing")
+        traced_emits: list[Emit] = []
+        for emit in result:
+            with traced.span(
+                f"send {emit.topic}",
+                kind="producer",
+                attributes={
+                    "messaging.operation.type": "send",
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": emit.topic,
+                },
+            ) as sent:
+                headers = [(k, v) for k, v in emit.headers if k != TRACEPARENT]
+                if sent.traceparent is not None:
+                    headers.append((TRACEPARENT, sent.traceparent.encode()))
+                traced_emits.append(dataclasses.replace(emit, headers=headers))
+        return traced_emits
 
 
 @dataclass
@@ -254,9 +302,16 @@ class KafkaStreamRunner:
             message = self._decode(record, sends)
             if message is not None:
                 decoded.append((record, message))
+        began = time.time_ns()
         results = await self.processor.process([message for _, message in decoded])
         if len(results) != len(decoded):
             raise RuntimeError(f"{self.processor.name}: {len(results)} results for {len(decoded)}")
+        traced = tracer()
+        if traced.enabled:
+            results = [
+                trace_decision(traced, self.processor.name, message, result, began)
+                for (_, message), result in zip(decoded, results, strict=True)
+            ]
         for (record, message), result in zip(decoded, results, strict=True):
             if isinstance(result, InvalidMessage):
                 self.stats["dead-letters"] += 1

@@ -37,6 +37,8 @@ from relaybus.shop.producers.orders.views import HttpReadModel, OrderViews, View
 from relaybus.shop.settings import ShopSettings
 from relaybus.snowflake import WorkerIdLease
 from relaybus.streams.cache import FIFOCache, LFUCache, LRUCache
+from relaybus.tracing import tracer
+from relaybus.tracing.asgi import TraceRequests
 
 log = logging.getLogger("relaybus.orders_api")
 _PING = text("SELECT 1")
@@ -193,6 +195,8 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
     app.add_middleware(BodyLimit, max_bytes=shop.orders_api_max_body_bytes)
     # Outermost: a request without a valid key is answered 401 before anything else.
     app.add_middleware(RequireApiKey, keys=service.api_keys, paths=("/orders",))
+    # Outermost of all: the request's span covers the refusals too.
+    app.add_middleware(TraceRequests, trust_client_context=settings.tracing_trust_client_context)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
@@ -251,6 +255,7 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
             raise HTTPException(
                 422, [{"loc": ["header", "Idempotency-Key"], "msg": str(err)}]
             ) from None
+        tracer().current().set("relaybus.order.id", str(accepted.order_id))
         headers = {"Idempotent-Replayed": "true"} if accepted.replayed else {}
         return JSONResponse(
             {"id": str(accepted.order_id), "status": "REQUESTED", "version": 0},

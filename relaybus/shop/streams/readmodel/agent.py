@@ -42,7 +42,8 @@ from relaybus.shop.contract import ORDER_STATUS_EVENTS, EventType
 from relaybus.shop.settings import ShopSettings
 from relaybus.shop.streams.faustapp import shop_faust_app, write_through
 from relaybus.shop.streams.readmodel.view import StatusEvent, fold
-from relaybus.streams.envelope import header, skips_unforeseen
+from relaybus.streams.envelope import header, skips_unforeseen, trace_carrier
+from relaybus.tracing import tracer
 
 log = logging.getLogger("relaybus.readmodel")
 
@@ -96,7 +97,24 @@ def create_read_model_app(settings: Settings, shop: ShopSettings, partitions: in
             parsed = read_event(event.headers, event.value)
             if key is not None and parsed is not None:
                 if str(parsed.order_id) == key:
-                    await store(key, parsed, event.message.partition)
+                    traced = tracer()
+                    if traced.enabled:
+                        carrier = trace_carrier(event.headers)
+                        with traced.span(
+                            "read model order.status",
+                            kind="consumer",
+                            parent=carrier,
+                            links=[(carrier, {})],
+                            attributes={
+                                "messaging.operation.type": "process",
+                                "messaging.destination.name": str(event.message.topic),
+                                "relaybus.processor": "read-model",
+                                "relaybus.order.status": str(parsed.status)[:40],
+                            },
+                        ):
+                            await store(key, parsed, event.message.partition)
+                    else:
+                        await store(key, parsed, event.message.partition)
                 else:
                     log.warning(
                         "read model: order.status keyed %r is about another order", key[:40]

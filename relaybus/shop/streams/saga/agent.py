@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import faust
@@ -54,7 +55,15 @@ from relaybus.shop.contract import (
 from relaybus.shop.settings import ShopSettings
 from relaybus.shop.streams.faustapp import shop_faust_app, write_through
 from relaybus.shop.streams.saga.machine import Command, decide
-from relaybus.streams.envelope import envelope, header, record_key, skips_unforeseen
+from relaybus.streams.envelope import (
+    envelope,
+    header,
+    record_key,
+    skips_unforeseen,
+    trace_carrier,
+    traced_headers,
+)
+from relaybus.tracing import tracer
 
 log = logging.getLogger("relaybus.saga")
 
@@ -153,73 +162,118 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
         body: dict[str, Any],
         causation: str | None,
     ) -> None:
+        headers = envelope(message_type, key, message_id, causation)
+        traced = tracer()
+        if traced.enabled:
+            # A child of the saga step's span: the command's consumer continues it.
+            with traced.span(
+                f"send {topic}",
+                kind="producer",
+                attributes={
+                    "messaging.operation.type": "send",
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": topic,
+                    "messaging.message.id": message_id,
+                    "relaybus.type": message_type,
+                },
+            ) as span:
+                headers = traced_headers(headers, span.traceparent)
         await outputs[topic].send(
             key=key.encode(),
             value=json.dumps(body, separators=(",", ":")).encode(),
-            headers=envelope(message_type, key, message_id, causation),
+            headers=headers,
         )
 
     @app.agent(inputs)
     async def order_saga(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            key = record_key(event.key)
-            parsed = read_input(event.headers, event.value, events)
-            if key is None or parsed is None:
-                if parsed is not None:
-                    log.warning("saga: skipping a %s whose key is not UTF-8", parsed[0])
+            traced = tracer()
+            if not traced.enabled:
+                await step(event)
                 continue
-            event_type, payload = parsed
-            if str(payload.get("order_id")) != key:
-                log.warning(
-                    "saga: %s keyed %r is about order %r; skipped",
-                    event_type,
-                    key[:40],
-                    payload.get("order_id"),
-                )
-                continue
-            stored = sagas.get(key)
-            try:
-                decision = decide(json.loads(stored) if stored else None, event_type, payload)
-            except Exception:
-                # A state this code cannot read (or a bug of ours for this order): that
-                # order's event is skipped and logged for an operator; the agent goes
-                # on with the other orders.
-                log.exception("saga: cannot decide %s for order %r", event_type, key[:40])
-                continue
-            causation = header(event.headers, "id")
-            order = (decision.state or {}).get("order", {})
-            for command in decision.commands:
-                await send(
-                    _COMMAND_TOPIC[command.type],
-                    command.type.value,
-                    key,
-                    str(step_id(key, command.step)),
-                    _command_body(command, order),
-                    causation,
-                )
-            if decision.transition is not None:
-                step = decision.transition["step"]
-                await send(
-                    ORDER_TRANSITIONS,
-                    TRANSITION,
-                    key,
-                    # Step *and* status: a saga that lost its state numbers steps
-                    # from 1 again, and its transitions must not share an id (and be
-                    # skipped as duplicates) with the first run's.
-                    str(step_id(key, f"transition-{step}-{decision.transition['status']}")),
-                    decision.transition,
-                    causation,
-                )
-            if decision.state is not None:
-                # Not ``sagas[key] = …``: see ``write_through``.
-                await write_through(
-                    sagas,
-                    key,
-                    json.dumps(decision.state, separators=(",", ":")).encode(),
-                    event.message.partition,  # the changelog is co-partitioned
-                )
+            carrier = trace_carrier(event.headers)
+            with traced.span(
+                f"saga {header(event.headers, 'type') or 'unknown'}"[:120],
+                kind="consumer",
+                parent=carrier,
+                links=[(carrier, {})],
+                attributes={
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": str(event.message.topic),
+                    "messaging.message.id": (header(event.headers, "id") or "")[:64],
+                    "relaybus.processor": "saga",
+                },
+            ) as span:
+                span.set("relaybus.saga.step", await step(event))
+
+    async def step(event: Any) -> str:
+        """One input: decide, send its commands and transition, store the state; what
+        was decided (for the step's span)."""
+        key = record_key(event.key)
+        parsed = read_input(event.headers, event.value, events)
+        if key is None or parsed is None:
+            if parsed is not None:
+                log.warning("saga: skipping a %s whose key is not UTF-8", parsed[0])
+            return "skipped"
+        event_type, payload = parsed
+        if str(payload.get("order_id")) != key:
+            log.warning(
+                "saga: %s keyed %r is about order %r; skipped",
+                event_type,
+                key[:40],
+                payload.get("order_id"),
+            )
+            return "skipped"
+        stored = sagas.get(key)
+        try:
+            decision = decide(json.loads(stored) if stored else None, event_type, payload)
+        except Exception:
+            # A state this code cannot read (or a bug of ours for this order): that
+            # order's event is skipped and logged for an operator; the agent goes
+            # on with the other orders.
+            log.exception("saga: cannot decide %s for order %r", event_type, key[:40])
+            return "skipped"
+        causation = header(event.headers, "id")
+        order = (decision.state or {}).get("order", {})
+        for command in decision.commands:
+            await send(
+                _COMMAND_TOPIC[command.type],
+                command.type.value,
+                key,
+                str(step_id(key, command.step)),
+                _command_body(command, order),
+                causation,
+            )
+        if decision.transition is not None:
+            step_number = decision.transition["step"]
+            await send(
+                ORDER_TRANSITIONS,
+                TRANSITION,
+                key,
+                # Step *and* status: a saga that lost its state numbers steps
+                # from 1 again, and its transitions must not share an id (and be
+                # skipped as duplicates) with the first run's.
+                str(step_id(key, f"transition-{step_number}-{decision.transition['status']}")),
+                decision.transition,
+                causation,
+            )
+        if decision.state is not None:
+            # Not ``sagas[key] = …``: see ``write_through``.
+            await write_through(
+                sagas,
+                key,
+                json.dumps(decision.state, separators=(",", ":")).encode(),
+                event.message.partition,  # the changelog is co-partitioned
+            )
+        return describe_decision(decision.commands, decision.transition)
 
     return app
+
+
+def describe_decision(commands: Sequence[Command], transition: dict[str, Any] | None) -> str:
+    """The saga step taken, for its span: the commands sent and the transition."""
+    sent = ",".join(c.type.value for c in commands) or "none"
+    return f"commands={sent} transition={transition['status'] if transition else 'none'}"
 
 
 def _command_body(command: Command, order: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,142 @@
+"""What relaybus code asks of tracing: ``Tracer`` and ``Span``, and the tracer that
+does nothing (tracing off: no OpenTelemetry import, no allocation per span).
+
+Span names and attributes follow OpenTelemetry's messaging and database semantic
+conventions where they exist (``messaging.system``, ``messaging.destination.name``,
+``messaging.message.id``, ``messaging.operation.type``); relaybus's own facts are under
+``relaybus.*`` (docs/tracing.md lists them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Literal, Protocol
+
+Kind = Literal["internal", "server", "client", "producer", "consumer"]
+Value = str | int | float | bool
+Carrier = Mapping[str, str]
+
+
+class Span(Protocol):
+    """One span. ``traceparent`` is the W3C header that makes a receiver's span its
+    child (None when tracing is off)."""
+
+    @property
+    def traceparent(self) -> str | None: ...
+
+    @property
+    def trace_id(self) -> str | None: ...
+
+    def set(self, key: str, value: Value) -> None:
+        """Set one attribute."""
+
+    def event(self, name: str, attributes: Mapping[str, Value] | None = None) -> None:
+        """Record a point in time on the span."""
+
+    def fail(self, error: BaseException | str) -> None:
+        """Mark the span failed (status ERROR), recording the exception if given one."""
+
+    def end(self) -> None:
+        """End the span (spans from ``Tracer.start`` only)."""
+
+
+class Tracer(Protocol):
+    """Starts spans. ``parent``: None means the current span (or a new trace), a carrier
+    (message headers) means the context it carries — or a new trace when it carries
+    none or a malformed one. ``links``: carriers whose contexts the span links to
+    (replays link to the original message). Never raises on a carrier's content."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def start(
+        self,
+        name: str,
+        *,
+        kind: Kind = "internal",
+        parent: Carrier | None = None,
+        links: Sequence[tuple[Carrier, Mapping[str, Value]]] = (),
+        attributes: Mapping[str, Value] | None = None,
+        start_ns: int | None = None,
+    ) -> Span:
+        """A started span, not made current; the caller ends it."""
+        ...
+
+    def span(
+        self,
+        name: str,
+        *,
+        kind: Kind = "internal",
+        parent: Carrier | None = None,
+        links: Sequence[tuple[Carrier, Mapping[str, Value]]] = (),
+        attributes: Mapping[str, Value] | None = None,
+    ) -> AbstractContextManager[Span]:
+        """A span current for the ``with`` block (spans started inside are its
+        children), ended at its end; an exception leaving it marks it failed."""
+        ...
+
+    def current_traceparent(self) -> str | None:
+        """The ``traceparent`` of the current span, or None."""
+        ...
+
+    def current(self) -> Span:
+        """The current span (``NULL_SPAN`` when there is none)."""
+        ...
+
+
+class _NullSpan:
+    traceparent = None
+    trace_id = None
+
+    def set(self, key: str, value: Value) -> None:
+        pass
+
+    def event(self, name: str, attributes: Mapping[str, Value] | None = None) -> None:
+        pass
+
+    def fail(self, error: BaseException | str) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+NULL_SPAN: Span = _NullSpan()
+
+
+class NoTracer:
+    """Tracing off: every span is ``NULL_SPAN``; callers on a hot path test ``enabled``
+    and skip the work of describing a span at all."""
+
+    enabled = False
+
+    def start(
+        self,
+        name: str,
+        *,
+        kind: Kind = "internal",
+        parent: Carrier | None = None,
+        links: Sequence[tuple[Carrier, Mapping[str, Value]]] = (),
+        attributes: Mapping[str, Value] | None = None,
+        start_ns: int | None = None,
+    ) -> Span:
+        return NULL_SPAN
+
+    @contextmanager
+    def span(
+        self,
+        name: str,
+        *,
+        kind: Kind = "internal",
+        parent: Carrier | None = None,
+        links: Sequence[tuple[Carrier, Mapping[str, Value]]] = (),
+        attributes: Mapping[str, Value] | None = None,
+    ) -> Iterator[Span]:
+        yield NULL_SPAN
+
+    def current_traceparent(self) -> str | None:
+        return None
+
+    def current(self) -> Span:
+        return NULL_SPAN
