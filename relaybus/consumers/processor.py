@@ -88,6 +88,15 @@ class Processor:
                 span.set("relaybus.breaker", str(self.handler.breaker.state))
             return verdict
 
+    def _start(self, traced: Tracer, message: Incoming) -> Span:
+        return traced.start(
+            f"process {message.source}",
+            kind="consumer",
+            parent=message.headers,
+            links=[(message.headers, {})],
+            attributes=delivery_attributes(message, self.handler.name),
+        )
+
     def _span(self, traced: Tracer, message: Incoming) -> AbstractContextManager[Span]:
         return traced.span(
             f"process {message.source}",
@@ -176,13 +185,13 @@ class Processor:
                     if message.id not in fresh:
                         outcomes.append(DUPLICATE)
                         if traced.enabled:
-                            with self._span(traced, message) as span:
-                                spans.append(span)
+                            spans.append(self._start(traced, message))
                         continue
                     fresh.discard(message.id)  # a repeated id in the batch is a duplicate
                     if traced.enabled:
-                        with self._span(traced, message) as span:
-                            spans.append(span)
+                        span = self._start(traced, message)
+                        spans.append(span)
+                        with traced.activate(span):
                             async with asyncio.timeout(handler.timeout):
                                 await handler.func(message, session)
                     else:
@@ -192,13 +201,17 @@ class Processor:
                     applied += 1
         except Exception as err:
             for span in spans:
-                span.event("relaybus.rolled-back", {"error": type(err).__name__})
+                # Tried again one by one (each its own span): this attempt is history.
+                span.set("relaybus.outcome", "rolled-back")
+                span.set("relaybus.error", type(err).__name__)
+                span.end()
             log.info(
                 "%s: shared transaction of %d rolled back: %r", handler.name, len(messages), err
             )
             return False
-        for span, verdict in zip(spans, outcomes, strict=False):
+        for span, verdict in zip(spans, outcomes if spans else [], strict=True):
             settle_span(span, verdict)
+            span.end()
         if self.observe is not None:
             elapsed = time.perf_counter() - began
             for _ in messages:

@@ -80,6 +80,11 @@ class Tracer(Protocol):
         """The ``traceparent`` of the current span, or None."""
         ...
 
+    def activate(self, span: Span) -> AbstractContextManager[Span]:
+        """Make ``span`` (from ``start``) current for the ``with`` block, without
+        ending it: the caller records its outcome and ends it later."""
+        ...
+
     def current(self) -> Span:
         """The current span (``NULL_SPAN`` when there is none)."""
         ...
@@ -137,6 +142,10 @@ class NoTracer:
 
     def current_traceparent(self) -> str | None:
         return None
+
+    @contextmanager
+    def activate(self, span: Span) -> Iterator[Span]:
+        yield span
 
     def current(self) -> Span:
         return NULL_SPAN

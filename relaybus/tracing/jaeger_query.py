@@ -150,13 +150,19 @@ def timeline(trace: dict[str, Any], link: str) -> TraceView:
     rows: dict[str, SpanRow] = {}
     for span in trace.get("spans", []):
         parent = None
+        follows = None
         links: list[Link] = []
         for ref in span.get("references") or []:
             ref_trace, ref_span = str(ref.get("traceID", "")), str(ref.get("spanID", ""))
             if ref.get("refType") == "CHILD_OF" and ref_trace == trace_id and parent is None:
                 parent = ref_span
-            else:
-                links.append(Link(ref_trace, ref_span))
+                continue
+            links.append(Link(ref_trace, ref_span))
+            if ref_trace == trace_id and follows is None:
+                follows = ref_span
+        # A consumer span's parent is also its link (the span that sent its message):
+        # Jaeger keeps that one reference, as FOLLOWS_FROM.
+        parent = parent or follows
         tags = _tags(span.get("tags", []))
         rows[str(span["spanID"])] = SpanRow(
             span_id=str(span["spanID"]),

@@ -153,6 +153,12 @@ class OtelTracer:
     def current_traceparent(self) -> str | None:
         return OtelSpan(trace.get_current_span()).traceparent
 
+    @contextmanager
+    def activate(self, span: Span) -> Iterator[Span]:
+        assert isinstance(span, OtelSpan)
+        with trace.use_span(span.inner, end_on_exit=False):
+            yield span
+
     def current(self) -> Span:
         return OtelSpan(trace.get_current_span())
 
