@@ -85,7 +85,7 @@ def _print(ident: str, views: list[TraceView]) -> None:
         for column in ("span", "service", "at ms", "wait ms", "work ms", "facts"):
             table.add_column(column, overflow="fold")
         for span in view.spans:
-            facts = " ".join(f"{k.split('.')[-1]}={v}" for k, v in span.attributes.items())
+            facts = " ".join(f"{k}={v}" for k, v in view.facts(span))
             facts += "".join(f" link→{link.trace_id[:12]}…" for link in span.links)
             table.add_row(
                 plain("  " * span.depth + ("✗ " if span.failed else "") + span.name),

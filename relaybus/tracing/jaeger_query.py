@@ -16,23 +16,23 @@ from typing import Any
 
 import httpx
 
-# Attributes a timeline row shows (the rest are in Jaeger).
-SHOWN = (
-    "relaybus.outcome",
-    "relaybus.dlq.reason",
-    "relaybus.attempt",
-    "relaybus.breaker",
-    "relaybus.decision",
-    "relaybus.saga.step",
-    "relaybus.outbox.wait_ms",
-    "relaybus.audit.id",
-    "relaybus.replay.action",
-    "relaybus.order.id",
-    "messaging.destination.name",
-    "messaging.message.id",
-    "http.route",
-    "http.response.status_code",
-)
+# Attributes a timeline row shows (the rest are in Jaeger), with their short labels.
+SHOWN = {
+    "relaybus.outcome": "outcome",
+    "relaybus.dlq.reason": "dlq-reason",
+    "relaybus.attempt": "attempt",
+    "relaybus.breaker": "breaker",
+    "relaybus.decision": "decision",
+    "relaybus.saga.step": "saga",
+    "relaybus.outbox.wait_ms": "outbox-wait-ms",
+    "relaybus.audit.id": "audit",
+    "relaybus.replay.action": "replay",
+    "relaybus.order.id": "order",
+    "messaging.destination.name": "to",
+    "messaging.message.id": "id",
+    "http.route": "route",
+    "http.response.status_code": "status",
+}
 SEARCH_TAGS = ("messaging.message.id", "relaybus.order.id")
 
 
@@ -69,6 +69,10 @@ class TraceView:
     trace_id: str
     spans: list[SpanRow]
     link: str  # the trace in Jaeger's UI
+
+    def facts(self, span: SpanRow) -> list[tuple[str, str]]:
+        """A span's shown attributes as (short label, value)."""
+        return [(SHOWN[k], v) for k, v in span.attributes.items() if k in SHOWN]
 
     @property
     def services(self) -> list[str]:

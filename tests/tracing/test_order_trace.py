@@ -5,6 +5,7 @@ the span that sent it."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from relaybus.db import create_engine
 from relaybus.settings import Settings
 from relaybus.shop.cli.flashsale import Workload, seed
 from relaybus.tracing.jaeger_query import JaegerQuery, TraceView
+from tests.support.cli import run_cli
+from tests.support.console import console_process
 from tests.support.poll import eventually
 from tests.support.shop import ShopStarter, api_key, bearer, shop_settings
 from tests.support.traces import stories_of
@@ -151,3 +154,25 @@ async def test_one_order_is_one_trace_from_the_request_to_the_final_status(
         )
     ]
     assert final.service.startswith("shop-orders")
+
+    # The same story in the terminal and in the console, read from Jaeger.
+    env = {"RELAYBUS_TRACING_JAEGER_URL": query.base}
+    printed = run_cli("trace", str(order_id), env=env)
+    assert printed.returncode == 0, printed.stderr
+    for fact in ("POST /orders", "shop-saga", "outcome=applied", "route=/orders"):
+        assert fact in printed.stdout
+    assert f"Jaeger: {query.base}/trace/{story.trace_id}" in printed.stdout
+    as_json = json.loads(run_cli("trace", str(order_id), "--json", env=env).stdout)
+    assert [v["trace_id"] for v in as_json] == [story.trace_id]
+    assert len(as_json[0]["spans"]) == len(story.spans)
+    with console_process(tmp_path, **env) as console:
+        client = console.signed_in()
+        page = client.get("/trace", params={"id": str(order_id)})
+        assert page.status_code == 200
+        assert "saga payment.charged" in page.text
+        assert f'href="{query.base}/trace/{story.trace_id}"' in page.text
+        assert page.text.count('class="span') == len(story.spans)
+        hostile = client.get("/trace", params={"id": "<script>alert(1)</script>"})
+        assert hostile.status_code == 200
+        assert "<script>alert" not in hostile.text
+        assert "give a message id" in hostile.text
