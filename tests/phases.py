@@ -17,6 +17,10 @@ Runs share the machine only where they cannot disturb each other:
   The benchmark smoke run (``bench`` marker) follows them in that run and database
   (on the single Kafka node): about four minutes of CPU taken out of the longest run
   and spent while the integration tests wait on brokers.
+- ``chaos+tracing`` continues, after the fault tests, with ``tests/tracing`` on the
+  same faults stack: they start its Jaeger (``relaybus stack up --tracing``'s), which
+  ``build_jaeger`` builds in the background from the start (niced: minutes of CPU on a
+  fresh machine, taken mostly while the other runs wait on brokers).
 - ``unit`` — ``tests/unit``: no service.
 
 The integration tests wait on brokers about half of the time and the fault tests
@@ -42,6 +46,8 @@ from dotenv import dotenv_values
 from sqlalchemy import make_url
 
 from relaybus.settings import Settings
+from relaybus.stack.errors import StackError
+from relaybus.stack.jaeger import Jaeger
 from relaybus.stack.postgres import Postgres
 from relaybus.stack.settings import StackSettings
 from relaybus.stack.stack import Stack
@@ -72,6 +78,8 @@ FAULTS_STACK = {
     "RELAYBUS_STACK_KAFKA_PROXIED_PORT": "21096",
     "RELAYBUS_STACK_TOXIPROXY_PORT": "21474",
     "RELAYBUS_STACK_CONNECT_PORT": "21083",
+    "RELAYBUS_STACK_JAEGER_OTLP_PORT": "21318",
+    "RELAYBUS_STACK_JAEGER_QUERY_PORT": "21686",
 }
 
 
@@ -133,7 +141,14 @@ class Run:
 CLIENTS = {"faults": faults_clients, "cluster": cluster_clients}
 RUNS = [
     Run("integration+e2e", ["tests/integration", "tests/e2e", "-m", "not kafka3 and not bench"]),
-    Run("chaos", ["tests/chaos", "-m", "not kafka3"], env_of="faults", after=stop_faults_stack),
+    # The tracing tests follow the fault tests on their stack, whose Jaeger they start:
+    # built meanwhile (``build_jaeger``), while the fault tests mostly wait on outages.
+    Run(
+        "chaos+tracing",
+        ["tests/chaos", "tests/tracing", "-m", "not kafka3"],
+        env_of="faults",
+        after=stop_faults_stack,
+    ),
     Run("kafka3+bench", ["tests", "-m", "kafka3 or bench"], env_of="cluster", after=stop_cluster),
     Run("unit", ["tests/unit"]),
 ]
@@ -144,6 +159,23 @@ def _step(
 ) -> subprocess.Popen[bytes]:
     print(f"::: {title}: {' '.join(command[1:])}", flush=True)
     return subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def build_jaeger() -> threading.Thread:
+    """Build Jaeger (once per cache; niced, minutes of CPU on a fresh machine) in the
+    background; the tracing tests' fixture waits for it on the build's lock."""
+
+    def build() -> None:
+        try:
+            Jaeger(StackSettings()).binary()
+        except StackError as err:
+            # The tracing tests' fixture builds again and fails with this error there.
+            print(f"::: jaeger build failed: {err}\n{err.detail}", flush=True)
+
+    print("::: jaeger: building in the background", flush=True)
+    thread = threading.Thread(target=build, name="jaeger-build", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_stacks() -> bool:
@@ -206,6 +238,7 @@ def run_all(runs: list[Run], extra: list[str]) -> bool:
 def main(extra: list[str]) -> int:
     os.chdir(REPO)  # the settings read .stack/secure/local.env from here
     began = time.monotonic()
+    build_jaeger()
     try:
         ok = start_stacks()
         stacks = time.monotonic() - began

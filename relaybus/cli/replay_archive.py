@@ -91,7 +91,7 @@ async def _replay(
                 task = bar.add_task("replay", total=total)
                 result = await replay_archive(
                     engine, publisher, Router(settings.routes), "rabbitmq", since, until,
-                    filters.type, filters.key, lambda n: bar.advance(task, n),
+                    filters.type, filters.key, lambda n: bar.advance(task, n), audit_id,
                 )  # fmt: skip
         finally:
             await publisher.stop()

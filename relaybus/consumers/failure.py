@@ -23,6 +23,7 @@ from relaybus import headers as rh
 from relaybus.consumers.incoming import Incoming, InvalidMessage, WireLimits
 from relaybus.consumers.naming import dlq_name, retry_name
 from relaybus.message import rfc3339
+from relaybus.tracing import tracer
 
 MAX_STACKTRACE = 8000
 MAX_EXCEPTION_MESSAGE = 2000
@@ -201,7 +202,25 @@ class FailurePath:
         partition: int | None,
         offset: int | None,
     ) -> Copy:
-        """The dead letter of a delivery that could not be decoded at all."""
+        """The dead letter of a delivery that could not be decoded at all (with tracing
+        on, a ``dead-letter`` span in the trace the delivery names, if it names one)."""
+        traced = tracer()
+        if traced.enabled:
+            span = traced.start(
+                f"dead-letter {self.source}",
+                kind="consumer",
+                parent=headers,
+                links=[(headers, {})],
+                attributes={
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": self.source[:255],
+                    "messaging.message.id": headers.get("id", "")[:64],
+                    "relaybus.outcome": "dead",
+                    "relaybus.dlq.reason": error.reason,
+                },
+            )
+            span.fail(str(error)[:200])
+            span.end()
         return self._dead_letter(
             raw,
             {k: v for k, v in headers.items() if not rh.is_reserved(k)},

@@ -7,6 +7,7 @@ as it was, with the same id: consumers' inboxes skip what they already applied.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from relaybus.brokers.publisher import Publisher, PublishError
 from relaybus.message import Message
 from relaybus.outbox.routing import Router
 from relaybus.outbox.store import to_message
+from relaybus.tracing.redrive import redrive_traceparent
 
 BATCH = 500
 
@@ -100,13 +102,15 @@ async def replay_archive(
     type_pattern: str | None,
     key: str | None,
     progress: Callable[[int], None] = lambda n: None,
+    audit_id: int | None = None,
 ) -> ArchiveReplay:
     """Publish again, through ``publisher`` (started by the caller), the archived
     rows of the window whose type the ``router`` sends to ``broker`` (and matches
     ``type_pattern``), with their original ids and headers, per-key order kept.
     Raises ``PublishError`` on the first row the broker refuses (rows before it are
     published; running the same replay again republishes them, and inboxes skip
-    them)."""
+    them). With tracing on, each is sent in a new trace linked to its original's
+    (``relaybus.tracing.redrive``), naming ``audit_id``."""
     sent = not_matching = 0
     async for batch in archived_messages(engine, since, until, key):
         chosen = [
@@ -117,6 +121,7 @@ async def replay_archive(
         ]
         not_matching += len(batch) - len(chosen)
         if chosen:
+            chosen = [_redriven(m, broker, audit_id) for m in chosen]
             outcomes = await publisher.publish(chosen)
             for message, outcome in zip(chosen, outcomes, strict=True):
                 if not outcome.ok:
@@ -137,6 +142,18 @@ async def count_archived(engine: AsyncEngine, since: datetime, until: datetime) 
             {"since": _naive(since), "until": _naive(until)},
         )
         return int(found.scalar_one())
+
+
+def _redriven(message: Message, broker: str, audit_id: int | None) -> Message:
+    original = {"traceparent": message.traceparent} if message.traceparent else {}
+    new = redrive_traceparent(
+        original,
+        action="replay.archive",
+        destination=broker,
+        audit_id=audit_id,
+        message_id=str(message.id),
+    )
+    return message if new is None else dataclasses.replace(message, traceparent=new)
 
 
 def _naive(when: datetime) -> datetime:

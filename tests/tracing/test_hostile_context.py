@@ -94,6 +94,18 @@ async def test_hostile_trace_headers_are_ignored_bounded_or_dead_lettered(
 
     for case, (_, reason, kept) in [*CASES.items(), ("compressed", ([], None, True))]:
         if reason is not None:
+            # Refused before any handler: a dead-letter span with the reason.
+            def refused(views: list[TraceView], message_id: str = ids[case]) -> bool:
+                return any(
+                    s.attributes.get("messaging.message.id") == message_id
+                    for _, s in spans_named(views, "dead-letter")
+                )
+
+            views = await stories_of(query, ids[case], refused)
+            (dead,) = [s for _, s in spans_named(views, "dead-letter")
+                       if s.attributes["messaging.message.id"] == ids[case]]  # fmt: skip
+            assert dead.attributes["relaybus.dlq.reason"] == reason
+            assert dead.failed
             continue
 
         def processed(views: list[TraceView], message_id: str = ids[case]) -> bool:
