@@ -101,6 +101,13 @@ SCENARIOS: dict[str, Scenario] = {
             "--messages 1000 --rounds 1 --workers 1 2",
         ),
         Scenario(
+            "tracing",
+            "bench.tracing_bench",
+            "the relay and a consumer with tracing off, at a 10 % sample ratio and at 100 % "
+            "(spans exported over OTLP/HTTP to a sink that discards them)",
+            "--events 1000 --messages 1000 --rounds 1",
+        ),
+        Scenario(
             "streams",
             "bench.streams_bench",
             "rate limiters, hash ring, caches, admission and router vs libraries and raw loops",

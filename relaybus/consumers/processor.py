@@ -7,8 +7,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from redis.asyncio import Redis
 from sqlalchemy.exc import DBAPIError
@@ -84,27 +83,30 @@ class Processor:
         with self._span(traced, message) as span:
             verdict = await self._process(message)
             settle_span(span, verdict)
-            if self.handler.breaker is not None:
+            if self.handler.breaker is not None and span.recording:
                 span.set("relaybus.breaker", str(self.handler.breaker.state))
             return verdict
 
     def _start(self, traced: Tracer, message: Incoming) -> Span:
-        return traced.start(
+        span = traced.start(
             f"process {message.source}",
             kind="consumer",
             parent=message.headers,
             links=[(message.headers, {})],
-            attributes=delivery_attributes(message, self.handler.name),
         )
+        describe_delivery(span, message, self.handler.name)
+        return span
 
-    def _span(self, traced: Tracer, message: Incoming) -> AbstractContextManager[Span]:
-        return traced.span(
+    @contextlib.contextmanager
+    def _span(self, traced: Tracer, message: Incoming) -> Iterator[Span]:
+        with traced.span(
             f"process {message.source}",
             kind="consumer",
             parent=message.headers,
             links=[(message.headers, {})],
-            attributes=delivery_attributes(message, self.handler.name),
-        )
+        ) as span:
+            describe_delivery(span, message, self.handler.name)
+            yield span
 
     async def _process(self, message: Incoming) -> Verdict:
         handler = self.handler
@@ -276,26 +278,28 @@ class Processor:
             await self.handler.func(message, session)
 
 
-def delivery_attributes(message: Incoming, handler: str) -> dict[str, str | int]:
-    """A delivery's span attributes (messaging semantic conventions, relaybus's own)."""
-    attributes: dict[str, str | int] = {
-        "messaging.operation.type": "process",
-        "messaging.destination.name": message.source[:255],
-        "messaging.message.id": str(message.id),
-        "relaybus.handler": handler,
-        "relaybus.type": message.type[:255],
-        "relaybus.attempt": message.attempt,
-    }
+def describe_delivery(span: Span, message: Incoming, handler: str) -> None:
+    """A delivery's span attributes (messaging semantic conventions, relaybus's own),
+    when the span records."""
+    if not span.recording:
+        return
+    span.set("messaging.operation.type", "process")
+    span.set("messaging.destination.name", message.source[:255])
+    span.set("messaging.message.id", str(message.id))
+    span.set("relaybus.handler", handler)
+    span.set("relaybus.type", message.type[:255])
+    span.set("relaybus.attempt", message.attempt)
     if message.partition is not None:
-        attributes["messaging.destination.partition.id"] = str(message.partition)
+        span.set("messaging.destination.partition.id", str(message.partition))
     if message.offset is not None:
-        attributes["messaging.kafka.offset"] = message.offset
-    return attributes
+        span.set("messaging.kafka.offset", message.offset)
 
 
 def settle_span(span: Span, verdict: Verdict) -> None:
     """Record a verdict on a delivery's span: the inbox outcome (``applied``,
     ``duplicate``), or the retry / dead-letter decision and its error."""
+    if not span.recording:
+        return
     outcome = {Outcome.DONE: "applied", Outcome.DUPLICATE: "duplicate"}.get(
         verdict.outcome, str(verdict.outcome)
     )

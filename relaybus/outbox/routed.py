@@ -61,9 +61,11 @@ class RoutedPublisher:
             return await self._publish(messages)
         spans = [self._publish_span(traced, m) for m in messages]
         sent = [
-            dataclasses.replace(m, traceparent=span.traceparent or m.traceparent)
+            # An unsampled message goes on with its row's context as it is.
+            m if span.traceparent == m.traceparent else dataclasses.replace(
+                m, traceparent=span.traceparent or m.traceparent)
             for m, span in zip(messages, spans, strict=True)
-        ]
+        ]  # fmt: skip
         try:
             outcomes = await self._publish(sent)
         except PublishError as err:
@@ -82,23 +84,24 @@ class RoutedPublisher:
         return outcomes
 
     def _publish_span(self, traced: Tracer, message: Message) -> Span:
-        occurred = message.occurred_at
-        if occurred.tzinfo is None:  # rows store UTC without a zone
-            occurred = occurred.replace(tzinfo=UTC)
-        waited = max(0.0, time.time() - occurred.timestamp())
-        return traced.start(
+        span = traced.start(
             f"publish {message.type}",
             kind="producer",
             parent={"traceparent": message.traceparent} if message.traceparent else {},
-            attributes={
-                "messaging.operation.type": "send",
-                "messaging.system": ",".join(self.router.brokers_for(message.type)) or "none",
-                "messaging.message.id": str(message.id),
-                "relaybus.type": message.type,
-                "relaybus.aggregate": f"{message.aggregatetype}/{message.aggregateid}"[:300],
-                "relaybus.outbox.wait_ms": round(waited * 1000, 3),
-            },
         )
+        if span.recording:
+            occurred = message.occurred_at
+            if occurred.tzinfo is None:  # rows store UTC without a zone
+                occurred = occurred.replace(tzinfo=UTC)
+            waited = max(0.0, time.time() - occurred.timestamp())
+            brokers = ",".join(self.router.brokers_for(message.type)) or "none"
+            span.set("messaging.operation.type", "send")
+            span.set("messaging.system", brokers)
+            span.set("messaging.message.id", str(message.id))
+            span.set("relaybus.type", message.type)
+            span.set("relaybus.aggregate", f"{message.aggregatetype}/{message.aggregateid}"[:300])
+            span.set("relaybus.outbox.wait_ms", round(waited * 1000, 3))
+        return span
 
     async def _publish(self, messages: list[Message]) -> list[Outcome]:
         routes = {self.router.brokers_for(t) for t in {m.type for m in messages}}

@@ -184,16 +184,15 @@ def _write_span(
         f"create {type_}",
         kind="producer",
         parent={"traceparent": given} if given else None,
-        attributes={
-            "messaging.operation.type": "create",
-            "messaging.message.id": str(message_id),
-            "db.system.name": "postgresql",
-            "db.operation.name": "INSERT",
-            "db.collection.name": "outbox",
-            "relaybus.type": type_,
-            "relaybus.aggregate": f"{aggregate_type}/{aggregate_id}"[:300],
-        },
     )
+    if span.recording:
+        span.set("messaging.operation.type", "create")
+        span.set("messaging.message.id", str(message_id))
+        span.set("db.system.name", "postgresql")
+        span.set("db.operation.name", "INSERT")
+        span.set("db.collection.name", "outbox")
+        span.set("relaybus.type", type_)
+        span.set("relaybus.aggregate", f"{aggregate_type}/{aggregate_id}"[:300])
     stored = span.traceparent
     if stored is not None:
         headers = {**(headers or {}), "traceparent": stored}

@@ -120,6 +120,11 @@ def configure(default_service: str, environ: Mapping[str, str] | None = None) ->
         )
         install(None)
         return _OFF
-    chosen = otel.build(env.get("OTEL_SERVICE_NAME") or default_service, env)
+    try:
+        chosen = otel.build(env.get("OTEL_SERVICE_NAME") or default_service, env)
+    except ValueError as err:
+        log.warning("tracing stays off: %s", err)
+        install(None)
+        return _OFF
     install(chosen)
     return chosen

@@ -28,6 +28,12 @@ class Span(Protocol):
     @property
     def trace_id(self) -> str | None: ...
 
+    @property
+    def recording(self) -> bool:
+        """Whether anything set on it is kept (false when off or not sampled): describe
+        a span only when it is."""
+        ...
+
     def set(self, key: str, value: Value) -> None:
         """Set one attribute."""
 
@@ -93,6 +99,7 @@ class Tracer(Protocol):
 class _NullSpan:
     traceparent = None
     trace_id = None
+    recording = False
 
     def set(self, key: str, value: Value) -> None:
         pass

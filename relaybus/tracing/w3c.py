@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeGuard
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -55,6 +56,19 @@ def parse_traceparent(value: str | None) -> TraceContext | None:
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
     return TraceContext(trace_id, span_id, int(flags, 16))
+
+
+def is_unsampled(value: str | None) -> TypeGuard[str]:
+    """True for a valid version-00 ``traceparent`` whose flags are ``00`` (the common
+    unsampled value): the hot path's check, without building a ``TraceContext``."""
+    return (
+        value is not None
+        and len(value) == 55
+        and value.endswith("-00")
+        and _TRACEPARENT.fullmatch(value) is not None
+        and value[3:35] != _ZERO_TRACE
+        and value[36:52] != _ZERO_SPAN
+    )
 
 
 def clean_tracestate(value: str | None) -> str | None:

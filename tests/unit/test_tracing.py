@@ -344,3 +344,82 @@ def test_a_replayed_message_starts_a_new_trace_linked_to_the_original(spans: Spa
 def test_redrive_leaves_the_headers_as_they_are_when_tracing_is_off() -> None:
     original = {"id": "m-1", "traceparent": PARENT}
     assert redriven_headers(original, action="a", destination="d", audit_id=1) == original
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, "ParentBased"),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+         "ParentBasedTraceIdRatio"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"},
+         "TraceIdRatioBased"),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, "StaticSampler"),
+    ],
+)  # fmt: skip
+def test_the_standard_sampler_variables_choose_the_sampler(
+    environ: dict[str, str], expected: str
+) -> None:
+    assert type(otel.sampler(environ)).__name__ == expected
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"OTEL_TRACES_SAMPLER": "jaeger_remote"},
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "lots"},
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "7"},
+    ],
+)
+def test_a_sampler_relaybus_cannot_follow_leaves_tracing_off_with_a_reason(
+    environ: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", **environ}
+    assert tracing.configure("x", env).enabled is False
+    assert "OTEL_TRACES_SAMPLER" in caplog.text
+
+
+@pytest.fixture
+def ratio_spans() -> Iterator[Spans]:
+    """A tracer sampling 10 % of new traces and following its parents' decisions."""
+    exporter = InMemorySpanExporter()
+    tracer = otel.build(
+        "unit",
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+        exporter=exporter,
+    )
+    tracing.install(tracer)
+    try:
+        yield Spans(exporter, tracer)
+    finally:
+        tracing.install(None)
+        tracer.shutdown()
+
+
+async def test_an_unsampled_trace_records_nothing_and_passes_its_context_on(
+    ratio_spans: Spans,
+) -> None:
+    """Under a parent-based sampler an unsampled message costs no span: the relay sends
+    the row's context as it is, a handler runs under it, and what the handler writes
+    stays in the unsampled trace (no orphan trace started halfway)."""
+    unsampled = f"00-{TRACE}-{SPAN}-00"
+    broker = InMemoryPublisher("kafka")
+    routed = RoutedPublisher(
+        {"kafka": broker}, Router([Route(pattern="*", brokers=["kafka"])]), RelayMetrics()
+    )
+    message = Message.from_data("t", "a", "1", {})
+    message = Message(**{**message.__dict__, "traceparent": unsampled})
+    await routed.publish([message])
+    assert broker.sent[0].traceparent == unsampled
+    seen: list[str | None] = []
+
+    async def handle(message: Incoming, _session: object) -> None:
+        seen.append(tracing.tracer().current_traceparent())
+        nested = tracing.tracer().start("create x", kind="producer")
+        seen.append(nested.traceparent)
+        nested.end()
+
+    handler = Handler("h", handle, KafkaSource("t", "g"), dedupe="none")  # type: ignore[arg-type]
+    await Processor(handler).process(_incoming({"traceparent": unsampled}))
+    assert seen == [unsampled, unsampled]
+    assert ratio_spans.finished() == []
