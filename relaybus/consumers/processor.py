@@ -283,16 +283,19 @@ def describe_delivery(span: Span, message: Incoming, handler: str) -> None:
     when the span records."""
     if not span.recording:
         return
-    span.set("messaging.operation.type", "process")
-    span.set("messaging.destination.name", message.source[:255])
-    span.set("messaging.message.id", str(message.id))
-    span.set("relaybus.handler", handler)
-    span.set("relaybus.type", message.type[:255])
-    span.set("relaybus.attempt", message.attempt)
+    attributes: dict[str, str | int] = {
+        "messaging.operation.type": "process",
+        "messaging.destination.name": message.source[:255],
+        "messaging.message.id": str(message.id),
+        "relaybus.handler": handler,
+        "relaybus.type": message.type[:255],
+        "relaybus.attempt": message.attempt,
+    }
     if message.partition is not None:
-        span.set("messaging.destination.partition.id", str(message.partition))
+        attributes["messaging.destination.partition.id"] = str(message.partition)
     if message.offset is not None:
-        span.set("messaging.kafka.offset", message.offset)
+        attributes["messaging.kafka.offset"] = message.offset
+    span.describe(attributes)
 
 
 def settle_span(span: Span, verdict: Verdict) -> None:

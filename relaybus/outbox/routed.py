@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import Counter
@@ -60,12 +59,11 @@ class RoutedPublisher:
         if not traced.enabled:
             return await self._publish(messages)
         spans = [self._publish_span(traced, m) for m in messages]
-        sent = [
+        sent = []
+        for m, span in zip(messages, spans, strict=True):
+            own = span.traceparent
             # An unsampled message goes on with its row's context as it is.
-            m if span.traceparent == m.traceparent else dataclasses.replace(
-                m, traceparent=span.traceparent or m.traceparent)
-            for m, span in zip(messages, spans, strict=True)
-        ]  # fmt: skip
+            sent.append(m if own is None or own == m.traceparent else m.with_traceparent(own))
         try:
             outcomes = await self._publish(sent)
         except PublishError as err:
@@ -95,12 +93,14 @@ class RoutedPublisher:
                 occurred = occurred.replace(tzinfo=UTC)
             waited = max(0.0, time.time() - occurred.timestamp())
             brokers = ",".join(self.router.brokers_for(message.type)) or "none"
-            span.set("messaging.operation.type", "send")
-            span.set("messaging.system", brokers)
-            span.set("messaging.message.id", str(message.id))
-            span.set("relaybus.type", message.type)
-            span.set("relaybus.aggregate", f"{message.aggregatetype}/{message.aggregateid}"[:300])
-            span.set("relaybus.outbox.wait_ms", round(waited * 1000, 3))
+            span.describe({
+                "messaging.operation.type": "send",
+                "messaging.system": brokers,
+                "messaging.message.id": str(message.id),
+                "relaybus.type": message.type,
+                "relaybus.aggregate": f"{message.aggregatetype}/{message.aggregateid}"[:300],
+                "relaybus.outbox.wait_ms": round(waited * 1000, 3),
+            })  # fmt: skip
         return span
 
     async def _publish(self, messages: list[Message]) -> list[Outcome]:

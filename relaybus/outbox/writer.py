@@ -186,13 +186,15 @@ def _write_span(
         parent={"traceparent": given} if given else None,
     )
     if span.recording:
-        span.set("messaging.operation.type", "create")
-        span.set("messaging.message.id", str(message_id))
-        span.set("db.system.name", "postgresql")
-        span.set("db.operation.name", "INSERT")
-        span.set("db.collection.name", "outbox")
-        span.set("relaybus.type", type_)
-        span.set("relaybus.aggregate", f"{aggregate_type}/{aggregate_id}"[:300])
+        span.describe({
+            "messaging.operation.type": "create",
+            "messaging.message.id": str(message_id),
+            "db.system.name": "postgresql",
+            "db.operation.name": "INSERT",
+            "db.collection.name": "outbox",
+            "relaybus.type": type_,
+            "relaybus.aggregate": f"{aggregate_type}/{aggregate_id}"[:300],
+        })  # fmt: skip
     stored = span.traceparent
     if stored is not None:
         headers = {**(headers or {}), "traceparent": stored}

@@ -165,14 +165,14 @@ async def test_one_order_is_one_trace_from_the_request_to_the_final_status(
     as_json = json.loads(run_cli("trace", str(order_id), "--json", env=env).stdout)
     assert [v["trace_id"] for v in as_json] == [story.trace_id]
     assert len(as_json[0]["spans"]) == len(story.spans)
-    with console_process(tmp_path, **env) as console:
-        client = console.signed_in()
-        page = client.get("/trace", params={"id": str(order_id)})
+    with console_process(tmp_path, RELAYBUS_TRACING_JAEGER_URL=query.base) as console:
+        browser = console.signed_in()
+        page = browser.get("/trace", params={"id": str(order_id)})
         assert page.status_code == 200
         assert "saga payment.charged" in page.text
         assert f'href="{query.base}/trace/{story.trace_id}"' in page.text
         assert page.text.count('class="span') == len(story.spans)
-        hostile = client.get("/trace", params={"id": "<script>alert(1)</script>"})
+        hostile = browser.get("/trace", params={"id": "<script>alert(1)</script>"})
         assert hostile.status_code == 200
         assert "<script>alert" not in hostile.text
         assert "give a message id" in hostile.text

@@ -76,19 +76,26 @@ async def test_a_relay_killed_mid_batch_and_restarted_continues_each_rows_trace(
             assert published.trace_id == row.trace_id
             assert published.span_id != row.span_id
     # A row published by the successor too (its batch was sent but not settled when
-    # the victim died) has both publish spans in its trace, children of its write.
+    # the victim died): in Jaeger its publish spans are children of its write. (The
+    # victim's own spans of its last moments may never have left it: SIGKILL leaves
+    # its exporter no time; the records above carry them anyway.)
     twice = [m for m, t in sent.items() if len(t) > 1]
     print(f"\nSIGKILL mid-batch: {left} rows were pending, {len(twice)} published twice")
-    checked = twice[:3] or [next(iter(sent))]
-    for message_id in checked:
+    # A key's last row comes after the kill (the victim published a few hundred of 4 000
+    # rows, each key has 200): the successor surely published it.
+    last_of_key = [r.headers["id"] for r in records if r.key == "k0"][-1]
+    for message_id in [*twice[:3], last_of_key]:
 
-        def complete(views: list[TraceView], n: int = len(sent[message_id])) -> bool:
-            return (
-                len(spans_named(views, "publish")) == n and len(spans_named(views, "create")) == 1
-            )
+        def complete(views: list[TraceView]) -> bool:
+            writes = spans_named(views, "create")
+            return len(spans_named(views, "publish")) >= 1 and len(writes) == 1
 
         (view,) = await stories_of(query, message_id, complete)
         (write,) = [s for s in view.spans if s.name.startswith("create")]
         publishes = [s for s in view.spans if s.name.startswith("publish")]
         assert view.trace_id == stored[message_id].trace_id
         assert all(p.parent_id == write.span_id for p in publishes)
+        # The successor's publish is among them: its context is on the last record.
+        last = parse_traceparent(sent[message_id][-1])
+        assert last is not None
+        assert last.span_id in {p.span_id for p in publishes}
