@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 from redis.asyncio import Redis
 from sqlalchemy.exc import DBAPIError
@@ -80,12 +80,19 @@ class Processor:
         traced = tracer()
         if not traced.enabled:
             return await self._process(message)
-        with self._span(traced, message) as span:
-            verdict = await self._process(message)
+        span = self._start(traced, message)
+        try:
+            with traced.activate(span):
+                verdict = await self._process(message)
             settle_span(span, verdict)
             if self.handler.breaker is not None and span.recording:
                 span.set("relaybus.breaker", str(self.handler.breaker.state))
             return verdict
+        except BaseException as err:  # cancelled: recorded, then on its way
+            span.fail(err)
+            raise
+        finally:
+            span.end()
 
     def _start(self, traced: Tracer, message: Incoming) -> Span:
         span = traced.start(
@@ -96,17 +103,6 @@ class Processor:
         )
         describe_delivery(span, message, self.handler.name)
         return span
-
-    @contextlib.contextmanager
-    def _span(self, traced: Tracer, message: Incoming) -> Iterator[Span]:
-        with traced.span(
-            f"process {message.source}",
-            kind="consumer",
-            parent=message.headers,
-            links=[(message.headers, {})],
-        ) as span:
-            describe_delivery(span, message, self.handler.name)
-            yield span
 
     async def _process(self, message: Incoming) -> Verdict:
         handler = self.handler

@@ -9,7 +9,7 @@ the SDK's from ``OTEL_TRACES_SAMPLER``/``_ARG`` (default parent-based always-on)
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 
 from opentelemetry import context as otel_context
@@ -160,6 +160,22 @@ class Unsampled:
         pass
 
 
+class _InUnsampled:
+    """The block an ``Unsampled`` span is current for."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Unsampled) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        self.token = _UNSAMPLED.set(self.span.traceparent)
+        return self.span
+
+    def __exit__(self, *_: object) -> None:
+        _UNSAMPLED.reset(self.token)
+
+
 class OtelTracer:
     """``Tracer`` over an SDK ``TracerProvider``."""
 
@@ -247,16 +263,15 @@ class OtelTracer:
     def current_traceparent(self) -> str | None:
         return self.current().traceparent
 
-    @contextmanager
-    def activate(self, span: Span) -> Iterator[Span]:
+    def activate(self, span: Span) -> AbstractContextManager[Span]:
         if isinstance(span, Unsampled):
-            # What starts inside (an outbox write) stays in the unsampled trace.
-            token = _UNSAMPLED.set(span.traceparent)
-            try:
-                yield span
-            finally:
-                _UNSAMPLED.reset(token)
-            return
+            # What starts inside (an outbox write) stays in the unsampled trace. A
+            # plain class, not a generator: nine in ten deliveries come through here.
+            return _InUnsampled(span)
+        return self._activate_recorded(span)
+
+    @contextmanager
+    def _activate_recorded(self, span: Span) -> Iterator[Span]:
         assert isinstance(span, OtelSpan), "a span of this tracer"
         token = _UNSAMPLED.set(None)
         try:
