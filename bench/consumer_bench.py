@@ -53,8 +53,15 @@ CONCURRENCY = 16
 EFFECT = text("INSERT INTO bench_effects (run, message_id, n) VALUES (:run, :id, :n)")
 
 
-async def prefill(bootstrap: str, topic: str, messages: int, keys: int) -> None:
-    """Produce ``messages`` relaybus messages (~200-byte payloads) over ``keys`` keys."""
+async def prefill(
+    bootstrap: str,
+    topic: str,
+    messages: int,
+    keys: int,
+    traceparent: Callable[[int], str] | None = None,
+) -> None:
+    """Produce ``messages`` relaybus messages (~200-byte payloads) over ``keys`` keys;
+    message ``n`` carries ``traceparent(n)`` when given (the tracing benchmark)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all")
     await producer.start()
     try:
@@ -62,7 +69,11 @@ async def prefill(bootstrap: str, topic: str, messages: int, keys: int) -> None:
         for n in range(messages):
             body = json.dumps({"n": n, "pad": PAD}, separators=(",", ":")).encode()
             m = Message(
-                type="bench.event", aggregatetype="bench", aggregateid=f"k{n % keys}", payload=body
+                type="bench.event",
+                aggregatetype="bench",
+                aggregateid=f"k{n % keys}",
+                payload=body,
+                traceparent=traceparent(n) if traceparent else None,
             )
             pending.append(
                 await producer.send(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import subprocess
 import sys
@@ -32,11 +31,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.consumer_bench import PAD, bench_app, wait_for_effects
+from bench.consumer_bench import PAD, bench_app, prefill, wait_for_effects
 from bench.relay_bench import PARTITIONS, relay_drain
 from bench.report import Comparison, Series, write
 from relaybus import tracing
@@ -44,7 +42,6 @@ from relaybus.brokers.kafka import KafkaPublisher
 from relaybus.brokers.kafka_admin import ensure_topic
 from relaybus.consumers.worker import Worker
 from relaybus.db import create_engine
-from relaybus.message import Message
 from relaybus.settings import Settings
 from relaybus.tracing import otel
 
@@ -103,25 +100,6 @@ async def prefill_outbox(engine: AsyncEngine, agg: str, events: int, keys: int) 
         )  # fmt: skip
 
 
-async def prefill_topic(bootstrap: str, topic: str, messages: int, keys: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all")
-    await producer.start()
-    try:
-        pending = []
-        for n in range(messages):
-            body = json.dumps({"n": n, "pad": PAD}, separators=(",", ":")).encode()
-            m = Message(type="bench.event", aggregatetype="bench", aggregateid=f"k{n % keys}",
-                        payload=body, traceparent=traceparent(n))  # fmt: skip
-            pending.append(await producer.send(topic, value=body, key=m.aggregateid.encode(),
-                                               headers=m.kafka_headers()))  # fmt: skip
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-
-
 async def timed(mode: str, endpoint: str, work: Callable[[], Awaitable[float]]) -> float:
     """Seconds ``work`` takes under ``mode``; the spans still queued are flushed after
     the clock stops (what the exporter does during the run is counted)."""
@@ -148,7 +126,7 @@ async def main(args: argparse.Namespace, endpoint: str) -> None:
                 "CREATE TABLE IF NOT EXISTS bench_effects (run text, message_id uuid, n integer)"
             ))  # fmt: skip
         await ensure_topic(settings.kafka_bootstrap, topic, partitions=PARTITIONS)
-        await prefill_topic(settings.kafka_bootstrap, topic, args.messages, args.keys)
+        await prefill(settings.kafka_bootstrap, topic, args.messages, args.keys, traceparent)
         modes = list(MODES)
         for r in range(args.rounds):
             order = modes[r % 3 :] + modes[: r % 3]  # who runs first rotates

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 from relaybus.message import rfc3339
+from relaybus.tracing import Span, Tracer, Value
 from relaybus.tracing.w3c import TRACEPARENT, TRACESTATE
 
 log = logging.getLogger(__name__)
@@ -122,3 +124,14 @@ def traced_headers(
     if traceparent is None:
         return headers
     return [*(h for h in headers if h[0] != TRACEPARENT), (TRACEPARENT, traceparent.encode())]
+
+
+def record_span(
+    traced: Tracer, name: str, headers: Any, attributes: Mapping[str, Value]
+) -> AbstractContextManager[Span]:
+    """The span of a faust agent's handling of one record: a child of the context the
+    record carries, linked to it (a new trace when it carries none or a bad one)."""
+    carrier = trace_carrier(headers)
+    return traced.span(
+        name[:120], kind="consumer", parent=carrier, links=[(carrier, {})], attributes=attributes
+    )

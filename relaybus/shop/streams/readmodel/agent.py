@@ -42,7 +42,7 @@ from relaybus.shop.contract import ORDER_STATUS_EVENTS, EventType
 from relaybus.shop.settings import ShopSettings
 from relaybus.shop.streams.faustapp import shop_faust_app, write_through
 from relaybus.shop.streams.readmodel.view import StatusEvent, fold
-from relaybus.streams.envelope import header, skips_unforeseen, trace_carrier
+from relaybus.streams.envelope import header, record_span, skips_unforeseen
 from relaybus.tracing import tracer
 
 log = logging.getLogger("relaybus.readmodel")
@@ -99,13 +99,11 @@ def create_read_model_app(settings: Settings, shop: ShopSettings, partitions: in
                 if str(parsed.order_id) == key:
                     traced = tracer()
                     if traced.enabled:
-                        carrier = trace_carrier(event.headers)
-                        with traced.span(
+                        with record_span(
+                            traced,
                             "read model order.status",
-                            kind="consumer",
-                            parent=carrier,
-                            links=[(carrier, {})],
-                            attributes={
+                            event.headers,
+                            {
                                 "messaging.operation.type": "process",
                                 "messaging.destination.name": str(event.message.topic),
                                 "relaybus.processor": "read-model",

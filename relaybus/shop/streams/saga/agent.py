@@ -59,8 +59,8 @@ from relaybus.streams.envelope import (
     envelope,
     header,
     record_key,
+    record_span,
     skips_unforeseen,
-    trace_carrier,
     traced_headers,
 )
 from relaybus.tracing import tracer
@@ -191,13 +191,11 @@ def create_saga_app(settings: Settings, shop: ShopSettings) -> faust.App:
             if not traced.enabled:
                 await step(event)
                 continue
-            carrier = trace_carrier(event.headers)
-            with traced.span(
-                f"saga {header(event.headers, 'type') or 'unknown'}"[:120],
-                kind="consumer",
-                parent=carrier,
-                links=[(carrier, {})],
-                attributes={
+            with record_span(
+                traced,
+                f"saga {header(event.headers, 'type') or 'unknown'}",
+                event.headers,
+                {
                     "messaging.operation.type": "process",
                     "messaging.destination.name": str(event.message.topic),
                     "messaging.message.id": (header(event.headers, "id") or "")[:64],
