@@ -99,9 +99,10 @@ class Tracer(Protocol):
         ...
 
 
-class _NullSpan:
-    traceparent = None
-    trace_id = None
+class Inert:
+    """The methods of a span that records nothing (tracing off, or not sampled)."""
+
+    __slots__ = ()
     recording = False
 
     def set(self, key: str, value: Value) -> None:
@@ -118,6 +119,12 @@ class _NullSpan:
 
     def end(self) -> None:
         pass
+
+
+class _NullSpan(Inert):
+    __slots__ = ()
+    traceparent = None
+    trace_id = None
 
 
 NULL_SPAN: Span = _NullSpan()

@@ -37,7 +37,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from relaybus.tracing.api import Carrier, Kind, Span, Value
+from relaybus.tracing.api import Carrier, Inert, Kind, Span, Value
 from relaybus.tracing.w3c import TraceContext, is_unsampled, parse_traceparent, read_context
 
 _KINDS = {
@@ -68,6 +68,11 @@ def span_context(found: TraceContext) -> SpanContext:
     )
 
 
+def format_traceparent(ctx: SpanContext) -> str:
+    """The W3C ``traceparent`` header of a (valid) span context."""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
 class OtelSpan:
     """``Span`` over an SDK span."""
 
@@ -83,9 +88,7 @@ class OtelSpan:
             ctx = self.inner.get_span_context()
             if not ctx.is_valid:
                 return None
-            self._traceparent = (
-                f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
-            )
+            self._traceparent = format_traceparent(ctx)
         return self._traceparent
 
     @property
@@ -117,15 +120,13 @@ class OtelSpan:
         self.inner.end()
 
 
-class Unsampled:
+class Unsampled(Inert):
     """The span of a trace its root chose not to sample, under a parent-based sampler:
     the SDK would record nothing either. It passes its parent's context on unchanged
     (so what it sends stays unsampled) and costs no SDK call: at a 10 % ratio, nine in
     ten messages take this path (docs/tracing.md, "Cost")."""
 
     __slots__ = ("_context", "traceparent")
-
-    recording = False
 
     def __init__(self, traceparent: str, context: SpanContext | None = None) -> None:
         self.traceparent = traceparent
@@ -143,21 +144,6 @@ class Unsampled:
     @property
     def trace_id(self) -> str:
         return self.traceparent[3:35]
-
-    def set(self, key: str, value: Value) -> None:
-        pass
-
-    def describe(self, attributes: Mapping[str, Value]) -> None:
-        pass
-
-    def event(self, name: str, attributes: Mapping[str, Value] | None = None) -> None:
-        pass
-
-    def fail(self, error: BaseException | str) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
 
 
 class _InUnsampled:
@@ -218,11 +204,7 @@ class OtelTracer:
                 return Unsampled(held)
             current = trace.get_current_span().get_span_context()
             if current.is_valid and not current.trace_flags.sampled:
-                return Unsampled(
-                    f"00-{current.trace_id:032x}-{current.span_id:016x}-"
-                    f"{int(current.trace_flags):02x}",
-                    current,
-                )
+                return Unsampled(format_traceparent(current), current)
         otel_links = []
         for carrier, attrs in links:
             # A consumer links to the context it is also the child of: read it once.
