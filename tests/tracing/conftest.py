@@ -4,6 +4,7 @@ the OTEL_* environment that makes a relaybus process export to it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,19 @@ from relaybus.stack.jaeger import Jaeger
 from relaybus.stack.settings import StackSettings
 from relaybus.tracing import otel
 from relaybus.tracing.jaeger_query import JaegerQuery
+
+HERE = Path(__file__).resolve().parent
+# The first test here starts Jaeger, and under `make test` may wait for the build that
+# began in the background with the run (~12 minutes of niced CPU on a fresh machine):
+# the usual 300 s per test would cut that wait short. The tests themselves wait on
+# deadlines of their own (``eventually``).
+BUILD_WAIT = 1800
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.timeout(BUILD_WAIT), append=False)
 
 
 @pytest.fixture(scope="session")

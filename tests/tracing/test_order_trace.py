@@ -66,7 +66,6 @@ def _has_story(views: list[TraceView]) -> bool:
     return confirmed and all(any(n.startswith(step) for n in names) for step in STORY)
 
 
-@pytest.mark.timeout(600)
 async def test_one_order_is_one_trace_from_the_request_to_the_final_status(
     tmp_path: Path,
     settings: Settings,
