@@ -120,6 +120,16 @@ SCENARIOS: dict[str, Scenario] = {
             "--seconds 1 --rounds 1",
         ),
         Scenario(
+            "shop",
+            "bench.shop_bench",
+            "the flash sale as users feel it: maximum sustained finished orders/s, open loop "
+            "at 10/50/80 % of it and a 3x overload (accepted, shed, POST and commit -> final "
+            "percentiles), CPU ms per order by process; without and with load shedding, "
+            "and with queueing",
+            "--max-orders 60 --seconds 3 --loads 0.5 --overload 3 --overload-seconds 3 "
+            "--idle-seconds 1 --quiet-ms 100000 --variants as-shipped",
+        ),
+        Scenario(
             "orders_api",
             "bench.orders_api_bench",
             "POST /orders with and without the outbox write (hey as the load)",
@@ -254,12 +264,17 @@ def default_results() -> Path:
 
 LATENCY_PLOT = REPO / "docs" / "latency.png"
 THROUGHPUT_PLOT = REPO / "docs" / "throughput.png"
-PLOTS = {"latency": LATENCY_PLOT, "scaling": THROUGHPUT_PLOT}  # section -> its figure
+SHOP_PLOT = REPO / "docs" / "shop-latency.png"
+PLOTS = {"latency": LATENCY_PLOT, "scaling": THROUGHPUT_PLOT, "shop": SHOP_PLOT}
 
 
 def plot(results: Path) -> list[Path]:
     """The PNGs in ``docs/`` made from ``results`` (matplotlib is a dev dependency)."""
-    from bench.plots import latency_plot, throughput_plot  # only full runs plot
+    from bench.plots import latency_plot, shop_plot, throughput_plot  # only full runs plot
 
-    made = [latency_plot(results, LATENCY_PLOT), throughput_plot(results, THROUGHPUT_PLOT)]
+    made = [
+        latency_plot(results, LATENCY_PLOT),
+        throughput_plot(results, THROUGHPUT_PLOT),
+        shop_plot(results, SHOP_PLOT),
+    ]
     return [m for m in made if m is not None]

@@ -115,3 +115,34 @@ def throughput_plot(results: Path, out: Path) -> Path | None:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def shop_plot(results: Path, out: Path) -> Path | None:
+    """``out``: per shop variant, commit -> final status and ``POST /orders`` p50/p99
+    (log scale) against the offered rate, open-loop phases only (overload included);
+    None when there is no shop result."""
+    source = results / "shop.json"
+    if not source.exists():
+        return None
+    variants = json.loads(source.read_text()).get("phases", {})
+    if not variants:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for (variant, phases), style in zip(variants.items(), ("-", "--", ":", "-."), strict=False):
+        points = sorted((p for p in phases if p["offered_per_s"]), key=lambda p: p["offered_per_s"])
+        rates = [p["offered_per_s"] for p in points]
+        for ax, key in zip(axes, ("commit_to_final_ms", "post_ms"), strict=True):
+            for q, marker in (("p50", "o"), ("p99", "s")):
+                ax.plot(rates, [p[key].get(q, float("nan")) for p in points], style,
+                        marker=marker, label=f"{variant} {q}")  # fmt: skip
+    axes[0].set_ylabel("commit → final status (admitted orders), ms")
+    axes[1].set_ylabel("POST /orders, ms (from when it was due)")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xlabel("offered orders/s (open loop; the last point is the overload)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

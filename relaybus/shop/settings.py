@@ -64,6 +64,37 @@ class ShopSettings(BaseSettings):
         description="How long the orders API trusts a verified API key without asking the "
         "database again (a revoked key stops working within this time).",
     )
+    orders_backlog_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="Shed POST /orders (429 with Retry-After) while the unfinished orders "
+        "would take longer than this to finish at the rate the shop finishes them "
+        "(Little's law); 0: never shed.",
+    )
+    orders_backlog_floor: int = Field(
+        50, ge=1, description="Unfinished orders always admitted, whatever the finish rate."
+    )
+    orders_backlog_vip_headroom: float = Field(
+        2.0, ge=1, description="VIP customers are shed last: admitted up to this times the limit."
+    )
+    orders_backlog_queue: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Requests over the limit that wait in a leaky-bucket queue released at "
+        "the finish rate (degradation by queueing) instead of a 429; 0: shed at once.",
+    )
+    background_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="Niceness `relaybus run` and `relaybus demo` start the shop's background "
+        "processes with (relay, workers, stream processors; the HTTP services keep 0): "
+        "when the CPU is short, the front door answers first, its 429s included.",
+    )
+    orders_backlog_poll: float = Field(
+        0.25, gt=0, description="Seconds between two readings of the backlog by the API."
+    )
     saga_deadline: float = Field(
         120.0, gt=0, description="Seconds an order may stay unfinished before compensation."
     )

@@ -20,8 +20,12 @@ TEST_PORTS = {"orders_api_port": 18080, "gateway_port": 18090, "read_model_port"
 
 
 def shop_settings(**overrides: Any) -> ShopSettings:
-    """Shop settings on the test ports, with ``overrides``."""
-    return ShopSettings(**{**TEST_PORTS, "saga_session_timeout": 6.0, **overrides})
+    """Shop settings on the test ports, with ``overrides``. The API's load shedding is
+    off unless asked for: the test database holds other tests' unfinished orders, a
+    backlog no test here is about (``test_load_shedding`` turns it on)."""
+    return ShopSettings(
+        **{**TEST_PORTS, "saga_session_timeout": 6.0, "orders_backlog_seconds": 0, **overrides}
+    )
 
 
 def env_of(shop: ShopSettings) -> dict[str, str]:

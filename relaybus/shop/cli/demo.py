@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from relaybus.consumers.dlq_admin import BROKER_ERRORS
@@ -28,6 +31,7 @@ from relaybus.shop.cli.flashsale import (
     wait_final,
     warm_up,
 )
+from relaybus.shop.cli.openloop import Orders, open_loop
 from relaybus.shop.cli.processes import ChildFailed, Shop
 from relaybus.shop.cli.shop_report import ShopReport, collect, dead_letter_count
 from relaybus.shop.settings import ShopSettings
@@ -100,6 +104,7 @@ async def run_flash_sale(
         "orders_accepted": len(placed.order_ids),
         "http_statuses": {str(k): v for k, v in placed.statuses.items()},
         "client_retries": placed.retries,
+        "shed_and_sent_again": placed.shed,
         "connection_retries": placed.transport_retries,
         "retries_with_another_id": placed.retry_mismatches,
         "seconds": round(placed.seconds, 2),
@@ -123,8 +128,63 @@ async def run_flash_sale(
     return placed, report
 
 
-def _post_latency(placed: Placed) -> dict[str, float]:
-    values = sorted(placed.latency_ms)
+async def run_burst(
+    settings: Settings, shop: ShopSettings, rate: float, seconds: float, wait: float
+) -> dict[str, Any]:
+    """Orders sent open loop at ``rate`` per second for ``seconds`` (no retries: what the
+    shop answered each), then every admitted one waited for: admitted and shed
+    requests, their latencies, commit -> final status of the admitted."""
+    engine = create_engine(settings.database_url)
+    try:
+        run = uuid.uuid4().hex[:8]
+        skus = await seed(engine, Workload(products=5, stock=1_000_000), f"{run}-burst")
+        keys = await issue_keys(engine, [f"burst-{run}-{n}" for n in range(2000)])
+        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            samples, _ = await open_loop(
+                client, shop.orders_api_url, Orders(skus, keys), rate, seconds
+            )
+        admitted = [s.order_id for s in samples if s.order_id is not None]
+        finished = await wait_final(engine, admitted, wait)
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT o.created_at, (SELECT max(h.at) FROM orders.history h "
+                        "WHERE h.order_id = o.id AND h.status IN "
+                        "('CONFIRMED', 'CANCELLED', 'REJECTED')) AS finished_at "
+                        "FROM orders.orders o WHERE o.id = ANY(:ids)"
+                    ),
+                    {"ids": admitted},
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    shed = [s for s in samples if s.status == 429]
+    return {
+        "offered_per_second": round(rate, 1),
+        "seconds": seconds,
+        "requests": len(samples),
+        "admitted": len(admitted),
+        "shed_429": len(shed),
+        "other_answers": dict(
+            Counter(str(s.status) for s in samples if s.status not in (202, 429))
+        ),
+        "shed_answer_ms": _latency([s.latency_ms for s in shed]),
+        "admitted_post_ms": _latency([s.latency_ms for s in samples if s.order_id is not None]),
+        "admitted_commit_to_final_ms": _latency(
+            [
+                (r.finished_at - r.created_at).total_seconds() * 1000
+                for r in rows
+                if r.finished_at is not None
+            ]
+        ),
+        "admitted_unfinished": len(admitted) - finished,
+    }
+
+
+def _latency(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
     if not values:
         return {}
     return {
@@ -132,6 +192,10 @@ def _post_latency(placed: Placed) -> dict[str, float]:
         "p99": round(values[min(len(values) - 1, int(0.99 * len(values)))], 1),
         "max": round(values[-1], 1),
     }
+
+
+def _post_latency(placed: Placed) -> dict[str, float]:
+    return _latency(placed.latency_ms)
 
 
 def render(report: ShopReport, console: Console) -> None:
@@ -146,6 +210,12 @@ def render(report: ShopReport, console: Console) -> None:
             f"in {w.get('seconds')} s ({w.get('orders_per_second')}/s)",
         ),
         ("POST /orders latency ms", json.dumps(w.get("post_latency_ms"))),
+        (
+            "pipeline: orders finished per second",
+            f"{report.finished_per_second} (first commit to last final status)",
+        ),
+        ("commit -> final status ms", json.dumps(report.final_latency_ms)),
+        ("shed (429, sent again after Retry-After)", str(w.get("shed_and_sent_again", 0))),
         (
             "client retries (same key)",
             f"{w.get('client_retries')}, {w.get('retries_with_another_id')} got another order",
@@ -174,6 +244,11 @@ def render(report: ShopReport, console: Console) -> None:
     for name, value in rows:
         summary.add_row(plain(name), plain(value))
     console.print(summary)
+    if report.burst:
+        burst = Table(title="burst past capacity (open loop)", show_header=False)
+        for name, value in report.burst.items():
+            burst.add_row(plain(name.replace("_", " ")), plain(json.dumps(value)))
+        console.print(burst)
     products = Table(title="stock: initial = sold + available")
     for column in ("product", "initial", "sold", "available", "conserved"):
         products.add_column(column)
@@ -216,6 +291,13 @@ def demo(
         False, help="Use shop processes already running (relaybus run) instead of starting them."
     ),
     logs: Path = typer.Option(Path(".demo"), help="Folder for the started processes' logs."),
+    burst: float = typer.Option(
+        0.0,
+        min=0,
+        max=600,
+        help="After the sale, this many seconds of orders at 3x the rate the sale "
+        "finished them (open loop): what the shop admits and sheds (0: no burst).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Run the flash sale: start the relay, the orders API, the inventory and payments
@@ -223,7 +305,11 @@ def demo(
     every order is CONFIRMED or CANCELLED; check the invariants; print a report; stop
     what it started. Exit status 1 if an invariant does not hold.
 
-    Example: relaybus demo --orders 500 --failure-rate 0.3
+    With ``--burst S``, S more seconds of orders at three times the rate the sale
+    finished them, sent on a schedule whatever the answers: the report says how many
+    the shop admitted and shed (429 with Retry-After) and how fast each was answered.
+
+    Example: relaybus demo --orders 500 --failure-rate 0.3 --burst 30
     """
     console = make_console(stderr=as_json)
     shop = ShopSettings(gateway_failure_rate=failure_rate, gateway_timeout_rate=timeout_rate)
@@ -243,6 +329,14 @@ def demo(
         _, report = asyncio.run(
             run_flash_sale(Settings(), shop, workload, processes, wait, console)
         )
+        if burst and report.finished_per_second:
+            rate = 3 * report.finished_per_second
+            console.print(f"burst: {rate:.0f} orders/s for {burst:g} s (3x the sale's rate)")
+            report.burst = asyncio.run(run_burst(Settings(), shop, rate, burst, wait))
+            if report.burst["admitted_unfinished"]:
+                report.problems.append(
+                    f"{report.burst['admitted_unfinished']} admitted burst orders did not finish"
+                )
     except ChildFailed as err:
         make_console(stderr=True).print(plain(f"demo failed: {err}"))
         raise typer.Exit(1) from None

@@ -27,6 +27,8 @@ from relaybus.streams.sharding.balancing import Balancer, RoundRobin
 
 # Tries per request on a connection error (same Idempotency-Key each time).
 TRANSPORT_ATTEMPTS = 3
+# How long one request keeps coming back after 429s (shed by an overloaded shop).
+SHED_PATIENCE = 600.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Placed:
     latency_ms: list[float] = field(default_factory=list)
     replicas: Counter[str] = field(default_factory=Counter)  # requests per API replica
     transport_retries: int = 0  # requests sent again (same key) after a connection error
+    shed: int = 0  # 429 answers (sent again, same key, after their Retry-After)
     keys: dict[str, str] = field(default_factory=dict, repr=False)  # customer -> API key
 
     @property
@@ -123,6 +126,20 @@ async def place_orders(
     chooser = balancer or RoundRobin(api_urls)
 
     async def post(client: httpx.AsyncClient, key: str, body: dict[str, Any]) -> str | None:
+        """One order, sent again with the same key after each 429's ``Retry-After``
+        (as a well-behaved client does), for up to ``SHED_PATIENCE`` seconds."""
+        patience = time.monotonic() + SHED_PATIENCE
+        while True:
+            answer = await post_once(client, key, body)
+            if not isinstance(answer, float) or time.monotonic() + answer > patience:
+                return None if isinstance(answer, float) else answer
+            placed.shed += 1
+            await asyncio.sleep(answer)
+
+    async def post_once(
+        client: httpx.AsyncClient, key: str, body: dict[str, Any]
+    ) -> str | float | None:
+        """The order's id, None on failure, or the seconds to wait after a 429."""
         started = time.perf_counter()
         response = None
         for attempt in range(1, TRANSPORT_ATTEMPTS + 1):
@@ -153,6 +170,8 @@ async def place_orders(
         assert response is not None
         placed.latency_ms.append((time.perf_counter() - started) * 1000)
         placed.statuses[response.status_code] += 1
+        if response.status_code == 429:
+            return retry_after(response)
         if response.status_code != 202:
             placed.errors.append(
                 f"POST /orders answered {response.status_code}: {response.text:.200}"
@@ -179,6 +198,15 @@ async def place_orders(
         await asyncio.gather(*(client_loop(client) for _ in range(workload.concurrency)))
     placed.seconds = time.perf_counter() - started
     return placed
+
+
+def retry_after(response: httpx.Response) -> float:
+    """A 429's ``Retry-After`` in seconds (delta-seconds form; 1 when absent or not a
+    number, at most 60)."""
+    try:
+        return min(max(float(response.headers.get("retry-after", "1")), 0.0), 60.0)
+    except ValueError:
+        return 1.0
 
 
 async def warm_up(engine: AsyncEngine, api_url: str, run: str, within: float) -> float:

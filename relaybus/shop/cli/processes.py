@@ -78,6 +78,7 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    nice: int = 0  # scheduling niceness (``nice -n``): higher yields the CPU first
 
     def start(self) -> None:
         env = {**os.environ, **self.env}
@@ -85,8 +86,10 @@ class Child:
         # operator named them all with OTEL_SERVICE_NAME.
         env.setdefault("OTEL_SERVICE_NAME", f"shop-{self.name}")
         with self.log.open("ab") as out:
+            # ``nice`` execs the interpreter: the child's pid is still the process's.
+            niced = ["nice", "-n", str(self.nice)] if self.nice else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "relaybus.cli", *self.argv],
+                [*niced, sys.executable, "-m", "relaybus.cli", *self.argv],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -148,7 +151,13 @@ class Shop:
         self.children = {}
         for name in names or default_names(shop):
             argv, extra = command_of(name, shop)
-            self.children[name] = Child(name, argv, log_dir / f"{name}.log", {**self.env, **extra})
+            self.children[name] = Child(
+                name,
+                argv,
+                log_dir / f"{name}.log",
+                {**self.env, **extra},
+                nice=0 if argv[0] == "serve" else shop.background_nice,
+            )
 
     def expose_metrics(self, base_port: int) -> dict[str, str]:
         """Give the relay and every worker a Prometheus port, counting up from

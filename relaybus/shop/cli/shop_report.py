@@ -53,6 +53,11 @@ class ShopReport:
     latency_ms: dict[str, float]
     problems: list[str] = field(default_factory=list)
     workload: dict[str, Any] = field(default_factory=dict)
+    # The pipeline as users feel it: orders finished (any final status) per second,
+    # from the first order's commit to the last one's final status, and commit -> final.
+    finished_per_second: float = 0.0
+    final_latency_ms: dict[str, float] = field(default_factory=dict)
+    burst: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -213,6 +218,12 @@ async def collect(
         for o in orders
         if o.status == "CONFIRMED" and o.finished_at is not None
     ]
+    finals = [o for o in orders if o.finished_at is not None]
+    span = (
+        (max(o.finished_at for o in finals) - min(o.created_at for o in finals)).total_seconds()
+        if finals
+        else 0.0
+    )
     return ShopReport(
         orders=len(orders),
         statuses=dict(statuses),
@@ -224,4 +235,8 @@ async def collect(
         dead_letters=dead_letters,
         latency_ms=_percentiles(latency),
         problems=problems,
+        finished_per_second=round(len(finals) / span, 1) if span > 0 else 0.0,
+        final_latency_ms=_percentiles(
+            [(o.finished_at - o.created_at).total_seconds() * 1000 for o in finals]
+        ),
     )

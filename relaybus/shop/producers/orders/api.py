@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -32,11 +34,17 @@ from relaybus.shop.contract import ORDER_STATUS_EVENTS, Line
 from relaybus.shop.producers.orders.auth import RequireApiKey, caller_of
 from relaybus.shop.producers.orders.credentials import ApiKeys
 from relaybus.shop.producers.orders.limits import BodyLimit
-from relaybus.shop.producers.orders.store import KeyReused, OrderStore, UnknownProducts
+from relaybus.shop.producers.orders.store import (
+    KeyReused,
+    OrderStore,
+    UnknownProducts,
+    read_backlog,
+)
 from relaybus.shop.producers.orders.views import HttpReadModel, OrderViews, ViewCache
 from relaybus.shop.settings import ShopSettings
 from relaybus.snowflake import WorkerIdLease
 from relaybus.streams.cache import FIFOCache, LFUCache, LRUCache
+from relaybus.streams.shedding import BacklogGate, Shed
 from relaybus.tracing import tracer
 from relaybus.tracing.asgi import TraceRequests
 
@@ -44,6 +52,7 @@ log = logging.getLogger("relaybus.orders_api")
 _PING = text("SELECT 1")
 
 MAX_ID = (1 << 63) - 1
+CONTROL_POOL = 4  # connections for API-key checks and backlog readings
 
 
 class OrderRequest(BaseModel):
@@ -98,12 +107,19 @@ class OrdersService:
             settings.database_url, pool_size=shop.orders_api_workers_pool
         )
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
+        # The reads that decide about a request (who is calling, how loaded the shop
+        # is) have connections of their own: under overload they must not queue behind
+        # the order writes they are there to turn away (measured: 429s answered after
+        # seconds while the write pool was busy; bench/shop_bench.py).
+        self.control = create_engine(settings.database_url, pool_size=CONTROL_POOL)
+        self.control_sessions = session_factory(self.control)
         self.store = store or OrderStore(Outbox.from_settings(settings))
         self.ids = WorkerIdLease(PostgresLock(self.engine))
         self.tail = KafkaTail(settings.kafka, ORDER_STATUS_EVENTS)
         self.read_model = HttpReadModel(shop.read_model_base_url, shop.read_model_timeout)
-        self.api_keys = ApiKeys(self.engine, shop.orders_api_key_cache_seconds)
+        self.api_keys = ApiKeys(self.control, shop.orders_api_key_cache_seconds)
         self.views = OrderViews(None, None, self.from_database, self.partition_of)
+        self.gate = make_gate(shop)
 
     async def from_database(self, order_id: int) -> dict[str, Any] | None:
         async with self.sessions() as session:
@@ -132,6 +148,30 @@ class OrdersService:
         self.views.follow(make_cache(self.shop), self.read_model, self.tail.position)
         await self.tail.run(stop, self.views.on_record)
 
+    async def watch_backlog(self, stop: asyncio.Event) -> None:
+        """Feed the load-shedding gate a reading of the backlog every
+        ``orders_backlog_poll`` seconds (one query; a failed reading is logged and the
+        gate keeps deciding on the last one)."""
+        if self.gate is None:
+            return
+        since: int | None = None
+        while not stop.is_set():
+            try:
+                counted = self.gate.admitted  # what the reading will include
+                async with self.control_sessions() as session:
+                    in_flight, arrived, newest = await read_backlog(
+                        session, since or 0, self.shop.saga_deadline
+                    )
+                # The first reading only sets where "arrived" counts from.
+                self.gate.observe(time.monotonic(), in_flight, arrived if since else 0, counted)
+                since = newest
+            except Exception:  # the next reading may succeed; requests are still decided
+                log.exception("orders: reading the backlog failed")
+            try:
+                await asyncio.wait_for(stop.wait(), self.shop.orders_backlog_poll)
+            except TimeoutError:
+                continue
+
     async def sweep(self, stop: asyncio.Event) -> None:
         """Every ``saga_sweep_interval``: announce orders past the saga deadline and
         forget Idempotency-Keys past their retention."""
@@ -151,6 +191,27 @@ class OrdersService:
                 await asyncio.wait_for(stop.wait(), self.shop.saga_sweep_interval)
             except TimeoutError:
                 continue
+
+
+def make_gate(shop: ShopSettings) -> BacklogGate | None:
+    """The load-shedding gate the settings ask for (None: ``orders_backlog_seconds`` 0)."""
+    if shop.orders_backlog_seconds == 0:
+        return None
+    return BacklogGate(
+        shop.orders_backlog_seconds,
+        shop.orders_backlog_floor,
+        shop.orders_backlog_vip_headroom,
+        shop.orders_backlog_queue,
+    )
+
+
+def shed_answer(shed: Shed) -> JSONResponse:
+    """429 with ``Retry-After`` (whole seconds) and the reason: nothing was written."""
+    return JSONResponse(
+        {"detail": shed.reason, "status": "REJECTED", "reason": shed.reason},
+        status_code=429,
+        headers={"Retry-After": str(math.ceil(shed.retry_after))},
+    )
 
 
 def make_cache(shop: ShopSettings) -> ViewCache | None:
@@ -176,15 +237,18 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
         stop = asyncio.Event()
         sweeper = asyncio.create_task(service.sweep(stop))
         follower = asyncio.create_task(service.follow_statuses(stop))
+        watcher = asyncio.create_task(service.watch_backlog(stop))
         try:
             yield
         finally:
             stop.set()
             await sweeper
             await follower
+            await watcher
             await service.read_model.aclose()
             await service.ids.release()
             await service.engine.dispose()
+            await service.control.dispose()
 
     app = FastAPI(
         title="relaybus flash-sale orders",
@@ -220,6 +284,11 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
         With an ``Idempotency-Key`` header, a retried request gets the first answer
         and never makes a second order; the same key with another body is a 422.
         Keys are per customer and forgotten after ``RELAYBUS_ORDERS_IDEMPOTENCY_RETENTION``.
+
+        Overloaded (more unfinished orders than the shop finishes in
+        ``RELAYBUS_ORDERS_BACKLOG_SECONDS``; VIPs shed last), the answer is an
+        immediate 429 with ``Retry-After`` and the reason, and nothing is written:
+        send the same request again (same ``Idempotency-Key``) after that many seconds.
         The client address limited per IP is the connection's peer (``X-Forwarded-For``
         only from ``RELAYBUS_TRUSTED_PROXIES``), IPv6 by its /64.
         """
@@ -231,6 +300,13 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
                   "customer; leave 'customer' out (it comes from the key)"}],
             )  # fmt: skip
         key = _valid_key(idempotency_key)
+        if service.gate is not None:
+            decided = service.gate.decide(time.monotonic(), caller.vip)
+            if isinstance(decided, Shed):
+                tracer().current().set("relaybus.shed", decided.reason)
+                return shed_answer(decided)
+            if decided.wait:
+                await asyncio.sleep(decided.wait)  # queued: released at the finish rate
         order_id = service.ids.next_id()
         try:
             async with service.sessions() as session, session.begin():
@@ -283,10 +359,21 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
         return JSONResponse(order, headers={"X-Served-By": source})
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        """200 once the database answers."""
+    async def healthz() -> dict[str, Any]:
+        """200 once the database answers; with load shedding on, the backlog the API
+        last read (unfinished orders, the limit, the finish rate per second)."""
         async with service.sessions() as session:
             await session.execute(_PING)
-        return {"status": "ok"}
+        if service.gate is None:
+            return {"status": "ok"}
+        gate = service.gate
+        return {
+            "status": "ok",
+            "backlog": {
+                "in_flight": gate.in_flight,
+                "limit": gate.limit,
+                "finished_per_second": None if gate.rate is None else round(gate.rate, 2),
+            },
+        }
 
     return app

@@ -79,6 +79,18 @@ _PURGE_KEYS = text(
     " SELECT ctid FROM orders.idempotency_keys"
     " WHERE created_at < now() - make_interval(secs => :age) LIMIT 5000)"
 )
+# The backlog as the API's load shedding reads it: unfinished orders younger than the
+# saga deadline (older ones are the deadline sweep's, not the pipeline's current
+# load), through the partial index ``ix_orders_unfinished`` (its predicate spelt out
+# so the planner uses it); and the orders placed since the newest id seen (snowflake
+# ids grow).
+_BACKLOG = text(
+    "SELECT (SELECT count(*) FROM orders.orders WHERE status NOT IN ('CONFIRMED', "
+    "'CANCELLED') AND status <> 'REJECTED' "
+    "AND created_at > now() - make_interval(secs => :window)) AS in_flight, "
+    "(SELECT count(*) FROM orders.orders WHERE id > :since) AS arrived, "
+    "(SELECT max(id) FROM orders.orders) AS newest"
+)
 _PRICES = text("SELECT sku, price_cents FROM orders.products WHERE sku = ANY(:skus)")
 
 
@@ -376,3 +388,12 @@ async def add_products(session: AsyncSession, prices: dict[str, int]) -> None:
         ),
         [{"sku": sku, "price": price} for sku, price in prices.items()],
     )
+
+
+async def read_backlog(session: AsyncSession, since: int, window: float) -> tuple[int, int, int]:
+    """``(in_flight, arrived, newest)``: unfinished orders placed in the last ``window``
+    seconds, orders with an id above ``since`` (placed since the previous reading, by
+    any API replica), and the newest id (the next reading's ``since``). What the API's
+    load shedding reads (``streams.shedding.BacklogGate``)."""
+    row = (await session.execute(_BACKLOG, {"since": since, "window": window})).one()
+    return int(row.in_flight), int(row.arrived), int(row.newest or since)
