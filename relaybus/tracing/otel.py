@@ -8,23 +8,15 @@ the SDK's from ``OTEL_TRACES_SAMPLER``/``_ARG`` (default parent-based always-on)
 
 from __future__ import annotations
 
-import logging
-import os
-import pickle
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -34,7 +26,6 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -47,7 +38,6 @@ from opentelemetry.trace import (
 )
 
 from relaybus.tracing.api import Carrier, Inert, Kind, Span, Value
-from relaybus.tracing.lean import LeanRecorder, LeanSpan, Record
 from relaybus.tracing.w3c import TraceContext, is_unsampled, parse_traceparent, read_context
 
 _KINDS = {
@@ -58,9 +48,6 @@ _KINDS = {
     "consumer": SpanKind.CONSUMER,
 }
 _EMPTY = otel_context.Context()
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-SCOPE = InstrumentationScope("relaybus")
-log = logging.getLogger("relaybus.tracing")
 # The unsampled trace a block runs in (``Unsampled`` made current): relaybus's own
 # marker instead of an OpenTelemetry context, which costs ten times as much to attach,
 # on the path nine in ten messages take at a 10 % ratio. Every block that makes a span
@@ -180,15 +167,12 @@ class OtelTracer:
 
     enabled = True
 
-    def __init__(self, provider: TracerProvider, lean: LeanRecorder | None = None) -> None:
+    def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer("relaybus")
         # A parent-based sampler never records under an unsampled parent: such spans
         # are skipped without asking the SDK (``Unsampled``).
         self._parent_based = isinstance(provider.sampler, ParentBased)
-        # ...and always records under a sampled remote parent (as ``always_on`` does):
-        # such a span without links can be a ``LeanSpan`` (relaybus.tracing.lean).
-        self._lean = lean if self._parent_based or provider.sampler is ALWAYS_ON else None
 
     def start(
         self,
@@ -208,9 +192,6 @@ class OtelTracer:
             found = read_context(parent)
             if found is not None and self._parent_based and not found.sampled:
                 return Unsampled(found.traceparent)
-            if found is not None and found.sampled and not links and self._lean is not None:
-                return LeanSpan(self._lean, name, kind, found.trace_id, found.span_id,
-                                attributes, start_ns)  # fmt: skip
             # A carrier without a (valid) context starts a new trace: never the
             # current span's, which belongs to some other message.
             ctx = (
@@ -273,17 +254,10 @@ class OtelTracer:
 
     @contextmanager
     def _activate_recorded(self, span: Span) -> Iterator[Span]:
-        if isinstance(span, LeanSpan):
-            # Its context, for the spans started inside to be its children.
-            inner: trace.Span = NonRecordingSpan(
-                SpanContext(int(span.trace_id, 16), span.span_id, False, _SAMPLED)
-            )
-        else:
-            assert isinstance(span, OtelSpan), "a span of this tracer"
-            inner = span.inner
+        assert isinstance(span, OtelSpan), "a span of this tracer"
         token = _UNSAMPLED.set(None)
         try:
-            with trace.use_span(inner, end_on_exit=False):
+            with trace.use_span(span.inner, end_on_exit=False):
                 yield span
         finally:
             _UNSAMPLED.reset(token)
@@ -293,16 +267,8 @@ class OtelTracer:
             return Unsampled(held)
         return OtelSpan(trace.get_current_span())
 
-    def force_flush(self) -> None:
-        """Hand every ended span to its exporter now."""
-        if self._lean is not None:
-            self._lean.flush()
-        self.provider.force_flush()
-
     def shutdown(self) -> None:
         """Flush what is queued and stop exporting."""
-        if self._lean is not None:
-            self._lean.shutdown()
         self.provider.shutdown()
 
 
@@ -346,108 +312,9 @@ def build(
     """A tracer exporting through ``exporter`` (OTLP/HTTP to the endpoint ``environ``
     names by default), with ``service.name`` = ``service_name`` and the sampler
     ``environ`` names. ``ValueError`` for a sampler setting it cannot follow."""
-    resource = Resource.create({"service.name": service_name})
-    provider = TracerProvider(resource=resource, sampler=sampler(environ))
-    if exporter is None:
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint(environ)))
-        )
-        # Lean spans are encoded and sent by a child process (relaybus.tracing.ship).
-        shipper = ShipToChild(service_name, environ)
-        lean = LeanRecorder(shipper.deliver, close=shipper.close)
-    else:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-        chosen = exporter
-
-        def export_here(records: list[Record]) -> None:
-            chosen.export(to_readable(records, resource))
-
-        lean = LeanRecorder(export_here)
-    return OtelTracer(provider, lean)
-
-
-def to_readable(records: list[Record], resource: Resource) -> list[ReadableSpan]:
-    """The SDK's ``ReadableSpan``s for lean span ``records`` (what its exporters take)."""
-    kinds = {k.name.lower(): k for k in SpanKind}
-    spans = []
-    for name, kind, trace_id, span_id, parent, start, end, attrs, error, events in records:
-        spans.append(
-            ReadableSpan(
-                name=name,
-                context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED),
-                parent=SpanContext(trace_id, parent, is_remote=True, trace_flags=_SAMPLED),
-                resource=resource,
-                attributes=attrs,
-                events=[Event(n, dict(a), timestamp=t) for n, t, a in events],
-                kind=kinds.get(kind, SpanKind.INTERNAL),
-                status=Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET),
-                start_time=start,
-                end_time=end,
-                instrumentation_scope=SCOPE,
-            )
-        )
-    return spans
-
-
-class ShipToChild:
-    """Delivers lean span batches to ``python -m relaybus.tracing.ship`` (started on
-    the first batch, again after it died, at most every ``retry`` seconds; batches
-    are dropped while it is down): length-prefixed pickles on its stdin."""
-
-    def __init__(self, service_name: str, environ: Mapping[str, str], retry: float = 10.0) -> None:
-        self.argv = [sys.executable, "-m", "relaybus.tracing.ship", service_name]
-        self.environ = {**os.environ, **environ}
-        self.retry = retry
-        self._child: subprocess.Popen[bytes] | None = None
-        self._started_at = -retry
-        self._lock = threading.Lock()
-
-    def deliver(self, records: list[Record]) -> None:
-        data = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
-        with self._lock:
-            child = self._running()
-            if child is None or child.stdin is None:
-                log.warning("tracing: span shipper down; %d spans dropped", len(records))
-                return
-            try:
-                child.stdin.write(len(data).to_bytes(4, "big") + data)
-                child.stdin.flush()
-            except (BrokenPipeError, OSError) as err:
-                log.warning("tracing: span shipper gone (%r); %d spans dropped", err, len(records))
-                self._child = None
-
-    def _running(self) -> subprocess.Popen[bytes] | None:
-        if self._child is not None and self._child.poll() is None:
-            return self._child
-        now = time.monotonic()
-        if now - self._started_at < self.retry:
-            return None
-        self._started_at = now
-        self._child = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE, env=self.environ, start_new_session=True
-        )
-        return self._child
-
-    def close(self) -> None:
-        with self._lock:
-            if self._child is not None and self._child.stdin is not None:
-                self._child.stdin.close()
-                try:
-                    self._child.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._child.kill()
-
-
-def ship_main(argv: list[str], stream: Any, exporter: SpanExporter | None = None) -> int:
-    """The shipper child: export every batch read from ``stream`` until it closes
-    (with ``exporter``; default OTLP/HTTP to the endpoint the environment names)."""
-    service_name = argv[0] if argv else "relaybus"
-    resource = Resource.create({"service.name": service_name})
-    exporter = exporter or OTLPSpanExporter(endpoint=endpoint(os.environ))
-    try:
-        while len(header := stream.read(4)) == 4:
-            data = stream.read(int.from_bytes(header, "big"))
-            exporter.export(to_readable(pickle.loads(data), resource))
-    finally:
-        exporter.shutdown()
-    return 0
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}), sampler=sampler(environ)
+    )
+    exporter = exporter or OTLPSpanExporter(endpoint=endpoint(environ))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return OtelTracer(provider)
