@@ -26,7 +26,7 @@ stack-down: install
 demo: install
 	$(BIN)/relaybus stack up
 	$(BIN)/relaybus shop-db upgrade
-	$(BIN)/relaybus demo
+	$(BIN)/relaybus demo --burst 30
 
 # Every test, against the real services (started here if they are not running), in
 # runs side by side (tests/phases.py: integration then e2e on this stack, the faults on

@@ -146,7 +146,13 @@ MOVED = "tests/integration/test_consumer_resilience.py"
 RUNS = [
     Run(
         "integration+e2e",
-        ["tests/integration", "tests/e2e", f"--ignore={MOVED}", "-m", "not kafka3 and not bench"],
+        [
+            "tests/integration",
+            "tests/e2e",
+            f"--ignore={MOVED}",
+            "-m",
+            "not kafka3 and not bench and not alongside",
+        ],
     ),
     # The tracing tests follow the fault tests on their stack, whose Jaeger they start:
     # built meanwhile (``build_jaeger``), while the fault tests mostly wait on outages.
@@ -156,7 +162,14 @@ RUNS = [
         env_of="faults",
         after=stop_faults_stack,
     ),
-    Run("kafka3+bench", ["tests", "-m", "kafka3 or bench"], env_of="cluster", after=stop_cluster),
+    # ``alongside`` tests (self-contained, a minute or more) run here too: this run
+    # ends ten minutes before integration+e2e otherwise.
+    Run(
+        "kafka3+bench",
+        ["tests", "-m", "kafka3 or bench or alongside"],
+        env_of="cluster",
+        after=stop_cluster,
+    ),
     Run("unit", ["tests/unit"]),
 ]
 

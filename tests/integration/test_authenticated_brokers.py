@@ -36,7 +36,8 @@ from tests.support.outboxdata import Event, enqueue
 from tests.support.poll import eventually
 from tests.support.relayproc import FAST, RelaybusProcess
 
-pytestmark = pytest.mark.usefixtures("effects_table")
+# ``alongside``: make test runs it in the kafka3+bench run (tests/phases.py).
+pytestmark = [pytest.mark.usefixtures("effects_table"), pytest.mark.alongside]
 
 
 def _client_env() -> dict[str, str]:

@@ -142,7 +142,7 @@ async def run_burst(
         limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             samples, _ = await open_loop(
-                client, shop.orders_api_url, Orders(skus, keys), rate, seconds
+                client, shop.orders_api_urls, Orders(skus, keys), rate, seconds
             )
         admitted = [s.order_id for s in samples if s.order_id is not None]
         finished = await wait_final(engine, admitted, wait)

@@ -74,10 +74,10 @@ async def post(
 
 
 async def open_loop(
-    client: httpx.AsyncClient, url: str, orders: Orders, rate: float, seconds: float
+    client: httpx.AsyncClient, urls: list[str], orders: Orders, rate: float, seconds: float
 ) -> tuple[list[Sample], float]:
     """Requests due every ``1 / rate`` seconds for ``seconds``, each sent when due
-    whether or not earlier ones were answered."""
+    whether or not earlier ones were answered, to the API replicas ``urls`` in turn."""
     t0 = time.perf_counter()
     tasks: list[asyncio.Task[Sample]] = []
     total = max(1, round(rate * seconds))
@@ -86,6 +86,7 @@ async def open_loop(
         delay = t0 + due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        url = urls[n % len(urls)]
         tasks.append(asyncio.create_task(post(client, url, orders, due, t0)))
     samples = await asyncio.gather(*tasks)
     return list(samples), time.perf_counter() - t0
