@@ -66,6 +66,7 @@ def test_the_shop_scenario_runs_in_quick_mode(tmp_path: Path) -> None:
     cluster = KafkaCluster.three_nodes(StackSettings())
     assert all(n.pid() for n in cluster.nodes), "run `relaybus stack up --kafka-nodes 3` first"
     settings = Settings()
+    (tmp_path / "faust").mkdir()  # faust makes its app folders, not their parent
     env = {
         "RELAYBUS_BENCH_RESULTS": str(tmp_path),
         "RELAYBUS_KAFKA_BOOTSTRAP": cluster.bootstrap,
