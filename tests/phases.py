@@ -139,17 +139,12 @@ class Run:
 
 
 CLIENTS = {"faults": faults_clients, "cluster": cluster_clients}
-# The consumer resilience tests (2 minutes, broker-bound) run on the faults stack too,
-# between the fault tests and the tracing tests: that run ends minutes before
-# integration+e2e otherwise, and the Jaeger build gets that much longer to finish.
-MOVED = "tests/integration/test_consumer_resilience.py"
 RUNS = [
     Run(
         "integration+e2e",
         [
             "tests/integration",
             "tests/e2e",
-            f"--ignore={MOVED}",
             "-m",
             "not kafka3 and not bench and not alongside",
         ],
@@ -158,12 +153,13 @@ RUNS = [
     # built meanwhile (``build_jaeger``), while the fault tests mostly wait on outages.
     Run(
         "chaos+tracing",
-        ["tests/chaos", MOVED, "tests/tracing", "-m", "not kafka3"],
+        ["tests/chaos", "tests/tracing", "-m", "not kafka3"],
         env_of="faults",
         after=stop_faults_stack,
     ),
-    # ``alongside`` tests (self-contained, a minute or more) run here too: this run
-    # ends ten minutes before integration+e2e otherwise.
+    # ``alongside`` tests (self-contained, a minute or more: the consumer resilience,
+    # authenticated-brokers and 20k-event relay tests) run here too: this run ends
+    # ten minutes before the other two otherwise.
     Run(
         "kafka3+bench",
         ["tests", "-m", "kafka3 or bench or alongside"],

@@ -31,7 +31,8 @@ from tests.support.relayproc import RelaybusProcess
 BROKERS = ["kafka", "rabbitmq"]
 
 
-pytestmark = pytest.mark.usefixtures("effects_table")
+# ``alongside``: make test runs it in the kafka3+bench run (tests/phases.py).
+pytestmark = [pytest.mark.usefixtures("effects_table"), pytest.mark.alongside]
 
 
 def _names(broker: str, prefix: str) -> tuple[str, str, str]:

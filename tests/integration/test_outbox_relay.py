@@ -151,6 +151,7 @@ async def test_invalid_payloads_are_refused_before_anything_is_written(
     assert await pending(engine, agg) == 0
 
 
+@pytest.mark.alongside  # its own aggregate and topic; make test runs it with kafka3+bench
 async def test_three_relays_publish_20k_events_in_key_order_exactly_once(
     settings: Settings, engine: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -174,6 +175,7 @@ async def test_three_relays_publish_20k_events_in_key_order_exactly_once(
     assert all(f"relay {n} started" in logs for n in ("r1", "r2", "r3"))
 
 
+@pytest.mark.alongside  # its own aggregate and topic; make test runs it with kafka3+bench
 async def test_relay_killed_mid_batch_and_restarted_loses_nothing(
     settings: Settings, engine: AsyncEngine, tmp_path: Path
 ) -> None:
