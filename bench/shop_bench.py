@@ -50,7 +50,7 @@ from bench.cpu import cpu_seconds, pids_named, server_cpu_seconds
 from bench.report import Comparison, Series, amend, results_dir, write
 from relaybus.db import create_engine
 from relaybus.settings import Settings
-from relaybus.shop.cli.flashsale import Workload, issue_keys, seed, warm_up
+from relaybus.shop.cli.flashsale import Workload, issue_keys, seed, wait_final, warm_up
 from relaybus.shop.cli.openloop import Orders, Sample, open_loop, post
 from relaybus.shop.cli.processes import Shop
 from relaybus.shop.settings import ShopSettings
@@ -196,26 +196,13 @@ async def settle(engine: AsyncEngine, phase: Phase, within: float, processes: Sh
     pass), then read commit -> final status of each. Raises ``ChildFailed`` if a shop
     process exited meanwhile (a stalled pipeline is not measured as a slow one)."""
     ids = phase.accepted
-    deadline = time.monotonic() + within
     query = text(
         "SELECT o.id, o.status, o.created_at, "
         "(SELECT max(h.at) FROM orders.history h WHERE h.order_id = o.id "
         " AND h.status IN ('CONFIRMED', 'CANCELLED', 'REJECTED')) AS finished_at "
         "FROM orders.orders o WHERE o.id = ANY(:ids)"
     )
-    while True:
-        async with engine.connect() as conn:
-            done = await conn.scalar(
-                text(
-                    "SELECT count(*) FROM orders.orders WHERE id = ANY(:ids) "
-                    "AND status IN ('CONFIRMED', 'CANCELLED', 'REJECTED')"
-                ),
-                {"ids": ids},
-            )
-        if int(done or 0) >= len(ids) or time.monotonic() > deadline:
-            break
-        processes.check()
-        await asyncio.sleep(0.25)
+    await wait_final(engine, ids, within, tick=processes.check)
     async with engine.connect() as conn:
         rows = (await conn.execute(query, {"ids": ids})).all()
     first = min((r.created_at for r in rows), default=None)
