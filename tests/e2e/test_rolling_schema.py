@@ -10,13 +10,12 @@ import uuid
 from pathlib import Path
 
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
 
-from relaybus.brokers.kafka_connection import kafka_client_options
 from relaybus.db import create_engine
 from relaybus.settings import Settings
 from relaybus.shop.cli.flashsale import Workload, seed
 from relaybus.shop.contract import ORDER_EVENTS
+from tests.support.groups import settled_members
 from tests.support.outboxdata import read_topic
 from tests.support.poll import eventually
 from tests.support.relayproc import RelaybusProcess
@@ -47,21 +46,7 @@ async def test_old_and_new_producers_side_by_side_every_order_is_confirmed(
         old.start()
 
         async def both_releases_consume() -> bool:
-            """The group settled with partitions assigned to both workers (two members
-            listed is not enough: until the rebalance ends the first still has all)."""
-            admin = AIOKafkaAdminClient(**kafka_client_options(settings.kafka))
-            await admin.start()
-            try:
-                described = await admin.describe_consumer_groups(["orders-admitted"])
-            finally:
-                await admin.close()
-            for response in described:
-                for group in response.groups:
-                    state, members = group[2], group[5]
-                    # An assignment with no partition is 10 bytes (version, no topic, no data).
-                    if state == "Stable" and len(members) == 2:
-                        return all(len(member[4]) > 10 for member in members)
-            return False
+            return await settled_members(settings.kafka, "orders-admitted") == 2
 
         await eventually(both_releases_consume, within=90, what="old and new orders workers")
         body = {"items": [{"product": sku, "quantity": 1}]}
