@@ -182,19 +182,27 @@ async def run(
             async def drained() -> bool:
                 return await _unless_db_down(pending(engine, name), -1) == 0
 
-            # Generous: S4's six Kafka restarts leave a backlog of a minute or more.
-            await eventually(drained, within=300, what=f"{scenario}: outbox drained")
-            await eventually(
-                lambda: _unless_db_down(_resolved(writer), False), within=60, what="resolved"
-            )
-            wanted = {s.message_id for s in writer.sent}
+            wanted: set[str] = set()
 
             async def applied() -> bool:
                 return wanted <= {
                     m for m, _, _ in await _unless_db_down(_effects(engine, name), [])
                 }
 
-            await eventually(applied, within=180, what=f"{scenario}: every event applied")
+            try:
+                # Generous (S4's six Kafka restarts leave a backlog of a minute or
+                # more), yet inside the short matrix's test timeout: a stall fails here
+                # with the processes' logs, not as a bare timeout.
+                await eventually(
+                    drained, within=60 + 40 * faults, what=f"{scenario}: outbox drained"
+                )
+                await eventually(
+                    lambda: _unless_db_down(_resolved(writer), False), within=60, what="resolved"
+                )
+                wanted = {s.message_id for s in writer.sent}
+                await eventually(applied, within=120, what=f"{scenario}: every event applied")
+            except AssertionError as err:
+                raise AssertionError(f"{err}\n{_log_tails(r)}") from None
         finally:
             writer.stop()
             sampling.cancel()
@@ -308,6 +316,15 @@ async def kill_worker(r: Run, i: int) -> dict[str, Any]:
     victim.signal(signal.SIGKILL)
     victim.start()
     return {"fault": f"SIGKILL {victim.name}"}
+
+
+def _log_tails(r: Run, lines: int = 30) -> str:
+    """The last ``lines`` of each relay's and worker's log: why a run stalled."""
+    tails = []
+    for proc in [*r.relays, *r.workers]:
+        text = proc.log.read_text(errors="replace") if proc.log.exists() else ""
+        tails.append(f"--- {proc.name}\n" + "\n".join(text.splitlines()[-lines:]))
+    return "\n".join(tails)
 
 
 async def restart_kafka(r: Run, i: int) -> dict[str, Any]:
