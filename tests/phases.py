@@ -17,10 +17,11 @@ Runs share the machine only where they cannot disturb each other:
   The benchmark smoke run (``bench`` marker) follows them in that run and database
   (on the single Kafka node): about four minutes of CPU taken out of the longest run
   and spent while the integration tests wait on brokers.
-- ``chaos+tracing`` continues, after the fault tests, with ``tests/tracing`` on the
-  same faults stack: they start its Jaeger (``relaybus stack up --tracing``'s), which
-  ``build_jaeger`` builds in the background from the start (niced: minutes of CPU on a
-  fresh machine, taken mostly while the other runs wait on brokers).
+- ``chaos+e2e+tracing`` continues, after the fault tests, with the shop tests of
+  ``ON_FAULTS_STACK`` (their shops on ports of their own) and then ``tests/tracing``
+  on the same faults stack: they start its Jaeger (``relaybus stack up --tracing``'s),
+  which ``build_jaeger`` builds in the background from the start (niced: minutes of CPU
+  on a fresh machine, taken mostly while the other runs wait on brokers).
 - ``unit`` — ``tests/unit``: no service.
 
 The integration tests wait on brokers about half of the time and the fault tests
@@ -96,6 +97,11 @@ def faults_clients() -> dict[str, str]:
         "RELAYBUS_REDLOCK_URLS": json.dumps(
             [f"redis://127.0.0.1:{port}/0" for port in (21380, 21381, 21382)]
         ),
+        # The shops of this run (tests/support/shop.py) listen away from the main
+        # stack's shops, which run at the same time.
+        "RELAYBUS_ORDERS_API_PORT": "21180",
+        "RELAYBUS_GATEWAY_PORT": "21190",
+        "RELAYBUS_READ_MODEL_PORT": "21195",
     }
 
 
@@ -139,12 +145,17 @@ class Run:
 
 
 CLIENTS = {"faults": faults_clients, "cluster": cluster_clients}
+# Shop end-to-end tests that run on the faults stack, between the fault tests and the
+# tracing tests (a stack of their own: nothing there shares a topic, a group, a port or
+# a database with the main stack's shops): two minutes out of the longest run.
+ON_FAULTS_STACK = ["tests/e2e/test_shop.py"]
 RUNS = [
     Run(
         "integration+e2e",
         [
             "tests/integration",
             "tests/e2e",
+            *(f"--ignore={path}" for path in ON_FAULTS_STACK),
             "-m",
             "not kafka3 and not bench and not alongside",
         ],
@@ -152,8 +163,8 @@ RUNS = [
     # The tracing tests follow the fault tests on their stack, whose Jaeger they start:
     # built meanwhile (``build_jaeger``), while the fault tests mostly wait on outages.
     Run(
-        "chaos+tracing",
-        ["tests/chaos", "tests/tracing", "-m", "not kafka3"],
+        "chaos+e2e+tracing",
+        ["tests/chaos", *ON_FAULTS_STACK, "tests/tracing", "-m", "not kafka3"],
         env_of="faults",
         after=stop_faults_stack,
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +20,24 @@ from relaybus.shop.settings import ShopSettings
 TEST_PORTS = {"orders_api_port": 18080, "gateway_port": 18090, "read_model_port": 18095}
 
 
+def ports_for_tests() -> dict[str, int]:
+    """``TEST_PORTS``, except where the environment names a port: ``make test`` gives
+    the run on the faults stack ports of its own (tests/phases.py), so its shops and
+    the main stack's run side by side."""
+    return {k: v for k, v in TEST_PORTS.items() if f"RELAYBUS_{k.upper()}" not in os.environ}
+
+
 def shop_settings(**overrides: Any) -> ShopSettings:
     """Shop settings on the test ports, with ``overrides``. The API's load shedding is
     off unless asked for: the test database holds other tests' unfinished orders, a
     backlog no test here is about (``test_load_shedding`` turns it on)."""
     return ShopSettings(
-        **{**TEST_PORTS, "saga_session_timeout": 6.0, "orders_backlog_seconds": 0, **overrides}
+        **{
+            **ports_for_tests(),
+            "saga_session_timeout": 6.0,
+            "orders_backlog_seconds": 0,
+            **overrides,
+        }
     )
 
 
