@@ -16,7 +16,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -38,6 +39,8 @@ from opentelemetry.trace import (
 )
 
 from relaybus.tracing.api import Carrier, Inert, Kind, Span, Value
+from relaybus.tracing.lean import LeanRecorder, LeanSpan, Record
+from relaybus.tracing.otlp_json import OtlpJsonSender
 from relaybus.tracing.w3c import TraceContext, is_unsampled, parse_traceparent, read_context
 
 _KINDS = {
@@ -48,6 +51,8 @@ _KINDS = {
     "consumer": SpanKind.CONSUMER,
 }
 _EMPTY = otel_context.Context()
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+SCOPE = InstrumentationScope("relaybus")
 # The unsampled trace a block runs in (``Unsampled`` made current): relaybus's own
 # marker instead of an OpenTelemetry context, which costs ten times as much to attach,
 # on the path nine in ten messages take at a 10 % ratio. Every block that makes a span
@@ -167,12 +172,15 @@ class OtelTracer:
 
     enabled = True
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, lean: LeanRecorder | None = None) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer("relaybus")
         # A parent-based sampler never records under an unsampled parent: such spans
         # are skipped without asking the SDK (``Unsampled``).
         self._parent_based = isinstance(provider.sampler, ParentBased)
+        # ...and always records under a sampled remote parent (as ``always_on`` does):
+        # such a span without links can be a ``LeanSpan`` (relaybus.tracing.lean).
+        self._lean = lean if self._parent_based or provider.sampler is ALWAYS_ON else None
 
     def start(
         self,
@@ -192,6 +200,9 @@ class OtelTracer:
             found = read_context(parent)
             if found is not None and self._parent_based and not found.sampled:
                 return Unsampled(found.traceparent)
+            if found is not None and found.sampled and not links and self._lean is not None:
+                return LeanSpan(self._lean, name, kind, found.trace_id, found.span_id,
+                                attributes, start_ns)  # fmt: skip
             # A carrier without a (valid) context starts a new trace: never the
             # current span's, which belongs to some other message.
             ctx = (
@@ -254,10 +265,17 @@ class OtelTracer:
 
     @contextmanager
     def _activate_recorded(self, span: Span) -> Iterator[Span]:
-        assert isinstance(span, OtelSpan), "a span of this tracer"
+        if isinstance(span, LeanSpan):
+            # Its context, for the spans started inside to be its children.
+            inner: trace.Span = NonRecordingSpan(
+                SpanContext(int(span.trace_id, 16), span.span_id, False, _SAMPLED)
+            )
+        else:
+            assert isinstance(span, OtelSpan), "a span of this tracer"
+            inner = span.inner
         token = _UNSAMPLED.set(None)
         try:
-            with trace.use_span(span.inner, end_on_exit=False):
+            with trace.use_span(inner, end_on_exit=False):
                 yield span
         finally:
             _UNSAMPLED.reset(token)
@@ -267,8 +285,16 @@ class OtelTracer:
             return Unsampled(held)
         return OtelSpan(trace.get_current_span())
 
+    def force_flush(self) -> None:
+        """Hand every ended span to its exporter now."""
+        if self._lean is not None:
+            self._lean.flush()
+        self.provider.force_flush()
+
     def shutdown(self) -> None:
         """Flush what is queued and stop exporting."""
+        if self._lean is not None:
+            self._lean.shutdown()
         self.provider.shutdown()
 
 
@@ -312,9 +338,47 @@ def build(
     """A tracer exporting through ``exporter`` (OTLP/HTTP to the endpoint ``environ``
     names by default), with ``service.name`` = ``service_name`` and the sampler
     ``environ`` names. ``ValueError`` for a sampler setting it cannot follow."""
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name}), sampler=sampler(environ)
-    )
-    exporter = exporter or OTLPSpanExporter(endpoint=endpoint(environ))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    return OtelTracer(provider)
+    resource = Resource.create({"service.name": service_name})
+    provider = TracerProvider(resource=resource, sampler=sampler(environ))
+    if exporter is None:
+        url = endpoint(environ)
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
+        # Lean spans go as OTLP/HTTP JSON to the same receiver (relaybus.tracing.otlp_json).
+        sender = OtlpJsonSender(url or _DEFAULT_TRACES_URL, service_name, environ)
+        lean = LeanRecorder(sender.deliver, close=sender.close)
+    else:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        chosen = exporter
+
+        def export_here(records: list[Record]) -> None:
+            chosen.export(to_readable(records, resource))
+
+        lean = LeanRecorder(export_here)
+    return OtelTracer(provider, lean)
+
+
+# The SDK exporter's default when no endpoint variable is set.
+_DEFAULT_TRACES_URL = "http://localhost:4318/v1/traces"
+
+
+def to_readable(records: list[Record], resource: Resource) -> list[ReadableSpan]:
+    """The SDK's ``ReadableSpan``s for lean span ``records`` (what its exporters take)."""
+    kinds = {k.name.lower(): k for k in SpanKind}
+    spans = []
+    for name, kind, trace_id, span_id, parent, start, end, attrs, error, events in records:
+        spans.append(
+            ReadableSpan(
+                name=name,
+                context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED),
+                parent=SpanContext(trace_id, parent, is_remote=True, trace_flags=_SAMPLED),
+                resource=resource,
+                attributes=attrs,
+                events=[Event(n, dict(a), timestamp=t) for n, t, a in events],
+                kind=kinds.get(kind, SpanKind.INTERNAL),
+                status=Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET),
+                start_time=start,
+                end_time=end,
+                instrumentation_scope=SCOPE,
+            )
+        )
+    return spans

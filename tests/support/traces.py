@@ -15,7 +15,7 @@ def flush() -> None:
     """Export this process's finished spans now."""
     current = tracing.tracer()
     if isinstance(current, otel.OtelTracer):
-        current.provider.force_flush()
+        current.force_flush()
 
 
 async def stories_of(

@@ -40,7 +40,7 @@ class Spans:
         self.tracer = tracer
 
     def finished(self) -> list[ReadableSpan]:
-        self.tracer.provider.force_flush()
+        self.tracer.force_flush()
         return list(self.exporter.get_finished_spans())
 
     def named(self, prefix: str) -> list[ReadableSpan]:
