@@ -9,9 +9,10 @@ parent, name, kind, times, attributes, status, events — as plain values;
 thread of its own: ``relaybus.tracing.otlp_json`` (OTLP/HTTP JSON) in a traced
 process, the SDK's exporter when one is given (tests).
 
-Used for spans started from a remote sampled parent without links (the relay's
-``publish`` spans): the sampler of every parent-based configuration records those,
-so the decision needs no SDK call. Everything else stays on the SDK.
+Used for spans started from a remote sampled parent (the relay's ``publish`` spans, a
+consumer's ``process`` span, a stream processor's record): the sampler of every
+parent-based configuration records those, so the decision needs no SDK call. Spans
+started inside them (their children, from the current context) stay on the SDK.
 
 Delivery: at most once. A full buffer (``capacity`` ended spans not yet handed over)
 drops the newest and counts it (``dropped``); a delivery that raises is logged and its
@@ -24,14 +25,15 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from relaybus.tracing.api import Kind, Value
 
 log = logging.getLogger("relaybus.tracing")
 
 # One ended span, as delivered: (name, kind, trace_id, span_id, parent_span_id,
-# start_ns, end_ns, attributes, error (None: ok), events [(name, ns, attributes)]).
+# start_ns, end_ns, attributes, error (None: ok), events [(name, ns, attributes)],
+# links [(trace_id, span_id, attributes)]).
 Record = tuple[
     str,
     str,
@@ -43,7 +45,10 @@ Record = tuple[
     dict[str, Value],
     str | None,
     list[tuple[str, int, dict[str, Value]]],
+    list[tuple[int, int, dict[str, Value]]],
 ]
+# A link as a lean span takes it: (trace_id hex, span_id hex, attributes).
+LeanLink = tuple[str, str, Mapping[str, Value]]
 Deliver = Callable[[list[Record]], None]
 
 
@@ -122,8 +127,8 @@ class LeanSpan:
     """A recorded span that is not the SDK's (see the module). Its context is made
     current by the tracer as a non-recording SDK span with the same ids."""
 
-    __slots__ = ("_attributes", "_error", "_events", "_kind", "_name", "_parent", "_recorder",
-                 "_start", "_trace_id", "span_id", "traceparent")  # fmt: skip
+    __slots__ = ("_attributes", "_error", "_events", "_kind", "_links", "_name", "_parent",
+                 "_recorder", "_start", "_trace_id", "span_id", "traceparent")  # fmt: skip
 
     recording = True
 
@@ -136,8 +141,10 @@ class LeanSpan:
         parent_span_id: str,
         attributes: Mapping[str, Value] | None,
         start_ns: int | None,
+        links: Sequence[LeanLink] = (),
     ) -> None:
         self._recorder = recorder
+        self._links = [(int(t, 16), int(s, 16), dict(a)) for t, s, a in links]
         self._name = name
         self._kind = kind
         self._trace_id = trace_id
@@ -173,5 +180,6 @@ class LeanSpan:
     def end(self) -> None:
         self._recorder.add(
             (self._name, self._kind, int(self._trace_id, 16), self.span_id, self._parent,
-             self._start, time.time_ns(), self._attributes, self._error, self._events)
+             self._start, time.time_ns(), self._attributes, self._error, self._events,
+             self._links)
         )  # fmt: skip

@@ -39,7 +39,7 @@ from opentelemetry.trace import (
 )
 
 from relaybus.tracing.api import Carrier, Inert, Kind, Span, Value
-from relaybus.tracing.lean import LeanRecorder, LeanSpan, Record
+from relaybus.tracing.lean import LeanLink, LeanRecorder, LeanSpan, Record
 from relaybus.tracing.otlp_json import OtlpJsonSender
 from relaybus.tracing.w3c import TraceContext, is_unsampled, parse_traceparent, read_context
 
@@ -59,6 +59,9 @@ SCOPE = InstrumentationScope("relaybus")
 # current sets it (None for a recording span), so the two never disagree for
 # relaybus's spans.
 _UNSAMPLED: ContextVar[str | None] = ContextVar("relaybus_unsampled", default=None)
+# The lean span a block runs in (``current()`` returns it, so what is set on the
+# current span is kept); None inside an SDK span made current within it.
+_LEAN: ContextVar[LeanSpan | None] = ContextVar("relaybus_lean", default=None)
 
 
 def span_context(found: TraceContext) -> SpanContext:
@@ -200,9 +203,10 @@ class OtelTracer:
             found = read_context(parent)
             if found is not None and self._parent_based and not found.sampled:
                 return Unsampled(found.traceparent)
-            if found is not None and found.sampled and not links and self._lean is not None:
+            if found is not None and found.sampled and self._lean is not None:
+                lean_links = self._lean_links(parent, found, links)
                 return LeanSpan(self._lean, name, kind, found.trace_id, found.span_id,
-                                attributes, start_ns)  # fmt: skip
+                                attributes, start_ns, lean_links)  # fmt: skip
             # A carrier without a (valid) context starts a new trace: never the
             # current span's, which belongs to some other message.
             ctx = (
@@ -232,6 +236,18 @@ class OtelTracer:
                 start_time=start_ns,
             )
         )
+
+    @staticmethod
+    def _lean_links(
+        parent: Carrier, found: TraceContext, links: Sequence[tuple[Carrier, Mapping[str, Value]]]
+    ) -> list[LeanLink]:
+        out: list[LeanLink] = []
+        for carrier, attrs in links:
+            # A consumer links to the context it is also the child of: read it once.
+            linked = found if carrier is parent else read_context(carrier)
+            if linked is not None:
+                out.append((linked.trace_id, linked.span_id, attrs))
+        return out
 
     @contextmanager
     def span(
@@ -274,15 +290,19 @@ class OtelTracer:
             assert isinstance(span, OtelSpan), "a span of this tracer"
             inner = span.inner
         token = _UNSAMPLED.set(None)
+        lean = _LEAN.set(span if isinstance(span, LeanSpan) else None)
         try:
             with trace.use_span(inner, end_on_exit=False):
                 yield span
         finally:
+            _LEAN.reset(lean)
             _UNSAMPLED.reset(token)
 
     def current(self) -> Span:
         if (held := _UNSAMPLED.get()) is not None:
             return Unsampled(held)
+        if (lean := _LEAN.get()) is not None:
+            return lean
         return OtelSpan(trace.get_current_span())
 
     def force_flush(self) -> None:
@@ -365,7 +385,7 @@ def to_readable(records: list[Record], resource: Resource) -> list[ReadableSpan]
     """The SDK's ``ReadableSpan``s for lean span ``records`` (what its exporters take)."""
     kinds = {k.name.lower(): k for k in SpanKind}
     spans = []
-    for name, kind, trace_id, span_id, parent, start, end, attrs, error, events in records:
+    for name, kind, trace_id, span_id, parent, start, end, attrs, error, events, links in records:
         spans.append(
             ReadableSpan(
                 name=name,
@@ -374,6 +394,10 @@ def to_readable(records: list[Record], resource: Resource) -> list[ReadableSpan]
                 resource=resource,
                 attributes=attrs,
                 events=[Event(n, dict(a), timestamp=t) for n, t, a in events],
+                links=[
+                    Link(SpanContext(t, i, is_remote=True, trace_flags=_SAMPLED), dict(a))
+                    for t, i, a in links
+                ],
                 kind=kinds.get(kind, SpanKind.INTERNAL),
                 status=Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET),
                 start_time=start,

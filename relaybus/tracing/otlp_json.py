@@ -56,7 +56,7 @@ def _attributes(attributes: Mapping[str, Value]) -> list[dict[str, Any]]:
 def encode(records: list[Record], service_name: str) -> bytes:
     """One ``ExportTraceServiceRequest`` in OTLP's JSON form."""
     spans = []
-    for name, kind, trace_id, span_id, parent, start, end, attrs, error, events in records:
+    for name, kind, trace_id, span_id, parent, start, end, attrs, error, events, links in records:
         span: dict[str, Any] = {
             "traceId": f"{trace_id:032x}",
             "spanId": f"{span_id:016x}",
@@ -71,6 +71,11 @@ def encode(records: list[Record], service_name: str) -> bytes:
             span["events"] = [
                 {"timeUnixNano": str(at), "name": n, "attributes": _attributes(a)}
                 for n, at, a in events
+            ]
+        if links:
+            span["links"] = [
+                {"traceId": f"{t:032x}", "spanId": f"{i:016x}", "attributes": _attributes(a)}
+                for t, i, a in links
             ]
         if error is not None:
             span["status"] = {"code": STATUS_ERROR, "message": error}

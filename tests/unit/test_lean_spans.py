@@ -23,6 +23,7 @@ from relaybus.outbox.routed import RoutedPublisher
 from relaybus.outbox.routing import Router
 from relaybus.settings import Route
 from relaybus.tracing import otel
+from relaybus.tracing.api import Value
 from relaybus.tracing.lean import LeanRecorder, LeanSpan, Record
 from relaybus.tracing.otlp_json import OtlpJsonSender, encode
 
@@ -78,15 +79,31 @@ def test_a_lean_span_made_current_parents_what_starts_inside() -> None:
     assert child.parent.span_id == spans["publish x"].context.span_id
 
 
-def test_links_or_an_unsampled_sampler_keep_the_sdk_span() -> None:
+def test_a_sampler_that_is_not_parent_based_keeps_the_sdk_span() -> None:
     ratio = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1"}
     tracer = otel.build("unit", ratio, exporter=InMemorySpanExporter())
     parent = {"traceparent": f"00-{TRACE}-{ROW_SPAN}-01"}
-    assert not isinstance(tracer.start("a", parent=parent), LeanSpan)  # not parent-based
-    based = otel.build("unit", {}, exporter=InMemorySpanExporter())
-    assert not isinstance(based.start("b", parent=parent, links=[(parent, {})]), LeanSpan)
+    assert not isinstance(tracer.start("a", parent=parent), LeanSpan)
     tracer.shutdown()
-    based.shutdown()
+
+
+def test_a_consumers_lean_span_keeps_its_links_and_is_the_current_span() -> None:
+    exporter = InMemorySpanExporter()
+    tracer = otel.build("unit", {}, exporter=exporter)
+    parent = {"traceparent": f"00-{TRACE}-{ROW_SPAN}-01"}
+    other = {"traceparent": f"00-{'1' * 32}-{'2' * 16}-01"}
+    span = tracer.start("process t", kind="consumer", parent=parent,
+                        links=[(parent, {}), (other, {"relaybus.why": "replay"})])  # fmt: skip
+    assert isinstance(span, LeanSpan)
+    with tracer.activate(span):
+        tracer.current().set("relaybus.order.id", "7")  # kept: the current span is it
+        assert tracer.current_traceparent() == span.traceparent
+    span.end()
+    tracer.shutdown()
+    (done,) = exporter.get_finished_spans()
+    assert done.attributes == {"relaybus.order.id": "7"}
+    linked = [(f"{link.context.trace_id:032x}", dict(link.attributes or {})) for link in done.links]
+    assert linked == [(TRACE, {}), ("1" * 32, {"relaybus.why": "replay"})]
 
 
 def test_the_buffer_is_bounded_and_counts_what_it_drops() -> None:
@@ -118,8 +135,9 @@ def test_a_failing_delivery_drops_its_batch_and_the_recorder_goes_on() -> None:
 def _failed_span() -> list[Record]:
     batches: list[list[Record]] = []
     recorder = LeanRecorder(batches.append, interval=60)
-    span = LeanSpan(recorder, "publish z", "producer", TRACE, ROW_SPAN,
-                    {"k": "v", "n": 3, "ok": True, "ms": 1.5}, None)  # fmt: skip
+    attributes: dict[str, Value] = {"k": "v", "n": 3, "ok": True, "ms": 1.5}
+    span = LeanSpan(recorder, "publish z", "producer", TRACE, ROW_SPAN, attributes, None,
+                    [(TRACE, ROW_SPAN, {})])  # fmt: skip
     span.fail(ValueError("refused"))
     span.end()
     recorder.flush()
@@ -142,6 +160,7 @@ def test_the_json_form_is_otlps() -> None:
     assert values == {"k": {"stringValue": "v"}, "n": {"intValue": "3"},
                       "ok": {"boolValue": True}, "ms": {"doubleValue": 1.5}}  # fmt: skip
     assert span["status"] == {"code": 2, "message": "ValueError"}
+    assert span["links"] == [{"traceId": TRACE, "spanId": ROW_SPAN, "attributes": []}]
     assert span["events"][0]["name"] == "exception"
 
 
