@@ -62,7 +62,8 @@ class ShopSettings(BaseSettings):
         30.0,
         ge=0,
         description="How long the orders API trusts a verified API key without asking the "
-        "database again (a revoked key stops working within this time).",
+        "database again (a revoked key stops working within this time); it also loads "
+        "every live key every half of it (0: every request asks the database).",
     )
     orders_backlog_seconds: float = Field(
         2.0,

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybus.db import session_factory
@@ -397,3 +397,35 @@ async def test_a_key_is_checked_by_its_hash_and_stops_working_once_revoked(
     assert await keys.authenticate(issued.token) is not None  # still cached
     clock[0] += 31
     assert await keys.authenticate(issued.token) is None
+
+
+async def test_refresh_loads_every_live_key_at_once_and_forgets_a_revoked_one(
+    engine: AsyncEngine,
+) -> None:
+    """After ``refresh`` a known key is checked without a statement (counted on the real
+    engine); a key revoked before the next refresh is refused at once after it."""
+    keys = ApiKeys(engine, cache_seconds=30)
+    run = uuid.uuid4().hex[:8]
+    async with session_factory(engine)() as session, session.begin():
+        issued = [await issue_key(session, f"dir-{run}-{n}", vip=n == 0) for n in range(3)]
+    assert await keys.refresh() >= 3
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        callers = [await keys.authenticate(key.token) for key in issued]
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert statements == []
+    assert [(c.customer, c.vip) for c in callers if c is not None] == [
+        (key.customer, n == 0) for n, key in enumerate(issued)
+    ]
+    async with session_factory(engine)() as session, session.begin():
+        assert await revoke_key(session, issued[1].key_id) == issued[1].customer
+    assert await keys.authenticate(issued[1].token) is not None  # trusted until refreshed
+    await keys.refresh()
+    assert await keys.authenticate(issued[1].token) is None
+    assert await keys.authenticate(issued[2].token) is not None

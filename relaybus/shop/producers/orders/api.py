@@ -172,6 +172,23 @@ class OrdersService:
             except TimeoutError:
                 continue
 
+    async def keep_keys(self, stop: asyncio.Event) -> None:
+        """Load every live API key at start and every half of
+        ``orders_api_key_cache_seconds`` (``ApiKeys.refresh``); a failed load is logged
+        and the keys known stay (each unknown one costs a lookup, as without it)."""
+        period = self.shop.orders_api_key_cache_seconds / 2
+        if period <= 0:
+            return  # every request asks the database: nothing to keep
+        while not stop.is_set():
+            try:
+                await self.api_keys.refresh()
+            except Exception:  # the next load may succeed; requests are still served
+                log.exception("orders: loading the API keys failed")
+            try:
+                await asyncio.wait_for(stop.wait(), max(period, 1.0))
+            except TimeoutError:
+                continue
+
     async def sweep(self, stop: asyncio.Event) -> None:
         """Every ``saga_sweep_interval``: announce orders past the saga deadline and
         forget Idempotency-Keys past their retention."""
@@ -238,6 +255,7 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
         sweeper = asyncio.create_task(service.sweep(stop))
         follower = asyncio.create_task(service.follow_statuses(stop))
         watcher = asyncio.create_task(service.watch_backlog(stop))
+        keeper = asyncio.create_task(service.keep_keys(stop))
         try:
             yield
         finally:
@@ -245,6 +263,7 @@ def create_app(settings: Settings, shop: ShopSettings, store: OrderStore | None 
             await sweeper
             await follower
             await watcher
+            await keeper
             await service.read_model.aclose()
             await service.ids.release()
             await service.engine.dispose()
