@@ -32,7 +32,7 @@ class Stall:
     """A destination with sends unanswered for longer than the publisher waits.
 
     ``destination`` names it for operators (``orders[3]``: topic and partition),
-    ``leader`` is where the broker client sends it (``node 2 at 127.0.0.1:39092``),
+    ``leader`` is where the broker client sends it (``node 3 at 127.0.0.1:19292``),
     ``since`` the wall-clock time (epoch seconds) of its oldest unanswered send,
     ``waiting`` how many sends are unanswered.
     """

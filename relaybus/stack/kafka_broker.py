@@ -191,9 +191,13 @@ class KafkaCluster:
     def three_nodes(cls, s: StackSettings) -> KafkaCluster:
         home = s.data_dir / "kafka-cluster"
         base = s.kafka_cluster_base_port
+        # 19092, 19192, 19292 (controllers +1): below the kernel's ephemeral range
+        # (32768+), where a client's outgoing connection could hold the port a node
+        # is about to bind (node 3 used to listen on 39092 and once failed so).
+        ports = [base + 10000 + 100 * (i - 1) for i in (1, 2, 3)]
         nodes = [
-            KafkaNode(i, home / f"node-{i}", s.host, base + 10000 * i, base + 10000 * i + 1)
-            for i in (1, 2, 3)
+            KafkaNode(i, home / f"node-{i}", s.host, port, port + 1)
+            for i, port in zip((1, 2, 3), ports, strict=True)
         ]
         return cls(s, "kafka-cluster", home, nodes)
 

@@ -77,8 +77,8 @@ class StackSettings(BaseSettings):
     kafka_controller_port: int = Field(9093, description="The single node's controller.")
     kafka_cluster_base_port: int = Field(
         9092,
-        description="The 3-node KRaft cluster: node i listens on base + 10000*i (broker) "
-        "and +1 (controller).",
+        description="The 3-node KRaft cluster: node i listens on base + 10000 + 100*(i-1) "
+        "(broker; 19092, 19192, 19292 by default) and +1 (controller).",
     )
     kafka_version: str = Field("4.3.1", description="Kafka, from Maven Central.")
     kafka_heap: str = Field("512m", description="Each Kafka node's heap.")

@@ -3,7 +3,7 @@
 The SDK's span costs about 100 µs to start, describe and end on the relay's machine,
 and about as much again to encode for OTLP (docs/tracing.md, "Sampling, and what it
 costs"); the relay's own work per message is about 110 µs, so at a 10 % sample ratio
-the SDK cost it about 10 %. A ``LeanSpan`` records what a leaf span needs — ids,
+the SDK cost it about 10 %. A ``LeanSpan`` records what a span needs — ids, links,
 parent, name, kind, times, attributes, status, events — as plain values;
 ``LeanRecorder`` buffers the ended ones and hands batches to a delivery function on a
 thread of its own: ``relaybus.tracing.otlp_json`` (OTLP/HTTP JSON) in a traced
