@@ -114,7 +114,10 @@ class LeanRecorder:
             log.exception("tracing: delivering %d spans failed; they are dropped", len(taken))
 
     def shutdown(self) -> None:
-        """Deliver what is left, stop the thread, then ``close`` the delivery."""
+        """Deliver what is left, stop the thread, then ``close`` the delivery (once:
+        a second call does nothing)."""
+        if self._stopping:
+            return
         self._stopping = True
         self._wake.set()
         if self._thread is not None:

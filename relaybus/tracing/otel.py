@@ -8,6 +8,7 @@ the SDK's from ``OTEL_TRACES_SAMPLER``/``_ARG`` (default parent-based always-on)
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
@@ -366,6 +367,9 @@ def build(
         # Lean spans go as OTLP/HTTP JSON to the same receiver (relaybus.tracing.otlp_json).
         sender = OtlpJsonSender(url or _DEFAULT_TRACES_URL, service_name, environ)
         lean = LeanRecorder(sender.deliver, close=sender.close)
+        # What ended in the last second is sent at exit too (the SDK's provider does
+        # the same for its spans): a relay stopped right after a batch keeps its spans.
+        atexit.register(lean.shutdown)
     else:
         provider.add_span_processor(BatchSpanProcessor(exporter))
         chosen = exporter

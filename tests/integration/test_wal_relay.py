@@ -115,7 +115,7 @@ async def test_wal_relay_publishes_what_the_polling_relay_publishes(
                     >= 1000
                 )
 
-            await eventually(all_on_wal_topic, within=60, what="1000 events via the WAL relay")
+            await eventually(all_on_wal_topic, within=180, what="1000 events via the WAL relay")
         assert await pending(engine, agg) == 1000  # delete off: the rows are still there
         with relay_fleet(
             tmp_path, KAFKA_ONLY, RELAYBUS_KAFKA_TOPIC_PREFIX="poll.outbox.event."
@@ -181,7 +181,7 @@ async def test_wal_relay_deletes_what_it_published_and_writer_side_delete_leaves
                 records = await read_topic(settings.kafka_bootstrap, f"outbox.event.{agg}")
                 return len(records) >= 400 and await pending(engine, agg) == 0
 
-            await eventually(published_and_cleaned, within=60, what="400 published, table empty")
+            await eventually(published_and_cleaned, within=180, what="400 published, table empty")
     records = await read_topic(settings.kafka_bootstrap, f"outbox.event.{agg}")
     assert sorted(json.loads(r.value)["n"] for r in records) == list(range(400))
 
@@ -201,7 +201,7 @@ async def test_kill_9_of_the_active_wal_relay_loses_nothing_and_the_standby_take
             async def some_published() -> bool:
                 return len(await read_topic(settings.kafka_bootstrap, f"outbox.event.{agg}")) >= 500
 
-            await eventually(some_published, within=60, what="first 500 published")
+            await eventually(some_published, within=180, what="first 500 published")
             first.signal(signal.SIGKILL)
             ids = await writing
 
@@ -357,7 +357,7 @@ async def test_slot_is_never_confirmed_ahead_of_the_broker_acknowledgements(
             async def all_acked() -> bool:
                 return publisher.acked >= set(ids)
 
-            await eventually(all_acked, within=60, what="every row acknowledged")
+            await eventually(all_acked, within=180, what="every row acknowledged")
             server_confirmed = (await slot_state(engine, slot) or (False, 0))[1]
         finally:
             stop.set()
