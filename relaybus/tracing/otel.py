@@ -183,7 +183,7 @@ class OtelTracer:
         # are skipped without asking the SDK (``Unsampled``).
         self._parent_based = isinstance(provider.sampler, ParentBased)
         # ...and always records under a sampled remote parent (as ``always_on`` does):
-        # such a span without links can be a ``LeanSpan`` (relaybus.tracing.lean).
+        # such a span, links or not, is a ``LeanSpan`` (relaybus.tracing.lean).
         self._lean = lean if self._parent_based or provider.sampler is ALWAYS_ON else None
 
     def start(
