@@ -95,12 +95,7 @@ class Processor:
             span.end()
 
     def _start(self, traced: Tracer, message: Incoming) -> Span:
-        span = traced.start(
-            f"process {message.source}",
-            kind="consumer",
-            parent=message.headers,
-            links=[(message.headers, {})],
-        )
+        span = traced.start_delivery(message.source, message.headers)
         describe_delivery(span, message, self.handler.name)
         return span
 

@@ -72,6 +72,13 @@ class Tracer(Protocol):
         """A started span, not made current; the caller ends it."""
         ...
 
+    def start_delivery(self, source: str, carrier: Carrier) -> Span:
+        """A consumer's span for one delivery from ``source``: ``process <source>``, kind
+        consumer, the child of the context ``carrier`` carries and linked to it (as
+        ``start`` makes it), not made current. Every delivery takes this path: in a
+        trace its root did not sample, it costs one check of the header."""
+        ...
+
     def span(
         self,
         name: str,
@@ -146,6 +153,9 @@ class NoTracer:
         attributes: Mapping[str, Value] | None = None,
         start_ns: int | None = None,
     ) -> Span:
+        return NULL_SPAN
+
+    def start_delivery(self, source: str, carrier: Carrier) -> Span:
         return NULL_SPAN
 
     @contextmanager

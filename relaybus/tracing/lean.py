@@ -22,7 +22,7 @@ batch dropped; the recorder never blocks the code that ends a span.
 from __future__ import annotations
 
 import logging
-import random
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,24 +31,25 @@ from relaybus.tracing.api import Kind, Value
 
 log = logging.getLogger("relaybus.tracing")
 
+# A link as a lean span takes it: (trace_id hex, span_id hex, attributes).
+LeanLink = tuple[str, str, Mapping[str, Value]]
 # One ended span, as delivered: (name, kind, trace_id, span_id, parent_span_id,
 # start_ns, end_ns, attributes, error (None: ok), events [(name, ns, attributes)],
-# links [(trace_id, span_id, attributes)]).
+# links [(trace_id, span_id, attributes)]); ids as lower-case hex, as the wire and
+# OTLP's JSON write them (never converted on the traced path).
 Record = tuple[
     str,
     str,
-    int,
-    int,
-    int,
+    str,
+    str,
+    str,
     int,
     int,
     dict[str, Value],
     str | None,
     list[tuple[str, int, dict[str, Value]]],
-    list[tuple[int, int, dict[str, Value]]],
+    Sequence[LeanLink],
 ]
-# A link as a lean span takes it: (trace_id hex, span_id hex, attributes).
-LeanLink = tuple[str, str, Mapping[str, Value]]
 Deliver = Callable[[list[Record]], None]
 
 
@@ -127,11 +128,11 @@ class LeanRecorder:
 
 
 class LeanSpan:
-    """A recorded span that is not the SDK's (see the module). Its context is made
-    current by the tracer as a non-recording SDK span with the same ids."""
+    """A recorded span that is not the SDK's (see the module): made current by the
+    tracer with relaybus's own markers, so what starts inside is its lean child."""
 
     __slots__ = ("_attributes", "_error", "_events", "_kind", "_links", "_name", "_parent",
-                 "_recorder", "_start", "_trace_id", "span_id", "traceparent")  # fmt: skip
+                 "_recorder", "_start", "span_id", "trace_id")  # fmt: skip
 
     recording = True
 
@@ -146,22 +147,23 @@ class LeanSpan:
         start_ns: int | None,
         links: Sequence[LeanLink] = (),
     ) -> None:
+        """``trace_id``, ``parent_span_id`` and the links' ids: valid lower-case hex
+        (read from a ``traceparent`` or another lean span)."""
         self._recorder = recorder
-        self._links = [(int(t, 16), int(s, 16), dict(a)) for t, s, a in links]
+        self._links = links
         self._name = name
         self._kind = kind
-        self._trace_id = trace_id
-        self._parent = int(parent_span_id, 16)
-        self.span_id = random.getrandbits(64) or 1
+        self.trace_id = trace_id
+        self._parent = parent_span_id
+        self.span_id = _new_span_id()
         self._attributes: dict[str, Value] = dict(attributes) if attributes else {}
         self._error: str | None = None
         self._events: list[tuple[str, int, dict[str, Value]]] = []
         self._start = start_ns if start_ns is not None else time.time_ns()
-        self.traceparent = f"00-{trace_id}-{self.span_id:016x}-01"
 
     @property
-    def trace_id(self) -> str:
-        return self._trace_id
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id}-{self.span_id}-01"
 
     def set(self, key: str, value: Value) -> None:
         self._attributes[key] = value
@@ -182,7 +184,17 @@ class LeanSpan:
 
     def end(self) -> None:
         self._recorder.add(
-            (self._name, self._kind, int(self._trace_id, 16), self.span_id, self._parent,
+            (self._name, self._kind, self.trace_id, self.span_id, self._parent,
              self._start, time.time_ns(), self._attributes, self._error, self._events,
              self._links)
         )  # fmt: skip
+
+
+_ZERO_SPAN = "0" * 16
+
+
+def _new_span_id() -> str:
+    """A random, valid (not all-zero) span id as 16 hex digits."""
+    while (found := os.urandom(8).hex()) == _ZERO_SPAN:
+        continue  # one chance in 2**64
+    return found

@@ -42,7 +42,13 @@ from opentelemetry.trace import (
 from relaybus.tracing.api import Carrier, Inert, Kind, Span, Value
 from relaybus.tracing.lean import LeanLink, LeanRecorder, LeanSpan, Record
 from relaybus.tracing.otlp_json import OtlpJsonSender
-from relaybus.tracing.w3c import TraceContext, is_unsampled, parse_traceparent, read_context
+from relaybus.tracing.w3c import (
+    TRACEPARENT,
+    TraceContext,
+    is_unsampled,
+    parse_traceparent,
+    read_context,
+)
 
 _KINDS = {
     "internal": SpanKind.INTERNAL,
@@ -133,9 +139,10 @@ class Unsampled(Inert):
     """The span of a trace its root chose not to sample, under a parent-based sampler:
     the SDK would record nothing either. It passes its parent's context on unchanged
     (so what it sends stays unsampled) and costs no SDK call: at a 10 % ratio, nine in
-    ten messages take this path (docs/tracing.md, "Cost")."""
+    ten messages take this path (docs/tracing.md, "Cost"). It is its own ``activate``
+    block (one object per message, not two): made current by one ``with`` at a time."""
 
-    __slots__ = ("_context", "traceparent")
+    __slots__ = ("_context", "_token", "traceparent")
 
     def __init__(self, traceparent: str, context: SpanContext | None = None) -> None:
         self.traceparent = traceparent
@@ -154,21 +161,32 @@ class Unsampled(Inert):
     def trace_id(self) -> str:
         return self.traceparent[3:35]
 
+    def __enter__(self) -> Span:
+        self._token = _UNSAMPLED.set(self.traceparent)
+        return self
 
-class _InUnsampled:
-    """The block an ``Unsampled`` span is current for."""
+    def __exit__(self, *_: object) -> None:
+        _UNSAMPLED.reset(self._token)
 
-    __slots__ = ("span", "token")
 
-    def __init__(self, span: Unsampled) -> None:
+class _InLean:
+    """The block a ``LeanSpan`` is current for: relaybus's own markers only (what
+    starts inside is a lean child, ``current()`` returns it), no OpenTelemetry context
+    to attach and detach on the path every sampled message takes."""
+
+    __slots__ = ("_lean", "_unsampled", "span")
+
+    def __init__(self, span: LeanSpan) -> None:
         self.span = span
 
     def __enter__(self) -> Span:
-        self.token = _UNSAMPLED.set(self.span.traceparent)
+        self._unsampled = _UNSAMPLED.set(None)
+        self._lean = _LEAN.set(self.span)
         return self.span
 
     def __exit__(self, *_: object) -> None:
-        _UNSAMPLED.reset(self.token)
+        _LEAN.reset(self._lean)
+        _UNSAMPLED.reset(self._unsampled)
 
 
 class OtelTracer:
@@ -199,7 +217,7 @@ class OtelTracer:
         ctx: otel_context.Context | None = None
         found: TraceContext | None = None
         if parent is not None:
-            if self._parent_based and is_unsampled(raw := parent.get("traceparent")):
+            if self._parent_based and is_unsampled(raw := parent.get(TRACEPARENT)):
                 return Unsampled(raw)
             found = read_context(parent)
             if found is not None and self._parent_based and not found.sampled:
@@ -215,12 +233,19 @@ class OtelTracer:
                 if found is not None
                 else _EMPTY
             )
-        elif self._parent_based:
-            if (held := _UNSAMPLED.get()) is not None:
+        else:
+            if self._parent_based and (held := _UNSAMPLED.get()) is not None:
                 return Unsampled(held)
-            current = trace.get_current_span().get_span_context()
-            if current.is_valid and not current.trace_flags.sampled:
-                return Unsampled(format_traceparent(current), current)
+            if self._lean is not None and (lean := _LEAN.get()) is not None:
+                # A child of a recorded local parent: every sampler that makes lean
+                # spans records it (parent-based: sampled parent; always_on).
+                lean_links = self._lean_links(None, None, links)
+                return LeanSpan(self._lean, name, kind, lean.trace_id, lean.span_id,
+                                attributes, start_ns, lean_links)  # fmt: skip
+            if self._parent_based:
+                current = trace.get_current_span().get_span_context()
+                if current.is_valid and not current.trace_flags.sampled:
+                    return Unsampled(format_traceparent(current), current)
         otel_links = []
         for carrier, attrs in links:
             # A consumer links to the context it is also the child of: read it once.
@@ -238,14 +263,23 @@ class OtelTracer:
             )
         )
 
+    def start_delivery(self, source: str, carrier: Carrier) -> Span:
+        if self._parent_based and is_unsampled(raw := carrier.get(TRACEPARENT)):
+            return Unsampled(raw)
+        return self.start(
+            f"process {source}", kind="consumer", parent=carrier, links=[(carrier, {})]
+        )
+
     @staticmethod
     def _lean_links(
-        parent: Carrier, found: TraceContext, links: Sequence[tuple[Carrier, Mapping[str, Value]]]
+        parent: Carrier | None,
+        found: TraceContext | None,
+        links: Sequence[tuple[Carrier, Mapping[str, Value]]],
     ) -> list[LeanLink]:
         out: list[LeanLink] = []
         for carrier, attrs in links:
             # A consumer links to the context it is also the child of: read it once.
-            linked = found if carrier is parent else read_context(carrier)
+            linked = found if carrier is parent and found is not None else read_context(carrier)
             if linked is not None:
                 out.append((linked.trace_id, linked.span_id, attrs))
         return out
@@ -275,25 +309,19 @@ class OtelTracer:
 
     def activate(self, span: Span) -> AbstractContextManager[Span]:
         if isinstance(span, Unsampled):
-            # What starts inside (an outbox write) stays in the unsampled trace. A
-            # plain class, not a generator: nine in ten deliveries come through here.
-            return _InUnsampled(span)
-        return self._activate_recorded(span)
+            # What starts inside (an outbox write) stays in the unsampled trace.
+            return span
+        if isinstance(span, LeanSpan):
+            return _InLean(span)
+        return self._activate_sdk(span)
 
     @contextmanager
-    def _activate_recorded(self, span: Span) -> Iterator[Span]:
-        if isinstance(span, LeanSpan):
-            # Its context, for the spans started inside to be its children.
-            inner: trace.Span = NonRecordingSpan(
-                SpanContext(int(span.trace_id, 16), span.span_id, False, _SAMPLED)
-            )
-        else:
-            assert isinstance(span, OtelSpan), "a span of this tracer"
-            inner = span.inner
+    def _activate_sdk(self, span: Span) -> Iterator[Span]:
+        assert isinstance(span, OtelSpan), "a span of this tracer"
         token = _UNSAMPLED.set(None)
-        lean = _LEAN.set(span if isinstance(span, LeanSpan) else None)
+        lean = _LEAN.set(None)  # an SDK span current inside a lean one: its own children
         try:
-            with trace.use_span(inner, end_on_exit=False):
+            with trace.use_span(span.inner, end_on_exit=False):
                 yield span
         finally:
             _LEAN.reset(lean)
@@ -389,7 +417,20 @@ def to_readable(records: list[Record], resource: Resource) -> list[ReadableSpan]
     """The SDK's ``ReadableSpan``s for lean span ``records`` (what its exporters take)."""
     kinds = {k.name.lower(): k for k in SpanKind}
     spans = []
-    for name, kind, trace_id, span_id, parent, start, end, attrs, error, events, links in records:
+    for (
+        name,
+        kind,
+        trace_hex,
+        span_hex,
+        parent_hex,
+        start,
+        end,
+        attrs,
+        error,
+        events,
+        links,
+    ) in records:
+        trace_id, span_id, parent = int(trace_hex, 16), int(span_hex, 16), int(parent_hex, 16)
         spans.append(
             ReadableSpan(
                 name=name,
@@ -399,7 +440,10 @@ def to_readable(records: list[Record], resource: Resource) -> list[ReadableSpan]
                 attributes=attrs,
                 events=[Event(n, dict(a), timestamp=t) for n, t, a in events],
                 links=[
-                    Link(SpanContext(t, i, is_remote=True, trace_flags=_SAMPLED), dict(a))
+                    Link(
+                        SpanContext(int(t, 16), int(i, 16), is_remote=True, trace_flags=_SAMPLED),
+                        dict(a),
+                    )
                     for t, i, a in links
                 ],
                 kind=kinds.get(kind, SpanKind.INTERNAL),

@@ -20,11 +20,11 @@ hold the relay back).
 from __future__ import annotations
 
 import gzip
-import json
 import logging
+import math
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from json.encoder import encode_basestring_ascii
 
 import requests
 from opentelemetry.util.re import parse_env_headers
@@ -39,56 +39,86 @@ KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
 STATUS_ERROR = 2
 
 
-def _value(value: Value) -> dict[str, Any]:
+_quote = encode_basestring_ascii  # a str as a JSON string, in C
+_INT64 = (-(2**63), 2**63 - 1)
+# Encoded attributes by (key, type, value): most repeat span after span (a handler's
+# name, a topic, an outcome), and joining cached fragments costs a tenth of building
+# and dumping their dicts. Bounded: cleared when full (unique values, such as message
+# ids, come and go).
+_FRAGMENTS_MAX = 4096
+
+
+def _value(value: Value) -> str:
+    """An ``AnyValue`` as JSON (proto3's JSON mapping: 64-bit integers as strings,
+    non-finite doubles as their names)."""
     if isinstance(value, bool):  # before int: a bool is an int
-        return {"boolValue": value}
+        return '{"boolValue":true}' if value else '{"boolValue":false}'
     if isinstance(value, int):
-        return {"intValue": str(value)}
+        if _INT64[0] <= value <= _INT64[1]:
+            return f'{{"intValue":"{value}"}}'
+        return f'{{"stringValue":"{value}"}}'  # out of int64's range: kept as text
     if isinstance(value, float):
-        return {"doubleValue": value}
-    return {"stringValue": str(value)}
+        if math.isfinite(value):
+            return f'{{"doubleValue":{value!r}}}'
+        named = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+        return f'{{"doubleValue":"{named}"}}'
+    return f'{{"stringValue":{_quote(str(value))}}}'
 
 
-def _attributes(attributes: Mapping[str, Value]) -> list[dict[str, Any]]:
-    return [{"key": k, "value": _value(v)} for k, v in attributes.items()]
+class _Fragments:
+    """``KeyValue`` lists as JSON, with a bounded cache of encoded attributes."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, type, Value], str] = {}
+
+    def attributes(self, attributes: Mapping[str, Value]) -> str:
+        cache = self._cache
+        parts = []
+        for key, value in attributes.items():
+            ident = (key, type(value), value)
+            fragment = cache.get(ident)
+            if fragment is None:
+                if len(cache) >= _FRAGMENTS_MAX:
+                    cache.clear()
+                fragment = f'{{"key":{_quote(key)},"value":{_value(value)}}}'
+                cache[ident] = fragment
+            parts.append(fragment)
+        return ",".join(parts)
 
 
-def encode(records: list[Record], service_name: str) -> bytes:
-    """One ``ExportTraceServiceRequest`` in OTLP's JSON form."""
+def encode(records: list[Record], service_name: str, fragments: _Fragments | None = None) -> bytes:
+    """One ``ExportTraceServiceRequest`` in OTLP's JSON form.
+
+    Written as text from cached fragments rather than as dicts for ``json.dumps``: it
+    runs on the recorder's thread, where every bytecode holds the GIL the traced event
+    loop needs (docs/tracing.md, "Sampling, and what it costs")."""
+    attributes = (fragments or _Fragments()).attributes
     spans = []
     for name, kind, trace_id, span_id, parent, start, end, attrs, error, events, links in records:
-        span: dict[str, Any] = {
-            "traceId": f"{trace_id:032x}",
-            "spanId": f"{span_id:016x}",
-            "parentSpanId": f"{parent:016x}",
-            "name": name,
-            "kind": KINDS.get(kind, 1),
-            "startTimeUnixNano": str(start),
-            "endTimeUnixNano": str(end),
-            "attributes": _attributes(attrs),
-        }
+        extra = ""
         if events:
-            span["events"] = [
-                {"timeUnixNano": str(at), "name": n, "attributes": _attributes(a)}
+            extra += ',"events":[' + ",".join(
+                f'{{"timeUnixNano":"{at}","name":{_quote(n)},"attributes":[{attributes(a)}]}}'
                 for n, at, a in events
-            ]
+            ) + "]"  # fmt: skip
         if links:
-            span["links"] = [
-                {"traceId": f"{t:032x}", "spanId": f"{i:016x}", "attributes": _attributes(a)}
+            extra += ',"links":[' + ",".join(
+                f'{{"traceId":"{t}","spanId":"{i}","attributes":[{attributes(a)}]}}'
                 for t, i, a in links
-            ]
+            ) + "]"  # fmt: skip
         if error is not None:
-            span["status"] = {"code": STATUS_ERROR, "message": error}
-        spans.append(span)
-    request = {
-        "resourceSpans": [
-            {
-                "resource": {"attributes": _attributes({"service.name": service_name})},
-                "scopeSpans": [{"scope": {"name": "relaybus"}, "spans": spans}],
-            }
-        ]
-    }
-    return json.dumps(request, separators=(",", ":")).encode()
+            extra += f',"status":{{"code":{STATUS_ERROR},"message":{_quote(error)}}}'
+        spans.append(
+            f'{{"traceId":"{trace_id}","spanId":"{span_id}",'
+            f'"parentSpanId":"{parent}","name":{_quote(name)},"kind":{KINDS.get(kind, 1)},'
+            f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",'
+            f'"attributes":[{attributes(attrs)}]{extra}}}'
+        )
+    service = attributes({"service.name": service_name})
+    return (
+        f'{{"resourceSpans":[{{"resource":{{"attributes":[{service}]}},'
+        f'"scopeSpans":[{{"scope":{{"name":"relaybus"}},"spans":[{",".join(spans)}]}}]}}]}}'
+    ).encode()
 
 
 def _setting(environ: Mapping[str, str], name: str) -> str | None:
@@ -107,6 +137,7 @@ class OtlpJsonSender:
     def __init__(self, url: str, service_name: str, environ: Mapping[str, str]) -> None:
         self.url = url
         self.service_name = service_name
+        self.fragments = _Fragments()
         raw_timeout = _setting(environ, "TIMEOUT") or "10"
         try:
             self.timeout = float(raw_timeout)
@@ -133,7 +164,7 @@ class OtlpJsonSender:
             self.session.cert = (client_cert, client_key)
 
     def deliver(self, records: list[Record]) -> None:
-        body = encode(records, self.service_name)
+        body = encode(records, self.service_name, self.fragments)
         if self.compression == "gzip":
             body = gzip.compress(body)
         elif self.compression == "deflate":

@@ -22,7 +22,7 @@ from relaybus.outbox.metrics import RelayMetrics
 from relaybus.outbox.routed import RoutedPublisher
 from relaybus.outbox.routing import Router
 from relaybus.settings import Route
-from relaybus.tracing import otel
+from relaybus.tracing import otel, otlp_json
 from relaybus.tracing.api import Value
 from relaybus.tracing.lean import LeanRecorder, LeanSpan, Record
 from relaybus.tracing.otlp_json import OtlpJsonSender, encode
@@ -70,13 +70,34 @@ def test_a_lean_span_made_current_parents_what_starts_inside() -> None:
     assert isinstance(lean, LeanSpan)
     with tracer.activate(lean):
         inner = tracer.start("create y")
+        assert isinstance(inner, LeanSpan)  # a recorded parent's child: lean as well
+        with tracer.activate(inner):
+            assert tracer.current() is inner
+            innermost = tracer.start("write z")
+            innermost.end()
         inner.end()
+        assert tracer.current() is lean  # the block ended: its parent is current again
     lean.end()
     tracer.shutdown()
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    child = spans["create y"]
-    assert child.parent is not None
-    assert child.parent.span_id == spans["publish x"].context.span_id
+    assert {f"{s.context.trace_id:032x}" for s in spans.values()} == {TRACE}
+    assert spans["create y"].parent is not None
+    assert spans["create y"].parent.span_id == spans["publish x"].context.span_id
+    assert spans["write z"].parent is not None
+    assert spans["write z"].parent.span_id == spans["create y"].context.span_id
+
+
+def test_inside_a_lean_span_an_unsampled_delivery_stays_unsampled() -> None:
+    tracer = otel.build("unit", {}, exporter=InMemorySpanExporter())
+    lean = tracer.start("process a", parent={"traceparent": f"00-{TRACE}-{ROW_SPAN}-01"})
+    unsampled = f"00-{'3' * 32}-{'4' * 16}-00"
+    with tracer.activate(lean):
+        other = tracer.start("process b", parent={"traceparent": unsampled})
+        with tracer.activate(other):
+            assert tracer.current_traceparent() == unsampled
+            assert not tracer.start("write c").recording  # its outbox row: unsampled
+        assert tracer.current() is lean
+    tracer.shutdown()
 
 
 def test_a_sampler_that_is_not_parent_based_keeps_the_sdk_span() -> None:
@@ -162,6 +183,37 @@ def test_the_json_form_is_otlps() -> None:
     assert span["status"] == {"code": 2, "message": "ValueError"}
     assert span["links"] == [{"traceId": TRACE, "spanId": ROW_SPAN, "attributes": []}]
     assert span["events"][0]["name"] == "exception"
+
+
+def test_values_json_cannot_carry_are_encoded_as_otlp_says() -> None:
+    batches: list[list[Record]] = []
+    recorder = LeanRecorder(batches.append, interval=60)
+    attributes: dict[str, Value] = {"nan": float("nan"), "inf": float("inf"), "big": 2**70,
+                                    'q"<\\>\u2028\udc80': "\x00</script>\udc80"}  # fmt: skip
+    LeanSpan(recorder, 'n"\n', "internal", TRACE, ROW_SPAN, attributes, None).end()
+    recorder.flush()
+    (span,) = json.loads(encode(batches[0], "s"))["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    values = {a["key"]: a["value"] for a in span["attributes"]}
+    assert values["nan"] == {"doubleValue": "NaN"}
+    assert values["inf"] == {"doubleValue": "Infinity"}
+    assert values["big"] == {"stringValue": str(2**70)}  # past int64: as text
+    assert values['q"<\\>\u2028\udc80'] == {"stringValue": "\x00</script>\udc80"}
+    assert span["name"] == 'n"\n'
+
+
+def test_the_encoding_cache_keeps_values_of_different_types_apart() -> None:
+    batches: list[list[Record]] = []
+    recorder = LeanRecorder(batches.append, interval=60)
+    for value in (1, True, 1.0, "1"):
+        LeanSpan(recorder, "s", "internal", TRACE, ROW_SPAN, {"v": value}, None).end()
+    recorder.flush()
+    fragments = otlp_json._Fragments()
+    for _ in range(2):  # the second time from the cache
+        request = json.loads(otlp_json.encode(batches[0], "s", fragments))
+        spans = request["resourceSpans"][0]["scopeSpans"][0]["spans"]
+        got = [s["attributes"][0]["value"] for s in spans]
+        assert got == [{"intValue": "1"}, {"boolValue": True}, {"doubleValue": 1.0},
+                       {"stringValue": "1"}]  # fmt: skip
 
 
 class _Receiver(BaseHTTPRequestHandler):
