@@ -170,21 +170,28 @@ class Unsampled(Inert):
 
 
 class _InLean:
-    """The block a ``LeanSpan`` is current for: relaybus's own markers only (what
-    starts inside is a lean child, ``current()`` returns it), no OpenTelemetry context
-    to attach and detach on the path every sampled message takes."""
+    """The block a ``LeanSpan`` is current for: relaybus's markers (what relaybus starts
+    inside is a lean child, ``current()`` returns it) and, for OpenTelemetry
+    instrumentations running inside (asyncpg's, say), the span's context as the current
+    OpenTelemetry context. A plain class: every sampled delivery comes through here."""
 
-    __slots__ = ("_lean", "_unsampled", "span")
+    __slots__ = ("_context", "_lean", "_unsampled", "span")
 
     def __init__(self, span: LeanSpan) -> None:
         self.span = span
 
     def __enter__(self) -> Span:
+        span = self.span
         self._unsampled = _UNSAMPLED.set(None)
-        self._lean = _LEAN.set(self.span)
-        return self.span
+        self._lean = _LEAN.set(span)
+        inner = NonRecordingSpan(
+            SpanContext(int(span.trace_id, 16), int(span.span_id, 16), False, _SAMPLED)
+        )
+        self._context = otel_context.attach(trace.set_span_in_context(inner))
+        return span
 
     def __exit__(self, *_: object) -> None:
+        otel_context.detach(self._context)
         _LEAN.reset(self._lean)
         _UNSAMPLED.reset(self._unsampled)
 

@@ -75,6 +75,8 @@ def test_a_lean_span_made_current_parents_what_starts_inside() -> None:
             assert tracer.current() is inner
             innermost = tracer.start("write z")
             innermost.end()
+            # An OpenTelemetry instrumentation's span (asyncpg's, say) is its child too.
+            tracer.provider.get_tracer("an.instrumentation").start_span("SELECT").end()
         inner.end()
         assert tracer.current() is lean  # the block ended: its parent is current again
     lean.end()
@@ -85,6 +87,8 @@ def test_a_lean_span_made_current_parents_what_starts_inside() -> None:
     assert spans["create y"].parent.span_id == spans["publish x"].context.span_id
     assert spans["write z"].parent is not None
     assert spans["write z"].parent.span_id == spans["create y"].context.span_id
+    assert spans["SELECT"].parent is not None
+    assert spans["SELECT"].parent.span_id == spans["create y"].context.span_id
 
 
 def test_inside_a_lean_span_an_unsampled_delivery_stays_unsampled() -> None:
