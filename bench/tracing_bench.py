@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -100,6 +101,18 @@ async def prefill_outbox(engine: AsyncEngine, agg: str, events: int, keys: int) 
         )  # fmt: skip
 
 
+async def drop_topics(bootstrap: str, prefixes: tuple[str, ...]) -> None:
+    """Delete the run's topics (and the worker's retry tiers and DLQ of its topic)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
+
+
 async def timed(mode: str, endpoint: str, work: Callable[[], Awaitable[float]]) -> float:
     """Seconds ``work`` takes under ``mode``; the spans still queued are flushed after
     the clock stops (what the exporter does during the run is counted)."""
@@ -128,12 +141,14 @@ async def main(args: argparse.Namespace, endpoint: str) -> None:
         await ensure_topic(settings.kafka_bootstrap, topic, partitions=PARTITIONS)
         await prefill(settings.kafka_bootstrap, topic, args.messages, args.keys, traceparent)
         modes = list(MODES)
+        # One aggregate (and topic) for every drain: each drain empties it before the
+        # next fill, and a topic per round would leave dozens of 16-partition topics
+        # that slow the broker (and so the later rounds) down.
+        agg = f"benchtr{tag}"
+        await ensure_topic(settings.kafka_bootstrap, f"outbox.event.{agg}", partitions=PARTITIONS)
         for r in range(args.rounds):
             order = modes[r % 3 :] + modes[: r % 3]  # who runs first rotates
             for mode in order:
-                agg = f"benchtr{tag}{r}{modes.index(mode)}"
-                await ensure_topic(settings.kafka_bootstrap, f"outbox.event.{agg}",
-                                   partitions=PARTITIONS)  # fmt: skip
                 await prefill_outbox(engine, agg, args.events, args.keys)
 
                 async def drain(agg: str = agg) -> float:
@@ -154,6 +169,8 @@ async def main(args: argparse.Namespace, endpoint: str) -> None:
                     elapsed = time.monotonic() - started
                     stop.set()
                     await task
+                    async with engine.begin() as conn:  # later rounds count a small table
+                        await conn.execute(text("TRUNCATE bench_effects"))
                     return elapsed
 
                 seconds = await timed(mode, endpoint, consume)
@@ -165,6 +182,7 @@ async def main(args: argparse.Namespace, endpoint: str) -> None:
         async with engine.begin() as conn:
             await conn.execute(text("DROP TABLE IF EXISTS bench_effects"))
         await engine.dispose()
+        await drop_topics(settings.kafka_bootstrap, (topic, f"outbox.event.benchtr{tag}"))
     comparisons = [
         Comparison("relay: tracing at 10 %/tracing off", relay["10 %"], relay["off"], 0.95),
         Comparison("relay: tracing at 100 %/tracing off", relay["100 %"], relay["off"], None),
