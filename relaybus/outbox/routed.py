@@ -73,6 +73,8 @@ class RoutedPublisher:
                 span.end()
             raise
         for span, outcome in zip(spans, outcomes, strict=True):
+            if not span.recording:  # nine in ten at a 10 % ratio: nothing to keep
+                continue
             if outcome.error is not None:
                 span.set("relaybus.outcome", "refused")
                 span.fail(outcome.error)
