@@ -212,12 +212,12 @@ async def test_kill_9_of_the_active_wal_relay_loses_nothing_and_the_standby_take
                 }
                 return seen >= {str(i) for i in ids}
 
-            await eventually(all_published, within=90, what="all 4000 published after the kill")
+            await eventually(all_published, within=180, what="all 4000 published after the kill")
             assert standby.proc is not None
             assert standby.proc.poll() is None
             first.start()  # the old active comes back as a standby
             await eventually(
-                lambda: _slot_confirmed_past(engine, slot), within=30, what="slot confirmed"
+                lambda: _slot_confirmed_past(engine, slot), within=90, what="slot confirmed"
             )
     records = await read_topic(settings.kafka_bootstrap, f"outbox.event.{agg}")
     counts = Counter(r.headers["id"] for r in records)
@@ -431,7 +431,7 @@ async def test_rows_written_around_the_outbox_are_failed_and_retry_republishes_t
                 # published rows are deleted by the relay's clean-up (once a second)
                 return published == 3 and tuple(left) == (3, 0)
 
-            await eventually(settled, within=60, what="3 published and cleaned, 3 kept as failed")
+            await eventually(settled, within=180, what="3 published and cleaned, 3 kept as failed")
             state = await row_states(engine, agg)
             for message_id, (*_, reason) in zip(ids, rows, strict=True):
                 if reason is None:
@@ -456,7 +456,7 @@ async def test_rows_written_around_the_outbox_are_failed_and_retry_republishes_t
                 records = await read_topic(settings.kafka_bootstrap, topic)
                 return str(ids[1]) in {r.headers["id"] for r in records}
 
-            await eventually(republished, within=60, what="the retried row published")
+            await eventually(republished, within=180, what="the retried row published")
         stale = run_cli(
             "outbox", "status", "--json", env={"RELAYBUS_OUTBOX_SLOT_STALE_AFTER": "0.001"}
         )
@@ -509,8 +509,10 @@ async def test_a_stop_during_a_broker_outage_ends_promptly_and_confirms_nothing_
         async def retried_twice() -> bool:
             return metrics.failures.labels("transient")._value.get() >= 2
 
-        await eventually(retried_twice, within=60, what="two failed publish attempts")
-        stop.set()
+        try:  # the slot decodes the whole server's WAL, other runs' too: minutes under CI
+            await eventually(retried_twice, within=180, what="two failed publish attempts")
+        finally:
+            stop.set()  # stopped either way, so the slot can be dropped
         await asyncio.wait_for(running, 35)  # not stuck in the outage's retry loop
         assert (await slot_state(engine, slot) or (False, 0))[1] == before
         assert await pending(engine, agg) == len(ids)  # not cleaned up: never published
