@@ -12,7 +12,8 @@ process, the SDK's exporter when one is given (tests).
 Used for spans started from a remote sampled parent (the relay's ``publish`` spans, a
 consumer's ``process`` span, a stream processor's record): the sampler of every
 parent-based configuration records those, so the decision needs no SDK call. Spans
-started inside them (their children, from the current context) stay on the SDK.
+relaybus starts inside them (their children, from the current context) are lean too;
+an OpenTelemetry instrumentation's span inside is the SDK's, their child.
 
 Delivery: at most once. A full buffer (``capacity`` ended spans not yet handed over)
 drops the newest and counts it (``dropped``); a delivery that raises is logged and its

@@ -2,8 +2,8 @@
 
 OTLP/HTTP carries the same request as protobuf or as JSON (``application/json``; ids
 as hex strings, enums as integers, 64-bit integers as decimal strings), and receivers
-accept both. Encoding a batch of span tuples with ``json.dumps`` costs a few
-microseconds a span, where the SDK's path (a ``ReadableSpan`` each, then
+accept both. Writing a batch of span tuples as JSON text costs about 5 µs a span,
+where the SDK's path (a ``ReadableSpan`` each, then
 ``encode_spans`` into protobuf objects) costs over a hundred on the relay's machine
 (docs/tracing.md, "Sampling, and what it costs"): that difference is what a 10 %
 sample ratio costs the relay.
