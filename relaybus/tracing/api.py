@@ -72,6 +72,16 @@ class Tracer(Protocol):
         """A started span, not made current; the caller ends it."""
         ...
 
+    def start_publish(self, message_type: str, traceparent: str | None) -> Span | None:
+        """A relay's span for publishing a message of ``message_type`` stored with
+        ``traceparent`` (None: it was written outside any trace): ``publish <type>``,
+        kind producer, the child of that context (a new trace without one), not made
+        current. None when it would record nothing and the message goes on with its
+        stored context unchanged (a trace its root did not sample, under a parent-based
+        sampler): every message takes this path, which then costs one check of the
+        value and no object."""
+        ...
+
     def start_delivery(self, source: str, carrier: Carrier) -> Span:
         """A consumer's span for one delivery from ``source``: ``process <source>``, kind
         consumer, the child of the context ``carrier`` carries and linked to it (as
@@ -154,6 +164,9 @@ class NoTracer:
         start_ns: int | None = None,
     ) -> Span:
         return NULL_SPAN
+
+    def start_publish(self, message_type: str, traceparent: str | None) -> Span | None:
+        return None
 
     def start_delivery(self, source: str, carrier: Carrier) -> Span:
         return NULL_SPAN

@@ -23,21 +23,28 @@ batch dropped; the recorder never blocks the code that ends a span.
 from __future__ import annotations
 
 import logging
-import os
+import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 from relaybus.tracing.api import Kind, Value
 
 log = logging.getLogger("relaybus.tracing")
 
+# Attributes as a record holds them: (key, value) pairs.
+Pairs = tuple[tuple[str, Value], ...]
 # A link as a lean span takes it: (trace_id hex, span_id hex, attributes).
-LeanLink = tuple[str, str, Mapping[str, Value]]
+LeanLink = tuple[str, str, Pairs]
 # One ended span, as delivered: (name, kind, trace_id, span_id, parent_span_id,
 # start_ns, end_ns, attributes, error (None: ok), events [(name, ns, attributes)],
 # links [(trace_id, span_id, attributes)]); ids as lower-case hex, as the wire and
-# OTLP's JSON write them (never converted on the traced path).
+# OTLP's JSON write them (never converted on the traced path). Tuples of plain values
+# only, no dict or list (a tuple holding one is never untracked): the collector
+# untracks such a record at its first pass, so the second's worth of buffered records
+# never reaches the oldest generation, whose full collections walk the whole heap and
+# come the sooner the more objects arrive there (docs/tracing.md, "Sampling, and what
+# it costs").
 Record = tuple[
     str,
     str,
@@ -46,10 +53,10 @@ Record = tuple[
     str,
     int,
     int,
-    dict[str, Value],
+    Pairs,
     str | None,
-    list[tuple[str, int, dict[str, Value]]],
-    Sequence[LeanLink],
+    tuple[tuple[str, int, Pairs], ...],
+    tuple[LeanLink, ...],
 ]
 Deliver = Callable[[list[Record]], None]
 
@@ -146,7 +153,7 @@ class LeanSpan:
         parent_span_id: str,
         attributes: Mapping[str, Value] | None,
         start_ns: int | None,
-        links: Sequence[LeanLink] = (),
+        links: tuple[LeanLink, ...] = (),
     ) -> None:
         """``trace_id``, ``parent_span_id`` and the links' ids: valid lower-case hex
         (read from a ``traceparent`` or another lean span)."""
@@ -159,7 +166,7 @@ class LeanSpan:
         self.span_id = _new_span_id()
         self._attributes: dict[str, Value] = dict(attributes) if attributes else {}
         self._error: str | None = None
-        self._events: list[tuple[str, int, dict[str, Value]]] = []
+        self._events: list[tuple[str, int, Pairs]] | None = None
         self._start = start_ns if start_ns is not None else time.time_ns()
 
     @property
@@ -173,7 +180,9 @@ class LeanSpan:
         self._attributes.update(attributes)
 
     def event(self, name: str, attributes: Mapping[str, Value] | None = None) -> None:
-        self._events.append((name, time.time_ns(), dict(attributes) if attributes else {}))
+        if self._events is None:
+            self._events = []
+        self._events.append((name, time.time_ns(), tuple(attributes.items()) if attributes else ()))
 
     def fail(self, error: BaseException | str) -> None:
         if isinstance(error, BaseException):
@@ -186,8 +195,8 @@ class LeanSpan:
     def end(self) -> None:
         self._recorder.add(
             (self._name, self._kind, self.trace_id, self.span_id, self._parent,
-             self._start, time.time_ns(), self._attributes, self._error, self._events,
-             self._links)
+             self._start, time.time_ns(), tuple(self._attributes.items()), self._error,
+             tuple(self._events) if self._events else (), self._links)
         )  # fmt: skip
 
 
@@ -195,7 +204,8 @@ _ZERO_SPAN = "0" * 16
 
 
 def _new_span_id() -> str:
-    """A random, valid (not all-zero) span id as 16 hex digits."""
-    while (found := os.urandom(8).hex()) == _ZERO_SPAN:
+    """A random, valid (not all-zero) span id as 16 hex digits (the SDK's generator's
+    source: ``os.urandom`` is a system call, which gives the GIL away)."""
+    while (found := f"{random.getrandbits(64):016x}") == _ZERO_SPAN:
         continue  # one chance in 2**64
     return found

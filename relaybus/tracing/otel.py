@@ -270,6 +270,15 @@ class OtelTracer:
             )
         )
 
+    def start_publish(self, message_type: str, traceparent: str | None) -> Span | None:
+        if self._parent_based and is_unsampled(traceparent):
+            return None
+        return self.start(
+            f"publish {message_type}",
+            kind="producer",
+            parent={TRACEPARENT: traceparent} if traceparent else {},
+        )
+
     def start_delivery(self, source: str, carrier: Carrier) -> Span:
         if self._parent_based and is_unsampled(raw := carrier.get(TRACEPARENT)):
             return Unsampled(raw)
@@ -282,14 +291,14 @@ class OtelTracer:
         parent: Carrier | None,
         found: TraceContext | None,
         links: Sequence[tuple[Carrier, Mapping[str, Value]]],
-    ) -> list[LeanLink]:
+    ) -> tuple[LeanLink, ...]:
         out: list[LeanLink] = []
         for carrier, attrs in links:
             # A consumer links to the context it is also the child of: read it once.
             linked = found if carrier is parent and found is not None else read_context(carrier)
             if linked is not None:
-                out.append((linked.trace_id, linked.span_id, attrs))
-        return out
+                out.append((linked.trace_id, linked.span_id, tuple(attrs.items())))
+        return tuple(out)  # what a record holds: no list the collector must keep tracking
 
     @contextmanager
     def span(
@@ -444,7 +453,7 @@ def to_readable(records: list[Record], resource: Resource) -> list[ReadableSpan]
                 context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED),
                 parent=SpanContext(trace_id, parent, is_remote=True, trace_flags=_SAMPLED),
                 resource=resource,
-                attributes=attrs,
+                attributes=dict(attrs),
                 events=[Event(n, dict(a), timestamp=t) for n, t, a in events],
                 links=[
                     Link(

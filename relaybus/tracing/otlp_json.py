@@ -30,7 +30,7 @@ import requests
 from opentelemetry.util.re import parse_env_headers
 
 from relaybus.tracing.api import Value
-from relaybus.tracing.lean import Record
+from relaybus.tracing.lean import Pairs, Record
 
 log = logging.getLogger("relaybus.tracing")
 
@@ -71,10 +71,10 @@ class _Fragments:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, type, Value], str] = {}
 
-    def attributes(self, attributes: Mapping[str, Value]) -> str:
+    def attributes(self, attributes: Pairs) -> str:
         cache = self._cache
         parts = []
-        for key, value in attributes.items():
+        for key, value in attributes:
             ident = (key, type(value), value)
             fragment = cache.get(ident)
             if fragment is None:
@@ -114,7 +114,7 @@ def encode(records: list[Record], service_name: str, fragments: _Fragments | Non
             f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",'
             f'"attributes":[{attributes(attrs)}]{extra}}}'
         )
-    service = attributes({"service.name": service_name})
+    service = attributes((("service.name", service_name),))
     return (
         f'{{"resourceSpans":[{{"resource":{{"attributes":[{service}]}},'
         f'"scopeSpans":[{{"scope":{{"name":"relaybus"}},"spans":[{",".join(spans)}]}}]}}]}}'

@@ -162,7 +162,7 @@ def _failed_span() -> list[Record]:
     recorder = LeanRecorder(batches.append, interval=60)
     attributes: dict[str, Value] = {"k": "v", "n": 3, "ok": True, "ms": 1.5}
     span = LeanSpan(recorder, "publish z", "producer", TRACE, ROW_SPAN, attributes, None,
-                    [(TRACE, ROW_SPAN, {})])  # fmt: skip
+                    ((TRACE, ROW_SPAN, ()),))  # fmt: skip
     span.fail(ValueError("refused"))
     span.end()
     recorder.flush()
