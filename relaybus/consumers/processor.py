@@ -96,7 +96,8 @@ class Processor:
 
     def _start(self, traced: Tracer, message: Incoming) -> Span:
         span = traced.start_delivery(message.source, message.headers)
-        describe_delivery(span, message, self.handler.name)
+        if span.recording:  # nine in ten deliveries at a 10 % ratio skip the call
+            describe_delivery(span, message, self.handler.name)
         return span
 
     async def _process(self, message: Incoming) -> Verdict:
@@ -203,8 +204,9 @@ class Processor:
             )
             return False
         for span, verdict in zip(spans, outcomes if spans else [], strict=True):
-            settle_span(span, verdict)
-            span.end()
+            if span.recording:
+                settle_span(span, verdict)
+                span.end()
         if self.observe is not None:
             elapsed = time.perf_counter() - began
             for _ in messages:

@@ -27,24 +27,18 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from relaybus.tracing.api import Kind, Value
 
 log = logging.getLogger("relaybus.tracing")
 
-# Attributes as a record holds them: (key, value) pairs.
-Pairs = tuple[tuple[str, Value], ...]
 # A link as a lean span takes it: (trace_id hex, span_id hex, attributes).
-LeanLink = tuple[str, str, Pairs]
+LeanLink = tuple[str, str, Mapping[str, Value]]
 # One ended span, as delivered: (name, kind, trace_id, span_id, parent_span_id,
 # start_ns, end_ns, attributes, error (None: ok), events [(name, ns, attributes)],
 # links [(trace_id, span_id, attributes)]); ids as lower-case hex, as the wire and
-# OTLP's JSON write them (never converted on the traced path). Tuples of plain values
-# only, no dict or list (a tuple holding one is never untracked): the collector
-# untracks such a record at its first pass, so the second's worth of buffered records
-# never reaches the oldest generation, whose full collections walk the whole heap and
-# come the sooner the more objects arrive there (docs/tracing.md, "Sampling, and what
-# it costs").
+# OTLP's JSON write them (never converted on the traced path).
 Record = tuple[
     str,
     str,
@@ -53,44 +47,63 @@ Record = tuple[
     str,
     int,
     int,
-    Pairs,
+    dict[str, Value],
     str | None,
-    tuple[tuple[str, int, Pairs], ...],
+    tuple[tuple[str, int, dict[str, Value]], ...],
     tuple[LeanLink, ...],
 ]
-Deliver = Callable[[list[Record]], None]
+# What the recorder keeps of a record until delivery (``keep`` turns one into it).
+Kept = TypeVar("Kept")
 
 
-class LeanRecorder:
-    """Buffers ended spans; a daemon thread delivers them every ``interval`` seconds
-    or as soon as ``batch`` are waiting."""
+def as_record(record: Record) -> Record:
+    """``keep`` for a delivery that takes the records themselves (the SDK's exporters)."""
+    return record
+
+
+class LeanRecorder(Generic[Kept]):
+    """Buffers ended spans as ``keep`` makes them (on the thread that ends the span);
+    a daemon thread delivers them every ``interval`` seconds or as soon as ``batch``
+    are waiting.
+
+    ``keep`` runs at once, not at delivery, so that a buffered span can be one string
+    (``relaybus.tracing.otlp_json``), which the garbage collector never tracks: a
+    second's worth of tuples, dicts and lists would outlive two collections and reach
+    the oldest generation, bringing its full collections, each a walk of the whole
+    heap, sooner (docs/tracing.md, "Sampling, and what it costs")."""
 
     def __init__(
         self,
-        deliver: Deliver,
+        deliver: Callable[[list[Kept]], None],
+        keep: Callable[[Record], Kept],
         capacity: int = 8192,
         batch: int = 512,
         interval: float = 1.0,
         close: Callable[[], None] = lambda: None,
     ) -> None:
         self.deliver = deliver
+        self.keep = keep
         self.close = close
         self.capacity = capacity
         self.batch = batch
         self.interval = interval
         self.dropped = 0
-        self._ended: list[Record] = []
+        self._ended: list[Kept] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     def add(self, record: Record) -> None:
+        if len(self._ended) >= self.capacity:  # read again under the lock
+            self.dropped += 1
+            return
+        kept = self.keep(record)
         with self._lock:
             if len(self._ended) >= self.capacity:
                 self.dropped += 1
                 return
-            self._ended.append(record)
+            self._ended.append(kept)
             full = len(self._ended) >= self.batch
         if self._thread is None:
             self._start()
@@ -146,7 +159,7 @@ class LeanSpan:
 
     def __init__(
         self,
-        recorder: LeanRecorder,
+        recorder: LeanRecorder[Any],
         name: str,
         kind: Kind,
         trace_id: str,
@@ -166,7 +179,7 @@ class LeanSpan:
         self.span_id = _new_span_id()
         self._attributes: dict[str, Value] = dict(attributes) if attributes else {}
         self._error: str | None = None
-        self._events: list[tuple[str, int, Pairs]] | None = None
+        self._events: list[tuple[str, int, dict[str, Value]]] | None = None
         self._start = start_ns if start_ns is not None else time.time_ns()
 
     @property
@@ -182,7 +195,7 @@ class LeanSpan:
     def event(self, name: str, attributes: Mapping[str, Value] | None = None) -> None:
         if self._events is None:
             self._events = []
-        self._events.append((name, time.time_ns(), tuple(attributes.items()) if attributes else ()))
+        self._events.append((name, time.time_ns(), dict(attributes) if attributes else {}))
 
     def fail(self, error: BaseException | str) -> None:
         if isinstance(error, BaseException):
@@ -195,7 +208,7 @@ class LeanSpan:
     def end(self) -> None:
         self._recorder.add(
             (self._name, self._kind, self.trace_id, self.span_id, self._parent,
-             self._start, time.time_ns(), tuple(self._attributes.items()), self._error,
+             self._start, time.time_ns(), self._attributes, self._error,
              tuple(self._events) if self._events else (), self._links)
         )  # fmt: skip
 

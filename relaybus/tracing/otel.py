@@ -12,6 +12,7 @@ import atexit
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
+from typing import Any, TypeGuard
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -39,14 +40,13 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from relaybus.tracing.api import Carrier, Inert, Kind, Span, Value
-from relaybus.tracing.lean import LeanLink, LeanRecorder, LeanSpan, Record
+from relaybus.tracing.api import NULL_SPAN, Carrier, Inert, Kind, Span, Value
+from relaybus.tracing.lean import LeanLink, LeanRecorder, LeanSpan, Record, as_record
 from relaybus.tracing.otlp_json import OtlpJsonSender
 from relaybus.tracing.w3c import (
     TRACEPARENT,
     TraceContext,
     is_unsampled,
-    parse_traceparent,
     read_context,
 )
 
@@ -139,34 +139,41 @@ class Unsampled(Inert):
     """The span of a trace its root chose not to sample, under a parent-based sampler:
     the SDK would record nothing either. It passes its parent's context on unchanged
     (so what it sends stays unsampled) and costs no SDK call: at a 10 % ratio, nine in
-    ten messages take this path (docs/tracing.md, "Cost"). It is its own ``activate``
-    block (one object per message, not two): made current by one ``with`` at a time."""
+    ten messages take this path (docs/tracing.md, "Sampling, and what it costs"). It is
+    its own ``activate`` block (one object per message, not two): made current by one
+    ``with`` at a time.
 
-    __slots__ = ("_context", "_token", "traceparent")
+    Made from a value that only looks unsampled (``looks_unsampled``): its context is
+    checked in full when it is used (``traceparent``; ``current()`` and spans started
+    inside do the same), and a value that turns out malformed is ignored there, as
+    ``read_context`` ignores it: most deliveries never use theirs."""
 
-    def __init__(self, traceparent: str, context: SpanContext | None = None) -> None:
-        self.traceparent = traceparent
-        self._context = context
+    __slots__ = ("_raw", "_token")
 
-    @property
-    def context(self) -> SpanContext:
-        """The parent's context as the SDK's (made only when a block needs it current)."""
-        if self._context is None:
-            found = parse_traceparent(self.traceparent)
-            assert found is not None, "made from a valid traceparent"
-            self._context = span_context(found)
-        return self._context
+    def __init__(self, raw: str) -> None:
+        self._raw = raw
 
     @property
-    def trace_id(self) -> str:
-        return self.traceparent[3:35]
+    def traceparent(self) -> str | None:
+        return self._raw if is_unsampled(self._raw) else None
+
+    @property
+    def trace_id(self) -> str | None:
+        return self._raw[3:35] if is_unsampled(self._raw) else None
 
     def __enter__(self) -> Span:
-        self._token = _UNSAMPLED.set(self.traceparent)
+        self._token = _UNSAMPLED.set(self._raw)
         return self
 
     def __exit__(self, *_: object) -> None:
         _UNSAMPLED.reset(self._token)
+
+
+def looks_unsampled(value: str | None) -> TypeGuard[str]:
+    """A ``traceparent``'s shape with flags ``00`` (length and last characters only):
+    the hot path's test, the full check left to where the value is used (``Unsampled``).
+    A value of another shape takes the full path (``read_context``)."""
+    return value is not None and len(value) == 55 and value.endswith("-00")
 
 
 class _InLean:
@@ -201,7 +208,7 @@ class OtelTracer:
 
     enabled = True
 
-    def __init__(self, provider: TracerProvider, lean: LeanRecorder | None = None) -> None:
+    def __init__(self, provider: TracerProvider, lean: LeanRecorder[Any] | None = None) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer("relaybus")
         # A parent-based sampler never records under an unsampled parent: such spans
@@ -241,7 +248,7 @@ class OtelTracer:
                 else _EMPTY
             )
         else:
-            if self._parent_based and (held := _UNSAMPLED.get()) is not None:
+            if self._parent_based and is_unsampled(held := _UNSAMPLED.get()):
                 return Unsampled(held)
             if self._lean is not None and (lean := _LEAN.get()) is not None:
                 # A child of a recorded local parent: every sampler that makes lean
@@ -252,7 +259,7 @@ class OtelTracer:
             if self._parent_based:
                 current = trace.get_current_span().get_span_context()
                 if current.is_valid and not current.trace_flags.sampled:
-                    return Unsampled(format_traceparent(current), current)
+                    return Unsampled(format_traceparent(current))
         otel_links = []
         for carrier, attrs in links:
             # A consumer links to the context it is also the child of: read it once.
@@ -271,8 +278,8 @@ class OtelTracer:
         )
 
     def start_publish(self, message_type: str, traceparent: str | None) -> Span | None:
-        if self._parent_based and is_unsampled(traceparent):
-            return None
+        if self._parent_based and looks_unsampled(traceparent):
+            return None  # goes on as stored, as with tracing off; a consumer checks it
         return self.start(
             f"publish {message_type}",
             kind="producer",
@@ -280,7 +287,7 @@ class OtelTracer:
         )
 
     def start_delivery(self, source: str, carrier: Carrier) -> Span:
-        if self._parent_based and is_unsampled(raw := carrier.get(TRACEPARENT)):
+        if self._parent_based and looks_unsampled(raw := carrier.get(TRACEPARENT)):
             return Unsampled(raw)
         return self.start(
             f"process {source}", kind="consumer", parent=carrier, links=[(carrier, {})]
@@ -297,8 +304,8 @@ class OtelTracer:
             # A consumer links to the context it is also the child of: read it once.
             linked = found if carrier is parent and found is not None else read_context(carrier)
             if linked is not None:
-                out.append((linked.trace_id, linked.span_id, tuple(attrs.items())))
-        return tuple(out)  # what a record holds: no list the collector must keep tracking
+                out.append((linked.trace_id, linked.span_id, attrs))
+        return tuple(out)
 
     @contextmanager
     def span(
@@ -345,7 +352,9 @@ class OtelTracer:
 
     def current(self) -> Span:
         if (held := _UNSAMPLED.get()) is not None:
-            return Unsampled(held)
+            # A malformed value made current is no context: ignored, as it would have
+            # been when read in full.
+            return Unsampled(held) if is_unsampled(held) else NULL_SPAN
         if (lean := _LEAN.get()) is not None:
             return lean
         return OtelSpan(trace.get_current_span())
@@ -410,7 +419,7 @@ def build(
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
         # Lean spans go as OTLP/HTTP JSON to the same receiver (relaybus.tracing.otlp_json).
         sender = OtlpJsonSender(url or _DEFAULT_TRACES_URL, service_name, environ)
-        lean = LeanRecorder(sender.deliver, close=sender.close)
+        lean: LeanRecorder[Any] = LeanRecorder(sender.deliver, sender.keep, close=sender.close)
         # What ended in the last second is sent at exit too (the SDK's provider does
         # the same for its spans): a relay stopped right after a batch keeps its spans.
         atexit.register(lean.shutdown)
@@ -421,7 +430,7 @@ def build(
         def export_here(records: list[Record]) -> None:
             chosen.export(to_readable(records, resource))
 
-        lean = LeanRecorder(export_here)
+        lean = LeanRecorder(export_here, as_record)
     return OtelTracer(provider, lean)
 
 
@@ -453,7 +462,7 @@ def to_readable(records: list[Record], resource: Resource) -> list[ReadableSpan]
                 context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED),
                 parent=SpanContext(trace_id, parent, is_remote=True, trace_flags=_SAMPLED),
                 resource=resource,
-                attributes=dict(attrs),
+                attributes=attrs,
                 events=[Event(n, dict(a), timestamp=t) for n, t, a in events],
                 links=[
                     Link(

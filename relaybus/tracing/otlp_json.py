@@ -30,7 +30,7 @@ import requests
 from opentelemetry.util.re import parse_env_headers
 
 from relaybus.tracing.api import Value
-from relaybus.tracing.lean import Pairs, Record
+from relaybus.tracing.lean import Record
 
 log = logging.getLogger("relaybus.tracing")
 
@@ -71,10 +71,10 @@ class _Fragments:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, type, Value], str] = {}
 
-    def attributes(self, attributes: Pairs) -> str:
+    def attributes(self, attributes: Mapping[str, Value]) -> str:
         cache = self._cache
         parts = []
-        for key, value in attributes:
+        for key, value in attributes.items():
             ident = (key, type(value), value)
             fragment = cache.get(ident)
             if fragment is None:
@@ -85,16 +85,14 @@ class _Fragments:
             parts.append(fragment)
         return ",".join(parts)
 
+    def span(self, record: Record) -> str:
+        """One ``Span`` of OTLP's JSON form: what a ``LeanRecorder`` keeps of an ended
+        span until it is sent (one string, which the garbage collector never tracks).
 
-def encode(records: list[Record], service_name: str, fragments: _Fragments | None = None) -> bytes:
-    """One ``ExportTraceServiceRequest`` in OTLP's JSON form.
-
-    Written as text from cached fragments rather than as dicts for ``json.dumps``: it
-    runs on the recorder's thread, where every bytecode holds the GIL the traced event
-    loop needs (docs/tracing.md, "Sampling, and what it costs")."""
-    attributes = (fragments or _Fragments()).attributes
-    spans = []
-    for name, kind, trace_id, span_id, parent, start, end, attrs, error, events, links in records:
+        Written as text from cached fragments rather than as dicts for ``json.dumps``:
+        it runs for every recorded span, on the traced event loop's thread."""
+        name, kind, trace_id, span_id, parent, start, end, attrs, error, events, links = record
+        attributes = self.attributes
         extra = ""
         if events:
             extra += ',"events":[' + ",".join(
@@ -108,17 +106,28 @@ def encode(records: list[Record], service_name: str, fragments: _Fragments | Non
             ) + "]"  # fmt: skip
         if error is not None:
             extra += f',"status":{{"code":{STATUS_ERROR},"message":{_quote(error)}}}'
-        spans.append(
+        return (
             f'{{"traceId":"{trace_id}","spanId":"{span_id}",'
             f'"parentSpanId":"{parent}","name":{_quote(name)},"kind":{KINDS.get(kind, 1)},'
             f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",'
             f'"attributes":[{attributes(attrs)}]{extra}}}'
         )
-    service = attributes((("service.name", service_name),))
+
+
+def request(spans: list[str], service_name: str) -> bytes:
+    """One ``ExportTraceServiceRequest`` in OTLP's JSON form around ``spans`` (each
+    from ``_Fragments.span``)."""
+    service = f'{{"key":"service.name","value":{_value(service_name)}}}'
     return (
         f'{{"resourceSpans":[{{"resource":{{"attributes":[{service}]}},'
         f'"scopeSpans":[{{"scope":{{"name":"relaybus"}},"spans":[{",".join(spans)}]}}]}}]}}'
     ).encode()
+
+
+def encode(records: list[Record], service_name: str, fragments: _Fragments | None = None) -> bytes:
+    """``records`` as one ``ExportTraceServiceRequest`` in OTLP's JSON form."""
+    span = (fragments or _Fragments()).span
+    return request([span(r) for r in records], service_name)
 
 
 def _setting(environ: Mapping[str, str], name: str) -> str | None:
@@ -130,9 +139,10 @@ def _setting(environ: Mapping[str, str], name: str) -> str | None:
 
 
 class OtlpJsonSender:
-    """Posts batches of lean span records to an OTLP/HTTP traces endpoint (the
-    ``deliver`` of a ``LeanRecorder``, on its thread). Raises ``ValueError`` for a
-    timeout or compression it cannot follow."""
+    """Posts batches of lean spans to an OTLP/HTTP traces endpoint: ``keep`` and
+    ``deliver`` of a ``LeanRecorder`` (``keep`` encodes each span as it ends,
+    ``deliver`` posts a batch of them on the recorder's thread). Raises ``ValueError``
+    for a timeout or compression it cannot follow."""
 
     def __init__(self, url: str, service_name: str, environ: Mapping[str, str]) -> None:
         self.url = url
@@ -163,8 +173,11 @@ class OtlpJsonSender:
         if client_cert and client_key:
             self.session.cert = (client_cert, client_key)
 
-    def deliver(self, records: list[Record]) -> None:
-        body = encode(records, self.service_name, self.fragments)
+    def keep(self, record: Record) -> str:
+        return self.fragments.span(record)
+
+    def deliver(self, spans: list[str]) -> None:
+        body = request(spans, self.service_name)
         if self.compression == "gzip":
             body = gzip.compress(body)
         elif self.compression == "deflate":
@@ -174,11 +187,11 @@ class OtlpJsonSender:
         except requests.RequestException as err:
             # Not the error's text: it quotes the URL, which may carry credentials.
             log.warning("tracing: %d spans dropped, the OTLP receiver did not answer: %s",
-                        len(records), type(err).__name__)  # fmt: skip
+                        len(spans), type(err).__name__)  # fmt: skip
             return
         if answer.status_code >= 300:
             log.warning("tracing: %d spans dropped, the OTLP receiver answered %d",
-                        len(records), answer.status_code)  # fmt: skip
+                        len(spans), answer.status_code)  # fmt: skip
 
     def close(self) -> None:
         self.session.close()

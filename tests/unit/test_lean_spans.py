@@ -24,7 +24,7 @@ from relaybus.outbox.routing import Router
 from relaybus.settings import Route
 from relaybus.tracing import otel, otlp_json
 from relaybus.tracing.api import Value
-from relaybus.tracing.lean import LeanRecorder, LeanSpan, Record
+from relaybus.tracing.lean import LeanRecorder, LeanSpan, Record, as_record
 from relaybus.tracing.otlp_json import OtlpJsonSender, encode
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -133,7 +133,7 @@ def test_a_consumers_lean_span_keeps_its_links_and_is_the_current_span() -> None
 
 def test_the_buffer_is_bounded_and_counts_what_it_drops() -> None:
     delivered: list[list[Record]] = []
-    recorder = LeanRecorder(delivered.append, capacity=3, batch=100, interval=60)
+    recorder = LeanRecorder(delivered.append, as_record, capacity=3, batch=100, interval=60)
     for n in range(5):
         LeanSpan(recorder, f"s{n}", "internal", TRACE, ROW_SPAN, None, None).end()
     recorder.flush()
@@ -149,7 +149,7 @@ def test_a_failing_delivery_drops_its_batch_and_the_recorder_goes_on() -> None:
         if len(calls) == 1:
             raise OSError("shipper gone")
 
-    recorder = LeanRecorder(deliver, interval=60)
+    recorder = LeanRecorder(deliver, as_record, interval=60)
     LeanSpan(recorder, "a", "internal", TRACE, ROW_SPAN, None, None).end()
     recorder.flush()
     LeanSpan(recorder, "b", "internal", TRACE, ROW_SPAN, None, None).end()
@@ -159,10 +159,10 @@ def test_a_failing_delivery_drops_its_batch_and_the_recorder_goes_on() -> None:
 
 def _failed_span() -> list[Record]:
     batches: list[list[Record]] = []
-    recorder = LeanRecorder(batches.append, interval=60)
+    recorder = LeanRecorder(batches.append, as_record, interval=60)
     attributes: dict[str, Value] = {"k": "v", "n": 3, "ok": True, "ms": 1.5}
     span = LeanSpan(recorder, "publish z", "producer", TRACE, ROW_SPAN, attributes, None,
-                    ((TRACE, ROW_SPAN, ()),))  # fmt: skip
+                    ((TRACE, ROW_SPAN, {}),))  # fmt: skip
     span.fail(ValueError("refused"))
     span.end()
     recorder.flush()
@@ -191,7 +191,7 @@ def test_the_json_form_is_otlps() -> None:
 
 def test_values_json_cannot_carry_are_encoded_as_otlp_says() -> None:
     batches: list[list[Record]] = []
-    recorder = LeanRecorder(batches.append, interval=60)
+    recorder = LeanRecorder(batches.append, as_record, interval=60)
     attributes: dict[str, Value] = {"nan": float("nan"), "inf": float("inf"), "big": 2**70,
                                     'q"<\\>\u2028\udc80': "\x00</script>\udc80"}  # fmt: skip
     LeanSpan(recorder, 'n"\n', "internal", TRACE, ROW_SPAN, attributes, None).end()
@@ -207,7 +207,7 @@ def test_values_json_cannot_carry_are_encoded_as_otlp_says() -> None:
 
 def test_the_encoding_cache_keeps_values_of_different_types_apart() -> None:
     batches: list[list[Record]] = []
-    recorder = LeanRecorder(batches.append, interval=60)
+    recorder = LeanRecorder(batches.append, as_record, interval=60)
     for value in (1, True, 1.0, "1"):
         LeanSpan(recorder, "s", "internal", TRACE, ROW_SPAN, {"v": value}, None).end()
     recorder.flush()
@@ -255,7 +255,7 @@ def test_the_sender_posts_json_with_the_standard_headers_and_compression(
     environ = {"OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=shop,authorization=Bearer%20t",
                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "gzip"}  # fmt: skip
     sender = OtlpJsonSender(url, "svc", environ)
-    sender.deliver(_failed_span())
+    sender.deliver([sender.keep(r) for r in _failed_span()])
     sender.close()
     ((headers, body),) = handler.got
     assert headers["Content-Type"] == "application/json"
@@ -271,11 +271,11 @@ def test_a_refused_or_unreachable_batch_is_dropped_with_a_warning(
     url, handler = receiver
     handler.answer = 503
     sender = OtlpJsonSender(url, "svc", {})
-    sender.deliver(_failed_span())
+    sender.deliver([sender.keep(r) for r in _failed_span()])
     gone = OtlpJsonSender(
         "http://127.0.0.1:9/v1/traces", "svc", {"OTEL_EXPORTER_OTLP_TIMEOUT": "2"}
     )
-    gone.deliver(_failed_span())
+    gone.deliver([gone.keep(r) for r in _failed_span()])
     assert len(handler.got) == 1
     messages = [r.getMessage() for r in caplog.records]
     assert any("answered 503" in m for m in messages)
