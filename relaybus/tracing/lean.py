@@ -1,13 +1,14 @@
-"""Recorded spans that cost microseconds: a tuple per span, encoded and sent in batches.
+"""Recorded spans that cost microseconds: a tuple per span, kept encoded, sent in batches.
 
 The SDK's span costs about 100 µs to start, describe and end on the relay's machine,
 and about as much again to encode for OTLP (docs/tracing.md, "Sampling, and what it
 costs"); the relay's own work per message is about 110 µs, so at a 10 % sample ratio
 the SDK cost it about 10 %. A ``LeanSpan`` records what a span needs — ids, links,
 parent, name, kind, times, attributes, status, events — as plain values;
-``LeanRecorder`` buffers the ended ones and hands batches to a delivery function on a
-thread of its own: ``relaybus.tracing.otlp_json`` (OTLP/HTTP JSON) in a traced
-process, the SDK's exporter when one is given (tests).
+``LeanRecorder`` keeps each ended one as its ``keep`` function makes it (in a traced
+process ``relaybus.tracing.otlp_json``'s JSON text, a string the garbage collector
+never tracks) and hands batches to a delivery function on a thread of its own (an
+OTLP/HTTP JSON POST; the SDK's exporter when one is given, in tests).
 
 Used for spans started from a remote sampled parent (the relay's ``publish`` spans, a
 consumer's ``process`` span, a stream processor's record): the sampler of every

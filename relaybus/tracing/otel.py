@@ -58,6 +58,7 @@ _KINDS = {
     "consumer": SpanKind.CONSUMER,
 }
 _EMPTY = otel_context.Context()
+_NO_ATTRIBUTES: Mapping[str, Value] = {}
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 SCOPE = InstrumentationScope("relaybus")
 # The unsampled trace a block runs in (``Unsampled`` made current): relaybus's own
@@ -287,8 +288,15 @@ class OtelTracer:
         )
 
     def start_delivery(self, source: str, carrier: Carrier) -> Span:
-        if self._parent_based and looks_unsampled(raw := carrier.get(TRACEPARENT)):
+        raw = carrier.get(TRACEPARENT)
+        # looks_unsampled, inline: nine in ten deliveries at a 10 % ratio stop here.
+        if self._parent_based and raw is not None and len(raw) == 55 and raw.endswith("-00"):
             return Unsampled(raw)
+        # start's lean path, without its second reading of the header:
+        if self._lean is not None and (found := read_context(carrier)) and found.sampled:
+            link = (found.trace_id, found.span_id, _NO_ATTRIBUTES)
+            return LeanSpan(self._lean, f"process {source}", "consumer", found.trace_id,
+                            found.span_id, None, None, (link,))  # fmt: skip
         return self.start(
             f"process {source}", kind="consumer", parent=carrier, links=[(carrier, {})]
         )

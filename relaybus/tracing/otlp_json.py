@@ -2,7 +2,8 @@
 
 OTLP/HTTP carries the same request as protobuf or as JSON (``application/json``; ids
 as hex strings, enums as integers, 64-bit integers as decimal strings), and receivers
-accept both. Writing a batch of span tuples as JSON text costs about 5 µs a span,
+accept both. Writing a span tuple as JSON text costs about 5 µs (done as the span
+ends, so the buffer holds strings: ``LeanRecorder``),
 where the SDK's path (a ``ReadableSpan`` each, then
 ``encode_spans`` into protobuf objects) costs over a hundred on the relay's machine
 (docs/tracing.md, "Sampling, and what it costs"): that difference is what a 10 %

@@ -5,6 +5,7 @@ spans the SDK would make; the buffer is bounded; OTLP/HTTP JSON carries them
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import threading
@@ -167,6 +168,22 @@ def _failed_span() -> list[Record]:
     span.end()
     recorder.flush()
     return batches[0]
+
+
+def test_a_sender_keeps_each_ended_span_as_its_json_text() -> None:
+    """What waits in the buffer is one string a span, encoded as it ends: no tuple,
+    dict or list for the garbage collector to track while it waits."""
+    sender = OtlpJsonSender("http://127.0.0.1:1/v1/traces", "svc", {})
+    kept: list[str] = []
+    recorder = LeanRecorder(kept.extend, sender.keep, interval=60)
+    LeanSpan(recorder, "s", "internal", TRACE, ROW_SPAN, {"k": "v"}, None).end()
+    recorder.flush()
+    (text,) = kept
+    assert isinstance(text, str)
+    assert not gc.is_tracked(text)
+    span = json.loads(text)
+    assert (span["traceId"], span["parentSpanId"], span["name"]) == (TRACE, ROW_SPAN, "s")
+    sender.close()
 
 
 def test_the_json_form_is_otlps() -> None:

@@ -423,3 +423,57 @@ async def test_an_unsampled_trace_records_nothing_and_passes_its_context_on(
     await Processor(handler).process(_incoming({"traceparent": unsampled}))
     assert seen == [unsampled, unsampled]
     assert ratio_spans.finished() == []
+
+
+async def test_a_row_shaped_unsampled_but_malformed_goes_on_as_stored_and_is_never_used(
+    ratio_spans: Spans,
+) -> None:
+    """An unsampled-looking value (55 characters, flags ``00``) is taken at its word on
+    the hot path and checked in full only where it is used: the relay sends it on as
+    stored (as with tracing off), a delivery records nothing, and inside it the value is
+    no context: ``current`` has none and what the handler writes starts its own trace."""
+    malformed = f"00-{TRACE.upper()}-{SPAN}-00"  # upper-case: not a W3C value
+    assert len(malformed) == 55
+    broker = InMemoryPublisher("kafka")
+    routed = RoutedPublisher(
+        {"kafka": broker}, Router([Route(pattern="*", brokers=["kafka"])]), RelayMetrics()
+    )
+    message = Message.from_data("t", "a", "1", {})
+    await routed.publish([Message(**{**message.__dict__, "traceparent": malformed})])
+    assert broker.sent[0].traceparent == malformed
+    seen: list[str | None] = []
+
+    async def handle(message: Incoming, _session: object) -> None:
+        seen.append(tracing.tracer().current_traceparent())
+        nested = tracing.tracer().start("create x", kind="producer")
+        seen.append(nested.traceparent)
+        nested.end()
+
+    handler = Handler("h", handle, KafkaSource("t", "g"), dedupe="none")  # type: ignore[arg-type]
+    delivery = tracing.tracer().start_delivery("t", {"traceparent": malformed})
+    assert not delivery.recording
+    assert delivery.traceparent is None
+    assert delivery.trace_id is None
+    await Processor(handler).process(_incoming({"traceparent": malformed}))
+    assert seen[0] is None
+    own = parse_traceparent(seen[1])
+    assert own is not None
+    assert own.trace_id != TRACE  # a trace of its own
+
+
+def test_start_publish_skips_an_unsampled_row_and_traces_the_others(ratio_spans: Spans) -> None:
+    traced = tracing.tracer()
+    assert traced.start_publish("t", f"00-{TRACE}-{SPAN}-00") is None
+    sampled = traced.start_publish("t", PARENT)
+    assert sampled is not None
+    assert sampled.recording
+    assert sampled.trace_id == TRACE
+    sampled.end()
+    fresh = traced.start_publish("t", None)  # written outside any trace: a root here
+    assert fresh is not None
+    assert fresh.trace_id not in (None, TRACE)
+    fresh.end()
+    (child,) = [s for s in ratio_spans.finished() if hex_trace(s) == TRACE]
+    assert child.name == "publish t"
+    assert child.parent is not None
+    assert child.parent.span_id == int(SPAN, 16)
