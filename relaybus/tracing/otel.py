@@ -47,6 +47,7 @@ from relaybus.tracing.w3c import (
     TRACEPARENT,
     TraceContext,
     is_unsampled,
+    parse_traceparent,
     read_context,
 )
 
@@ -281,6 +282,10 @@ class OtelTracer:
     def start_publish(self, message_type: str, traceparent: str | None) -> Span | None:
         if self._parent_based and looks_unsampled(traceparent):
             return None  # goes on as stored, as with tracing off; a consumer checks it
+        # start's lean path, without its second reading of the value:
+        if self._lean is not None and (found := parse_traceparent(traceparent)) and found.sampled:
+            return LeanSpan(self._lean, f"publish {message_type}", "producer", found.trace_id,
+                            found.span_id, None, None)  # fmt: skip
         return self.start(
             f"publish {message_type}",
             kind="producer",
