@@ -66,7 +66,8 @@ SCOPE = InstrumentationScope("relaybus")
 # marker instead of an OpenTelemetry context, which costs ten times as much to attach,
 # on the path nine in ten messages take at a 10 % ratio. Every block that makes a span
 # current sets it (None for a recording span), so the two never disagree for
-# relaybus's spans.
+# relaybus's spans. Its value is the delivery's header as it came, of the unsampled
+# shape but not yet checked in full: whoever reads it checks it (``is_unsampled``).
 _UNSAMPLED: ContextVar[str | None] = ContextVar("relaybus_unsampled", default=None)
 # The lean span a block runs in (``current()`` returns it, so what is set on the
 # current span is kept); None inside an SDK span made current within it.
