@@ -396,21 +396,20 @@ def ratio_spans() -> Iterator[Spans]:
         tracer.shutdown()
 
 
-async def test_an_unsampled_trace_records_nothing_and_passes_its_context_on(
-    ratio_spans: Spans,
-) -> None:
-    """Under a parent-based sampler an unsampled message costs no span: the relay sends
-    the row's context as it is, a handler runs under it, and what the handler writes
-    stays in the unsampled trace (no orphan trace started halfway)."""
-    unsampled = f"00-{TRACE}-{SPAN}-00"
+async def _relayed(traceparent: str) -> str | None:
+    """The ``traceparent`` a row stored with ``traceparent`` leaves the relay with."""
     broker = InMemoryPublisher("kafka")
     routed = RoutedPublisher(
         {"kafka": broker}, Router([Route(pattern="*", brokers=["kafka"])]), RelayMetrics()
     )
     message = Message.from_data("t", "a", "1", {})
-    message = Message(**{**message.__dict__, "traceparent": unsampled})
-    await routed.publish([message])
-    assert broker.sent[0].traceparent == unsampled
+    await routed.publish([Message(**{**message.__dict__, "traceparent": traceparent})])
+    return broker.sent[0].traceparent
+
+
+async def _seen_by_a_handler(traceparent: str) -> list[str | None]:
+    """What a handler delivered with ``traceparent`` finds current, then the context
+    of what it writes (a span it starts)."""
     seen: list[str | None] = []
 
     async def handle(message: Incoming, _session: object) -> None:
@@ -420,8 +419,19 @@ async def test_an_unsampled_trace_records_nothing_and_passes_its_context_on(
         nested.end()
 
     handler = Handler("h", handle, KafkaSource("t", "g"), dedupe="none")  # type: ignore[arg-type]
-    await Processor(handler).process(_incoming({"traceparent": unsampled}))
-    assert seen == [unsampled, unsampled]
+    await Processor(handler).process(_incoming({"traceparent": traceparent}))
+    return seen
+
+
+async def test_an_unsampled_trace_records_nothing_and_passes_its_context_on(
+    ratio_spans: Spans,
+) -> None:
+    """Under a parent-based sampler an unsampled message costs no span: the relay sends
+    the row's context as it is, a handler runs under it, and what the handler writes
+    stays in the unsampled trace (no orphan trace started halfway)."""
+    unsampled = f"00-{TRACE}-{SPAN}-00"
+    assert await _relayed(unsampled) == unsampled
+    assert await _seen_by_a_handler(unsampled) == [unsampled, unsampled]
     assert ratio_spans.finished() == []
 
 
@@ -434,27 +444,12 @@ async def test_a_row_shaped_unsampled_but_malformed_goes_on_as_stored_and_is_nev
     no context: ``current`` has none and what the handler writes starts its own trace."""
     malformed = f"00-{TRACE.upper()}-{SPAN}-00"  # upper-case: not a W3C value
     assert len(malformed) == 55
-    broker = InMemoryPublisher("kafka")
-    routed = RoutedPublisher(
-        {"kafka": broker}, Router([Route(pattern="*", brokers=["kafka"])]), RelayMetrics()
-    )
-    message = Message.from_data("t", "a", "1", {})
-    await routed.publish([Message(**{**message.__dict__, "traceparent": malformed})])
-    assert broker.sent[0].traceparent == malformed
-    seen: list[str | None] = []
-
-    async def handle(message: Incoming, _session: object) -> None:
-        seen.append(tracing.tracer().current_traceparent())
-        nested = tracing.tracer().start("create x", kind="producer")
-        seen.append(nested.traceparent)
-        nested.end()
-
-    handler = Handler("h", handle, KafkaSource("t", "g"), dedupe="none")  # type: ignore[arg-type]
+    assert await _relayed(malformed) == malformed
     delivery = tracing.tracer().start_delivery("t", {"traceparent": malformed})
     assert not delivery.recording
     assert delivery.traceparent is None
     assert delivery.trace_id is None
-    await Processor(handler).process(_incoming({"traceparent": malformed}))
+    seen = await _seen_by_a_handler(malformed)
     assert seen[0] is None
     own = parse_traceparent(seen[1])
     assert own is not None
