@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +14,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from relaybus.brokers.kafka_connection import KafkaTarget, kafka_client_options
+
+log = logging.getLogger(__name__)
+
+# Seconds `consumer_lag` waits for one topic's end offsets before showing them unknown.
+END_OFFSETS_TIMEOUT = 10.0
 
 
 @contextmanager
@@ -179,25 +185,30 @@ async def group_offsets(bootstrap: KafkaTarget, group: str, topic: str) -> dict[
 class PartitionLag:
     """Where one group stands on one partition: its committed offset (the next
     record it will read), the partition's end offset (high watermark) and the
-    difference, the records waiting for it."""
+    difference, the records waiting for it. ``end`` (and so ``lag``) is None when the
+    partition's end offset could not be read in time (no leader answering: a broker
+    down, a leader being moved)."""
 
     group: str
     topic: str
     partition: int
     committed: int
-    end: int
+    end: int | None
 
     @property
-    def lag(self) -> int:
-        return max(0, self.end - self.committed)
+    def lag(self) -> int | None:
+        return None if self.end is None else max(0, self.end - self.committed)
 
 
 async def consumer_lag(bootstrap: KafkaTarget, group: str | None = None) -> list[PartitionLag]:
     """Every committed offset of ``group`` (or of every consumer group), next to its
     partition's end offset; sorted by group, topic, partition. A partition the group
     has never committed on is not listed (as ``kafka-consumer-groups`` leaves its
-    offset unknown). Raises ``LookupError`` for a ``group`` that has no offsets, and
-    ``ConnectionError`` when Kafka cannot be asked."""
+    offset unknown). A topic whose end offsets are not answered within
+    ``END_OFFSETS_TIMEOUT`` seconds (a partition without a leader) is listed with
+    ``end`` None, the others as they are: one stuck partition does not hide the rest.
+    Raises ``LookupError`` for a ``group`` that has no offsets, and ``ConnectionError``
+    when Kafka cannot be asked."""
     with reaching(bootstrap):
         return await _consumer_lag(bootstrap, group)
 
@@ -221,15 +232,29 @@ async def _consumer_lag(bootstrap: KafkaTarget, group: str | None) -> list[Parti
     partitions = {tp for offsets in committed.values() for tp in offsets}
     if not partitions:
         return []
+    by_topic: dict[str, list[TopicPartition]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp)
+    ends: dict[TopicPartition, int] = {}
+
+    async def read_ends(topic: str, tps: list[TopicPartition]) -> None:
+        try:
+            ends.update(await asyncio.wait_for(consumer.end_offsets(tps), END_OFFSETS_TIMEOUT))
+        except (TimeoutError, KafkaError) as err:
+            log.warning("lag: the end offsets of %s were not read (%r): shown as unknown",
+                        topic, err)  # fmt: skip
+
     consumer = committed_reader(bootstrap)
     await consumer.start()
     try:
-        ends = await consumer.end_offsets(list(partitions))
+        # A topic at a time, side by side: aiokafka asks for all partitions at once and
+        # waits out its whole request timeout for the slowest leader.
+        await asyncio.gather(*(read_ends(t, tps) for t, tps in by_topic.items()))
     finally:
         await consumer.stop()
     return sorted(
         (
-            PartitionLag(name, tp.topic, tp.partition, offset, ends[tp])
+            PartitionLag(name, tp.topic, tp.partition, offset, ends.get(tp))
             for name, offsets in committed.items()
             for tp, offset in offsets.items()
         ),

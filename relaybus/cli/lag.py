@@ -111,4 +111,6 @@ def _print(found: dict[str, Any], errors: dict[str, str]) -> None:
 
 
 def _cell(value: object) -> str:
+    if value is None:  # an end offset no leader answered for
+        return "?"
     return f"{value:.1f}" if isinstance(value, float) else str(value)

@@ -1,9 +1,10 @@
 """Hostile ``traceparent``/``tracestate`` values written by kcat (not relaybus) to a
 traced worker: malformed, huge, marked up, repeated, not UTF-8, in a compressed batch.
 A value that is not a valid context is ignored (the delivery starts a trace of its
-own), an over-long ``tracestate`` is dropped, a repeated or undecodable header is
-dead-lettered with its reason, and the worker goes on: nothing crashes, loops or
-stalls on one record."""
+own; one merely shaped like an unsampled context is taken at its flags' word, records
+nothing, and its value goes nowhere), an over-long ``tracestate`` is dropped, a
+repeated or undecodable header is dead-lettered with its reason, and the worker goes
+on: nothing crashes, loops or stalls on one record."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybus import headers as h
+from relaybus.cli.trace import stories
 from relaybus.consumers.dlq_admin import KafkaDeadLetters, collect
 from relaybus.settings import Settings
 from relaybus.tracing.jaeger_query import JaegerQuery, TraceView
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.usefixtures("effects_table", "traced_here")
 
 TRACE = uuid.uuid4().hex
 VALID = f"00-{TRACE}-{uuid.uuid4().hex[:16]}-01"
+UNSAMPLED_SHAPE = "unsampled-shape"
 
 # name -> (extra header pairs, dead-letter reason or None, parent kept?)
 CASES: dict[str, tuple[list[tuple[bytes, bytes]], str | None, bool]] = {
@@ -50,6 +53,12 @@ CASES: dict[str, tuple[list[tuple[bytes, bytes]], str | None, bool]] = {
         False,
     ),
     "not-utf8": ([(b"traceparent", b"\xff\xfe00")], "bad-header", False),
+    # 55 characters ending "-00", upper-case: the hot path's shape test passes it.
+    UNSAMPLED_SHAPE: (
+        [(b"traceparent", f"00-{TRACE.upper()}-{'a' * 16}-00".encode())],
+        None,
+        False,
+    ),
 }
 
 
@@ -93,6 +102,8 @@ async def test_hostile_trace_headers_are_ignored_bounded_or_dead_lettered(
     flush()
 
     for case, (_, reason, kept) in [*CASES.items(), ("compressed", ([], None, True))]:
+        if case == UNSAMPLED_SHAPE:
+            continue  # recorded nothing: looked for below, once the others are found
         if reason is not None:
             # Refused before any handler: a dead-letter span with the reason.
             def refused(views: list[TraceView], message_id: str = ids[case]) -> bool:
@@ -129,3 +140,8 @@ async def test_hostile_trace_headers_are_ignored_bounded_or_dead_lettered(
             # Ignored: a trace of its own, no link to anything.
             assert view.trace_id != TRACE, case
             assert span.links == [], case
+    # Applied (counted above) and recorded nowhere: every span this process ended was
+    # flushed at once and the other cases' spans are all in Jaeger by now.
+    shaped = ids[UNSAMPLED_SHAPE]
+    spans = [s for view in await stories(query, shaped) for s in view.spans]
+    assert [s for s in spans if s.attributes.get("messaging.message.id") == shaped] == []
