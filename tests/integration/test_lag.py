@@ -9,7 +9,9 @@ import subprocess
 import uuid
 
 import aio_pika
+import pytest
 
+from relaybus.brokers import kafka_admin
 from relaybus.brokers.kafka_admin import ensure_topic, produce_records, start_group_at
 from relaybus.settings import Settings
 from relaybus.stack.kafka_jars import kafka_libs
@@ -130,3 +132,22 @@ def test_an_unreachable_source_is_reported_and_the_others_still_shown() -> None:
     assert "outbox" in out
     assert "hunter2" not in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_end_offsets_not_answered_in_time_are_shown_unknown_and_the_call_returns(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topic whose end offsets do not come within ``END_OFFSETS_TIMEOUT`` (a leader
+    not answering; here a timeout no broker can meet) is listed with ``end`` and ``lag``
+    None, its committed offsets as Kafka has them, instead of failing the whole call."""
+    run = uuid.uuid4().hex[:8]
+    topic, group = f"t.lag.{run}", f"lag-{run}"
+    await ensure_topic(settings.kafka_bootstrap, topic, 2)
+    await produce_records(settings.kafka_bootstrap, topic, [(b"k", b"{}", {})] * 4)
+    await start_group_at(settings.kafka_bootstrap, group, topic, {0: 0, 1: 0})
+    monkeypatch.setattr(kafka_admin, "END_OFFSETS_TIMEOUT", 0.0)
+    rows = await kafka_admin.consumer_lag(settings.kafka, group)
+    assert [(r.topic, r.partition, r.committed, r.end, r.lag) for r in rows] == [
+        (topic, 0, 0, None, None),
+        (topic, 1, 0, None, None),
+    ]
